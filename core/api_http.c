@@ -1,0 +1,295 @@
+/* The request and response primitives behind lua/tendril/server.lua, and
+ * the dispatch of each request to a pooled task.
+ *
+ * Lua holds a request as (connection pointer, serial); every primitive
+ * checks td_http_live first, so a handle kept after its request ended, or
+ * whose client went away, answers nil, "closed" and never touches another
+ * request. Waits (for the body, for the socket to drain) own a small record
+ * from the yield to the wake-up; the connection calls its waiters when it
+ * closes, so none is left behind. */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "errors.h"
+
+/* res:write yields while more than this is waiting to be written, so a slow
+ * client never makes the server buffer without bound. */
+#define TD_WRITE_HIGH_WATER (256 * 1024)
+
+typedef struct http_wait {
+    td_wait wait;
+    td_http_conn *hc;
+    int for_body;
+} http_wait;
+
+static td_http_conn *live_conn(lua_State *L) {
+    td_http_conn *hc = lua_touserdata(L, 1);
+    uint32_t serial = (uint32_t)lua_tointeger(L, 2);
+    return hc && td_http_live(hc, serial) ? hc : NULL;
+}
+
+static int push_fail(lua_State *L, int code) {
+    lua_pushnil(L);
+    lua_pushstring(L, td_err_name(code));
+    return 2;
+}
+
+/* ---- dispatch ---- */
+
+static void request_task_end(td_task *t, int status) {
+    /* The driver itself failed (its handler's errors are caught inside). */
+    td_http_conn *hc = t->data;
+    if (hc && td_http_live(hc, t->serial))
+        td_http_fail(hc);
+}
+
+void td_api_http_dispatch(td_http_conn *hc, void *ud) {
+    td_vm *vm = ud;
+    td_task *t = td_vm_task_pooled(vm, request_task_end);
+    if (!t) {
+        td_http_fail(hc);
+        return;
+    }
+    t->data = hc;
+    t->serial = hc->conn.serial;
+    lua_pushlightuserdata(t->co, hc);
+    lua_pushinteger(t->co, hc->conn.serial);
+    td_vm_resume(t, 2);
+}
+
+/* ---- waits ---- */
+
+static void on_http_ready(td_http_conn *hc, int status, void *ud) {
+    http_wait *hw = ud;
+    td_task *t = hw->wait.task;
+    lua_State *co = td_vm_wait_end(&hw->wait);
+    int nres;
+    if (hw->for_body && status == 0) {
+        const char *data;
+        size_t len;
+        td_http_body(hc, &data, &len);
+        lua_pushlstring(co, data, len);
+        nres = 1;
+    } else if (status == 0) {
+        lua_pushboolean(co, 1);
+        nres = 1;
+    } else {
+        nres = push_fail(co, status);
+    }
+    free(hw);
+    td_vm_resume(t, nres);
+}
+
+static void cancel_http_wait(td_wait *w) {
+    http_wait *hw = td_container_of(w, http_wait, wait);
+    if (hw->for_body)
+        td_http_wait_body(hw->hc, NULL, NULL);
+    else
+        td_http_wait_drain(hw->hc, NULL, NULL);
+    free(hw);
+}
+
+static int wait_for(lua_State *L, td_http_conn *hc, int for_body, const char *fname) {
+    td_task *t = td_vm_check_yieldable(L, fname);
+    http_wait *hw = malloc(sizeof *hw);
+    if (!hw)
+        return luaL_error(L, "%s: out of memory", fname);
+    hw->hc = hc;
+    hw->for_body = for_body;
+    td_vm_wait_begin(t, &hw->wait, cancel_http_wait);
+    if (for_body)
+        td_http_wait_body(hc, on_http_ready, hw);
+    else
+        td_http_wait_drain(hc, on_http_ready, hw);
+    return lua_yield(L, 0);
+}
+
+/* ---- the request ---- */
+
+/* [-2, +3] req_info(hc, serial) -> method, target, version | nil */
+static int req_info(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return 0;
+    size_t len;
+    const char *target = td_http_target(hc, &len);
+    lua_pushstring(L, td_http_method(hc));
+    lua_pushlstring(L, target, len);
+    lua_pushstring(L, td_http_minor(hc) ? "1.1" : "1.0");
+    return 3;
+}
+
+/* [-2, +1] req_headers(hc, serial) -> {name = value} | nil
+ * Names are lower-case; repeated headers are joined with ", ". */
+static int req_headers(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return 0;
+    size_t n = td_http_header_count(hc);
+    lua_createtable(L, 0, (int)n);
+    for (size_t i = 0; i < n; i++) {
+        const char *name, *value;
+        size_t nlen, vlen;
+        td_http_header_at(hc, i, &name, &nlen, &value, &vlen);
+        lua_pushlstring(L, name, nlen);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushlstring(L, value, vlen);
+        } else {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, value, vlen);
+            lua_concat(L, 3);
+        }
+        lua_rawset(L, -3);
+    }
+    return 1;
+}
+
+/* [-2, +1] req_remote(hc, serial) -> address | nil */
+static int req_remote(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    char addr[64];
+    if (!hc || td_conn_peer(&hc->conn, addr, sizeof addr) != 0)
+        return 0;
+    lua_pushstring(L, addr);
+    return 1;
+}
+
+/* [-2, +1|2] req_body(hc, serial) -> body | nil, err; may yield */
+static int req_body(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return push_fail(L, TD_ECLOSED);
+    const char *data;
+    size_t len;
+    int st = td_http_body(hc, &data, &len);
+    if (st == 0) {
+        lua_pushlstring(L, data, len);
+        return 1;
+    }
+    if (st < 0)
+        return push_fail(L, st);
+    return wait_for(L, hc, 1, "req:body");
+}
+
+/* ---- the response ---- */
+
+static int add_header(lua_State *L, td_http_conn *hc, int name_idx, int value_idx) {
+    size_t nlen, vlen;
+    const char *name = lua_tolstring(L, name_idx, &nlen);
+    const char *value = lua_tolstring(L, value_idx, &vlen);
+    if (!name || !value)
+        return TD_EBADARG;
+    return td_http_head_add(hc, name, nlen, value, vlen);
+}
+
+/* Sends the head: headers is a flat array {name, value, ...} where a value
+ * is a string, a number, an array of them (one header each), or false
+ * (removed). Raises on a header that cannot be sent. */
+static int send_head(lua_State *L, td_http_conn *hc, int status, int headers_idx, int64_t length) {
+    size_t mark = td_http_head_mark(hc);
+    int rc = td_http_head_begin(hc, status);
+    if (rc)
+        return rc;
+    if (lua_istable(L, headers_idx)) {
+        int n = (int)lua_objlen(L, headers_idx);
+        for (int i = 1; i + 1 <= n && rc == 0; i += 2) {
+            lua_rawgeti(L, headers_idx, i);
+            lua_rawgeti(L, headers_idx, i + 1);
+            if (lua_istable(L, -1)) {
+                int m = (int)lua_objlen(L, -1);
+                for (int j = 1; j <= m && rc == 0; j++) {
+                    lua_rawgeti(L, -1, j);
+                    rc = add_header(L, hc, -3, -1);
+                    lua_pop(L, 1);
+                }
+            } else if (lua_toboolean(L, -1)) {
+                rc = add_header(L, hc, -2, -1);
+            }
+            lua_pop(L, 2);
+        }
+    }
+    if (rc == 0)
+        rc = td_http_head_end(hc, length);
+    if (rc == TD_EBADARG) {
+        td_http_head_abort(hc, mark);
+        return luaL_error(L, "res: a header name or value is not a string or holds CR, LF or NUL");
+    }
+    return rc;
+}
+
+/* [-6, +1|2] res_send(hc, serial, status, headers, chunk, final)
+ * -> true | nil, err. Sends the head first if it has not gone; `final`
+ * ends the response (with a Content-Length when the head goes with it).
+ * A non-final write may yield until the socket drains. */
+static int res_send(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return push_fail(L, TD_ECLOSED);
+    size_t len = 0;
+    const char *chunk = lua_tolstring(L, 5, &len);
+    int final = lua_toboolean(L, 6);
+    int rc = 0;
+    if (!hc->head_sent) {
+        int status = (int)luaL_optinteger(L, 3, 200);
+        rc = send_head(L, hc, status, 4, final ? (int64_t)len : -1);
+    }
+    if (rc == 0 && chunk)
+        rc = td_http_write(hc, chunk, len);
+    if (rc)
+        return push_fail(L, rc);
+    if (final) {
+        td_http_response_end(hc);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (td_http_unsent(hc) > TD_WRITE_HIGH_WATER) {
+        td_conn_flush(&hc->conn);
+        if (hc->conn.closed)
+            return push_fail(L, TD_ECLOSED);
+        if (td_http_unsent(hc) > TD_WRITE_HIGH_WATER)
+            return wait_for(L, hc, 0, "res:write");
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* [-2, +0] res_fail(hc, serial): the handler raised. */
+static int res_fail(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (hc)
+        td_http_fail(hc);
+    return 0;
+}
+
+/* [-2, +1] res_head_sent(hc, serial) -> boolean */
+static int res_head_sent(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    lua_pushboolean(L, !hc || hc->head_sent);
+    return 1;
+}
+
+/* [-0, +1] http_stats() -> {connections=, requests=} */
+static int http_stats(lua_State *L) {
+    td_http_server *hs = lua_touserdata(L, lua_upvalueindex(1));
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, (lua_Integer)hs->srv.nconns);
+    lua_setfield(L, -2, "connections");
+    lua_pushinteger(L, (lua_Integer)hs->live);
+    lua_setfield(L, -2, "requests");
+    return 1;
+}
+
+void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs) {
+    static const luaL_Reg funcs[] = {
+        {"req_info", req_info},     {"req_headers", req_headers}, {"req_remote", req_remote},
+        {"req_body", req_body},     {"res_send", res_send},       {"res_fail", res_fail},
+        {"res_head_sent", res_head_sent}, {"http_stats", http_stats}, {NULL, NULL},
+    };
+    lua_pushlightuserdata(L, hs);
+    luaL_setfuncs(L, funcs, 1);
+}

@@ -1,0 +1,51 @@
+/* tendril.sleep: suspends the calling coroutine on a libuv timer. Owns the
+ * timer and its wait record from the call until the timer's close callback. */
+#include <lauxlib.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "api.h"
+
+typedef struct sleep_wait {
+    td_wait wait;
+    uv_timer_t timer;
+} sleep_wait;
+
+static void free_sleep(uv_handle_t *h) { free(td_container_of(h, sleep_wait, timer)); }
+
+static void on_timer(uv_timer_t *timer) {
+    sleep_wait *sw = td_container_of(timer, sleep_wait, timer);
+    td_task *t = sw->wait.task;
+    td_vm_wait_end(&sw->wait);
+    uv_close((uv_handle_t *)timer, free_sleep);
+    td_vm_resume(t, 0);
+}
+
+static void cancel_sleep(td_wait *w) {
+    sleep_wait *sw = td_container_of(w, sleep_wait, wait);
+    uv_close((uv_handle_t *)&sw->timer, free_sleep);
+}
+
+/* [-1, +0] tendril.sleep(seconds) */
+static int td_sleep(lua_State *L) {
+    td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
+    double seconds = luaL_checknumber(L, 1);
+    td_task *t = td_vm_check_yieldable(L, "tendril.sleep");
+    if (!(seconds > 0)) /* also NaN */
+        seconds = 0;
+    if (seconds > 1e9)
+        seconds = 1e9;
+    sleep_wait *sw = malloc(sizeof *sw);
+    if (!sw)
+        return luaL_error(L, "tendril.sleep: out of memory");
+    uv_timer_init(td_vm_loop(vm), &sw->timer);
+    td_vm_wait_begin(t, &sw->wait, cancel_sleep);
+    uv_timer_start(&sw->timer, on_timer, (uint64_t)llround(seconds * 1000.0), 0);
+    return lua_yield(L, 0);
+}
+
+void td_api_sleep_open(lua_State *L, td_vm *vm) {
+    lua_pushlightuserdata(L, vm);
+    lua_pushcclosure(L, td_sleep, 1);
+    lua_setfield(L, -2, "sleep");
+}

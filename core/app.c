@@ -1,0 +1,280 @@
+/* Owns the process-wide pieces and their order: logs and limits, then the
+ * loop, the vm and its library, the app's top level, the listener; and on
+ * SIGTERM/SIGINT the drain, then teardown in reverse with a check that the
+ * loop closes clean. */
+#include "app.h"
+
+#include <lauxlib.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "api.h"
+#include "http.h"
+#include "log.h"
+#include "vm.h"
+
+enum { LOADING, READY, FAILED };
+
+typedef struct td_app {
+    const td_config *cfg;
+    uv_loop_t loop;
+    td_http_server *hs;
+    td_vm *vm;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t shutdown_timer;
+    uv_prepare_t log_flusher;
+    int server_ref; /* registry ref of the tendril.server module */
+    int state;
+    int stopping;
+    int cut_off;
+} td_app;
+
+static void raise_fd_limit(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static void on_log_turn(uv_prepare_t *p) {
+    (void)p;
+    td_log_access_flush();
+}
+
+/* ---- the Lua side ---- */
+
+static void open_core(td_app *app) {
+    lua_State *L = td_vm_state(app->vm);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_newtable(L);
+    td_api_tendril_open(L, app->vm);
+    td_api_sleep_open(L, app->vm);
+    td_api_http_open(L, app->vm, app->hs);
+    lua_setfield(L, -2, "tendril.core");
+    lua_pop(L, 2);
+}
+
+/* The app's directory comes first on package.path. */
+static void set_app_path(lua_State *L, const char *app_path) {
+    const char *slash = strrchr(app_path, '/');
+    if (!slash)
+        lua_pushliteral(L, ".");
+    else if (slash == app_path)
+        lua_pushliteral(L, "");
+    else
+        lua_pushlstring(L, app_path, (size_t)(slash - app_path));
+    const char *dir = lua_tostring(L, -1);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 3);
+}
+
+/* [-0, +1] require(name), errors returned as a message. */
+static int require_module(lua_State *L, const char *name) {
+    lua_getglobal(L, "require");
+    lua_pushstring(L, name);
+    return lua_pcall(L, 1, 1, 0);
+}
+
+static void on_main_end(td_task *t, int status) {
+    td_app *app = t->data;
+    lua_State *co = t->co;
+    if (status != 0) {
+        const char *msg = lua_tostring(co, -1);
+        fprintf(stderr, "tendril: %s\n", msg ? msg : "error in the app's top level");
+        app->state = FAILED;
+        return;
+    }
+    if (lua_gettop(co) < 1 || !lua_isfunction(co, 1)) {
+        fprintf(stderr, "tendril: %s did not return a handler function (it returned %s)\n", app->cfg->app_path,
+                lua_gettop(co) < 1 ? "nothing" : luaL_typename(co, 1));
+        app->state = FAILED;
+        return;
+    }
+    lua_State *L = td_vm_state(app->vm);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, app->server_ref);
+    lua_getfield(L, -1, "set_handler");
+    lua_xmove(co, L, 1);
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
+    app->state = READY;
+}
+
+/* Loads the library and runs the app's top level (in a task, so it may
+ * yield). Returns 0 when a handler is set. */
+static int load_app(td_app *app) {
+    lua_State *L = td_vm_state(app->vm);
+    open_core(app);
+    set_app_path(L, app->cfg->app_path);
+    if (require_module(L, "tendril.server") != 0) {
+        fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
+        return -1;
+    }
+    lua_getfield(L, -1, "driver");
+    td_vm_set_pool_function(app->vm);
+    app->server_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    if (luaL_loadfile(L, app->cfg->app_path) != 0) {
+        fprintf(stderr, "tendril: %s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    td_task *t = td_vm_task_new(app->vm, on_main_end);
+    if (!t) {
+        fprintf(stderr, "tendril: out of memory\n");
+        return -1;
+    }
+    t->data = app;
+    t->silent = 1;
+    td_vm_resume(t, 0);
+    while (app->state == LOADING && uv_run(&app->loop, UV_RUN_ONCE))
+        ;
+    if (app->state == LOADING) {
+        fprintf(stderr, "tendril: %s: the top level is waiting for something that never comes\n",
+                app->cfg->app_path);
+        return -1;
+    }
+    return app->state == READY ? 0 : -1;
+}
+
+/* ---- stopping ---- */
+
+static void finish(td_app *app) { uv_stop(&app->loop); }
+
+static void on_shutdown_timeout(uv_timer_t *t) {
+    td_app *app = t->data;
+    if (app->hs->srv.nconns > 0) {
+        td_log(TD_LOG_WARN, "shutdown timeout: closing %zu connection(s) with requests in flight",
+               app->hs->srv.nconns);
+        app->cut_off = 1;
+    }
+    finish(app);
+}
+
+static void on_stop_signal(uv_signal_t *sig, int signum) {
+    td_app *app = sig->data;
+    if (app->stopping) {
+        if (signum == SIGINT) {
+            /* A second Ctrl-C: stop waiting. */
+            app->cut_off = app->hs->srv.nconns > 0;
+            finish(app);
+        }
+        return;
+    }
+    app->stopping = 1;
+    td_log(TD_LOG_NOTICE, "%s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    td_http_server_drain(app->hs);
+    if (app->hs->srv.nconns == 0) {
+        finish(app);
+        return;
+    }
+    uv_timer_start(&app->shutdown_timer, on_shutdown_timeout, (uint64_t)(app->cfg->shutdown_timeout * 1000.0), 0);
+}
+
+static void on_empty(td_server *s) {
+    td_app *app = s->data;
+    if (app->stopping)
+        finish(app);
+}
+
+static void walk_report(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(h))
+        td_log(TD_LOG_CRIT, "teardown: a %s handle is still open", uv_handle_type_name(h->type));
+}
+
+static void close_handle(uv_handle_t *h) {
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* ---- running ---- */
+
+static void format_url(char *buf, size_t size, const char *host, int port) {
+    if (strchr(host, ':'))
+        snprintf(buf, size, "http://[%s]:%d", host, port);
+    else
+        snprintf(buf, size, "http://%s:%d", host, port);
+}
+
+int td_app_run(const td_config *cfg) {
+    td_app app = {.cfg = cfg, .state = LOADING, .server_ref = LUA_NOREF};
+    int rc;
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
+    if ((rc = td_log_open_error(cfg->error_log)) != 0) {
+        fprintf(stderr, "tendril: cannot open the error log %s: %s\n", cfg->error_log, uv_strerror(rc));
+        return 1;
+    }
+    if ((rc = td_log_open_access(cfg->access_log)) != 0) {
+        fprintf(stderr, "tendril: cannot open the access log %s: %s\n", cfg->access_log, uv_strerror(rc));
+        td_log_close();
+        return 1;
+    }
+    uv_loop_init(&app.loop);
+    app.hs = malloc(sizeof *app.hs);
+    td_http_config hc = {
+        .max_header_bytes = cfg->max_header_bytes,
+        .max_body_bytes = cfg->max_body_bytes,
+        .header_timeout_ms = (uint64_t)(cfg->header_timeout * 1000.0),
+        .body_timeout_ms = (uint64_t)(cfg->body_timeout * 1000.0),
+        .keepalive_timeout_ms = (uint64_t)(cfg->keepalive_timeout * 1000.0),
+    };
+    app.vm = app.hs ? td_vm_new(&app.loop) : NULL;
+    if (!app.vm || td_http_server_init(app.hs, &app.loop, &hc, cfg->max_connections, td_api_http_dispatch, app.vm)) {
+        fprintf(stderr, "tendril: out of memory\n");
+        return 1;
+    }
+    app.hs->srv.data = &app;
+    app.hs->srv.on_empty = on_empty;
+    uv_signal_init(&app.loop, &app.sigterm);
+    uv_signal_init(&app.loop, &app.sigint);
+    uv_timer_init(&app.loop, &app.shutdown_timer);
+    uv_prepare_init(&app.loop, &app.log_flusher);
+    app.sigterm.data = app.sigint.data = app.shutdown_timer.data = &app;
+
+    int exit_code = 0;
+    if (load_app(&app) != 0) {
+        exit_code = 1;
+    } else if ((rc = td_server_listen(&app.hs->srv, cfg->host, cfg->port)) != 0) {
+        fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, cfg->port, uv_strerror(rc));
+        exit_code = 1;
+    } else {
+        char url[300];
+        format_url(url, sizeof url, cfg->host, td_server_port(&app.hs->srv));
+        printf("listening on %s\n", url);
+        fflush(stdout);
+        uv_signal_start(&app.sigterm, on_stop_signal, SIGTERM);
+        uv_signal_start(&app.sigint, on_stop_signal, SIGINT);
+        uv_prepare_start(&app.log_flusher, on_log_turn);
+        uv_unref((uv_handle_t *)&app.log_flusher);
+        uv_run(&app.loop, UV_RUN_DEFAULT);
+        exit_code = app.cut_off ? 1 : 0;
+    }
+
+    /* Teardown, in reverse: Lua first (its waits own libuv handles), then
+     * the connections, then our own handles; the loop must close clean. */
+    td_vm_close(app.vm);
+    td_server_close(&app.hs->srv);
+    close_handle((uv_handle_t *)&app.sigterm);
+    close_handle((uv_handle_t *)&app.sigint);
+    close_handle((uv_handle_t *)&app.shutdown_timer);
+    close_handle((uv_handle_t *)&app.log_flusher);
+    uv_run(&app.loop, UV_RUN_DEFAULT);
+    td_http_server_destroy(app.hs);
+    free(app.hs);
+    if (uv_loop_close(&app.loop) != 0) {
+        uv_walk(&app.loop, walk_report, NULL);
+        td_log(TD_LOG_CRIT, "teardown: the event loop did not close clean");
+        exit_code = 1;
+    }
+    td_log_close();
+    return exit_code;
+}

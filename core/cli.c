@@ -1,0 +1,158 @@
+/* Parses the command line into a td_config; prints help, version and usage
+ * errors. */
+#include "cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage_text[] =
+    "usage: tendril serve APP.lua [options]\n"
+    "       tendril --help | --version\n"
+    "\n"
+    "Serves HTTP with the handler that APP.lua returns.\n"
+    "\n"
+    "options:\n"
+    "  --host H                 address to listen on (default 127.0.0.1)\n"
+    "  --port P                 port to listen on; 0 picks a free one (default 8080)\n"
+    "  --access-log PATH|-      Common Log Format access log; - is stdout (default off)\n"
+    "  --error-log PATH         error log (default stderr)\n"
+    "  --max-header-bytes N     largest request head (default 16384)\n"
+    "  --max-body-bytes N       largest request body (default 1048576)\n"
+    "  --max-connections N      connections served at once; more wait in the backlog\n"
+    "                           (default: the open-file limit)\n"
+    "  --header-timeout S       seconds to receive a request head (default 10)\n"
+    "  --body-timeout S         seconds to receive a request body (default 10)\n"
+    "  --keepalive-timeout S    seconds an idle keep-alive connection stays open (default 5)\n"
+    "  --shutdown-timeout S     seconds in-flight requests get after SIGTERM or SIGINT (default 10)\n"
+    "  --help                   this text\n"
+    "  --version                the version\n";
+
+static int usage_error(const char *fmt, const char *arg) {
+    fputs("tendril: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fputs("\n(tendril --help lists the options)\n", stderr);
+    return TD_CLI_USAGE;
+}
+
+static int parse_size(const char *s, size_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-')
+        return -1;
+    *out = (size_t)v;
+    return 0;
+}
+
+static int parse_seconds(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v > 0) || !isfinite(v) || v > 1e7)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int td_cli_parse(int argc, char **argv, td_config *cfg) {
+    *cfg = (td_config){
+        .host = "127.0.0.1",
+        .port = 8080,
+        .max_header_bytes = 16384,
+        .max_body_bytes = 1048576,
+        .header_timeout = 10,
+        .body_timeout = 10,
+        .keepalive_timeout = 5,
+        .shutdown_timeout = 10,
+    };
+    int i = 1;
+    if (i < argc && (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)) {
+        fputs(usage_text, stdout);
+        return TD_CLI_DONE;
+    }
+    if (i < argc && strcmp(argv[i], "--version") == 0) {
+        printf("tendril %s\n", TD_VERSION);
+        return TD_CLI_DONE;
+    }
+    if (i >= argc)
+        return usage_error("%s", "missing command: tendril serve APP.lua");
+    if (strcmp(argv[i], "serve") != 0)
+        return usage_error("unknown command '%s' (the command is serve)", argv[i]);
+    for (i++; i < argc; i++) {
+        char *arg = argv[i];
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            fputs(usage_text, stdout);
+            return TD_CLI_DONE;
+        }
+        if (strcmp(arg, "--version") == 0) {
+            printf("tendril %s\n", TD_VERSION);
+            return TD_CLI_DONE;
+        }
+        if (strncmp(arg, "--", 2) != 0) {
+            if (cfg->app_path)
+                return usage_error("unexpected argument '%s' (one app script only)", arg);
+            cfg->app_path = arg;
+            continue;
+        }
+        /* --name value or --name=value */
+        char name[64];
+        const char *value;
+        const char *eq = strchr(arg, '=');
+        if (eq) {
+            size_t n = (size_t)(eq - arg);
+            if (n >= sizeof name)
+                return usage_error("unknown option '%s'", arg);
+            memcpy(name, arg, n);
+            name[n] = '\0';
+            value = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "%s", arg);
+            if (i + 1 >= argc)
+                return usage_error("option %s needs a value", arg);
+            value = argv[++i];
+        }
+        if (strcmp(name, "--host") == 0) {
+            if (!*value)
+                return usage_error("%s", "--host needs an address");
+            cfg->host = value;
+        } else if (strcmp(name, "--port") == 0) {
+            size_t p;
+            if (parse_size(value, &p) != 0 || p > 65535)
+                return usage_error("--port takes a number from 0 to 65535, not '%s'", value);
+            cfg->port = (int)p;
+        } else if (strcmp(name, "--access-log") == 0) {
+            cfg->access_log = value;
+        } else if (strcmp(name, "--error-log") == 0) {
+            cfg->error_log = value;
+        } else if (strcmp(name, "--max-header-bytes") == 0) {
+            if (parse_size(value, &cfg->max_header_bytes) != 0 || cfg->max_header_bytes < 64)
+                return usage_error("--max-header-bytes takes a number of bytes (64 or more), not '%s'", value);
+        } else if (strcmp(name, "--max-body-bytes") == 0) {
+            if (parse_size(value, &cfg->max_body_bytes) != 0)
+                return usage_error("--max-body-bytes takes a number of bytes, not '%s'", value);
+        } else if (strcmp(name, "--max-connections") == 0) {
+            if (parse_size(value, &cfg->max_connections) != 0 || cfg->max_connections == 0)
+                return usage_error("--max-connections takes a positive number, not '%s'", value);
+        } else if (strcmp(name, "--header-timeout") == 0) {
+            if (parse_seconds(value, &cfg->header_timeout) != 0)
+                return usage_error("--header-timeout takes a positive number of seconds, not '%s'", value);
+        } else if (strcmp(name, "--body-timeout") == 0) {
+            if (parse_seconds(value, &cfg->body_timeout) != 0)
+                return usage_error("--body-timeout takes a positive number of seconds, not '%s'", value);
+        } else if (strcmp(name, "--keepalive-timeout") == 0) {
+            if (parse_seconds(value, &cfg->keepalive_timeout) != 0)
+                return usage_error("--keepalive-timeout takes a positive number of seconds, not '%s'", value);
+        } else if (strcmp(name, "--shutdown-timeout") == 0) {
+            if (parse_seconds(value, &cfg->shutdown_timeout) != 0)
+                return usage_error("--shutdown-timeout takes a positive number of seconds, not '%s'", value);
+        } else {
+            return usage_error("unknown option '%s'", name);
+        }
+    }
+    if (!cfg->app_path)
+        return usage_error("%s", "missing the app script: tendril serve APP.lua");
+    return TD_CLI_RUN;
+}

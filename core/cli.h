@@ -1,0 +1,29 @@
+/* The command line: `tendril serve APP.lua [options]`. */
+#ifndef TD_CLI_H
+#define TD_CLI_H
+
+#include <stddef.h>
+
+typedef struct td_config {
+    const char *app_path;
+    const char *host;
+    int port;
+    const char *access_log; /* NULL: off; "-": stdout */
+    const char *error_log;  /* NULL: stderr */
+    size_t max_header_bytes;
+    size_t max_body_bytes;
+    size_t max_connections; /* 0: the open-file limit */
+    double header_timeout;
+    double body_timeout;
+    double keepalive_timeout;
+    double shutdown_timeout;
+} td_config;
+
+enum { TD_CLI_RUN = 0, TD_CLI_DONE = 1, TD_CLI_USAGE = -1 };
+
+/* Fills cfg with the defaults, then the options. Returns TD_CLI_RUN,
+ * TD_CLI_DONE (it printed --help or --version) or TD_CLI_USAGE (it printed
+ * what is wrong on stderr). */
+int td_cli_parse(int argc, char **argv, td_config *cfg);
+
+#endif

@@ -1,0 +1,20 @@
+/* Shared by http.c (parsing, request lifecycle) and http_response.c (the
+ * response head, error responses, the access log). Nothing else includes it. */
+#ifndef TD_HTTP_PRIVATE_H
+#define TD_HTTP_PRIVATE_H
+
+#include "http.h"
+
+static inline td_http_server *td_http__server(td_http_conn *hc) {
+    return td_container_of(hc->conn.server, td_http_server, srv);
+}
+
+/* Answers with a short server-made response and ends the connection; the
+ * live request, if any, is over. */
+void td_http__error_response(td_http_conn *hc, int status);
+/* Writes the access log line of the request that just ended. */
+void td_http__access_log(td_http_conn *hc);
+/* Ends the live request's bookkeeping (serial, counts); no I/O. */
+void td_http__request_over(td_http_conn *hc);
+
+#endif

@@ -1,0 +1,281 @@
+/* Owns the response side of an HTTP connection: the status line and
+ * headers, body framing (Content-Length, chunked, close-delimited), the
+ * server's own error responses and the access log line. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "clock.h"
+#include "errors.h"
+#include "http_private.h"
+#include "log.h"
+
+#define APPEND_LIT(out, s) td_buf_append((out), (s), sizeof(s) - 1)
+
+const char *td_http_reason(int status) {
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 418: return "I'm a teapot";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+static int closing(td_http_conn *hc) {
+    return hc->close_after || !hc->keep_alive || td_http__server(hc)->draining;
+}
+
+size_t td_http_head_mark(td_http_conn *hc) { return hc->conn.out.len; }
+
+void td_http_head_abort(td_http_conn *hc, size_t mark) {
+    if (hc->conn.out.len > mark)
+        hc->conn.out.len = mark;
+}
+
+int td_http_head_begin(td_http_conn *hc, int status) {
+    if (!hc->live || hc->head_sent)
+        return TD_ECLOSED;
+    td_buf *out = td_conn_out(&hc->conn, 512);
+    if (!out)
+        return UV_ENOMEM;
+    hc->status = status;
+    hc->user_date = hc->user_server = hc->user_length = hc->user_type = 0;
+    if (status == 200)
+        return APPEND_LIT(out, "HTTP/1.1 200 OK\r\n");
+    return td_buf_printf(out, "HTTP/1.1 %d %s\r\n", status, td_http_reason(status));
+}
+
+static int name_is(const char *name, size_t nlen, const char *lit, size_t llen) {
+    return nlen == llen && strncasecmp(name, lit, llen) == 0;
+}
+
+static int valid_name(const char *p, size_t n) {
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch <= ' ' || ch == ':' || ch >= 127)
+            return 0;
+    }
+    return 1;
+}
+
+static int valid_value(const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
+            return 0;
+    return 1;
+}
+
+int td_http_head_add(td_http_conn *hc, const char *name, size_t nlen, const char *value, size_t vlen) {
+    if (!valid_name(name, nlen) || !valid_value(value, vlen))
+        return TD_EBADARG;
+    switch (name[0] | 0x20) {
+    case 'c':
+        if (name_is(name, nlen, "content-length", 14)) {
+            hc->user_length = 1;
+        } else if (name_is(name, nlen, "content-type", 12)) {
+            hc->user_type = 1;
+        } else if (name_is(name, nlen, "connection", 10)) {
+            /* The server writes Connection itself; a "close" is honoured. */
+            for (size_t i = 0; i + 5 <= vlen; i++)
+                if (strncasecmp(value + i, "close", 5) == 0)
+                    hc->close_after = 1;
+            return 0;
+        }
+        break;
+    case 'd':
+        if (name_is(name, nlen, "date", 4))
+            hc->user_date = 1;
+        break;
+    case 's':
+        if (name_is(name, nlen, "server", 6))
+            hc->user_server = 1;
+        break;
+    case 't':
+        /* Framing is the server's business. */
+        if (name_is(name, nlen, "transfer-encoding", 17))
+            return 0;
+        break;
+    }
+    td_buf *out = td_conn_out(&hc->conn, nlen + vlen + 4);
+    if (!out)
+        return UV_ENOMEM;
+    memcpy(out->data + out->len, name, nlen);
+    out->len += nlen;
+    out->data[out->len++] = ':';
+    out->data[out->len++] = ' ';
+    memcpy(out->data + out->len, value, vlen);
+    out->len += vlen;
+    out->data[out->len++] = '\r';
+    out->data[out->len++] = '\n';
+    return 0;
+}
+
+int td_http_head_end(td_http_conn *hc, int64_t content_length) {
+    td_buf *out = td_conn_out(&hc->conn, 160);
+    if (!out)
+        return UV_ENOMEM;
+    if (!hc->user_date) {
+        APPEND_LIT(out, "Date: ");
+        td_buf_append(out, td_clock_http_date(hc->conn.server->loop), 29);
+        APPEND_LIT(out, "\r\n");
+    }
+    if (!hc->user_server)
+        APPEND_LIT(out, "Server: tendril\r\n");
+    int status = hc->status;
+    if (status < 200 || status == 204 || status == 304) {
+        hc->no_body = 1;
+    } else if (hc->user_length) {
+        /* the handler's own framing */
+    } else if (content_length >= 0) {
+        td_buf_printf(out, "Content-Length: %" PRId64 "\r\n", content_length);
+    } else if (td_http_minor(hc) == 1) {
+        APPEND_LIT(out, "Transfer-Encoding: chunked\r\n");
+        hc->chunked = 1;
+    } else {
+        hc->close_after = 1; /* HTTP/1.0: the body ends when the connection does */
+    }
+    if (closing(hc)) {
+        hc->close_after = 1;
+        APPEND_LIT(out, "Connection: close\r\n\r\n");
+    } else if (td_http_minor(hc) == 0) {
+        APPEND_LIT(out, "Connection: keep-alive\r\n\r\n");
+    } else {
+        APPEND_LIT(out, "\r\n");
+    }
+    hc->head_sent = 1;
+    return 0;
+}
+
+int td_http_write(td_http_conn *hc, const char *data, size_t len) {
+    if (!hc->live || !hc->head_sent)
+        return TD_ECLOSED;
+    if (len == 0)
+        return 0;
+    hc->body_sent += len;
+    if (hc->no_body)
+        return 0;
+    td_buf *out = td_conn_out(&hc->conn, len + 24);
+    if (!out)
+        return UV_ENOMEM;
+    if (hc->chunked)
+        td_buf_printf(out, "%zx\r\n", len);
+    memcpy(out->data + out->len, data, len);
+    out->len += len;
+    if (hc->chunked)
+        APPEND_LIT(out, "\r\n");
+    return 0;
+}
+
+size_t td_http_unsent(td_http_conn *hc) { return hc->conn.out.len + td_conn_write_queue(&hc->conn); }
+
+void td_http_fail(td_http_conn *hc) {
+    if (!hc->live)
+        return;
+    if (hc->head_sent) {
+        /* The client has part of a response: only closing tells it so. */
+        td_http__access_log(hc);
+        td_http__request_over(hc);
+        td_conn_close(&hc->conn);
+        return;
+    }
+    static const char body[] = "Internal Server Error\n";
+    if (td_http_head_begin(hc, 500) != 0 || td_http_head_add(hc, "Content-Type", 12, "text/plain", 10) != 0 ||
+        td_http_head_end(hc, sizeof body - 1) != 0 || td_http_write(hc, body, sizeof body - 1) != 0) {
+        td_http__request_over(hc);
+        td_conn_close(&hc->conn);
+        return;
+    }
+    td_http_response_end(hc);
+}
+
+void td_http__error_response(td_http_conn *hc, int status) {
+    td_conn *c = &hc->conn;
+    if (c->closed)
+        return;
+    const char *reason = td_http_reason(status);
+    td_buf *out = td_conn_out(c, 256);
+    if (out) {
+        td_buf_printf(out,
+                      "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: tendril\r\nContent-Type: text/plain\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+                      status, reason, td_clock_http_date(c->server->loop), strlen(reason) + 1, reason);
+    }
+    hc->status = status;
+    hc->body_sent = strlen(reason) + 1;
+    td_http__access_log(hc);
+    td_http__request_over(hc);
+    td_conn_end(c);
+}
+
+/* Quotes and control bytes in the request line are escaped as \xHH, so a
+ * line can be split on its quotes. */
+static void append_escaped(td_buf *b, const char *p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '"' || ch == '\\' || ch < 0x20 || ch >= 0x7f)
+            td_buf_printf(b, "\\x%02X", ch);
+        else
+            td_buf_append(b, p + i, 1);
+    }
+}
+
+void td_http__access_log(td_http_conn *hc) {
+    if (!td_log_access_enabled())
+        return;
+    /* One line buffer for the process, grown once. */
+    static td_buf b;
+    char peer[64] = "-";
+    td_conn_peer(&hc->conn, peer, sizeof peer);
+    b.len = 0;
+    td_buf_printf(&b, "%s - - [%s] \"", peer, td_clock_log_time(hc->conn.server->loop));
+    if (hc->target_len > 0) {
+        size_t tlen;
+        const char *target = td_http_target(hc, &tlen);
+        td_buf_printf(&b, "%s ", td_http_method(hc));
+        append_escaped(&b, target, tlen > 2048 ? 2048 : tlen);
+        td_buf_printf(&b, " HTTP/1.%d\" %d ", td_http_minor(hc), hc->status);
+    } else {
+        td_buf_printf(&b, "-\" %d ", hc->status);
+    }
+    if (hc->body_sent)
+        td_buf_printf(&b, "%" PRIu64, hc->body_sent);
+    else
+        td_buf_append(&b, "-", 1);
+    td_log_access(b.data, b.len);
+}

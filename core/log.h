@@ -1,0 +1,42 @@
+/* The error log and the access log: process-wide sinks, like nginx's.
+ *
+ * The error log is written at once (errors are rare and must not be lost if
+ * the process dies). The access log is buffered and written by
+ * td_log_access_flush, which the loop calls once per turn, so a busy server
+ * makes one write for many requests. No libuv, no Lua. */
+#ifndef TD_LOG_H
+#define TD_LOG_H
+
+#include <stddef.h>
+
+typedef enum td_log_level {
+    TD_LOG_DEBUG,
+    TD_LOG_INFO,
+    TD_LOG_NOTICE,
+    TD_LOG_WARN,
+    TD_LOG_ERROR,
+    TD_LOG_CRIT,
+} td_log_level;
+
+/* path NULL means stderr. Returns 0 or a negative errno. */
+int td_log_open_error(const char *path);
+/* path NULL turns the access log off; "-" means stdout. Returns 0 or a negative errno. */
+int td_log_open_access(const char *path);
+void td_log_close(void);
+
+/* Returns the level for a name ("debug" ... "crit", also "warning"), or -1. */
+int td_log_level_from_name(const char *name);
+const char *td_log_level_name(td_log_level level);
+
+void td_log(td_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Logs msg as it is (it may hold newlines, e.g. a traceback). */
+void td_log_raw(td_log_level level, const char *msg, size_t len);
+
+int td_log_access_enabled(void);
+/* Appends one line (without its newline) to the access log buffer. */
+void td_log_access(const char *line, size_t len);
+/* Returns 1 when buffered lines are waiting for td_log_access_flush. */
+int td_log_access_pending(void);
+void td_log_access_flush(void);
+
+#endif

@@ -1,0 +1,354 @@
+/* Owns the lua_State, the anchors table, the task pool, the list of active
+ * waits and the posted resumes. Nothing here knows HTTP. */
+#include "vm.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "embedded_lua.h"
+#include "log.h"
+
+/* Idle tasks kept for reuse: creating a coroutine costs far more than
+ * resuming one. */
+#define TD_POOL_MAX 1024
+
+struct td_vm {
+    lua_State *L;
+    uv_loop_t *loop;
+    int anchors;   /* registry ref of the anchors table */
+    int pool_func; /* registry ref of the function pooled tasks run */
+    td_task **pool;
+    size_t npool;
+    td_task **memory; /* every td_task ever made, freed by td_vm_close (see vm.h) */
+    size_t nmemory, memory_cap;
+    td_task **spare; /* released ones, for reuse */
+    size_t nspare, spare_cap;
+    td_list waits;
+    td_list posted;
+    size_t ntasks;
+    size_t nwaits;
+    int depth; /* lua_resume calls on the C stack */
+    unsigned closing : 1;
+};
+
+/* Its address is the pool marker. */
+static const char pool_marker = 0;
+
+#ifdef TD_SANITIZE
+/* Plain realloc, so that AddressSanitizer and LeakSanitizer see every
+ * allocation Lua makes; LuaJIT's own allocator hides them. */
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    (void)ud;
+    (void)osize;
+    if (nsize == 0) {
+        free(ptr);
+        return NULL;
+    }
+    return realloc(ptr, nsize);
+}
+#endif
+
+static int vm_panic(lua_State *L) {
+    td_log(TD_LOG_CRIT, "unprotected Lua error: %s", lua_tostring(L, -1));
+    abort();
+}
+
+static int load_embedded(lua_State *L) {
+    const td_embedded_module *m = &td_embedded_modules[lua_tointeger(L, lua_upvalueindex(1))];
+    if (luaL_loadbuffer(L, m->source, m->len, m->chunkname) != 0)
+        return lua_error(L);
+    lua_pushstring(L, m->name);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
+/* package.preload gets one loader per embedded module: the library is
+ * found wherever the binary runs from. */
+static void register_embedded(lua_State *L) {
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    for (int i = 0; td_embedded_modules[i].name; i++) {
+        lua_pushinteger(L, i);
+        lua_pushcclosure(L, load_embedded, 1);
+        lua_setfield(L, -2, td_embedded_modules[i].name);
+    }
+    lua_pop(L, 2);
+}
+
+td_vm *td_vm_new(uv_loop_t *loop) {
+    td_vm *vm = calloc(1, sizeof *vm);
+    if (!vm)
+        return NULL;
+#ifdef TD_SANITIZE
+    vm->L = lua_newstate(vm_alloc, NULL);
+#else
+    vm->L = luaL_newstate();
+#endif
+    if (!vm->L) {
+        free(vm);
+        return NULL;
+    }
+    vm->pool = malloc(TD_POOL_MAX * sizeof *vm->pool);
+    if (!vm->pool) {
+        lua_close(vm->L);
+        free(vm);
+        return NULL;
+    }
+    vm->loop = loop;
+    td_list_init(&vm->waits);
+    td_list_init(&vm->posted);
+    lua_atpanic(vm->L, vm_panic);
+    luaL_openlibs(vm->L);
+    lua_newtable(vm->L);
+    vm->anchors = luaL_ref(vm->L, LUA_REGISTRYINDEX);
+    vm->pool_func = LUA_NOREF;
+    register_embedded(vm->L);
+    return vm;
+}
+
+lua_State *td_vm_state(td_vm *vm) { return vm->L; }
+
+uv_loop_t *td_vm_loop(td_vm *vm) { return vm->loop; }
+
+void td_vm_stats_get(td_vm *vm, td_vm_stats *st) {
+    lua_State *L = vm->L;
+    size_t n = 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->anchors);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        /* luaL_ref keeps its free list in slot 0, as a number. */
+        if (lua_type(L, -1) == LUA_TTHREAD)
+            n++;
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    st->anchored = n;
+    st->tasks = vm->ntasks;
+    st->pooled = vm->npool;
+    st->waits = vm->nwaits;
+}
+
+/* ---- tasks ---- */
+
+static td_task *task_memory(td_vm *vm) {
+    if (vm->nspare > 0)
+        return vm->spare[--vm->nspare];
+    td_task *t = malloc(sizeof(td_task));
+    if (!t)
+        return NULL;
+    if (vm->nmemory == vm->memory_cap) {
+        size_t cap = vm->memory_cap ? vm->memory_cap * 2 : 64;
+        td_task **memory = realloc(vm->memory, cap * sizeof *memory);
+        if (!memory) {
+            free(t);
+            return NULL;
+        }
+        vm->memory = memory;
+        vm->memory_cap = cap;
+    }
+    vm->memory[vm->nmemory++] = t;
+    return t;
+}
+
+td_task *td_vm_task_new(td_vm *vm, td_task_end_cb on_end) {
+    lua_State *L = vm->L;
+    td_task *t = task_memory(vm);
+    if (!t) {
+        lua_pop(L, 1);
+        return NULL;
+    }
+    memset(t, 0, sizeof *t);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->anchors); /* fn anchors */
+    lua_State *co = lua_newthread(L);               /* fn anchors co */
+    lua_pushvalue(L, -3);
+    lua_xmove(L, co, 1);
+    t->ref = luaL_ref(L, -2); /* fn anchors */
+    lua_pop(L, 2);
+    t->vm = vm;
+    t->co = co;
+    t->on_end = on_end;
+    t->alive = 1;
+    t->fresh = 1;
+    td_list_init(&t->link);
+    lua_setexdata(co, t);
+    vm->ntasks++;
+    return t;
+}
+
+static void task_release(td_task *t) {
+    td_vm *vm = t->vm;
+    if (!t->alive)
+        return;
+    td_list_remove(&t->link);
+    lua_setexdata(t->co, NULL);
+    lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->anchors);
+    luaL_unref(vm->L, -1, t->ref);
+    lua_pop(vm->L, 1);
+    t->ref = LUA_NOREF;
+    t->co = NULL;
+    t->alive = 0;
+    vm->ntasks--;
+    if (vm->nspare == vm->spare_cap) {
+        size_t cap = vm->spare_cap ? vm->spare_cap * 2 : 64;
+        td_task **spare = realloc(vm->spare, cap * sizeof *spare);
+        if (!spare)
+            return; /* not reused, still freed by td_vm_close */
+        vm->spare = spare;
+        vm->spare_cap = cap;
+    }
+    vm->spare[vm->nspare++] = t;
+}
+
+void td_vm_set_pool_function(td_vm *vm) {
+    luaL_unref(vm->L, LUA_REGISTRYINDEX, vm->pool_func);
+    vm->pool_func = luaL_ref(vm->L, LUA_REGISTRYINDEX);
+}
+
+td_task *td_vm_task_pooled(td_vm *vm, td_task_end_cb on_end) {
+    td_task *t;
+    if (vm->npool > 0) {
+        t = vm->pool[--vm->npool];
+        t->pooled = 0;
+    } else {
+        lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->pool_func);
+        t = td_vm_task_new(vm, on_end);
+        if (!t)
+            return NULL;
+        t->from_pool = 1;
+    }
+    t->on_end = on_end;
+    return t;
+}
+
+static void pool_put(td_task *t) {
+    td_vm *vm = t->vm;
+    lua_settop(t->co, 0);
+    t->data = NULL;
+    if (vm->npool < TD_POOL_MAX && !vm->closing) {
+        t->pooled = 1;
+        vm->pool[vm->npool++] = t;
+    } else {
+        task_release(t);
+    }
+}
+
+/* ---- resuming ---- */
+
+void td_vm_log_error(lua_State *co, const char *what) {
+    const char *msg = lua_tostring(co, -1);
+    if (!msg)
+        msg = lua_isnil(co, -1) ? "nil" : luaL_typename(co, -1);
+    luaL_traceback(co, co, msg, 0);
+    const char *tb = lua_tostring(co, -1);
+    if (what)
+        td_log(TD_LOG_ERROR, "%s: %s", what, tb);
+    else
+        td_log_raw(TD_LOG_ERROR, tb, strlen(tb));
+    lua_pop(co, 1);
+}
+
+static void task_end(td_task *t, int status) {
+    if (t->on_end)
+        t->on_end(t, status);
+    task_release(t);
+}
+
+static void run(td_task *t, int nargs) {
+    td_vm *vm = t->vm;
+    lua_State *co = t->co;
+    if (t->fresh) {
+        t->fresh = 0;
+        if (t->from_pool) {
+            lua_pushlightuserdata(co, (void *)&pool_marker);
+            lua_insert(co, -(nargs + 1));
+            nargs++;
+        }
+    }
+    vm->depth++;
+    int rc = lua_resume(co, nargs);
+    vm->depth--;
+    if (rc == LUA_YIELD) {
+        if (t->wait)
+            return;
+        if (lua_gettop(co) == 1 && lua_touserdata(co, 1) == &pool_marker) {
+            pool_put(t);
+            return;
+        }
+        lua_settop(co, 0);
+        lua_pushliteral(co, "coroutine.yield outside a coroutine the script created (nothing would resume it)");
+        td_vm_log_error(co, NULL);
+        task_end(t, LUA_ERRRUN);
+        return;
+    }
+    if (rc != 0 && !t->silent)
+        td_vm_log_error(co, NULL);
+    task_end(t, rc);
+}
+
+void td_vm_resume(td_task *t, int nargs) {
+    td_vm *vm = t->vm;
+    if (vm->closing || !t->alive)
+        return;
+    if (vm->depth > 0) {
+        t->posted_nargs = nargs;
+        td_list_push_back(&vm->posted, &t->link);
+        return;
+    }
+    run(t, nargs);
+    while (!td_list_empty(&vm->posted) && !vm->closing) {
+        td_task *p = td_container_of(vm->posted.next, td_task, link);
+        td_list_remove(&p->link);
+        run(p, p->posted_nargs);
+    }
+}
+
+td_task *td_vm_task_of(lua_State *L) { return lua_getexdata(L); }
+
+td_task *td_vm_check_yieldable(lua_State *L, const char *fname) {
+    td_task *t = lua_getexdata(L);
+    if (!t || !t->alive)
+        luaL_error(L, "%s: cannot yield here: not inside a request, a spawned thread or the app's top level", fname);
+    if (t->co != L)
+        luaL_error(L, "%s: cannot yield inside a coroutine the script created", fname);
+    if (!lua_isyieldable(L))
+        luaL_error(L, "%s: cannot yield across a C call (a metamethod, iterator or callback run by C)", fname);
+    return t;
+}
+
+void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *)) {
+    w->task = t;
+    w->cancel = cancel;
+    td_list_push_back(&t->vm->waits, &w->link);
+    t->vm->nwaits++;
+    t->wait = w;
+}
+
+lua_State *td_vm_wait_end(td_wait *w) {
+    td_task *t = w->task;
+    td_list_remove(&w->link);
+    t->vm->nwaits--;
+    t->wait = NULL;
+    return t->co;
+}
+
+void td_vm_close(td_vm *vm) {
+    if (!vm)
+        return;
+    vm->closing = 1;
+    while (!td_list_empty(&vm->waits)) {
+        td_wait *w = td_container_of(vm->waits.next, td_wait, link);
+        td_vm_wait_end(w);
+        w->cancel(w);
+    }
+    while (!td_list_empty(&vm->posted))
+        td_list_remove(vm->posted.next);
+    lua_close(vm->L);
+    while (vm->nmemory > 0)
+        free(vm->memory[--vm->nmemory]);
+    free(vm->memory);
+    free(vm->spare);
+    free(vm->pool);
+    free(vm);
+}

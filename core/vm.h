@@ -1,0 +1,112 @@
+/* The Lua bridge: one lua_State, the coroutines that run in it ("tasks"),
+ * and the one function that resumes them.
+ *
+ * Ownership:
+ * - Every task's coroutine is anchored in one private table (the "anchors"
+ *   table, a registry reference) from creation until td_vm_task_release;
+ *   td_vm_stats counts its entries, so tests can prove nothing is left.
+ * - A suspended task waits on exactly one td_wait. The module that starts
+ *   the wait owns the record and its libuv handle; the vm keeps a list of
+ *   them only to cancel them at teardown.
+ * - A task ends in td_vm_resume and nowhere else: when its function returns
+ *   or raises, its on_end hook runs and the task is released; when a pooled
+ *   task yields the pool marker it goes back to the pool.
+ * - td_task memory is recycled but never freed before td_vm_close: a
+ *   coroutine the script created inherits its parent's task pointer (LuaJIT
+ *   exdata), and must find a task there, alive or not, never freed memory. */
+#ifndef TD_VM_H
+#define TD_VM_H
+
+#include <lua.h>
+#include <uv.h>
+
+#include "list.h"
+
+typedef struct td_vm td_vm;
+typedef struct td_task td_task;
+typedef struct td_wait td_wait;
+
+struct td_wait {
+    td_task *task;
+    /* Teardown only: stop the libuv work and free what the wait owns. The
+     * task will never be resumed. */
+    void (*cancel)(td_wait *w);
+    td_list link;
+};
+
+typedef void (*td_task_end_cb)(td_task *t, int status);
+
+struct td_task {
+    td_vm *vm;
+    lua_State *co;
+    int ref; /* in the anchors table; LUA_NOREF when released */
+    td_wait *wait;
+    td_list link; /* vm->posted while a resume is posted */
+    int posted_nargs;
+    /* Called when the task's function returned (status 0, results on co's
+     * stack) or raised (status LUA_ERR*, the error already logged). */
+    td_task_end_cb on_end;
+    void *data;      /* the owner's */
+    uint32_t serial; /* the owner's */
+    unsigned alive : 1;
+    unsigned fresh : 1;
+    unsigned pooled : 1;
+    unsigned from_pool : 1; /* runs the pool function */
+    unsigned silent : 1;    /* on_end reports errors itself (the message is on co's stack) */
+};
+
+typedef struct td_vm_stats {
+    size_t anchored; /* entries in the anchors table */
+    size_t tasks;    /* tasks alive, pooled ones included */
+    size_t pooled;
+    size_t waits;
+} td_vm_stats;
+
+/* Creates the Lua state: standard libraries, the embedded tendril library,
+ * and under the sanitizer build a realloc-based allocator so that leak
+ * checks see Lua's memory. NULL when out of memory. */
+td_vm *td_vm_new(uv_loop_t *loop);
+/* Teardown: cancels every wait, releases every task, closes the state. */
+void td_vm_close(td_vm *vm);
+lua_State *td_vm_state(td_vm *vm);
+uv_loop_t *td_vm_loop(td_vm *vm);
+void td_vm_stats_get(td_vm *vm, td_vm_stats *st);
+
+/* [-1, +0] A new task running the function on top of L's stack (popped).
+ * Start it with td_vm_resume after pushing its arguments on t->co. */
+td_task *td_vm_task_new(td_vm *vm, td_task_end_cb on_end);
+/* [-1, +0] Sets the function pooled tasks run. It is called, the first
+ * time, with the pool marker (a light userdata) before the arguments, and
+ * hands its task back by yielding that marker; the values the next
+ * td_vm_resume pushes are that yield's results. */
+void td_vm_set_pool_function(td_vm *vm);
+/* A task from the pool (or a new one). */
+td_task *td_vm_task_pooled(td_vm *vm, td_task_end_cb on_end);
+
+/* The only caller of lua_resume. Runs t with the nargs values on top of
+ * t->co's stack. When it returns:
+ * - the task waits on a td_wait: nothing more happens here;
+ * - it yielded the pool marker: back to the pool;
+ * - it returned or raised: on_end runs, then the task is released; an
+ *   error is logged with its traceback (the script's file:line) first;
+ * - it yielded outside any tendril call: logged as an error, ended.
+ * Called while Lua code runs (from a C function that a coroutine called),
+ * the resume is posted and runs when the running one yields, so coroutines
+ * never nest on the C stack. After td_vm_close began it does nothing. */
+void td_vm_resume(td_task *t, int nargs);
+
+/* The task whose coroutine (or a coroutine it created) is L, or NULL. */
+td_task *td_vm_task_of(lua_State *L);
+/* For a C function about to yield: the task L can suspend, or raises an
+ * error naming `fname` and why it cannot. */
+td_task *td_vm_check_yieldable(lua_State *L, const char *fname);
+/* Records that t waits on w (before the C function yields). */
+void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *));
+/* Ends the wait, before the callback pushes results and calls td_vm_resume.
+ * Returns the coroutine to push them on. */
+lua_State *td_vm_wait_end(td_wait *w);
+
+/* Logs the error on top of co's stack with a traceback, prefixed by what. */
+void td_vm_log_error(lua_State *co, const char *what);
+
+#endif

@@ -1,0 +1,289 @@
+-- The request driver and the req/res objects handed to handlers.
+--
+-- Each pooled coroutine runs `driver`: one request after another, the
+-- handler inside xpcall so that an error (even one raised after the
+-- handler yielded and was resumed) is logged with its traceback and
+-- answered with a 500, and the coroutine goes back to the pool.
+--
+-- req and res hold the request as { conn, serial }; every primitive checks
+-- that pair, so a req or res kept after its request ended answers
+-- nil, "closed". Request fields are read from C on first use only.
+local core = require "tendril.core"
+local url = require "tendril.url"
+
+local setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall =
+    setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall
+local lower = string.lower
+local yield = coroutine.yield
+local traceback = debug.traceback
+
+local req_info, req_headers, req_remote, req_body = core.req_info, core.req_headers, core.req_remote, core.req_body
+local res_send, res_fail, res_head_sent = core.res_send, core.res_fail, core.res_head_sent
+local log = core.log
+
+local _M = {}
+
+local handler -- the app's, set once its top level has returned it
+
+---------------------------------------------------------------- req
+
+local getters = {}
+
+local function fill_info(self)
+    local method, target, version = req_info(self[1], self[2])
+    rawset(self, "method", method or false)
+    rawset(self, "target", target or false)
+    rawset(self, "version", version or false)
+end
+
+function getters.method(self)
+    fill_info(self)
+    return rawget(self, "method") or nil
+end
+
+function getters.target(self)
+    fill_info(self)
+    return rawget(self, "target") or nil
+end
+
+function getters.version(self)
+    fill_info(self)
+    return rawget(self, "version") or nil
+end
+
+local function fill_target(self)
+    local target = self.target or ""
+    local path, query = url.split_target(target)
+    rawset(self, "path", path)
+    rawset(self, "query_string", query)
+end
+
+function getters.path(self)
+    fill_target(self)
+    return rawget(self, "path")
+end
+
+function getters.query_string(self)
+    fill_target(self)
+    return rawget(self, "query_string")
+end
+
+function getters.query(self)
+    local q = url.parse_query(self.query_string)
+    rawset(self, "query", q)
+    return q
+end
+
+function getters.headers(self)
+    local h = req_headers(self[1], self[2]) or {}
+    rawset(self, "headers", h)
+    return h
+end
+
+function getters.remote_addr(self)
+    local a = req_remote(self[1], self[2])
+    rawset(self, "remote_addr", a or false)
+    return a
+end
+
+local req_methods = {}
+
+--- The whole request body (chunked bodies decoded), waiting for it if it is
+--- still arriving; nil, err ("closed", "timeout", "too large") on failure.
+function req_methods.body(self)
+    local b = rawget(self, "_body")
+    if b then
+        return b
+    end
+    local body, err = req_body(self[1], self[2])
+    if body then
+        rawset(self, "_body", body)
+    end
+    return body, err
+end
+
+local req_mt = {
+    __index = function(self, k)
+        local get = getters[k]
+        if get then
+            return get(self)
+        end
+        return req_methods[k]
+    end,
+}
+
+---------------------------------------------------------------- res
+
+local res_methods = {}
+local res_mt = { __index = res_methods }
+
+--- Sets the status code of a response whose head has not gone yet.
+function res_methods.status(self, code)
+    if type(code) ~= "number" or code < 100 or code > 999 or code % 1 ~= 0 then
+        error("res:status: expected a status code from 100 to 999, got " .. tostring(code), 2)
+    end
+    if self._sent then
+        error("res:status: the head was sent already", 2)
+    end
+    self._status = code
+    return self
+end
+
+--- Sets (replaces) a response header; a table value sends the header once
+--- per element; nil removes it.
+function res_methods.header(self, name, value)
+    if type(name) ~= "string" then
+        error("res:header: expected a header name (string), got " .. type(name), 2)
+    end
+    local tv = type(value)
+    if tv ~= "string" and tv ~= "number" and tv ~= "table" and value ~= nil then
+        error("res:header: expected a string, number or table value for '" .. name .. "', got " .. tv, 2)
+    end
+    if self._sent then
+        error("res:header: the head was sent already", 2)
+    end
+    local h = self._h
+    if not h then
+        h = {}
+        self._h = h
+        self._hi = {}
+    end
+    local key = lower(name)
+    local i = self._hi[key]
+    if value == nil then
+        value = false
+    end
+    if i then
+        h[i] = name
+        h[i + 1] = value
+    else
+        i = #h + 1
+        h[i] = name
+        h[i + 1] = value
+        self._hi[key] = i
+    end
+    return self
+end
+
+local function check_chunk(fname, chunk)
+    local t = type(chunk)
+    if t == "string" then
+        return chunk
+    elseif t == "number" then
+        return tostring(chunk)
+    end
+    error(fname .. ": expected a string, got " .. t, 3)
+end
+
+--- Sends a piece of the body (the head first, on the first write). Returns
+--- true, or nil, "closed" when the client is gone. Waits while the client
+--- is slower than the handler.
+function res_methods.write(self, chunk)
+    chunk = check_chunk("res:write", chunk)
+    if self._done then
+        return nil, "closed"
+    end
+    self._sent = true
+    return res_send(self[1], self[2], self._status, self._h, chunk, false)
+end
+
+--- Ends the response, with an optional last piece of body.
+function res_methods.finish(self, body)
+    if body ~= nil then
+        body = check_chunk("res:finish", body)
+    end
+    if self._done then
+        return nil, "closed"
+    end
+    self._done = true
+    self._sent = true
+    return res_send(self[1], self[2], self._status, self._h, body, true)
+end
+
+--- True once the head has gone to the client.
+function res_methods.head_sent(self)
+    return self._sent or res_head_sent(self[1], self[2])
+end
+
+---------------------------------------------------------------- driver
+
+local TEXT_PLAIN = { "Content-Type", "text/plain" }
+
+local function on_error(err)
+    if type(err) ~= "string" then
+        err = tostring(err)
+    end
+    return traceback(err, 2)
+end
+
+local function describe(req)
+    return tostring(req.method) .. " " .. tostring(req.target)
+end
+
+-- What the handler returned, when it did not finish the response itself:
+-- nothing; a body string; or status[, headers[, body]].
+local function respond(req, res, a, b, c)
+    local conn, serial = res[1], res[2]
+    if res._done then
+        return
+    end
+    res._done = true
+    local ta = type(a)
+    if a == nil then
+        res_send(conn, serial, res._status, res._h, nil, true)
+    elseif ta == "string" then
+        local h = res._h
+        if not res._sent and not (res._hi and res._hi["content-type"]) then
+            if h then
+                h[#h + 1] = "Content-Type"
+                h[#h + 1] = "text/plain"
+            else
+                h = TEXT_PLAIN
+            end
+        end
+        res_send(conn, serial, res._status, h, a, true)
+    elseif ta == "number" and not res._sent then
+        if b ~= nil then
+            if type(b) ~= "table" then
+                error("the handler returned headers that are a " .. type(b) .. ", not a table", 0)
+            end
+            for name, value in pairs(b) do
+                res:header(name, value)
+            end
+        end
+        if c ~= nil and type(c) ~= "string" then
+            c = tostring(c)
+        end
+        res._sent = false
+        res_send(conn, serial, a, res._h, c, true)
+    else
+        error("the handler returned a " .. ta .. " (expected nothing, a body string, or status, headers, body)", 0)
+    end
+end
+
+local function serve(conn, serial)
+    local req = setmetatable({ conn, serial }, req_mt)
+    local res = setmetatable({ conn, serial, _status = 200 }, res_mt)
+    local ok, a, b, c = xpcall(handler, on_error, req, res)
+    if ok then
+        ok, a = xpcall(respond, on_error, req, res, a, b, c)
+    end
+    if not ok then
+        log("error", describe(req) .. ": " .. a)
+        res_fail(conn, serial)
+    end
+end
+
+--- The function every pooled coroutine runs (see vm.h).
+function _M.driver(marker, conn, serial)
+    while true do
+        serve(conn, serial)
+        conn, serial = yield(marker)
+    end
+end
+
+function _M.set_handler(fn)
+    handler = fn
+end
+
+return _M
