@@ -297,7 +297,13 @@ static void on_message(td_http_conn *hc) {
  * Lua happens here, between llhttp calls, never inside its callbacks. */
 static void feed(td_http_conn *hc, const char *data, size_t len) {
     td_http_server *hs = td_http__server(hc);
-    while (len > 0 && !hc->conn.closed) {
+    /* After a pause llhttp may owe a callback with no input left (the end
+     * of a message without a body): run it once more with zero bytes. */
+    int resumed = 0;
+    while (!hc->conn.closed) {
+        if (len == 0 && (!resumed || hc->phase == TD_HTTP_AWAITING || hc->phase == TD_HTTP_IDLE))
+            return;
+        resumed = 0;
         if (hc->phase == TD_HTTP_AWAITING) {
             if (hc->live) {
                 /* Answer in order: keep the rest for after this response. */
@@ -340,6 +346,7 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
                 on_head(hc);
             else if (ev == EV_MESSAGE)
                 on_message(hc);
+            resumed = 1;
             continue;
         }
         if (err == HPE_PAUSED_UPGRADE) {
@@ -348,7 +355,7 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
             llhttp_resume_after_upgrade(&hc->parser);
             continue;
         }
-        int status = hc->error_status ? hc->error_status : 400;
+        int status = hc->error_status ? hc->error_status : err == HPE_INVALID_VERSION ? 505 : 400;
         if (status == 413 && hc->live) {
             body_failed(hc, TD_ETOOLARGE);
             if (hc->conn.closed)
