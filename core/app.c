@@ -261,7 +261,11 @@ int td_app_run(const td_config *cfg) {
 
     /* Teardown, in reverse: Lua first (its waits own libuv handles), then
      * the connections, then our own handles; the loop must close clean. */
-    td_vm_close(app.vm);
+    size_t lua_left = td_vm_close(app.vm);
+    if (lua_left) {
+        td_log(TD_LOG_CRIT, "teardown: Lua still holds %zu bytes after closing its state", lua_left);
+        exit_code = 1;
+    }
     td_server_close(&app.hs->srv);
     close_handle((uv_handle_t *)&app.sigterm);
     close_handle((uv_handle_t *)&app.sigint);

@@ -406,17 +406,10 @@ static void http_on_deferred(td_conn *c) {
         td_conn_resume_reading(c);
 }
 
-static void http_on_eof(td_conn *c, int err) {
-    td_http_conn *hc = (td_http_conn *)c;
-    /* A peer that half-closes after a complete request still gets its
-     * answer; anything else means the client is gone. */
-    if (err == UV_EOF && hc->live && hc->phase == TD_HTTP_AWAITING) {
-        hc->close_after = 1;
-        td_conn_pause_reading(c);
-        return;
-    }
-    td_conn_close(c);
-}
+/* The client closed or reset: it is gone, whatever it sent last. (A
+ * half-close is treated the same way: nearly every client that does it has
+ * given up, and a live request learns at once that writing is pointless.) */
+static void http_on_eof(td_conn *c, int err) { td_conn_close(c); }
 
 static void http_on_timeout(td_conn *c) {
     td_http_conn *hc = (td_http_conn *)c;

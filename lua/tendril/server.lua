@@ -13,7 +13,7 @@ local url = require "tendril.url"
 
 local setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall =
     setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall
-local lower = string.lower
+local lower, find, sub = string.lower, string.find, string.sub
 local yield = coroutine.yield
 local traceback = debug.traceback
 
@@ -209,11 +209,18 @@ end
 
 local TEXT_PLAIN = { "Content-Type", "text/plain" }
 
+-- The traceback stops at the handler: the runtime's frames below it
+-- (xpcall, the driver) say nothing about the script.
 local function on_error(err)
     if type(err) ~= "string" then
         err = tostring(err)
     end
-    return traceback(err, 2)
+    local tb = traceback(err, 2)
+    local cut = find(tb, "\n%s*%[C%]: in function 'xpcall'")
+    if cut then
+        tb = sub(tb, 1, cut - 1)
+    end
+    return tb
 end
 
 local function describe(req)
@@ -222,7 +229,7 @@ end
 
 -- What the handler returned, when it did not finish the response itself:
 -- nothing; a body string; or status[, headers[, body]].
-local function respond(req, res, a, b, c)
+local function respond(res, a, b, c)
     local conn, serial = res[1], res[2]
     if res._done then
         return
@@ -266,7 +273,7 @@ local function serve(conn, serial)
     local res = setmetatable({ conn, serial, _status = 200 }, res_mt)
     local ok, a, b, c = xpcall(handler, on_error, req, res)
     if ok then
-        ok, a = xpcall(respond, on_error, req, res, a, b, c)
+        ok, a = xpcall(respond, on_error, res, a, b, c)
     end
     if not ok then
         log("error", describe(req) .. ": " .. a)

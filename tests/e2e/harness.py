@@ -190,7 +190,7 @@ class Reader:
 
     def __init__(self, sock, timeout=10):
         self.sock = sock
-        self.buf = b""
+        self.buf = bytearray()
         self.sock.settimeout(deadline(timeout))
 
     def _fill(self):
@@ -202,13 +202,16 @@ class Reader:
     def _line(self):
         while b"\r\n" not in self.buf:
             self._fill()
-        line, self.buf = self.buf.split(b"\r\n", 1)
+        i = self.buf.index(b"\r\n")
+        line = bytes(self.buf[:i])
+        del self.buf[:i + 2]
         return line
 
     def _take(self, n):
         while len(self.buf) < n:
             self._fill()
-        data, self.buf = self.buf[:n], self.buf[n:]
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
         return data
 
     def response(self, head_request=False):
@@ -228,7 +231,7 @@ class Reader:
         te = r.header("transfer-encoding")
         cl = r.header("content-length")
         if te and "chunked" in te.lower():
-            body = b""
+            body = bytearray()
             while True:
                 size = int(self._line().split(b";")[0], 16)
                 if size == 0:
@@ -237,7 +240,7 @@ class Reader:
                     break
                 body += self._take(size)
                 self._take(2)
-            r.body = body
+            r.body = bytes(body)
         elif cl is not None:
             r.body = self._take(int(cl))
         else:
@@ -246,7 +249,7 @@ class Reader:
                     self._fill()
             except EOFError:
                 pass
-            r.body, self.buf = self.buf, b""
+            r.body, self.buf = bytes(self.buf), bytearray()
         return r
 
     def closed(self, timeout=5):
@@ -289,5 +292,5 @@ class TestCase(unittest.TestCase):
 
 
 def main():
-    warnings.simplefilter("ignore", ResourceWarning)
-    unittest.main(verbosity=2)
+    # Tests close what matters; unclosed-socket warnings are noise here.
+    unittest.main(verbosity=2, warnings="ignore")

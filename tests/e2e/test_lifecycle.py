@@ -1,0 +1,235 @@
+"""Starting, configuring and stopping the real binary."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import textwrap
+import threading
+import time
+
+from harness import BIN, Reader, Server, TestCase, connect, deadline, get, main, poll
+
+HELLO = 'return function() return "hi" end\n'
+
+
+def run_cli(*args, app=None, timeout=20):
+    d = tempfile.mkdtemp(prefix="tendril-cli-")
+    argv = [BIN] + list(args)
+    if app is not None:
+        path = os.path.join(d, "app.lua")
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(app))
+        argv = [a.replace("APP", path) for a in argv]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=deadline(timeout))
+
+
+class CliTest(TestCase):
+    def test_version_and_help(self):
+        r = run_cli("--version")
+        self.assertEqual((r.returncode, r.stdout), (0, "tendril 0.1.0\n"))
+        r = run_cli("--help")
+        self.assertEqual(r.returncode, 0)
+        for flag in ["--host", "--port", "--access-log", "--error-log", "--max-header-bytes",
+                     "--max-body-bytes", "--max-connections", "--header-timeout", "--body-timeout",
+                     "--keepalive-timeout", "--shutdown-timeout"]:
+            self.assertIn(flag, r.stdout)
+        self.assertEqual(run_cli("serve", "--help").returncode, 0)
+
+    def test_usage_errors(self):
+        for args in [(), ("run",), ("serve",), ("serve", "x.lua", "--port", "70000"),
+                     ("serve", "x.lua", "--bogus", "1"), ("serve", "x.lua", "--header-timeout", "-1"),
+                     ("serve", "x.lua", "--port")]:
+            r = run_cli(*args)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertTrue(r.stderr.startswith("tendril: "), r.stderr)
+
+    def assertOneLineFailure(self, r, pattern):
+        self.assertNotEqual(r.returncode, 0)
+        lines = r.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, r.stderr)
+        self.assertRegex(lines[0], pattern)
+        self.assertNotIn("listening", r.stdout)
+
+    def test_missing_script(self):
+        r = run_cli("serve", "/nonexistent/app.lua", "--port", "0")
+        self.assertOneLineFailure(r, r"^tendril: cannot open /nonexistent/app\.lua")
+
+    def test_syntax_error_names_file_and_line(self):
+        r = run_cli("serve", "APP", "--port", "0", app="local x = 1\nlocal y = = 2\nreturn function() end\n")
+        self.assertOneLineFailure(r, r"^tendril: \S*app\.lua:2: unexpected symbol near '='")
+
+    def test_no_handler_returned(self):
+        r = run_cli("serve", "APP", "--port", "0", app="local x = 1\n")
+        self.assertOneLineFailure(r, r"did not return a handler function \(it returned nothing\)")
+        r = run_cli("serve", "APP", "--port", "0", app="return 42\n")
+        self.assertOneLineFailure(r, r"it returned number")
+
+    def test_top_level_error(self):
+        r = run_cli("serve", "APP", "--port", "0", app="local t = nil\nreturn t.x\n")
+        self.assertOneLineFailure(r, r"^tendril: \S*app\.lua:2: attempt to index local 't'")
+
+    def test_port_in_use(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            port = s.getsockname()[1]
+            r = run_cli("serve", "APP", "--port", str(port), app=HELLO)
+            self.assertOneLineFailure(r, r"^tendril: cannot listen on 127\.0\.0\.1 port %d: address already in use"
+                                      % port)
+
+
+class StartupTest(TestCase):
+    def test_top_level_may_yield_and_require_neighbours(self):
+        app = '''
+            local tendril = require "tendril"
+            local helper = require "helper"
+            local cjson = require "cjson"
+            tendril.sleep(0.05)
+            local started = tendril.now()
+            return function(req)
+                return cjson.encode({ msg = helper.greet(req.query.name), started = started > 0 })
+            end
+        '''
+        files = {"helper.lua": 'return { greet = function(n) return "hello " .. n end }\n'}
+        with Server(app, files=files, cwd="/") as srv:
+            body = get(srv.port, "/?name=bob").body.decode()
+            self.assertIn('"msg":"hello bob"', body)
+            self.assertIn('"started":true', body)
+
+    def test_listening_line_and_host(self):
+        with Server(HELLO, args=["--host", "127.0.0.1"]) as srv:
+            self.assertRegex(srv.stdout(), r"^listening on http://127\.0\.0\.1:\d+\n")
+
+    def test_ipv6_host(self):
+        try:
+            socket.socket(socket.AF_INET6).bind(("::1", 0))
+        except OSError:
+            self.skipTest("no IPv6 loopback here")
+        with Server(HELLO, args=["--host", "::1"]) as srv:
+            self.assertRegex(srv.stdout(), r"^listening on http://\[::1\]:\d+\n")
+            with socket.create_connection(("::1", srv.port)) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertEqual(Reader(s).response().body, b"hi")
+
+    def test_open_file_limit_raised(self):
+        with Server(HELLO) as srv:
+            with open("/proc/%d/limits" % srv.proc.pid) as f:
+                line = next(l for l in f if l.startswith("Max open files"))
+            soft, hard = line.split()[3:5]
+            self.assertEqual(soft, hard)
+
+    def test_access_log_common_log_format(self):
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "access.log")
+        with Server(HELLO, args=["--access-log", path]) as srv:
+            get(srv.port, '/a?b="c"')
+            raw_bad = socket.create_connection(("127.0.0.1", srv.port))
+            raw_bad.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            Reader(raw_bad).response()
+            raw_bad.close()
+        with open(path) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 2, lines)
+        clf = r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "%s" %d %s$'
+        self.assertRegex(lines[0], clf % (r'GET /a\?b=\\x22c\\x22 HTTP/1\.1', 200, "2"))
+        self.assertRegex(lines[1], clf % (r'GET / HTTP/1\.1', 400, r"\d+"))
+
+    def test_access_log_to_stdout(self):
+        with Server(HELLO, args=["--access-log", "-"]) as srv:
+            get(srv.port, "/x")
+            self.assertTrue(poll(lambda: '"GET /x HTTP/1.1" 200 2' in srv.stdout(), 5))
+
+    def test_error_log_file(self):
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "error.log")
+        app = 'return function() require("tendril").log("warn", "to the file") return "ok" end\n'
+        with Server(app, args=["--error-log", path]) as srv:
+            get(srv.port, "/")
+            self.assertTrue(poll(lambda: "[warn]" in open(path).read(), 5))
+        self.assertIn("to the file", open(path).read())
+        self.assertNotIn("to the file", srv.stderr())
+
+
+SLOW_APP = r'''
+local tendril = require "tendril"
+return function(req)
+    if req.path == "/slow" then
+        tendril.sleep(tonumber(req.query.s))
+        return "done"
+    end
+    return "quick"
+end
+'''
+
+
+class ShutdownTest(TestCase):
+    def test_sigterm_drains_in_flight_requests(self):
+        srv = Server(SLOW_APP).start()
+        idle = connect(srv.port)
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle_rd = Reader(idle)
+        self.assertEqual(idle_rd.response().body, b"quick")
+        busy = connect(srv.port)
+        busy.sendall(b"GET /slow?s=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        srv.signal(signal.SIGTERM)
+        # The idle keep-alive connection is closed at once.
+        self.assertTrue(idle_rd.closed(timeout=0.8))
+        # New connections are refused.
+        self.assertTrue(poll(lambda: self._refused(srv.port), 2))
+        # The in-flight request finishes, told that the connection closes.
+        r = Reader(busy).response()
+        self.assertEqual((r.status, r.body, r.header("connection")), (200, b"done", "close"))
+        self.assertEqual(srv.wait(), 0)
+        srv.assert_clean()
+
+    @staticmethod
+    def _refused(port):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return False
+        except OSError:
+            return True
+
+    def test_sigint_with_nothing_in_flight(self):
+        srv = Server(SLOW_APP).start()
+        self.assertEqual(get(srv.port, "/").body, b"quick")
+        srv.signal(signal.SIGINT)
+        self.assertEqual(srv.wait(), 0)
+        srv.assert_clean()
+
+    def test_shutdown_timeout_cuts_requests_off(self):
+        srv = Server(SLOW_APP, args=["--shutdown-timeout", "0.5"]).start()
+        busy = connect(srv.port)
+        busy.sendall(b"GET /slow?s=30 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        start = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        self.assertEqual(srv.wait(), 1)
+        self.assertLess(time.monotonic() - start, deadline(5))
+        self.assertIn("shutdown timeout", srv.stderr())
+        srv.assert_clean()
+
+
+class LimitsTest(TestCase):
+    def test_max_connections_makes_others_wait(self):
+        with Server(SLOW_APP, args=["--max-connections", "2"]) as srv:
+            a, b = connect(srv.port), connect(srv.port)
+            for s in (a, b):
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertEqual(Reader(s).response().body, b"quick")
+            c = connect(srv.port)  # the kernel's backlog accepts it
+            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.settimeout(0.5)
+            with self.assertRaises(socket.timeout):
+                c.recv(100)
+            a.close()
+            self.assertEqual(Reader(c).response().body, b"quick")
+            b.close()
+            c.close()
+
+
+if __name__ == "__main__":
+    main()

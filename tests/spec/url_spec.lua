@@ -1,0 +1,63 @@
+-- tendril.url: percent-decoding and query strings.
+local url = require "tendril.url"
+
+describe("tendril.url", function()
+    describe("decode", function()
+        it("decodes %XX escapes and keeps +", function()
+            assert.are.equal("/a b/c+d", url.decode("/a%20b/c+d"))
+            assert.are.equal("/caf\195\169", url.decode("/caf%C3%A9"))
+        end)
+
+        it("leaves malformed escapes alone", function()
+            assert.are.equal("100%", url.decode("100%"))
+            assert.are.equal("%zz", url.decode("%zz"))
+        end)
+    end)
+
+    describe("decode_component", function()
+        it("turns + into a space before decoding", function()
+            assert.are.equal("a b+c", url.decode_component("a+b%2Bc"))
+        end)
+    end)
+
+    describe("parse_query", function()
+        it("parses names and values", function()
+            assert.are.same({ a = "1", b = "x y" }, url.parse_query("a=1&b=x+y"))
+        end)
+
+        it("collects a repeated name into an array", function()
+            assert.are.same({ a = { "1", "2", "3" } }, url.parse_query("a=1&a=2&a=3"))
+        end)
+
+        it("gives a bare name the empty string", function()
+            assert.are.same({ flag = "", e = "" }, url.parse_query("flag&e="))
+        end)
+
+        it("skips empty pairs and empty names", function()
+            assert.are.same({ a = "1" }, url.parse_query("&&a=1&=x&"))
+        end)
+
+        it("decodes names too and keeps = in values", function()
+            assert.are.same({ ["a b"] = "c=d" }, url.parse_query("a%20b=c=d"))
+        end)
+
+        it("returns an empty table for nothing", function()
+            assert.are.same({}, url.parse_query(""))
+            assert.are.same({}, url.parse_query(nil))
+        end)
+    end)
+
+    describe("split_target", function()
+        it("splits path and query and decodes the path only", function()
+            local path, query = url.split_target("/a%2Fb?x=%20#frag")
+            assert.are.equal("/a/b", path)
+            assert.are.equal("x=%20", query)
+        end)
+
+        it("handles a target without a query", function()
+            local path, query = url.split_target("/plain")
+            assert.are.equal("/plain", path)
+            assert.are.equal("", query)
+        end)
+    end)
+end)

@@ -1,0 +1,84 @@
+/* td_cli_parse: defaults, options and refusals. */
+#include "check.h"
+#include "cli.h"
+
+#include <stdio.h>
+
+static int parse(td_config *cfg, int argc, const char **argv) {
+    /* Usage errors print to stderr; keep the test output readable. */
+    FILE *saved = stderr;
+    stderr = fopen("/dev/null", "w");
+    int rc = td_cli_parse(argc, (char **)argv, cfg);
+    fclose(stderr);
+    stderr = saved;
+    return rc;
+}
+
+static void test_defaults(void) {
+    td_config cfg;
+    const char *argv[] = {"tendril", "serve", "app.lua"};
+    CHECK_EQ_INT(parse(&cfg, 3, argv), TD_CLI_RUN);
+    CHECK(strcmp(cfg.app_path, "app.lua") == 0);
+    CHECK(strcmp(cfg.host, "127.0.0.1") == 0);
+    CHECK_EQ_INT(cfg.port, 8080);
+    CHECK_EQ_INT(cfg.max_header_bytes, 16384);
+    CHECK_EQ_INT(cfg.max_body_bytes, 1048576);
+    CHECK_EQ_INT(cfg.max_connections, 0);
+    CHECK(cfg.header_timeout == 10 && cfg.body_timeout == 10);
+    CHECK(cfg.keepalive_timeout == 5 && cfg.shutdown_timeout == 10);
+    CHECK(cfg.access_log == NULL && cfg.error_log == NULL);
+}
+
+static void test_every_option(void) {
+    td_config cfg;
+    const char *argv[] = {"tendril", "serve", "--host", "::1", "--port=0", "a.lua", "--access-log", "-",
+                          "--error-log", "/tmp/e.log", "--max-header-bytes", "8192", "--max-body-bytes=0",
+                          "--max-connections", "100", "--header-timeout", "0.5", "--body-timeout", "2",
+                          "--keepalive-timeout", "1.5", "--shutdown-timeout", "3"};
+    CHECK_EQ_INT(parse(&cfg, (int)(sizeof argv / sizeof argv[0]), argv), TD_CLI_RUN);
+    CHECK(strcmp(cfg.host, "::1") == 0);
+    CHECK_EQ_INT(cfg.port, 0);
+    CHECK(strcmp(cfg.app_path, "a.lua") == 0);
+    CHECK(strcmp(cfg.access_log, "-") == 0);
+    CHECK(strcmp(cfg.error_log, "/tmp/e.log") == 0);
+    CHECK_EQ_INT(cfg.max_header_bytes, 8192);
+    CHECK_EQ_INT(cfg.max_body_bytes, 0);
+    CHECK_EQ_INT(cfg.max_connections, 100);
+    CHECK(cfg.header_timeout == 0.5 && cfg.body_timeout == 2);
+    CHECK(cfg.keepalive_timeout == 1.5 && cfg.shutdown_timeout == 3);
+}
+
+static void test_refusals(void) {
+    td_config cfg;
+    const char *cases[][5] = {
+        {"tendril", NULL},
+        {"tendril", "start", "a.lua", NULL},
+        {"tendril", "serve", NULL},
+        {"tendril", "serve", "a.lua", "b.lua"},
+        {"tendril", "serve", "a.lua", "--port"},
+        {"tendril", "serve", "a.lua", "--port", "65536"},
+        {"tendril", "serve", "a.lua", "--port", "-1"},
+        {"tendril", "serve", "a.lua", "--port", "80x"},
+        {"tendril", "serve", "a.lua", "--header-timeout", "0"},
+        {"tendril", "serve", "a.lua", "--body-timeout", "nan"},
+        {"tendril", "serve", "a.lua", "--max-connections", "0"},
+        {"tendril", "serve", "a.lua", "--max-header-bytes", "10"},
+        {"tendril", "serve", "a.lua", "--frobnicate", "1"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int argc = 0;
+        while (argc < 5 && cases[i][argc])
+            argc++;
+        int rc = parse(&cfg, argc, cases[i]);
+        if (rc != TD_CLI_USAGE)
+            fprintf(stderr, "case %zu was accepted\n", i);
+        CHECK_EQ_INT(rc, TD_CLI_USAGE);
+    }
+}
+
+int main(void) {
+    test_defaults();
+    test_every_option();
+    test_refusals();
+    return check_result("test_cli");
+}
