@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""The engine of scripts/bench: starts each server pinned to core 0, drives
+it from core 1 with ab and wrk, and writes docs/benchmarks.md.
+
+usage: bench/run.py [--peers tendril,nginx-lua,node,eventlet,nginx] [--runs N]
+                    [--duration S] [--out PATH]
+Every load run is bounded in requests or seconds; traffic goes to 127.0.0.1 only.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PEERS_DIR = os.path.join(HERE, "peers")
+HZ = os.sysconf("SC_CLK_TCK")
+
+DESCRIPTIONS = {
+    "tendril": "tendril (Lua handler)",
+    "nginx-lua": "nginx + Lua (lua-nginx-module)",
+    "node": "Node.js",
+    "eventlet": "Python eventlet",
+    "nginx": "nginx static `return 200` (C reference)",
+}
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run(cmd, timeout):
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=raise_nofile)
+    return out.stdout + out.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def wait_ready(port, timeout=15):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def ab(port, n, c, path="/"):
+    text = run(["taskset", "-c", "1", "ab", "-q", "-r", "-n", str(n), "-c", str(c),
+                "http://127.0.0.1:%d%s" % (port, path)], timeout=300)
+    rps = re.search(r"Requests per second:\s+([\d.]+)", text)
+    failed = re.search(r"Failed requests:\s+(\d+)", text)
+    done = re.search(r"Complete requests:\s+(\d+)", text)
+    if not rps:
+        return {"rps": None, "failed": None, "note": "ab did not finish"}
+    return {"rps": float(rps.group(1)), "failed": int(failed.group(1)) + (n - int(done.group(1)))}
+
+
+def wrk(port, conns, seconds, path="/", timeout_s=5):
+    text = run(["taskset", "-c", "1", "wrk", "-t1", "-c%d" % conns, "-d%ds" % seconds,
+                "--timeout", "%ds" % timeout_s, "http://127.0.0.1:%d%s" % (port, path)],
+               timeout=seconds + 60)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    total = re.search(r"(\d+) requests in", text)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    errors = sum(int(x) for x in errs.groups()) if errs else 0
+    return {"rps": float(rps.group(1)) if rps else None,
+            "requests": int(total.group(1)) if total else 0,
+            "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
+
+
+def idle_conns(port, n, pid):
+    text = run([sys.executable, os.path.join(PEERS_DIR, "idle-conns.py"), str(port), str(n), "3", str(pid)],
+               timeout=90)
+    try:
+        return json.loads(text.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"bytes_per_conn": None, "note": text[-300:]}
+
+
+def start(peer, port, tendril_bin):
+    env = dict(os.environ, TENDRIL_BIN=tendril_bin, PEER_LOGS="/tmp/tendril-bench-logs")
+    out = subprocess.run([os.path.join(PEERS_DIR, "start.sh"), peer, str(port)], capture_output=True,
+                         text=True, env=env, timeout=30)
+    if out.returncode != 0:
+        raise RuntimeError("%s did not start: %s" % (peer, out.stderr.strip()))
+    master = int(out.stdout.strip().splitlines()[-1])
+    if not wait_ready(port):
+        raise RuntimeError("%s is not answering on port %d" % (peer, port))
+    worker = master
+    if peer.startswith("nginx"):
+        kids = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()
+        worker = int(kids[0])
+    return master, worker
+
+
+def stop(master):
+    subprocess.run([os.path.join(PEERS_DIR, "stop.sh"), str(master)], timeout=30)
+
+
+def measure(peer, tendril_bin, duration):
+    port = free_port()
+    master, worker = start(peer, port, tendril_bin)
+    r = {}
+    try:
+        # Idle memory first, on a fresh process: later load would leave
+        # pooled memory behind that hides the per-connection cost.
+        r["idle"] = idle_conns(port, 2000, worker)
+        wrk(port, 50, 1)  # warm-up (JIT, caches)
+        r["ab"] = [ab(port, 10000, c) for c in (5, 100, 1000)]
+        t0 = cpu_ticks(worker)
+        r["wrk50"] = wrk(port, 50, duration)
+        used = cpu_ticks(worker) - t0
+        r["cpu_us"] = used / HZ * 1e6 / r["wrk50"]["requests"] if r["wrk50"]["requests"] else None
+        r["wrk1000"] = wrk(port, 1000, duration)
+        if peer != "nginx":
+            r["sleep1ms"] = wrk(port, 50, duration, "/sleep1ms")
+            # In d seconds each connection can finish d - 1 one-second
+            # sleeps (the first ends at 1 s, the d-th would end just past d).
+            d = duration + 1
+            r["sleeps2000"] = wrk(port, 2000, d, "/sleep", timeout_s=5)
+            ideal = 2000.0 * (d - 1) / d
+            r["sleeps2000"]["ideal_pct"] = (100.0 * r["sleeps2000"]["rps"] / ideal) if r["sleeps2000"]["rps"] else None
+    finally:
+        stop(master)
+    return r
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def merge(runs):
+    """Medians over runs, field by field."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: merge([r.get(k) for r in runs]) for k in first}
+    if isinstance(first, list):
+        return [merge([r[i] for r in runs]) for i in range(len(first))]
+    if isinstance(first, (int, float)) or first is None:
+        return median(runs)
+    return first
+
+
+def fmt(v, unit="", digits=0):
+    if v is None:
+        return "–"
+    if digits == 0 and v >= 1000:
+        return "%.1fk%s" % (v / 1000, unit)
+    return ("%." + str(digits) + "f%s") % (v, unit)
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    deb = open("/etc/debian_version").read().strip() if os.path.exists("/etc/debian_version") else "?"
+    return "%s, %d cores, Linux %s, Debian %s" % (model, os.cpu_count(), platform.release(), deb)
+
+
+def versions():
+    def first_line(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip() \
+                or subprocess.run(cmd, capture_output=True, text=True, timeout=10).stderr.strip()
+        except OSError:
+            return "not installed"
+    return {
+        "nginx": first_line(["nginx", "-v"]).replace("nginx version: ", ""),
+        "node": first_line(["node", "--version"]),
+        "eventlet": first_line(["/usr/bin/python3", "-c", "import eventlet; print(eventlet.__version__)"]),
+    }
+
+
+def write_report(path, results, runs, duration, extra_sections):
+    lines = []
+    lines.append("# Benchmarks\n")
+    lines.append("Written by `scripts/bench` on %s." % datetime.date.today().isoformat())
+    lines.append("Machine: %s. Versions: %s." % (machine(), ", ".join("%s %s" % kv for kv in versions().items())))
+    lines.append("Each server is pinned to core 0 and the load generator to core 1; medians of %d run(s), "
+                 "%d s per wrk run. Numbers move by 10%% or more between runs on this shared machine: "
+                 "compare within one table.\n" % (runs, duration))
+    lines.append("| server | ab -n 10000 c5 / c100 / c1000 req/s (failed) | wrk -t1 -c50 req/s | CPU µs/req "
+                 "| wrk -c1000 req/s | 1 ms sleep per request, c50 | 2000 × 1 s sleeps, % of ideal "
+                 "| idle bytes/conn (2000 conns) |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for peer, r in results.items():
+        if "error" in r:
+            lines.append("| %s | %s |  |  |  |  |  |  |" % (DESCRIPTIONS.get(peer, peer), r["error"]))
+            continue
+        abs_ = " / ".join(fmt(a["rps"]) for a in r["ab"])
+        failed = sum((a["failed"] or 0) for a in r["ab"])
+        sl = r.get("sleep1ms")
+        s2 = r.get("sleeps2000")
+        lines.append("| %s | %s (%d) | %s | %s | %s | %s | %s | %s |" % (
+            DESCRIPTIONS.get(peer, peer), abs_, failed, fmt(r["wrk50"]["rps"]), fmt(r["cpu_us"], digits=1),
+            fmt(r["wrk1000"]["rps"]), fmt(sl["rps"]) if sl else "–",
+            (fmt(s2["ideal_pct"], "%") + ("" if not s2["errors"] else " (%d errors)" % s2["errors"])) if s2 else "–",
+            fmt(r["idle"].get("bytes_per_conn"), digits=0) if r.get("idle") else "–"))
+    t = results.get("tendril")
+    if t and "error" not in t:
+        lines.append("\n## Tendril against its peers (ratios from the same run)\n")
+        lines.append("| peer | wrk -c50 req/s | CPU per request | wrk -c1000 req/s | 1 ms sleeps |")
+        lines.append("|---|---|---|---|---|")
+        for peer, r in results.items():
+            if peer == "tendril" or "error" in r:
+                continue
+
+            def ratio(a, b):
+                return "%.2f×" % (a / b) if a and b else "–"
+            lines.append("| %s | %s | %s | %s | %s |" % (
+                DESCRIPTIONS.get(peer, peer), ratio(t["wrk50"]["rps"], r["wrk50"]["rps"]),
+                ratio(t["cpu_us"], r["cpu_us"]), ratio(t["wrk1000"]["rps"], r["wrk1000"]["rps"]),
+                ratio((t.get("sleep1ms") or {}).get("rps"), (r.get("sleep1ms") or {}).get("rps"))))
+        lines.append("\nA ratio above 1 means tendril served more requests per second; for CPU per "
+                     "request, below 1 means tendril spent less.")
+    for section in extra_sections:
+        lines.append("")
+        lines.append(section)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers", default="tendril,nginx-lua,node,eventlet,nginx")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--tendril", default=os.path.join(ROOT, "build-release", "tendril"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    ap.add_argument("--json", help="also write the raw results here")
+    args = ap.parse_args()
+    results = {}
+    for peer in args.peers.split(","):
+        runs = []
+        for i in range(args.runs):
+            print("bench: %s, run %d of %d" % (peer, i + 1, args.runs), file=sys.stderr, flush=True)
+            try:
+                runs.append(measure(peer, args.tendril, args.duration))
+            except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+                print("bench: %s: %s" % (peer, e), file=sys.stderr)
+                runs.append({"error": str(e)})
+        ok = [r for r in runs if "error" not in r]
+        results[peer] = merge(ok) if ok else runs[0]
+        print(json.dumps({peer: results[peer]}), file=sys.stderr)
+    extra = []
+    extra_path = os.path.join(ROOT, "docs", "benchmarks-extra.md")
+    if os.path.exists(extra_path):
+        extra.append(open(extra_path).read().strip())
+    write_report(args.out, results, args.runs, args.duration, extra)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    print("bench: wrote %s" % args.out, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
