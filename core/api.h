@@ -15,6 +15,22 @@ void td_api_tendril_open(lua_State *L, td_vm *vm);
 void td_api_sleep_open(lua_State *L, td_vm *vm);
 /* The request and response primitives, and http statistics. */
 void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs);
+/* TCP client sockets and tcp.listen. */
+void td_api_tcp_open(lua_State *L, td_vm *vm);
+/* Closes every tcp.listen listener (shutdown and teardown). */
+void td_api_tcp_close_listeners(void);
+/* The HTTP client's response reader over TCP sockets. */
+void td_api_http_client_open(lua_State *L, td_vm *vm);
+/* Events and tendril.spawn. */
+void td_api_thread_open(lua_State *L, td_vm *vm);
+/* tendril.resolve. */
+void td_api_dns_open(lua_State *L, td_vm *vm);
+/* fs.read, fs.write, fs.stat. */
+void td_api_fs_open(lua_State *L, td_vm *vm);
+/* tendril.run. */
+void td_api_process_open(lua_State *L, td_vm *vm);
+/* Coroutine relay support: task_waiting, relay_set, isyieldable. */
+void td_api_coroutine_open(lua_State *L, td_vm *vm);
 /* The td_http_request_cb that runs a request in a pooled task; ud is the vm. */
 void td_api_http_dispatch(td_http_conn *hc, void *ud);
 

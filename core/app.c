@@ -55,6 +55,13 @@ static void open_core(td_app *app) {
     td_api_tendril_open(L, app->vm);
     td_api_sleep_open(L, app->vm);
     td_api_http_open(L, app->vm, app->hs);
+    td_api_tcp_open(L, app->vm);
+    td_api_http_client_open(L, app->vm);
+    td_api_thread_open(L, app->vm);
+    td_api_dns_open(L, app->vm);
+    td_api_fs_open(L, app->vm);
+    td_api_process_open(L, app->vm);
+    td_api_coroutine_open(L, app->vm);
     lua_setfield(L, -2, "tendril.core");
     lua_pop(L, 2);
 }
@@ -113,7 +120,7 @@ static int load_app(td_app *app) {
     lua_State *L = td_vm_state(app->vm);
     open_core(app);
     set_app_path(L, app->cfg->app_path);
-    if (require_module(L, "tendril.server") != 0) {
+    if (require_module(L, "tendril.boot") != 0 || (lua_pop(L, 1), require_module(L, "tendril.server")) != 0) {
         fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
         return -1;
     }
@@ -171,6 +178,7 @@ static void on_stop_signal(uv_signal_t *sig, int signum) {
     app->stopping = 1;
     td_log(TD_LOG_NOTICE, "%s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
     td_http_server_drain(app->hs);
+    td_api_tcp_close_listeners();
     if (app->hs->srv.nconns == 0) {
         finish(app);
         return;
@@ -209,6 +217,9 @@ int td_app_run(const td_config *cfg) {
     int rc;
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
+    /* libuv's thread pool runs DNS lookups and file I/O; its default of
+     * four lets a burst of slow lookups starve the files. */
+    setenv("UV_THREADPOOL_SIZE", "16", 0);
     if ((rc = td_log_open_error(cfg->error_log)) != 0) {
         fprintf(stderr, "tendril: cannot open the error log %s: %s\n", cfg->error_log, uv_strerror(rc));
         return 1;
@@ -261,6 +272,7 @@ int td_app_run(const td_config *cfg) {
 
     /* Teardown, in reverse: Lua first (its waits own libuv handles), then
      * the connections, then our own handles; the loop must close clean. */
+    td_api_tcp_close_listeners();
     size_t lua_left = td_vm_close(app.vm);
     if (lua_left) {
         td_log(TD_LOG_CRIT, "teardown: Lua still holds %zu bytes after closing its state", lua_left);

@@ -19,6 +19,8 @@ const char *td_err_name(int code) {
         return "too large";
     case TD_EBADARG:
         return "bad argument";
+    case TD_EPROTO:
+        return "invalid response";
     case UV_ECONNREFUSED:
         return "connection refused";
     case UV_ENOENT:

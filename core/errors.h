@@ -13,6 +13,7 @@ enum {
     TD_ETIMEOUT = -5002,  /* a deadline passed */
     TD_ETOOLARGE = -5003, /* a size limit was exceeded */
     TD_EBADARG = -5004,   /* a value that cannot be sent, e.g. CR/LF in a header */
+    TD_EPROTO = -5005,    /* the peer broke the protocol (an invalid HTTP response) */
 };
 
 /* A short lower-case name for code: "closed", "timeout", "too large",

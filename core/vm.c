@@ -19,6 +19,7 @@ struct td_vm {
     uv_loop_t *loop;
     int anchors;   /* registry ref of the anchors table */
     int pool_func; /* registry ref of the function pooled tasks run */
+    int relay;     /* registry ref: coroutine -> true when its resumer can pass a yield up */
     td_task **pool;
     size_t npool;
     td_task **memory; /* every td_task ever made, freed by td_vm_close (see vm.h) */
@@ -114,6 +115,12 @@ td_vm *td_vm_new(uv_loop_t *loop) {
     lua_newtable(vm->L);
     vm->anchors = luaL_ref(vm->L, LUA_REGISTRYINDEX);
     vm->pool_func = LUA_NOREF;
+    lua_newtable(vm->L);
+    lua_createtable(vm->L, 0, 1);
+    lua_pushliteral(vm->L, "k");
+    lua_setfield(vm->L, -2, "__mode");
+    lua_setmetatable(vm->L, -2);
+    vm->relay = luaL_ref(vm->L, LUA_REGISTRYINDEX);
     register_embedded(vm->L);
     return vm;
 }
@@ -316,14 +323,39 @@ void td_vm_resume(td_task *t, int nargs) {
 
 td_task *td_vm_task_of(lua_State *L) { return lua_getexdata(L); }
 
+/* Whether co's resumer (and its resumer, up to the task's coroutine) can
+ * pass a yield up: recorded by td_vm_relay_mark when co is resumed. */
+static int relay_allowed(td_vm *vm, lua_State *L, lua_State *co) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->relay);
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    lua_rawget(L, -2);
+    int ok = lua_toboolean(L, -1);
+    lua_pop(L, 2);
+    return ok;
+}
+
+void td_vm_relay_mark(lua_State *L, int co_idx) {
+    td_task *t = lua_getexdata(L);
+    lua_State *co = lua_tothread(L, co_idx);
+    if (!t || !t->alive || !co)
+        return;
+    int ok = lua_isyieldable(L) && (L == t->co || relay_allowed(t->vm, L, L));
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->vm->relay);
+    lua_pushvalue(L, co_idx);
+    lua_pushboolean(L, ok);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
 td_task *td_vm_check_yieldable(lua_State *L, const char *fname) {
     td_task *t = lua_getexdata(L);
     if (!t || !t->alive)
         luaL_error(L, "%s: cannot yield here: not inside a request, a spawned thread or the app's top level", fname);
-    if (t->co != L)
-        luaL_error(L, "%s: cannot yield inside a coroutine the script created", fname);
     if (!lua_isyieldable(L))
         luaL_error(L, "%s: cannot yield across a C call (a metamethod, iterator or callback run by C)", fname);
+    if (t->co != L && !relay_allowed(t->vm, L, L))
+        luaL_error(L, "%s: cannot yield here: a coroutine on the way to the request was resumed from C", fname);
     return t;
 }
 

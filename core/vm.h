@@ -100,8 +100,13 @@ void td_vm_resume(td_task *t, int nargs);
 /* The task whose coroutine (or a coroutine it created) is L, or NULL. */
 td_task *td_vm_task_of(lua_State *L);
 /* For a C function about to yield: the task L can suspend, or raises an
- * error naming `fname` and why it cannot. */
+ * error naming `fname` and why it cannot. L may be a coroutine the script
+ * created inside the task: lua/tendril/coroutine.lua passes such a yield
+ * up to the task and hands the results back down. */
 td_task *td_vm_check_yieldable(lua_State *L, const char *fname);
+/* [-0, +0] Called as a script's coroutine (at co_idx) is resumed from L:
+ * records whether a yield of co's can be passed up through L to the task. */
+void td_vm_relay_mark(lua_State *L, int co_idx);
 /* Records that t waits on w (before the C function yields). */
 void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *));
 /* Ends the wait, before the callback pushes results and calls td_vm_resume.

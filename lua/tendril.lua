@@ -1,11 +1,17 @@
 -- The public runtime module: local tendril = require "tendril"
 local core = require "tendril.core"
+local trace = require "tendril.traceback"
 
-local select, tostring, concat = select, tostring, table.concat
+local select, tostring, type, error, concat, unpack = select, tostring, type, error, table.concat, unpack
+local setmetatable, xpcall = setmetatable, xpcall
 local getinfo = debug.getinfo
 local log_message = core.log
+local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
 
 local _M = { _VERSION = "0.1.0" }
+
+-- Seconds a blocking-looking call waits when the caller gives no timeout.
+local DEFAULT_TIMEOUT = 60
 
 --- Suspends the calling coroutine for `seconds`; other requests go on.
 _M.sleep = core.sleep
@@ -36,5 +42,126 @@ function _M.stats()
     s.requests = h.requests
     return s
 end
+
+---------------------------------------------------------------- threads
+
+local thread = {}
+thread.__index = thread
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
+
+local function run_thread(th, fn, ...)
+    local res = pack(xpcall(fn, trace.handler, ...))
+    if not res[1] then
+        log_message("error", "tendril.spawn: a thread failed: " .. tostring(res[2]))
+        -- join reports the message, not the whole traceback
+        res[2] = tostring(res[2]):match("^[^\n]*")
+    end
+    th._results = res
+    event_set(th._done)
+end
+
+--- Runs fn(...) in a new light thread (a coroutine of its own). It starts
+--- when the caller next waits or returns, may outlive the request that
+--- spawned it, and an error in it is logged, never fatal.
+function _M.spawn(fn, ...)
+    if type(fn) ~= "function" then
+        error("tendril.spawn: expected a function, got " .. type(fn), 2)
+    end
+    local th = setmetatable({ _done = event_new() }, thread)
+    core.spawn(run_thread, th, fn, ...)
+    return th
+end
+
+--- Waits for the thread: true, its results; or false, err (its error, or
+--- "timeout", which leaves it running).
+function thread:join(timeout)
+    if timeout ~= nil and type(timeout) ~= "number" then
+        error("thread:join: expected a timeout in seconds, got " .. type(timeout), 2)
+    end
+    if not self._results then
+        local ok, err = event_wait(self._done, timeout or DEFAULT_TIMEOUT)
+        if not ok then
+            return false, err
+        end
+    end
+    local r = self._results
+    if r[1] then
+        return true, unpack(r, 2, r.n)
+    end
+    return false, r[2]
+end
+
+--- True once the thread has ended.
+function thread:done()
+    return self._results ~= nil
+end
+
+---------------------------------------------------------------- DNS
+
+-- Answers are kept this long: getaddrinfo gives no TTL, and a short cache
+-- keeps a burst of lookups off libuv's small thread pool.
+local DNS_CACHE_SECONDS = 30
+local dns_cache = {}    -- name -> { addresses, expires }
+local dns_pending = {}  -- name -> { event, result, err }
+
+local function is_ip(name)
+    return name:find("^%d+%.%d+%.%d+%.%d+$") ~= nil or name:find(":", 1, true) ~= nil
+end
+
+--- The addresses of `name` (honouring /etc/hosts), as a list of strings;
+--- nil, err on failure. A literal address is returned as it is.
+function _M.resolve(name)
+    if type(name) ~= "string" then
+        error("tendril.resolve: expected a host name, got " .. type(name), 2)
+    end
+    if is_ip(name) then
+        return { name }
+    end
+    local now = core.now()
+    local hit = dns_cache[name]
+    if hit and hit[2] > now then
+        return hit[1]
+    end
+    local p = dns_pending[name]
+    if p then
+        local ok, err = event_wait(p.event, DEFAULT_TIMEOUT)
+        if not ok then
+            return nil, err
+        end
+        return p.result, p.err
+    end
+    p = { event = event_new() }
+    dns_pending[name] = p
+    local addrs, err = core.resolve(name)
+    dns_pending[name] = nil
+    p.result, p.err = addrs, err
+    event_set(p.event)
+    if addrs then
+        dns_cache[name] = { addrs, now + DNS_CACHE_SECONDS }
+    end
+    return addrs, err
+end
+
+---------------------------------------------------------------- processes
+
+--- Runs argv (a list: program, then arguments; the program is looked up on
+--- PATH) and returns { status =, signal =, stdout =, stderr = }, or nil, err.
+--- opts: input (fed to stdin), timeout (seconds, default 60: the child's
+--- process group is killed), cwd.
+function _M.run(argv, opts)
+    if type(argv) ~= "table" or type(argv[1]) ~= "string" then
+        error("tendril.run: expected a list of strings, the program first", 2)
+    end
+    opts = opts or {}
+    if opts.input ~= nil and type(opts.input) ~= "string" then
+        error("tendril.run: opts.input must be a string", 2)
+    end
+    return core.run(argv, opts.input, opts.timeout or DEFAULT_TIMEOUT, opts.cwd)
+end
+
+_M.DEFAULT_TIMEOUT = DEFAULT_TIMEOUT
 
 return _M

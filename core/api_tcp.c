@@ -1,0 +1,457 @@
+/* TCP for Lua: client sockets (connect, send, receive, pools) and tcp.listen
+ * servers whose connections each run in their own task. The policy
+ * (default timeouts, name resolution, pools per host) is in
+ * lua/tendril/tcp.lua; these are its primitives.
+ *
+ * A socket userdata ("tendril.socket") boxes a td_sock; its __gc releases
+ * it (see sock.h). A wait record is malloc'd per operation that has to wait
+ * and freed when the operation ends or teardown cancels it. */
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "errors.h"
+#include "sock.h"
+
+#define SOCKET_MT "tendril.socket"
+
+typedef struct sock_box {
+    td_sock *s;
+    uint64_t timeout_ms; /* each send and each read */
+} sock_box;
+
+enum { RECV_BYTES, RECV_LINE, RECV_ALL };
+
+typedef struct sock_wait {
+    td_wait wait;
+    td_sock *s;
+    uint64_t timeout_ms;
+    int pattern;
+    size_t n;
+    size_t len; /* send: the length sent */
+    int owns_sock; /* connect: the socket is not in a userdata yet */
+    int in_call;   /* the starting C function has not yielded yet */
+    int done;      /* ... and the operation ended meanwhile */
+    int status;
+} sock_wait;
+
+static uint64_t to_ms(lua_State *L, int idx, const char *fname) {
+    double t = luaL_checknumber(L, idx);
+    if (!(t >= 0))
+        luaL_error(L, "%s: a timeout must be a number of seconds >= 0", fname);
+    /* 0 means "no wait at all" for a user, not "forever": round up. */
+    double ms = t * 1000.0;
+    return ms < 1 ? 1 : (uint64_t)ms;
+}
+
+static int push_fail(lua_State *L, int code) {
+    lua_pushnil(L);
+    lua_pushstring(L, td_err_name(code));
+    return 2;
+}
+
+static sock_box *check_box(lua_State *L, int idx) { return luaL_checkudata(L, idx, SOCKET_MT); }
+
+static void push_socket(lua_State *L, td_sock *s, uint64_t timeout_ms) {
+    sock_box *box = lua_newuserdata(L, sizeof *box);
+    box->s = s;
+    box->timeout_ms = timeout_ms;
+    luaL_getmetatable(L, SOCKET_MT);
+    lua_setmetatable(L, -2);
+}
+
+static sock_wait *new_wait(lua_State *L, const char *fname, td_sock *s, uint64_t timeout_ms) {
+    td_vm_check_yieldable(L, fname);
+    sock_wait *w = calloc(1, sizeof *w);
+    if (!w)
+        luaL_error(L, "%s: out of memory", fname);
+    w->s = s;
+    w->timeout_ms = timeout_ms;
+    w->in_call = 1;
+    return w;
+}
+
+static void cancel_sock_wait(td_wait *wait) {
+    sock_wait *w = td_container_of(wait, sock_wait, wait);
+    td_sock_cancel(w->s);
+    if (w->owns_sock)
+        td_sock_release(w->s);
+    free(w);
+}
+
+/* An operation may end inside the call that starts it (a write the kernel
+ * takes at once): its callback then only records the status, and the C
+ * function returns the results without yielding. Returns 1 in that case. */
+static int ended_in_call(sock_wait *w, int status) {
+    if (!w->in_call)
+        return 0;
+    w->done = 1;
+    w->status = status;
+    return 1;
+}
+
+/* After starting: yield, or report an operation that ended already (the
+ * `finish` function pushes its results on L). */
+static int wait_or_finish(lua_State *L, sock_wait *w, int (*finish)(lua_State *, sock_wait *, int)) {
+    w->in_call = 0;
+    if (w->done) {
+        int n = finish(L, w, w->status);
+        free(w);
+        return n;
+    }
+    td_vm_wait_begin(td_vm_task_of(L), &w->wait, cancel_sock_wait);
+    return lua_yield(L, 0);
+}
+
+/* From a libuv callback: end the wait and resume with the results. */
+static void resume_with(sock_wait *w, int status, int (*finish)(lua_State *, sock_wait *, int)) {
+    td_task *t = w->wait.task;
+    lua_State *co = td_vm_wait_end(&w->wait);
+    int n = finish(co, w, status);
+    free(w);
+    td_vm_resume(t, n);
+}
+
+/* ---- connect ---- */
+
+static int connect_results(lua_State *L, sock_wait *w, int status) {
+    if (status == 0) {
+        push_socket(L, w->s, w->timeout_ms);
+        return 1;
+    }
+    td_sock_release(w->s);
+    return push_fail(L, status);
+}
+
+static void on_connected(td_sock *s, int status, void *ud) {
+    (void)s;
+    if (!ended_in_call(ud, status))
+        resume_with(ud, status, connect_results);
+}
+
+/* [-3, +1|2] sock_connect(ip, port, timeout) -> socket | nil, err; yields */
+static int sock_connect(lua_State *L) {
+    td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
+    const char *ip = luaL_checkstring(L, 1);
+    int port = (int)luaL_checkinteger(L, 2);
+    uint64_t timeout_ms = to_ms(L, 3, "tcp.connect");
+    struct sockaddr_storage addr;
+    if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&addr) != 0 &&
+        uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&addr) != 0)
+        return luaL_error(L, "tcp.connect: '%s' is not an IP address", ip);
+    sock_wait *w = new_wait(L, "tcp.connect", NULL, timeout_ms);
+    w->s = td_sock_new(td_vm_loop(vm));
+    if (!w->s) {
+        free(w);
+        return push_fail(L, UV_ENOMEM);
+    }
+    w->owns_sock = 1;
+    td_sock_connect(w->s, (struct sockaddr *)&addr, timeout_ms, on_connected, w);
+    return wait_or_finish(L, w, connect_results);
+}
+
+/* ---- send ---- */
+
+static int send_results(lua_State *L, sock_wait *w, int status) {
+    if (status == 0) {
+        lua_pushinteger(L, (lua_Integer)w->len);
+        return 1;
+    }
+    return push_fail(L, status);
+}
+
+static void on_sent(td_sock *s, int status, void *ud) {
+    (void)s;
+    if (!ended_in_call(ud, status))
+        resume_with(ud, status, send_results);
+}
+
+/* [-2, +1|2] sock_send(sock, data) -> bytes | nil, err; may yield */
+static int sock_send(lua_State *L) {
+    sock_box *box = check_box(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    td_sock *s = box->s;
+    if (s->op != TD_SOCK_IDLE)
+        return luaL_error(L, "sock:send: another coroutine is using this socket");
+    if (!td_sock_usable(s))
+        return push_fail(L, TD_ECLOSED);
+    sock_wait *w = new_wait(L, "sock:send", s, box->timeout_ms);
+    w->len = len;
+    td_sock_write(s, data, len, box->timeout_ms, on_sent, w);
+    return wait_or_finish(L, w, send_results);
+}
+
+/* ---- receive ---- */
+
+/* Whether the buffer holds what the pattern asks for. */
+static int ready(const td_sock *s, int pattern, size_t n) {
+    switch (pattern) {
+    case RECV_BYTES:
+        return s->in.len >= n;
+    case RECV_LINE:
+        return s->in.len && memchr(s->in.data, '\n', s->in.len) != NULL;
+    default:
+        return s->read_end == UV_EOF;
+    }
+}
+
+/* Pushes what the pattern asks for when the buffer holds it. */
+static int take(lua_State *L, td_sock *s, int pattern, size_t n) {
+    td_buf *in = &s->in;
+    switch (pattern) {
+    case RECV_BYTES:
+        if (in->len < n)
+            return 0;
+        lua_pushlstring(L, in->data, n);
+        td_buf_consume(in, n);
+        return 1;
+    case RECV_LINE: {
+        char *nl = in->len ? memchr(in->data, '\n', in->len) : NULL;
+        if (!nl)
+            return 0;
+        size_t line = (size_t)(nl - in->data);
+        size_t keep = line > 0 && in->data[line - 1] == '\r' ? line - 1 : line;
+        lua_pushlstring(L, in->data, keep);
+        td_buf_consume(in, line + 1);
+        return 1;
+    }
+    default:
+        if (s->read_end != UV_EOF)
+            return 0;
+        lua_pushlstring(L, in->data ? in->data : "", in->len);
+        in->len = 0;
+        return 1;
+    }
+}
+
+/* The receive failed: nil, err, and what arrived (consumed). */
+static int push_partial(lua_State *L, td_sock *s, int status) {
+    lua_pushnil(L);
+    lua_pushstring(L, td_err_name(status));
+    lua_pushlstring(L, s->in.data ? s->in.data : "", s->in.len);
+    s->in.len = 0;
+    return 3;
+}
+
+/* Results of a receive that waited: the data, or nil, err, partial. */
+static int receive_results(lua_State *L, sock_wait *w, int status) {
+    if (status == 0 || (status == UV_EOF && w->pattern == RECV_ALL))
+        if (take(L, w->s, w->pattern, w->n))
+            return 1;
+    return push_partial(L, w->s, status ? status : TD_ECLOSED);
+}
+
+static void on_readable(td_sock *s, int status, void *ud) {
+    sock_wait *w = ud;
+    if (status == 0 && !ready(s, w->pattern, w->n)) {
+        /* Not enough yet: wait for more without waking Lua. */
+        td_sock_read(s, w->timeout_ms, on_readable, w);
+        return;
+    }
+    if (!ended_in_call(w, status))
+        resume_with(w, status, receive_results);
+}
+
+/* [-2, +1|3] sock_receive(sock, pattern) -> data | nil, err, partial; may yield
+ * pattern: a byte count, "*l" (a line without its end) or "*a" (until the
+ * peer closes). */
+static int sock_receive(lua_State *L) {
+    sock_box *box = check_box(L, 1);
+    td_sock *s = box->s;
+    int pattern;
+    size_t n = 0;
+    if (lua_type(L, 2) == LUA_TNUMBER) {
+        lua_Number v = lua_tonumber(L, 2);
+        if (v < 0)
+            return luaL_error(L, "sock:receive: a negative byte count");
+        pattern = RECV_BYTES;
+        n = (size_t)v;
+    } else {
+        const char *p = luaL_optstring(L, 2, "*l");
+        if (strcmp(p, "*l") == 0 || strcmp(p, "l") == 0)
+            pattern = RECV_LINE;
+        else if (strcmp(p, "*a") == 0 || strcmp(p, "a") == 0)
+            pattern = RECV_ALL;
+        else
+            return luaL_error(L, "sock:receive: unknown pattern '%s' (a number, \"*l\" or \"*a\")", p);
+    }
+    if (s->op != TD_SOCK_IDLE)
+        return luaL_error(L, "sock:receive: another coroutine is using this socket");
+    if (take(L, s, pattern, n))
+        return 1;
+    if (s->closing)
+        return push_partial(L, s, TD_ECLOSED);
+    if (s->read_end)
+        return push_partial(L, s, s->read_end);
+    sock_wait *w = new_wait(L, "sock:receive", s, box->timeout_ms);
+    w->pattern = pattern;
+    w->n = n;
+    td_sock_read(s, box->timeout_ms, on_readable, w);
+    return wait_or_finish(L, w, receive_results);
+}
+
+/* ---- the rest of the socket ---- */
+
+/* [-2, +0] sock_settimeout(sock, seconds) */
+static int sock_settimeout(lua_State *L) {
+    sock_box *box = check_box(L, 1);
+    box->timeout_ms = to_ms(L, 2, "sock:settimeout");
+    return 0;
+}
+
+/* [-1, +1] sock_close(sock) -> true */
+static int sock_close(lua_State *L) {
+    sock_box *box = check_box(L, 1);
+    td_sock_close(box->s);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* [-1, +1] sock_usable(sock) -> boolean: connected, open, nothing pending */
+static int sock_usable(lua_State *L) {
+    sock_box *box = check_box(L, 1);
+    lua_pushboolean(L, td_sock_usable(box->s) && box->s->op == TD_SOCK_IDLE && !box->s->read_end);
+    return 1;
+}
+
+/* [-2, +1|2] sock_pool(sock, idle_seconds) -> true | nil, err */
+static int sock_pool(lua_State *L) {
+    sock_box *box = check_box(L, 1);
+    uint64_t idle_ms = to_ms(L, 2, "sock:setkeepalive");
+    td_sock *s = box->s;
+    if (s->op != TD_SOCK_IDLE)
+        return luaL_error(L, "sock:setkeepalive: another coroutine is using this socket");
+    if (!td_sock_usable(s) || s->in.len > 0 || s->read_end) {
+        td_sock_close(s);
+        return push_fail(L, TD_ECLOSED);
+    }
+    td_sock_pool(s, idle_ms);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* [-1, +1] sock_unpool(sock) -> boolean: still usable */
+static int sock_unpool(lua_State *L) {
+    sock_box *box = check_box(L, 1);
+    lua_pushboolean(L, td_sock_unpool(box->s) == 0);
+    return 1;
+}
+
+static int sock_gc(lua_State *L) {
+    sock_box *box = lua_touserdata(L, 1);
+    if (box->s) {
+        td_sock_release(box->s);
+        box->s = NULL;
+    }
+    return 0;
+}
+
+static int sock_tostring(lua_State *L) {
+    sock_box *box = check_box(L, 1);
+    lua_pushfstring(L, "tendril.socket (%s): %p", td_sock_usable(box->s) ? "open" : "closed", (void *)box);
+    return 1;
+}
+
+/* ---- listening ---- */
+
+typedef struct listener {
+    uv_tcp_t tcp;
+    td_vm *vm;
+    int handler_ref;
+    td_list link;
+    uint64_t timeout_ms;
+} listener;
+
+static td_list listeners = {&listeners, &listeners};
+
+static void on_session_end(td_task *t, int status) {
+    (void)status;
+    td_sock *s = t->data;
+    td_sock_close(s);
+}
+
+static void on_listener_connection(uv_stream_t *server, int status) {
+    listener *l = server->data;
+    if (status < 0)
+        return;
+    td_sock *s = td_sock_accept(td_vm_loop(l->vm), server);
+    if (!s)
+        return;
+    lua_State *L = td_vm_state(l->vm);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, l->handler_ref);
+    td_task *t = td_vm_task_new(l->vm, on_session_end);
+    if (!t) {
+        td_sock_release(s);
+        return;
+    }
+    t->data = s;
+    push_socket(t->co, s, l->timeout_ms);
+    td_vm_resume(t, 1);
+}
+
+static void free_listener(uv_handle_t *h) { free(h->data); }
+
+static void close_listener(listener *l) {
+    td_list_remove(&l->link);
+    luaL_unref(td_vm_state(l->vm), LUA_REGISTRYINDEX, l->handler_ref);
+    uv_close((uv_handle_t *)&l->tcp, free_listener);
+}
+
+/* [-4, +1|2] tcp_listen(ip, port, handler, timeout) -> port | nil, err */
+static int tcp_listen(lua_State *L) {
+    td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
+    const char *ip = luaL_checkstring(L, 1);
+    int port = (int)luaL_checkinteger(L, 2);
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    uint64_t timeout_ms = to_ms(L, 4, "tcp.listen");
+    struct sockaddr_storage addr;
+    if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&addr) != 0 &&
+        uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&addr) != 0)
+        return luaL_error(L, "tcp.listen: '%s' is not an IP address", ip);
+    listener *l = calloc(1, sizeof *l);
+    if (!l)
+        return push_fail(L, UV_ENOMEM);
+    l->vm = vm;
+    l->timeout_ms = timeout_ms;
+    uv_tcp_init(td_vm_loop(vm), &l->tcp);
+    l->tcp.data = l;
+    int rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_listener_connection);
+    if (rc) {
+        uv_close((uv_handle_t *)&l->tcp, free_listener);
+        return push_fail(L, rc);
+    }
+    lua_pushvalue(L, 3);
+    l->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    td_list_push_back(&listeners, &l->link);
+    struct sockaddr_storage bound;
+    int len = sizeof bound;
+    uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&bound, &len);
+    lua_pushinteger(L, ntohs(((struct sockaddr_in *)&bound)->sin_port));
+    return 1;
+}
+
+void td_api_tcp_close_listeners(void) {
+    while (!td_list_empty(&listeners))
+        close_listener(td_container_of(listeners.next, listener, link));
+}
+
+void td_api_tcp_open(lua_State *L, td_vm *vm) {
+    static const luaL_Reg funcs[] = {
+        {"sock_connect", sock_connect},   {"sock_send", sock_send},     {"sock_receive", sock_receive},
+        {"sock_settimeout", sock_settimeout}, {"sock_close", sock_close}, {"sock_usable", sock_usable},
+        {"sock_pool", sock_pool},         {"sock_unpool", sock_unpool}, {"tcp_listen", tcp_listen},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, SOCKET_MT);
+    lua_pushcfunction(L, sock_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, sock_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_setfield(L, -2, "socket_mt"); /* lua/tendril/tcp.lua adds __index */
+    lua_pushlightuserdata(L, vm);
+    luaL_setfuncs(L, funcs, 1);
+}

@@ -1,0 +1,138 @@
+/* Light threads and events: tendril.spawn's primitive, and a one-shot event
+ * that coroutines wait on (thread:join, a require waiting for another
+ * coroutine's load, a DNS lookup already in flight).
+ *
+ * An event ("tendril.event" userdata) is set once; waiting on a set event
+ * returns at once. Each waiter owns a record with a timer and a registry
+ * reference to the event, so the event outlives its waiters. */
+#include <lauxlib.h>
+#include <stdlib.h>
+
+#include "api.h"
+#include "errors.h"
+
+#define EVENT_MT "tendril.event"
+
+typedef struct event {
+    td_list waiters;
+    int set;
+} event;
+
+typedef struct event_wait {
+    td_wait wait;
+    uv_timer_t timer;
+    td_list link;
+    td_vm *vm;
+    int event_ref;
+} event_wait;
+
+static void free_wait(uv_handle_t *h) { free(h->data); }
+
+/* Detaches the waiter from its event and starts freeing it. */
+static void drop_waiter(event_wait *w) {
+    td_list_remove(&w->link);
+    uv_timer_stop(&w->timer);
+    luaL_unref(td_vm_state(w->vm), LUA_REGISTRYINDEX, w->event_ref);
+    uv_close((uv_handle_t *)&w->timer, free_wait);
+}
+
+static void wake(event_wait *w, int status) {
+    td_task *t = w->wait.task;
+    lua_State *co = td_vm_wait_end(&w->wait);
+    drop_waiter(w);
+    int n = 1;
+    if (status == 0) {
+        lua_pushboolean(co, 1);
+    } else {
+        lua_pushnil(co);
+        lua_pushstring(co, td_err_name(status));
+        n = 2;
+    }
+    td_vm_resume(t, n);
+}
+
+static void on_wait_timeout(uv_timer_t *timer) { wake(timer->data, TD_ETIMEOUT); }
+
+static void cancel_event_wait(td_wait *wait) { drop_waiter(td_container_of(wait, event_wait, wait)); }
+
+/* [-0, +1] event_new() -> event */
+static int event_new(lua_State *L) {
+    event *ev = lua_newuserdata(L, sizeof *ev);
+    td_list_init(&ev->waiters);
+    ev->set = 0;
+    luaL_getmetatable(L, EVENT_MT);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+/* [-2, +1|2] event_wait(event, timeout) -> true | nil, "timeout"; may yield */
+static int event_wait_lua(lua_State *L) {
+    td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
+    event *ev = luaL_checkudata(L, 1, EVENT_MT);
+    double timeout = luaL_checknumber(L, 2);
+    if (ev->set) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    td_task *t = td_vm_check_yieldable(L, "wait");
+    event_wait *w = malloc(sizeof *w);
+    if (!w)
+        return luaL_error(L, "wait: out of memory");
+    w->vm = vm;
+    lua_pushvalue(L, 1);
+    w->event_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    uv_timer_init(td_vm_loop(vm), &w->timer);
+    w->timer.data = w;
+    td_list_push_back(&ev->waiters, &w->link);
+    td_vm_wait_begin(t, &w->wait, cancel_event_wait);
+    double ms = timeout > 0 ? timeout * 1000.0 : 0;
+    uv_timer_start(&w->timer, on_wait_timeout, ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms, 0);
+    return lua_yield(L, 0);
+}
+
+/* [-1, +0] event_set(event): wakes every waiter (after the caller yields). */
+static int event_set(lua_State *L) {
+    event *ev = luaL_checkudata(L, 1, EVENT_MT);
+    ev->set = 1;
+    while (!td_list_empty(&ev->waiters))
+        wake(td_container_of(ev->waiters.next, event_wait, link), 0);
+    return 0;
+}
+
+/* [-1, +1] event_is_set(event) -> boolean */
+static int event_is_set(lua_State *L) {
+    event *ev = luaL_checkudata(L, 1, EVENT_MT);
+    lua_pushboolean(L, ev->set);
+    return 1;
+}
+
+/* [-(n+1), +0] spawn(fn, ...): runs fn(...) in a new task, which starts once
+ * the caller yields or returns. */
+static int spawn(lua_State *L) {
+    td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    int nargs = lua_gettop(L) - 1;
+    lua_State *main = td_vm_state(vm);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, main, 1);
+    td_task *t = td_vm_task_new(vm, NULL);
+    if (!t)
+        return luaL_error(L, "tendril.spawn: out of memory");
+    lua_checkstack(t->co, nargs + LUA_MINSTACK);
+    for (int i = 2; i <= nargs + 1; i++)
+        lua_pushvalue(L, i);
+    lua_xmove(L, t->co, nargs);
+    td_vm_resume(t, nargs);
+    return 0;
+}
+
+void td_api_thread_open(lua_State *L, td_vm *vm) {
+    static const luaL_Reg funcs[] = {
+        {"event_new", event_new}, {"event_wait", event_wait_lua}, {"event_set", event_set},
+        {"event_is_set", event_is_set}, {"spawn", spawn}, {NULL, NULL},
+    };
+    luaL_newmetatable(L, EVENT_MT);
+    lua_pop(L, 1);
+    lua_pushlightuserdata(L, vm);
+    luaL_setfuncs(L, funcs, 1);
+}

@@ -1,0 +1,35 @@
+-- Files, read and written on libuv's thread pool: local fs = require "tendril.fs"
+local core = require "tendril.core"
+
+local type, error = type, error
+
+local _M = {}
+
+local function check_path(fname, path)
+    if type(path) ~= "string" then
+        error(fname .. ": expected a path, got " .. type(path), 3)
+    end
+end
+
+--- The whole file, or nil, err.
+function _M.read(path)
+    check_path("fs.read", path)
+    return core.fs_read(path)
+end
+
+--- Writes (replaces) the file: true, or nil, err.
+function _M.write(path, data)
+    check_path("fs.write", path)
+    if type(data) ~= "string" then
+        error("fs.write: expected the data as a string, got " .. type(data), 2)
+    end
+    return core.fs_write(path, data)
+end
+
+--- { size =, mtime =, type = "file" | "directory" | "other" }, or nil, err.
+function _M.stat(path)
+    check_path("fs.stat", path)
+    return core.fs_stat(path)
+end
+
+return _M

@@ -1,0 +1,249 @@
+-- An HTTP/1.1 client: local http = require "tendril.http"
+--
+-- http.get(url [, opts]) and http.request{ method, url, headers, body,
+-- timeout, connect_timeout, read_timeout, max_redirects, stream } return
+-- { status =, headers =, body = } (header names lower-case), or nil, err.
+-- Connections are kept alive in tendril.tcp's pools; a request that fails
+-- on a reused connection before any byte of the answer came back is sent
+-- once more on a new one (the server had closed the idle connection).
+local core = require "tendril.core"
+local tcp = require "tendril.tcp"
+local tendril = require "tendril"
+
+local type, error, tostring, tonumber, pairs, concat = type, error, tostring, tonumber, pairs, table.concat
+local lower, find, sub, match, gsub = string.lower, string.find, string.sub, string.match, string.gsub
+local httpc_begin, httpc_head, httpc_body = core.httpc_begin, core.httpc_head, core.httpc_body
+
+local DEFAULT_TIMEOUT = tendril.DEFAULT_TIMEOUT
+local POOL_IDLE = 60
+local POOL_SIZE = 64
+
+local _M = {}
+
+--- Splits an http:// URL. Returns { host, port, target, authority } or nil, err.
+function _M.parse_url(url)
+    local scheme, rest = match(url, "^(%a[%w+.-]*)://(.*)$")
+    if not scheme then
+        return nil, "invalid url"
+    end
+    scheme = lower(scheme)
+    if scheme ~= "http" then
+        return nil, "unsupported scheme " .. scheme .. " (http only)"
+    end
+    local authority, target = match(rest, "^([^/?#]*)(.*)$")
+    target = gsub(target, "#.*$", "")
+    if sub(target, 1, 1) ~= "/" then
+        target = "/" .. target
+    end
+    authority = gsub(authority, "^.*@", "")
+    local host, port
+    if sub(authority, 1, 1) == "[" then
+        host, port = match(authority, "^%[([^%]]+)%]:?(%d*)$")
+    else
+        host, port = match(authority, "^([^:]+):?(%d*)$")
+    end
+    if not host or host == "" then
+        return nil, "invalid url"
+    end
+    port = tonumber(port) or 80
+    if port < 1 or port > 65535 then
+        return nil, "invalid url"
+    end
+    return { host = host, port = port, target = target, authority = authority }
+end
+
+-- Where a redirect's Location points, relative to the URL that gave it.
+local function join_url(base, location)
+    if find(location, "^%a[%w+.-]*://") then
+        return location
+    end
+    local b = _M.parse_url(base)
+    if sub(location, 1, 2) == "//" then
+        return "http:" .. location
+    elseif sub(location, 1, 1) == "/" then
+        return "http://" .. b.authority .. location
+    end
+    local dir = match(b.target, "^([^?]*/)") or "/"
+    return "http://" .. b.authority .. dir .. location
+end
+
+local function build_request(method, u, headers, body)
+    local lines = { method, " ", u.target, " HTTP/1.1\r\n" }
+    local have = {}
+    if headers then
+        for name, value in pairs(headers) do
+            if type(name) ~= "string" then
+                error("http.request: header names must be strings", 4)
+            end
+            have[lower(name)] = true
+            lines[#lines + 1] = name .. ": " .. tostring(value) .. "\r\n"
+        end
+    end
+    if not have.host then
+        lines[#lines + 1] = "Host: " .. u.authority .. "\r\n"
+    end
+    if not have["user-agent"] then
+        lines[#lines + 1] = "User-Agent: tendril/" .. tendril._VERSION .. "\r\n"
+    end
+    if body and not have["content-length"] and not have["transfer-encoding"] then
+        lines[#lines + 1] = "Content-Length: " .. #body .. "\r\n"
+    end
+    lines[#lines + 1] = "\r\n"
+    if body then
+        lines[#lines + 1] = body
+    end
+    return concat(lines)
+end
+
+-- The connection goes back to the pool when the server allows it.
+local function release(sock, keep_alive)
+    if keep_alive then
+        sock:setkeepalive(POOL_IDLE, POOL_SIZE)
+    else
+        sock:close()
+    end
+end
+
+local function read_all(sock, read_timeout)
+    local parts = {}
+    while true do
+        local piece, more = httpc_body(sock, read_timeout)
+        if piece == nil then
+            sock:close()
+            return nil, more
+        elseif piece == false then
+            release(sock, more)
+            return concat(parts)
+        end
+        parts[#parts + 1] = piece
+    end
+end
+
+local function streaming_reader(sock, read_timeout)
+    local finished = false
+    return function()
+        if finished then
+            return nil
+        end
+        local piece, more = httpc_body(sock, read_timeout)
+        if piece == nil then
+            finished = true
+            sock:close()
+            return nil, more
+        elseif piece == false then
+            finished = true
+            release(sock, more)
+            return nil
+        end
+        return piece
+    end
+end
+
+-- One exchange on one connection; retried once on a stale pooled one.
+local function exchange(method, u, headers, body, opts, retried)
+    local timeout = opts.timeout or DEFAULT_TIMEOUT
+    local read_timeout = opts.read_timeout or timeout
+    local sock, err = tcp.connect(u.host, u.port, opts)
+    if not sock then
+        return nil, err
+    end
+    local reused = sock:reused() > 0
+    local ok
+    ok, err = sock:send(build_request(method, u, headers, body))
+    local status, res_headers, got_bytes
+    if ok then
+        httpc_begin(sock, method == "HEAD")
+        status, res_headers, got_bytes = httpc_head(sock, read_timeout)
+        if not status then
+            err = res_headers
+        end
+    end
+    if not status then
+        sock:close()
+        if reused and not retried and not got_bytes and err ~= "timeout" then
+            return exchange(method, u, headers, body, opts, true)
+        end
+        return nil, err
+    end
+    local res = { status = status, headers = res_headers }
+    if opts.stream then
+        local reader = streaming_reader(sock, read_timeout)
+        res.read = function()
+            return reader()
+        end
+        return res
+    end
+    res.body, err = read_all(sock, read_timeout)
+    if not res.body then
+        return nil, err
+    end
+    return res
+end
+
+local REDIRECTS = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+--- Sends a request; see the module's comment for the fields.
+function _M.request(req)
+    if type(req) ~= "table" then
+        error("http.request: expected a table { method =, url =, ... }, got " .. type(req), 2)
+    end
+    local url, method, body = req.url, req.method or "GET", req.body
+    if type(url) ~= "string" then
+        error("http.request: expected url to be a string, got " .. type(url), 2)
+    end
+    if type(method) ~= "string" then
+        error("http.request: expected method to be a string, got " .. type(method), 2)
+    end
+    if body ~= nil and type(body) ~= "string" then
+        error("http.request: expected body to be a string, got " .. type(body), 2)
+    end
+    if req.headers ~= nil and type(req.headers) ~= "table" then
+        error("http.request: expected headers to be a table, got " .. type(req.headers), 2)
+    end
+    method = method:upper()
+    local max_redirects = req.max_redirects or 0
+    local redirects = 0
+    while true do
+        local u, err = _M.parse_url(url)
+        if not u then
+            return nil, err
+        end
+        local res
+        res, err = exchange(method, u, req.headers, body, req)
+        if not res then
+            return nil, err
+        end
+        local location = res.headers.location
+        if not (REDIRECTS[res.status] and location and redirects < max_redirects) then
+            return res
+        end
+        if res.read then
+            repeat
+                local piece = res.read()
+            until not piece
+        end
+        url = join_url(url, location)
+        if res.status == 303 or ((res.status == 301 or res.status == 302) and method == "POST") then
+            method, body = "GET", nil
+        end
+        redirects = redirects + 1
+    end
+end
+
+--- GET url; opts as in http.request.
+function _M.get(url, opts)
+    local req = {}
+    if opts ~= nil then
+        if type(opts) ~= "table" then
+            error("http.get: expected an options table, got " .. type(opts), 2)
+        end
+        for k, v in pairs(opts) do
+            req[k] = v
+        end
+    end
+    req.url = url
+    req.method = "GET"
+    return _M.request(req)
+end
+
+return _M

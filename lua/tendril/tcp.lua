@@ -1,0 +1,178 @@
+-- TCP clients and servers: local tcp = require "tendril.tcp"
+--
+-- Every call that waits suspends only the calling coroutine. Failure
+-- returns nil, err (and, for receive, the partial data); misuse raises.
+-- Idle connections go back to a pool per host and port with
+-- sock:setkeepalive, and tcp.connect takes them from there first.
+local core = require "tendril.core"
+local tendril = require "tendril"
+
+local type, error, tostring, setmetatable, remove = type, error, tostring, setmetatable, table.remove
+local sock_connect, sock_send, sock_receive = core.sock_connect, core.sock_send, core.sock_receive
+local sock_settimeout, sock_close, sock_usable = core.sock_settimeout, core.sock_close, core.sock_usable
+local sock_pool, sock_unpool = core.sock_pool, core.sock_unpool
+local resolve = tendril.resolve
+
+local DEFAULT_TIMEOUT = tendril.DEFAULT_TIMEOUT
+local DEFAULT_POOL_IDLE = 60
+local DEFAULT_POOL_SIZE = 64
+
+local _M = {}
+
+local methods = {}
+core.socket_mt.__index = methods
+
+local pools = {} -- "host:port" -> idle sockets, oldest first
+local weak = { __mode = "k" }
+local pool_key = setmetatable({}, weak) -- socket -> "host:port" (client sockets)
+local reuses = setmetatable({}, weak)   -- socket -> times taken from a pool
+
+local function check_timeout(fname, t)
+    if t ~= nil and (type(t) ~= "number" or t < 0) then
+        error(fname .. ": a timeout is a number of seconds >= 0, got " .. tostring(t), 3)
+    end
+end
+
+local function take_pooled(key)
+    local pool = pools[key]
+    while pool and #pool > 0 do
+        local s = remove(pool)
+        if sock_unpool(s) then
+            reuses[s] = (reuses[s] or 0) + 1
+            return s
+        end
+    end
+    return nil
+end
+
+--- Connects to host:port, trying each address the name resolves to in turn;
+--- a pooled idle connection to the same host and port is used first.
+--- opts: timeout (connecting and each read or write, default 60 s),
+--- connect_timeout, read_timeout. Returns a socket, or nil, err.
+function _M.connect(host, port, opts)
+    if type(host) ~= "string" then
+        error("tcp.connect: expected a host name, got " .. type(host), 2)
+    end
+    if type(port) ~= "number" or port < 1 or port > 65535 or port % 1 ~= 0 then
+        error("tcp.connect: expected a port from 1 to 65535, got " .. tostring(port), 2)
+    end
+    opts = opts or {}
+    check_timeout("tcp.connect", opts.timeout)
+    check_timeout("tcp.connect", opts.connect_timeout)
+    check_timeout("tcp.connect", opts.read_timeout)
+    local timeout = opts.timeout or DEFAULT_TIMEOUT
+    local read_timeout = opts.read_timeout or timeout
+    local key = host .. ":" .. port
+    local s = take_pooled(key)
+    if s then
+        sock_settimeout(s, read_timeout)
+        return s
+    end
+    local addrs, err = resolve(host)
+    if not addrs then
+        return nil, err
+    end
+    for i = 1, #addrs do
+        s, err = sock_connect(addrs[i], port, opts.connect_timeout or timeout)
+        if s then
+            sock_settimeout(s, read_timeout)
+            pool_key[s] = key
+            return s
+        end
+    end
+    return nil, err
+end
+
+--- Sends all of data: the number of bytes, or nil, err.
+function methods.send(self, data)
+    local t = type(data)
+    if t == "number" then
+        data = tostring(data)
+    elseif t ~= "string" then
+        error("sock:send: expected a string, got " .. t, 2)
+    end
+    return sock_send(self, data)
+end
+
+--- Receives n bytes, a line without its end ("*l", the default) or
+--- everything until the peer closes ("*a"). On failure: nil, err, partial.
+function methods.receive(self, pattern)
+    return sock_receive(self, pattern)
+end
+
+--- Sets the timeout (seconds) of each later send and receive.
+function methods.settimeout(self, seconds)
+    check_timeout("sock:settimeout", seconds)
+    sock_settimeout(self, seconds or DEFAULT_TIMEOUT)
+    return true
+end
+
+function methods.close(self)
+    return sock_close(self)
+end
+
+--- Puts a client connection in its host's pool for a later tcp.connect
+--- (idle_seconds default 60, pool_size default 64). true, or nil, err (the
+--- connection was not reusable and is closed).
+function methods.setkeepalive(self, idle_seconds, pool_size)
+    check_timeout("sock:setkeepalive", idle_seconds)
+    if pool_size ~= nil and (type(pool_size) ~= "number" or pool_size < 1) then
+        error("sock:setkeepalive: a pool size is a number >= 1, got " .. tostring(pool_size), 2)
+    end
+    local key = pool_key[self]
+    if not key then
+        sock_close(self)
+        return nil, "not a client connection"
+    end
+    local ok, err = sock_pool(self, idle_seconds or DEFAULT_POOL_IDLE)
+    if not ok then
+        return nil, err
+    end
+    local pool = pools[key]
+    if not pool then
+        pool = {}
+        pools[key] = pool
+    end
+    -- Drop connections the pool's idle timeout or their peer closed.
+    for i = #pool, 1, -1 do
+        if not sock_usable(pool[i]) then
+            remove(pool, i)
+        end
+    end
+    local size = pool_size or DEFAULT_POOL_SIZE
+    while #pool >= size do
+        sock_close(remove(pool, 1))
+    end
+    pool[#pool + 1] = self
+    return true
+end
+
+--- How many times this connection came from a pool.
+function methods.reused(self)
+    return reuses[self] or 0
+end
+
+--- Serves a TCP service: handler(sock) runs in its own coroutine for each
+--- connection, which closes when the handler returns. Call it from the
+--- app's top level. opts.timeout: each read and write (default 60 s).
+--- Returns the port listened on, or nil, err.
+function _M.listen(host, port, handler, opts)
+    if type(host) ~= "string" then
+        error("tcp.listen: expected a host, got " .. type(host), 2)
+    end
+    if type(port) ~= "number" or port < 0 or port > 65535 or port % 1 ~= 0 then
+        error("tcp.listen: expected a port from 0 to 65535, got " .. tostring(port), 2)
+    end
+    if type(handler) ~= "function" then
+        error("tcp.listen: expected a handler function, got " .. type(handler), 2)
+    end
+    opts = opts or {}
+    check_timeout("tcp.listen", opts.timeout)
+    local addrs, err = resolve(host)
+    if not addrs then
+        return nil, err
+    end
+    return core.tcp_listen(addrs[1], port, handler, opts.timeout or DEFAULT_TIMEOUT)
+end
+
+return _M
