@@ -8,6 +8,7 @@
  * from the yield to the wake-up; the connection calls its waiters when it
  * closes, so none is left behind. */
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,6 +46,17 @@ static void request_task_end(td_task *t, int status) {
         td_http_fail(hc);
 }
 
+static void describe_request(td_task *t, char *buf, size_t size) {
+    td_http_conn *hc = t->data;
+    size_t len;
+    if (!hc || !td_http_live(hc, t->serial)) {
+        snprintf(buf, size, "a request (answered already)");
+        return;
+    }
+    const char *target = td_http_target(hc, &len);
+    snprintf(buf, size, "%s %.*s", td_http_method(hc), (int)(len > 200 ? 200 : len), target);
+}
+
 void td_api_http_dispatch(td_http_conn *hc, void *ud) {
     td_vm *vm = ud;
     td_task *t = td_vm_task_pooled(vm, request_task_end);
@@ -54,6 +66,7 @@ void td_api_http_dispatch(td_http_conn *hc, void *ud) {
     }
     t->data = hc;
     t->serial = hc->conn.serial;
+    t->describe = describe_request;
     lua_pushlightuserdata(t->co, hc);
     lua_pushinteger(t->co, hc->conn.serial);
     td_vm_resume(t, 2);

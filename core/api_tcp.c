@@ -387,6 +387,7 @@ static void on_listener_connection(uv_stream_t *server, int status) {
         return;
     }
     t->data = s;
+    t->label = "a tcp.listen connection";
     push_socket(t->co, s, l->timeout_ms);
     td_vm_resume(t, 1);
 }

@@ -118,6 +118,7 @@ static int spawn(lua_State *L) {
     td_task *t = td_vm_task_new(vm, NULL);
     if (!t)
         return luaL_error(L, "tendril.spawn: out of memory");
+    t->label = "a spawned thread";
     lua_checkstack(t->co, nargs + LUA_MINSTACK);
     for (int i = 2; i <= nargs + 1; i++)
         lua_pushvalue(L, i);

@@ -120,6 +120,7 @@ static int load_app(td_app *app) {
     lua_State *L = td_vm_state(app->vm);
     open_core(app);
     set_app_path(L, app->cfg->app_path);
+    td_vm_set_stall_guard(app->vm, app->cfg->stall_warn_ms);
     if (require_module(L, "tendril.boot") != 0 || (lua_pop(L, 1), require_module(L, "tendril.server")) != 0) {
         fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
         return -1;
@@ -140,6 +141,7 @@ static int load_app(td_app *app) {
     }
     t->data = app;
     t->silent = 1;
+    t->label = "the app's top level";
     td_vm_resume(t, 0);
     while (app->state == LOADING && uv_run(&app->loop, UV_RUN_ONCE))
         ;

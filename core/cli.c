@@ -27,6 +27,8 @@ static const char usage_text[] =
     "  --body-timeout S         seconds to receive a request body (default 10)\n"
     "  --keepalive-timeout S    seconds an idle keep-alive connection stays open (default 5)\n"
     "  --shutdown-timeout S     seconds in-flight requests get after SIGTERM or SIGINT (default 10)\n"
+    "  --stall-warn-ms N        warn when Lua holds the event loop longer than this; 0 is off\n"
+    "                           (default 200)\n"
     "  --help                   this text\n"
     "  --version                the version\n";
 
@@ -67,6 +69,7 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         .body_timeout = 10,
         .keepalive_timeout = 5,
         .shutdown_timeout = 10,
+        .stall_warn_ms = 200,
     };
     int i = 1;
     if (i < argc && (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)) {
@@ -148,6 +151,11 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         } else if (strcmp(name, "--shutdown-timeout") == 0) {
             if (parse_seconds(value, &cfg->shutdown_timeout) != 0)
                 return usage_error("--shutdown-timeout takes a positive number of seconds, not '%s'", value);
+        } else if (strcmp(name, "--stall-warn-ms") == 0) {
+            size_t ms;
+            if (parse_size(value, &ms) != 0 || ms > 3600000)
+                return usage_error("--stall-warn-ms takes a number of milliseconds (0 turns it off), not '%s'", value);
+            cfg->stall_warn_ms = (unsigned long)ms;
         } else {
             return usage_error("unknown option '%s'", name);
         }

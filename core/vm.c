@@ -4,11 +4,13 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "embedded_lua.h"
 #include "log.h"
+#include "stall.h"
 
 /* Idle tasks kept for reuse: creating a coroutine costs far more than
  * resuming one. */
@@ -31,6 +33,8 @@ struct td_vm {
     size_t ntasks;
     size_t nwaits;
     int depth; /* lua_resume calls on the C stack */
+    td_stall *stall;
+    td_task *current; /* the task being resumed */
     unsigned closing : 1;
 };
 
@@ -266,6 +270,36 @@ void td_vm_log_error(lua_State *co, const char *what) {
     lua_pop(co, 1);
 }
 
+static void describe_task(td_task *t, char *buf, size_t size) {
+    if (t->describe)
+        t->describe(t, buf, size);
+    else
+        snprintf(buf, size, "%s", t->label ? t->label : "a coroutine");
+}
+
+/* For the stall hook: what runs now. */
+static void describe_current(void *ud, char *buf, size_t size) {
+    td_vm *vm = ud;
+    if (vm->current)
+        describe_task(vm->current, buf, size);
+    else
+        snprintf(buf, size, "Lua code");
+}
+
+static void report_stall(td_task *t) {
+    uint64_t ms;
+    char where[TD_STALL_TEXT], who[TD_STALL_TEXT];
+    if (!td_stall_leave(t->vm->stall, &ms, where, who))
+        return;
+    if (!who[0])
+        describe_task(t, who, sizeof who);
+    if (where[0])
+        td_log(TD_LOG_WARN, "stall: %s held the event loop for %llu ms, at %s", who, (unsigned long long)ms, where);
+    else
+        td_log(TD_LOG_WARN, "stall: %s held the event loop for %llu ms (in JIT-compiled code: no line)", who,
+               (unsigned long long)ms);
+}
+
 static void task_end(td_task *t, int status) {
     if (t->on_end)
         t->on_end(t, status);
@@ -284,7 +318,13 @@ static void run(td_task *t, int nargs) {
         }
     }
     vm->depth++;
+    if (vm->stall)
+        td_stall_enter(vm->stall);
+    vm->current = t;
     int rc = lua_resume(co, nargs);
+    vm->current = NULL;
+    if (vm->stall)
+        report_stall(t);
     vm->depth--;
     if (rc == LUA_YIELD) {
         if (t->wait)
@@ -375,10 +415,17 @@ lua_State *td_vm_wait_end(td_wait *w) {
     return t->co;
 }
 
+void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms) {
+    td_stall_stop(vm->stall);
+    vm->stall = threshold_ms ? td_stall_start(vm->L, threshold_ms, describe_current, vm) : NULL;
+}
+
 size_t td_vm_close(td_vm *vm) {
     if (!vm)
         return 0;
     vm->closing = 1;
+    td_stall_stop(vm->stall);
+    vm->stall = NULL;
     while (!td_list_empty(&vm->waits)) {
         td_wait *w = td_container_of(vm->waits.next, td_wait, link);
         td_vm_wait_end(w);

@@ -18,6 +18,8 @@
 #define TD_VM_H
 
 #include <lua.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "list.h"
@@ -47,6 +49,10 @@ struct td_task {
      * stack) or raised (status LUA_ERR*, the error already logged). */
     td_task_end_cb on_end;
     void *data;      /* the owner's */
+    /* What the task is, for log lines: a callback (e.g. "GET /path") or a
+     * fixed label ("a spawned thread"). */
+    void (*describe)(td_task *t, char *buf, size_t size);
+    const char *label;
     uint32_t serial; /* the owner's */
     unsigned alive : 1;
     unsigned fresh : 1;
@@ -71,6 +77,8 @@ td_vm *td_vm_new(uv_loop_t *loop);
  * sanitizer build where it is counted and any other value is a leak. */
 size_t td_vm_close(td_vm *vm);
 lua_State *td_vm_state(td_vm *vm);
+/* Starts (threshold_ms > 0) or stops the loop-stall guard (see stall.h). */
+void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms);
 uv_loop_t *td_vm_loop(td_vm *vm);
 void td_vm_stats_get(td_vm *vm, td_vm_stats *st);
 

@@ -48,8 +48,8 @@ end
 
 --- Replaces coroutine.resume and coroutine.wrap for every script.
 function _M.install()
-    coroutine.resume = resume
-    coroutine.wrap = wrap
+    coroutine.resume = resume -- luacheck: ignore 122
+    coroutine.wrap = wrap -- luacheck: ignore 122
 end
 
 return _M

@@ -11,7 +11,6 @@ local type, error, tostring, setmetatable, remove = type, error, tostring, setme
 local sock_connect, sock_send, sock_receive = core.sock_connect, core.sock_send, core.sock_receive
 local sock_settimeout, sock_close, sock_usable = core.sock_settimeout, core.sock_close, core.sock_usable
 local sock_pool, sock_unpool = core.sock_pool, core.sock_unpool
-local resolve = tendril.resolve
 
 local DEFAULT_TIMEOUT = tendril.DEFAULT_TIMEOUT
 local DEFAULT_POOL_IDLE = 60
@@ -68,7 +67,8 @@ function _M.connect(host, port, opts)
         sock_settimeout(s, read_timeout)
         return s
     end
-    local addrs, err = resolve(host)
+    -- looked up at each call: a script may wrap tendril.resolve
+    local addrs, err = tendril.resolve(host)
     if not addrs then
         return nil, err
     end
@@ -168,7 +168,7 @@ function _M.listen(host, port, handler, opts)
     end
     opts = opts or {}
     check_timeout("tcp.listen", opts.timeout)
-    local addrs, err = resolve(host)
+    local addrs, err = tendril.resolve(host)
     if not addrs then
         return nil, err
     end

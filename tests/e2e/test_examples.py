@@ -1,0 +1,62 @@
+"""The examples run as the README says."""
+import os
+import socket
+import threading
+import time
+
+from harness import Server, TestCase, deadline, get, main
+from upstream import Upstream
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+def example(name):
+    return os.path.join(ROOT, "examples", name)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ExamplesTest(TestCase):
+    def test_hello(self):
+        with Server(app_path=example("hello.lua")) as srv:
+            self.assertEqual(get(srv.port, "/").body, b"hello world\n")
+
+    def test_fetch_and_wait_serves_many_at_once(self):
+        up = Upstream()
+        try:
+            with Server(app_path=example("fetch-and-wait.lua"), env={"UPSTREAM": up.url + "/location"}) as srv:
+                n = 20
+                bodies = [None] * n
+
+                def one(i):
+                    bodies[i] = get(srv.port, "/").body
+
+                start = time.monotonic()
+                threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                elapsed = time.monotonic() - start
+                self.assertEqual(bodies, [b"hello http://example.test/next\n"] * n)
+                # Twenty two-second waits, together.
+                self.assertGreaterEqual(elapsed, 2.0)
+                self.assertLess(elapsed, deadline(6))
+        finally:
+            up.close()
+
+    def test_echo_server(self):
+        port = free_port()
+        with Server(app_path=example("echo-server.lua"), env={"ECHO_PORT": str(port)}) as srv:
+            self.assertEqual(get(srv.port, "/?say=hi").body, b"echo: hi\n")
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"direct\n")
+                self.assertEqual(s.recv(100), b"direct\n")
+
+
+if __name__ == "__main__":
+    main()
