@@ -102,8 +102,14 @@ def idle_conns(port, n, pid):
         return {"bytes_per_conn": None, "note": text[-300:]}
 
 
-def start(peer, port, tendril_bin):
-    env = dict(os.environ, TENDRIL_BIN=tendril_bin, PEER_LOGS="/tmp/tendril-bench-logs")
+PROXY_PEERS = ("tendril", "node", "nginx-lua")
+
+
+def start(peer, port, tendril_bin, upstream_port=None, tendril_args=""):
+    env = dict(os.environ, TENDRIL_BIN=tendril_bin, PEER_LOGS="/tmp/tendril-bench-logs",
+               TENDRIL_ARGS=tendril_args)
+    if upstream_port:
+        env["UPSTREAM_PORT"] = str(upstream_port)
     out = subprocess.run([os.path.join(PEERS_DIR, "start.sh"), peer, str(port)], capture_output=True,
                          text=True, env=env, timeout=30)
     if out.returncode != 0:
@@ -122,9 +128,9 @@ def stop(master):
     subprocess.run([os.path.join(PEERS_DIR, "stop.sh"), str(master)], timeout=30)
 
 
-def measure(peer, tendril_bin, duration):
+def measure(peer, tendril_bin, duration, upstream_port):
     port = free_port()
-    master, worker = start(peer, port, tendril_bin)
+    master, worker = start(peer, port, tendril_bin, upstream_port)
     r = {}
     try:
         # Idle memory first, on a fresh process: later load would leave
@@ -145,9 +151,31 @@ def measure(peer, tendril_bin, duration):
             r["sleeps2000"] = wrk(port, 2000, d, "/sleep", timeout_s=5)
             ideal = 2000.0 * (d - 1) / d
             r["sleeps2000"]["ideal_pct"] = (100.0 * r["sleeps2000"]["rps"] / ideal) if r["sleeps2000"]["rps"] else None
+        if peer in PROXY_PEERS and upstream_port:
+            r["proxy"] = wrk(port, 50, duration, "/proxy")
     finally:
         stop(master)
     return r
+
+
+def stall_guard_cost(tendril_bin, duration, runs):
+    """tendril's hello with the stall guard on (the default) and off,
+    interleaved so that drift in the machine hits both alike."""
+    out = {"on": [], "off": []}
+    for _ in range(max(runs, 2)):
+        for mode, args in (("on", ""), ("off", "--stall-warn-ms 0")):
+            port = free_port()
+            master, worker = start("tendril", port, tendril_bin, tendril_args=args)
+            try:
+                wrk(port, 50, 1)
+                t0 = cpu_ticks(worker)
+                w = wrk(port, 50, duration)
+                cpu = (cpu_ticks(worker) - t0) / HZ * 1e6 / w["requests"] if w["requests"] else None
+                out[mode].append({"rps": w["rps"], "cpu_us": cpu})
+            finally:
+                stop(master)
+    return {mode: {"rps": median([x["rps"] for x in v]), "cpu_us": median([x["cpu_us"] for x in v])}
+            for mode, v in out.items()}
 
 
 def median(values):
@@ -203,7 +231,7 @@ def versions():
     }
 
 
-def write_report(path, results, runs, duration, extra_sections):
+def write_report(path, results, runs, duration, extra_sections, stall=None):
     lines = []
     lines.append("# Benchmarks\n")
     lines.append("Written by `scripts/bench` on %s." % datetime.date.today().isoformat())
@@ -228,6 +256,30 @@ def write_report(path, results, runs, duration, extra_sections):
             fmt(r["wrk1000"]["rps"]), fmt(sl["rps"]) if sl else "–",
             (fmt(s2["ideal_pct"], "%") + ("" if not s2["errors"] else " (%d errors)" % s2["errors"])) if s2 else "–",
             fmt(r["idle"].get("bytes_per_conn"), digits=0) if r.get("idle") else "–"))
+    proxied = [(p, r) for p, r in results.items() if "error" not in r and r.get("proxy")]
+    if proxied:
+        lines.append("\n## One upstream GET per request (`/proxy`, wrk -t1 -c50)\n")
+        lines.append("Each handler makes one keep-alive HTTP GET to a local nginx serving a static `return 200` "
+                     "(pinned to the server's core) and answers with its body: tendril's `http.get` in the "
+                     "handler, Node.js's `http.get` with a keep-alive agent, nginx + Lua's `ngx.location.capture` "
+                     "to a keep-alive `proxy_pass`.\n")
+        lines.append("| server | req/s | errors |")
+        lines.append("|---|---|---|")
+        for peer, r in proxied:
+            lines.append("| %s | %s | %d |" % (DESCRIPTIONS.get(peer, peer), fmt(r["proxy"]["rps"]),
+                                              r["proxy"]["errors"] or 0))
+        t = results.get("tendril")
+        if t and t.get("proxy"):
+            for peer, r in proxied:
+                if peer != "tendril" and r["proxy"]["rps"]:
+                    lines.append("\ntendril / %s: %.2f×" % (DESCRIPTIONS.get(peer, peer),
+                                                           t["proxy"]["rps"] / r["proxy"]["rps"]))
+    if stall:
+        lines.append("\n## The loop-stall guard's cost (tendril hello, wrk -t1 -c50, interleaved runs)\n")
+        lines.append("| stall guard | req/s | CPU µs/req |")
+        lines.append("|---|---|---|")
+        for mode in ("on", "off"):
+            lines.append("| %s | %s | %s |" % (mode, fmt(stall[mode]["rps"]), fmt(stall[mode]["cpu_us"], digits=2)))
     t = results.get("tendril")
     if t and "error" not in t:
         lines.append("\n## Tendril against its peers (ratios from the same run)\n")
@@ -260,25 +312,38 @@ def main():
     ap.add_argument("--tendril", default=os.path.join(ROOT, "build-release", "tendril"))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--no-stall-cost", action="store_true", help="skip the stall guard on/off comparison")
     args = ap.parse_args()
     results = {}
-    for peer in args.peers.split(","):
+    peers = args.peers.split(",")
+    upstream = None
+    upstream_port = None
+    if any(p in PROXY_PEERS for p in peers):
+        upstream_port = free_port()
+        upstream, _ = start("nginx", upstream_port, args.tendril)
+    for peer in peers:
         runs = []
         for i in range(args.runs):
             print("bench: %s, run %d of %d" % (peer, i + 1, args.runs), file=sys.stderr, flush=True)
             try:
-                runs.append(measure(peer, args.tendril, args.duration))
+                runs.append(measure(peer, args.tendril, args.duration, upstream_port))
             except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
                 print("bench: %s: %s" % (peer, e), file=sys.stderr)
                 runs.append({"error": str(e)})
         ok = [r for r in runs if "error" not in r]
         results[peer] = merge(ok) if ok else runs[0]
         print(json.dumps({peer: results[peer]}), file=sys.stderr)
+    if upstream:
+        stop(upstream)
+    stall = None
+    if "tendril" in peers and not args.no_stall_cost:
+        print("bench: stall guard on and off", file=sys.stderr, flush=True)
+        stall = stall_guard_cost(args.tendril, args.duration, args.runs)
     extra = []
     extra_path = os.path.join(ROOT, "docs", "benchmarks-extra.md")
     if os.path.exists(extra_path):
         extra.append(open(extra_path).read().strip())
-    write_report(args.out, results, args.runs, args.duration, extra)
+    write_report(args.out, results, args.runs, args.duration, extra, stall)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

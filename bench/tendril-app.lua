@@ -1,5 +1,9 @@
 -- The app tendril serves in scripts/bench: the same endpoints as the peers.
+-- /proxy makes one keep-alive GET to http://127.0.0.1:$UPSTREAM_PORT/.
 local tendril = require "tendril"
+local http = require "tendril.http"
+
+local upstream = "http://127.0.0.1:" .. (os.getenv("UPSTREAM_PORT") or "1") .. "/"
 
 return function(req)
     local p = req.path
@@ -7,6 +11,12 @@ return function(req)
         tendril.sleep(0.001)
     elseif p == "/sleep" then
         tendril.sleep(1)
+    elseif p == "/proxy" then
+        local res, err = http.get(upstream)
+        if not res then
+            return 502, nil, err
+        end
+        return res.body
     end
     return "Hello World\n"
 end

@@ -281,7 +281,8 @@ int td_sock_unpool(td_sock *s) {
         return td_sock_usable(s) ? 0 : TD_ECLOSED;
     s->pooled = 0;
     uv_timer_stop(&s->timer);
-    stop_reading(s);
+    /* Reading goes on: the next response comes soon, and leaving the poll
+     * set only to rejoin it costs two system calls per request. */
     return td_sock_usable(s) ? 0 : TD_ECLOSED;
 }
 

@@ -2,7 +2,8 @@
 # usage: start.sh PEER PORT  -> starts PEER pinned to core 0 in the background and prints its PID
 # (for nginx peers the PID is the master; its one worker is the master's child).
 # PEER: tendril | node | eventlet | stdlib | nginx | nginx-lua | luahttp
-# TENDRIL_BIN (environment) is the tendril binary; it serves bench/tendril-app.lua.
+# TENDRIL_BIN (environment) is the tendril binary; it serves bench/tendril-app.lua with
+# the options in TENDRIL_ARGS.
 # UPSTREAM_PORT (environment) is where node's and nginx-lua's /proxy send their one GET.
 # Needs: nodejs; python3-eventlet; nginx libnginx-mod-http-lua; lua-http lua-cqueues luajit2 (all Debian).
 set -e
@@ -11,7 +12,8 @@ PEER=$1; PORT=$2; UP=${UPSTREAM_PORT:-1}
 ulimit -n 20000 2>/dev/null || true
 LOGS=${PEER_LOGS:-/tmp/peer-logs}; mkdir -p "$LOGS"; LOG=$LOGS/$PEER.log
 case $PEER in
-  tendril)  taskset -c 0 "${TENDRIL_BIN:?TENDRIL_BIN}" serve "$D/../tendril-app.lua" --port "$PORT" >"$LOG" 2>&1 & ;;
+  tendril)  UPSTREAM_PORT=$UP taskset -c 0 "${TENDRIL_BIN:?TENDRIL_BIN}" serve "$D/../tendril-app.lua" --port "$PORT" \
+              ${TENDRIL_ARGS:-} >"$LOG" 2>&1 & ;;
   node)     UPSTREAM_PORT=$UP taskset -c 0 node "$D/servers/node-hello.js" "$PORT" >"$LOG" 2>&1 & ;;
   eventlet) taskset -c 0 /usr/bin/python3 "$D/servers/eventlet-hello.py" "$PORT" >"$LOG" 2>&1 & ;;
   stdlib)   taskset -c 0 /usr/bin/python3 "$D/servers/stdlib-hello.py" "$PORT" >"$LOG" 2>&1 & ;;

@@ -133,14 +133,10 @@ function methods.setkeepalive(self, idle_seconds, pool_size)
         pool = {}
         pools[key] = pool
     end
-    -- Drop connections the pool's idle timeout or their peer closed.
-    for i = #pool, 1, -1 do
-        if not sock_usable(pool[i]) then
-            remove(pool, i)
-        end
-    end
+    -- The oldest go first when the pool is full; connections that died
+    -- idle are dropped there too, or when tcp.connect comes across them.
     local size = pool_size or DEFAULT_POOL_SIZE
-    while #pool >= size do
+    while #pool >= size or (#pool > 0 and not sock_usable(pool[1])) do
         sock_close(remove(pool, 1))
     end
     pool[#pool + 1] = self
