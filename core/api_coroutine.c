@@ -19,8 +19,20 @@ static int relay_mark(lua_State *L) {
     return 0;
 }
 
+/* [-0, +1] task_coroutine() -> the running task's own coroutine | nil */
+static int task_coroutine(lua_State *L) {
+    td_task *t = td_vm_task_of(L);
+    if (!t || !t->alive)
+        return 0;
+    lua_pushthread(t->co);
+    lua_xmove(t->co, L, 1);
+    return 1;
+}
+
 void td_api_coroutine_open(lua_State *L, td_vm *vm) {
     (void)vm;
+    lua_pushcfunction(L, task_coroutine);
+    lua_setfield(L, -2, "task_coroutine");
     lua_pushcfunction(L, task_waiting);
     lua_setfield(L, -2, "task_waiting");
     lua_pushcfunction(L, relay_mark);

@@ -356,12 +356,21 @@ static int sock_tostring(lua_State *L) {
 
 /* ---- listening ---- */
 
+/* A listener outlives the generation that opened it: a reload's top level
+ * that listens on the same address takes it over instead of binding again.
+ * During a load attempt the new handler waits in pending_ref; the attempt's
+ * commit swaps it in and closes the listeners the new generation did not
+ * ask for again, a failed attempt drops what it staged. */
 typedef struct listener {
     uv_tcp_t tcp;
     td_vm *vm;
     int handler_ref;
+    int pending_ref;
+    unsigned claimed : 1; /* asked for by the attempt in progress */
+    unsigned fresh : 1;   /* opened by the attempt in progress */
     td_list link;
     uint64_t timeout_ms;
+    struct sockaddr_storage addr;
 } listener;
 
 static td_list listeners = {&listeners, &listeners};
@@ -395,9 +404,29 @@ static void on_listener_connection(uv_stream_t *server, int status) {
 static void free_listener(uv_handle_t *h) { free(h->data); }
 
 static void close_listener(listener *l) {
+    lua_State *L = td_vm_state(l->vm);
     td_list_remove(&l->link);
-    luaL_unref(td_vm_state(l->vm), LUA_REGISTRYINDEX, l->handler_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, l->handler_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, l->pending_ref);
     uv_close((uv_handle_t *)&l->tcp, free_listener);
+}
+
+static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+}
+
+static int bound_port(listener *l) {
+    struct sockaddr_storage bound;
+    int len = sizeof bound;
+    uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&bound, &len);
+    return ntohs(((struct sockaddr_in *)&bound)->sin_port);
 }
 
 /* [-4, +1|2] tcp_listen(ip, port, handler, timeout) -> port | nil, err */
@@ -411,11 +440,27 @@ static int tcp_listen(lua_State *L) {
     if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&addr) != 0 &&
         uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&addr) != 0)
         return luaL_error(L, "tcp.listen: '%s' is not an IP address", ip);
+    /* Port 0 asks for a new port: only an explicit port is taken over. */
+    td_list *pos;
+    for (pos = listeners.next; port != 0 && pos != &listeners; pos = pos->next) {
+        listener *old = td_container_of(pos, listener, link);
+        if (!same_addr(&old->addr, &addr))
+            continue;
+        luaL_unref(L, LUA_REGISTRYINDEX, old->pending_ref);
+        lua_pushvalue(L, 3);
+        old->pending_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        old->claimed = 1;
+        old->timeout_ms = timeout_ms;
+        lua_pushinteger(L, bound_port(old));
+        return 1;
+    }
     listener *l = calloc(1, sizeof *l);
     if (!l)
         return push_fail(L, UV_ENOMEM);
     l->vm = vm;
     l->timeout_ms = timeout_ms;
+    l->addr = addr;
+    l->pending_ref = LUA_NOREF;
     uv_tcp_init(td_vm_loop(vm), &l->tcp);
     l->tcp.data = l;
     int rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&addr, 0);
@@ -427,12 +472,57 @@ static int tcp_listen(lua_State *L) {
     }
     lua_pushvalue(L, 3);
     l->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    l->claimed = 1;
+    l->fresh = 1;
     td_list_push_back(&listeners, &l->link);
-    struct sockaddr_storage bound;
-    int len = sizeof bound;
-    uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&bound, &len);
-    lua_pushinteger(L, ntohs(((struct sockaddr_in *)&bound)->sin_port));
+    lua_pushinteger(L, bound_port(l));
     return 1;
+}
+
+/* [-0, +0] listeners_begin(): a load attempt starts */
+static int listeners_begin(lua_State *L) {
+    (void)L;
+    for (td_list *pos = listeners.next; pos != &listeners; pos = pos->next) {
+        listener *l = td_container_of(pos, listener, link);
+        l->claimed = 0;
+        l->fresh = 0;
+    }
+    return 0;
+}
+
+/* [-0, +0] listeners_commit(): the attempt became the current generation */
+static int listeners_commit(lua_State *L) {
+    td_list *pos, *tmp;
+    td_list_foreach_safe(pos, tmp, &listeners) {
+        listener *l = td_container_of(pos, listener, link);
+        if (!l->claimed) {
+            close_listener(l);
+            continue;
+        }
+        if (l->pending_ref != LUA_NOREF) {
+            luaL_unref(L, LUA_REGISTRYINDEX, l->handler_ref);
+            l->handler_ref = l->pending_ref;
+            l->pending_ref = LUA_NOREF;
+        }
+        l->claimed = l->fresh = 0;
+    }
+    return 0;
+}
+
+/* [-0, +0] listeners_discard(): the attempt failed; the old ones go on */
+static int listeners_discard(lua_State *L) {
+    td_list *pos, *tmp;
+    td_list_foreach_safe(pos, tmp, &listeners) {
+        listener *l = td_container_of(pos, listener, link);
+        if (l->fresh) {
+            close_listener(l);
+            continue;
+        }
+        luaL_unref(L, LUA_REGISTRYINDEX, l->pending_ref);
+        l->pending_ref = LUA_NOREF;
+        l->claimed = 0;
+    }
+    return 0;
 }
 
 void td_api_tcp_close_listeners(void) {
@@ -445,7 +535,8 @@ void td_api_tcp_open(lua_State *L, td_vm *vm) {
         {"sock_connect", sock_connect},   {"sock_send", sock_send},     {"sock_receive", sock_receive},
         {"sock_settimeout", sock_settimeout}, {"sock_close", sock_close}, {"sock_usable", sock_usable},
         {"sock_pool", sock_pool},         {"sock_unpool", sock_unpool}, {"tcp_listen", tcp_listen},
-        {NULL, NULL},
+        {"listeners_begin", listeners_begin}, {"listeners_commit", listeners_commit},
+        {"listeners_discard", listeners_discard}, {NULL, NULL},
     };
     luaL_newmetatable(L, SOCKET_MT);
     lua_pushcfunction(L, sock_gc);

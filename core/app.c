@@ -5,6 +5,7 @@
 #include "app.h"
 
 #include <lauxlib.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,9 +15,8 @@
 #include "api.h"
 #include "http.h"
 #include "log.h"
+#include "reload.h"
 #include "vm.h"
-
-enum { LOADING, READY, FAILED };
 
 typedef struct td_app {
     const td_config *cfg;
@@ -26,8 +26,7 @@ typedef struct td_app {
     uv_signal_t sigterm, sigint;
     uv_timer_t shutdown_timer;
     uv_prepare_t log_flusher;
-    int server_ref; /* registry ref of the tendril.server module */
-    int state;
+    td_reload *reload;
     int stopping;
     int cut_off;
 } td_app;
@@ -90,67 +89,56 @@ static int require_module(lua_State *L, const char *name) {
     return lua_pcall(L, 1, 1, 0);
 }
 
-static void on_main_end(td_task *t, int status) {
-    td_app *app = t->data;
-    lua_State *co = t->co;
-    if (status != 0) {
-        const char *msg = lua_tostring(co, -1);
-        fprintf(stderr, "tendril: %s\n", msg ? msg : "error in the app's top level");
-        app->state = FAILED;
-        return;
-    }
-    if (lua_gettop(co) < 1 || !lua_isfunction(co, 1)) {
-        fprintf(stderr, "tendril: %s did not return a handler function (it returned %s)\n", app->cfg->app_path,
-                lua_gettop(co) < 1 ? "nothing" : luaL_typename(co, 1));
-        app->state = FAILED;
-        return;
-    }
-    lua_State *L = td_vm_state(app->vm);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, app->server_ref);
-    lua_getfield(L, -1, "set_handler");
-    lua_xmove(co, L, 1);
-    lua_call(L, 1, 0);
-    lua_pop(L, 1);
-    app->state = READY;
-}
-
-/* Loads the library and runs the app's top level (in a task, so it may
- * yield). Returns 0 when a handler is set. */
+/* Loads the library and runs the app's top level as generation 1 (in a
+ * task, so it may wait). Returns 0 when the app is ready to serve. */
 static int load_app(td_app *app) {
     lua_State *L = td_vm_state(app->vm);
+    char abs_path[PATH_MAX];
+    const char *path = realpath(app->cfg->app_path, abs_path) ? abs_path : app->cfg->app_path;
     open_core(app);
-    set_app_path(L, app->cfg->app_path);
+    set_app_path(L, path);
     td_vm_set_stall_guard(app->vm, app->cfg->stall_warn_ms);
-    if (require_module(L, "tendril.boot") != 0 || (lua_pop(L, 1), require_module(L, "tendril.server")) != 0) {
+    if (require_module(L, "tendril.boot") != 0) {
+        fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
+        return -1;
+    }
+    lua_pop(L, 1);
+    if (require_module(L, "tendril.server") != 0) {
         fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
         return -1;
     }
     lua_getfield(L, -1, "driver");
     td_vm_set_pool_function(app->vm);
-    app->server_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-
-    if (luaL_loadfile(L, app->cfg->app_path) != 0) {
-        fprintf(stderr, "tendril: %s\n", lua_tostring(L, -1));
-        lua_pop(L, 1);
+    lua_pop(L, 1);
+    if (require_module(L, "tendril.generation") != 0) {
+        fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
         return -1;
     }
-    td_task *t = td_vm_task_new(app->vm, on_main_end);
-    if (!t) {
+    lua_getfield(L, -1, "set_app");
+    lua_pushstring(L, path);
+    const char *slash = strrchr(path, '/');
+    if (slash && slash != path)
+        lua_pushlstring(L, path, (size_t)(slash - path));
+    else
+        lua_pushstring(L, slash ? "/" : ".");
+    lua_call(L, 2, 0);
+    app->reload = td_reload_new(app->vm, lua_gettop(L), !app->cfg->no_watch);
+    lua_pop(L, 1);
+    if (!app->reload) {
         fprintf(stderr, "tendril: out of memory\n");
         return -1;
     }
-    t->data = app;
-    t->silent = 1;
-    t->label = "the app's top level";
-    td_vm_resume(t, 0);
-    while (app->state == LOADING && uv_run(&app->loop, UV_RUN_ONCE))
-        ;
-    if (app->state == LOADING) {
-        fprintf(stderr, "tendril: %s: the top level is waiting for something that never comes\n",
-                app->cfg->app_path);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "loaded");
+    lua_getfield(L, -1, "tendril.core");
+    td_reload_open_api(L, app->reload);
+    lua_pop(L, 3);
+    char err[600];
+    if (td_reload_first(app->reload, err, sizeof err) != 0) {
+        fprintf(stderr, "tendril: %s\n", err);
         return -1;
     }
-    return app->state == READY ? 0 : -1;
+    return 0;
 }
 
 /* ---- stopping ---- */
@@ -181,6 +169,8 @@ static void on_stop_signal(uv_signal_t *sig, int signum) {
     td_log(TD_LOG_NOTICE, "%s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
     td_http_server_drain(app->hs);
     td_api_tcp_close_listeners();
+    td_reload_close(app->reload);
+    app->reload = NULL;
     if (app->hs->srv.nconns == 0) {
         finish(app);
         return;
@@ -215,7 +205,7 @@ static void format_url(char *buf, size_t size, const char *host, int port) {
 }
 
 int td_app_run(const td_config *cfg) {
-    td_app app = {.cfg = cfg, .state = LOADING, .server_ref = LUA_NOREF};
+    td_app app = {.cfg = cfg};
     int rc;
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
@@ -264,6 +254,7 @@ int td_app_run(const td_config *cfg) {
         format_url(url, sizeof url, cfg->host, td_server_port(&app.hs->srv));
         printf("listening on %s\n", url);
         fflush(stdout);
+        td_reload_arm(app.reload);
         uv_signal_start(&app.sigterm, on_stop_signal, SIGTERM);
         uv_signal_start(&app.sigint, on_stop_signal, SIGINT);
         uv_prepare_start(&app.log_flusher, on_log_turn);
@@ -275,6 +266,7 @@ int td_app_run(const td_config *cfg) {
     /* Teardown, in reverse: Lua first (its waits own libuv handles), then
      * the connections, then our own handles; the loop must close clean. */
     td_api_tcp_close_listeners();
+    td_reload_close(app.reload);
     size_t lua_left = td_vm_close(app.vm);
     if (lua_left) {
         td_log(TD_LOG_CRIT, "teardown: Lua still holds %zu bytes after closing its state", lua_left);

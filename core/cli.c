@@ -29,6 +29,7 @@ static const char usage_text[] =
     "  --shutdown-timeout S     seconds in-flight requests get after SIGTERM or SIGINT (default 10)\n"
     "  --stall-warn-ms N        warn when Lua holds the event loop longer than this; 0 is off\n"
     "                           (default 200)\n"
+    "  --no-watch               do not reload when the app's files change (SIGHUP still does)\n"
     "  --help                   this text\n"
     "  --version                the version\n";
 
@@ -93,6 +94,10 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         if (strcmp(arg, "--version") == 0) {
             printf("tendril %s\n", TD_VERSION);
             return TD_CLI_DONE;
+        }
+        if (strcmp(arg, "--no-watch") == 0) {
+            cfg->no_watch = 1;
+            continue;
         }
         if (strncmp(arg, "--", 2) != 0) {
             if (cfg->app_path)

@@ -18,6 +18,7 @@ typedef struct td_config {
     double keepalive_timeout;
     double shutdown_timeout;
     unsigned long stall_warn_ms; /* 0: the stall guard is off */
+    int no_watch;                /* reload on SIGHUP only */
 } td_config;
 
 enum { TD_CLI_RUN = 0, TD_CLI_DONE = 1, TD_CLI_USAGE = -1 };

@@ -1,6 +1,7 @@
 -- The public runtime module: local tendril = require "tendril"
 local core = require "tendril.core"
 local trace = require "tendril.traceback"
+local generation = require "tendril.generation"
 
 local select, tostring, type, error, concat, unpack = select, tostring, type, error, table.concat, unpack
 local setmetatable, xpcall = setmetatable, xpcall
@@ -52,8 +53,14 @@ local function pack(...)
     return { n = select("#", ...), ... }
 end
 
-local function run_thread(th, fn, ...)
+local function run_thread(th, gen, fn, ...)
+    if gen then
+        generation.pin(core.task_coroutine(), gen)
+    end
     local res = pack(xpcall(fn, trace.handler, ...))
+    if gen then
+        generation.unpin(gen)
+    end
     if not res[1] then
         log_message("error", "tendril.spawn: a thread failed: " .. tostring(res[2]))
         -- join reports the message, not the whole traceback
@@ -71,7 +78,8 @@ function _M.spawn(fn, ...)
         error("tendril.spawn: expected a function, got " .. type(fn), 2)
     end
     local th = setmetatable({ _done = event_new() }, thread)
-    core.spawn(run_thread, th, fn, ...)
+    -- The thread runs the code of its spawner's generation.
+    core.spawn(run_thread, th, generation.of_caller(), fn, ...)
     return th
 end
 
@@ -160,6 +168,23 @@ function _M.run(argv, opts)
         error("tendril.run: opts.input must be a string", 2)
     end
     return core.run(argv, opts.input, opts.timeout or DEFAULT_TIMEOUT, opts.cwd)
+end
+
+---------------------------------------------------------------- reload
+
+--- The table named `name`, the same in every generation of the app: the
+--- one home for state that must survive a reload. The first call makes it
+--- from `init` (a table, or a function returning the value; default {}).
+function _M.keep(name, init)
+    if type(name) ~= "string" then
+        error("tendril.keep: expected a name, got " .. type(name), 2)
+    end
+    return generation.keep(name, init)
+end
+
+--- The number of the generation serving new requests (1 at start).
+function _M.generation()
+    return generation.number()
 end
 
 _M.DEFAULT_TIMEOUT = DEFAULT_TIMEOUT

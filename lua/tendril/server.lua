@@ -14,7 +14,7 @@ local url = require "tendril.url"
 local setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall =
     setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall
 local lower, find, sub = string.lower, string.find, string.sub
-local yield = coroutine.yield
+local yield, running = coroutine.yield, coroutine.running
 local traceback = debug.traceback
 
 local req_info, req_headers, req_remote, req_body = core.req_info, core.req_headers, core.req_remote, core.req_body
@@ -23,7 +23,8 @@ local log = core.log
 
 local _M = {}
 
-local handler -- the app's, set once its top level has returned it
+local generation = require "tendril.generation"
+local pin, unpin, current_generation = generation.pin, generation.unpin, generation.current
 
 ---------------------------------------------------------------- req
 
@@ -268,10 +269,13 @@ local function respond(res, a, b, c)
     end
 end
 
-local function serve(conn, serial)
+-- One request, on the generation that is current when it starts.
+local function serve(me, conn, serial)
+    local gen = current_generation()
+    pin(me, gen)
     local req = setmetatable({ conn, serial }, req_mt)
     local res = setmetatable({ conn, serial, _status = 200 }, res_mt)
-    local ok, a, b, c = xpcall(handler, on_error, req, res)
+    local ok, a, b, c = xpcall(gen.handler, on_error, req, res)
     if ok then
         ok, a = xpcall(respond, on_error, res, a, b, c)
     end
@@ -279,18 +283,16 @@ local function serve(conn, serial)
         log("error", describe(req) .. ": " .. a)
         res_fail(conn, serial)
     end
+    unpin(gen)
 end
 
 --- The function every pooled coroutine runs (see vm.h).
 function _M.driver(marker, conn, serial)
+    local me = running()
     while true do
-        serve(conn, serial)
+        serve(me, conn, serial)
         conn, serial = yield(marker)
     end
-end
-
-function _M.set_handler(fn)
-    handler = fn
 end
 
 return _M

@@ -6,8 +6,10 @@
 -- sock:setkeepalive, and tcp.connect takes them from there first.
 local core = require "tendril.core"
 local tendril = require "tendril"
+local generation = require "tendril.generation"
+local trace = require "tendril.traceback"
 
-local type, error, tostring, setmetatable, remove = type, error, tostring, setmetatable, table.remove
+local type, error, tostring, setmetatable, remove, xpcall = type, error, tostring, setmetatable, table.remove, xpcall
 local sock_connect, sock_send, sock_receive = core.sock_connect, core.sock_send, core.sock_receive
 local sock_settimeout, sock_close, sock_usable = core.sock_settimeout, core.sock_close, core.sock_usable
 local sock_pool, sock_unpool = core.sock_pool, core.sock_unpool
@@ -168,7 +170,21 @@ function _M.listen(host, port, handler, opts)
     if not addrs then
         return nil, err
     end
-    return core.tcp_listen(addrs[1], port, handler, opts.timeout or DEFAULT_TIMEOUT)
+    -- Each connection runs the code of the generation that listened.
+    local gen = generation.of_caller()
+    local function session(sock)
+        if gen then
+            generation.pin(core.task_coroutine(), gen)
+        end
+        local ok, e = xpcall(handler, trace.handler, sock)
+        if gen then
+            generation.unpin(gen)
+        end
+        if not ok then
+            core.log("error", "tcp.listen " .. host .. ":" .. port .. ": " .. e)
+        end
+    end
+    return core.tcp_listen(addrs[1], port, session, opts.timeout or DEFAULT_TIMEOUT)
 end
 
 return _M
