@@ -12,8 +12,9 @@
 #include "list.h"
 #include "log.h"
 
-/* An editor's save is a burst of events (write, rename, chmod): wait this
- * long after the last one, well inside the 300 ms a save may take to show. */
+/* An editor's save is a burst of events (write, rename, chmod): gather
+ * them for this long after the first, well inside the 300 ms a save may
+ * take to show. */
 #define TD_DEBOUNCE_MS 40
 /* Changed paths remembered between checks; past it, reload anyway. */
 #define TD_MAX_PENDING 256
@@ -178,7 +179,10 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
             r->overflow = 1;
         }
     }
-    uv_timer_start(&r->debounce, on_debounced, TD_DEBOUNCE_MS, 0);
+    /* A window from the first event, not from the last: saves that keep
+     * coming must not postpone the reload forever. */
+    if (!uv_is_active((uv_handle_t *)&r->debounce))
+        uv_timer_start(&r->debounce, on_debounced, TD_DEBOUNCE_MS, 0);
 }
 
 static void on_sighup(uv_signal_t *s, int signum) {

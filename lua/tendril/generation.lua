@@ -59,7 +59,9 @@ end
 local function retire(gen)
     gen.handler, gen.loaded, gen.sources = nil, nil, nil
     gen.retired = true
-    -- Its code is garbage now: collect it while nobody waits.
+    -- Its code is garbage now: collect it while nobody waits. Compiled
+    -- traces anchor the prototypes they start in, so flush them first.
+    jit.flush()
     collectgarbage("collect")
 end
 
