@@ -27,6 +27,8 @@ static void test_defaults(void) {
     CHECK(cfg.header_timeout == 10 && cfg.body_timeout == 10);
     CHECK(cfg.keepalive_timeout == 5 && cfg.shutdown_timeout == 10);
     CHECK(cfg.access_log == NULL && cfg.error_log == NULL);
+    CHECK_EQ_INT(cfg.stall_warn_ms, 200);
+    CHECK_EQ_INT(cfg.no_watch, 0);
 }
 
 static void test_every_option(void) {
@@ -34,7 +36,8 @@ static void test_every_option(void) {
     const char *argv[] = {"tendril", "serve", "--host", "::1", "--port=0", "a.lua", "--access-log", "-",
                           "--error-log", "/tmp/e.log", "--max-header-bytes", "8192", "--max-body-bytes=0",
                           "--max-connections", "100", "--header-timeout", "0.5", "--body-timeout", "2",
-                          "--keepalive-timeout", "1.5", "--shutdown-timeout", "3"};
+                          "--keepalive-timeout", "1.5", "--shutdown-timeout", "3", "--stall-warn-ms", "0",
+                          "--no-watch"};
     CHECK_EQ_INT(parse(&cfg, (int)(sizeof argv / sizeof argv[0]), argv), TD_CLI_RUN);
     CHECK(strcmp(cfg.host, "::1") == 0);
     CHECK_EQ_INT(cfg.port, 0);
@@ -46,6 +49,8 @@ static void test_every_option(void) {
     CHECK_EQ_INT(cfg.max_connections, 100);
     CHECK(cfg.header_timeout == 0.5 && cfg.body_timeout == 2);
     CHECK(cfg.keepalive_timeout == 1.5 && cfg.shutdown_timeout == 3);
+    CHECK_EQ_INT(cfg.stall_warn_ms, 0);
+    CHECK_EQ_INT(cfg.no_watch, 1);
 }
 
 static void test_refusals(void) {
@@ -64,6 +69,7 @@ static void test_refusals(void) {
         {"tendril", "serve", "a.lua", "--max-connections", "0"},
         {"tendril", "serve", "a.lua", "--max-header-bytes", "10"},
         {"tendril", "serve", "a.lua", "--frobnicate", "1"},
+        {"tendril", "serve", "a.lua", "--stall-warn-ms", "-5"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int argc = 0;
