@@ -169,8 +169,7 @@ static void on_stop_signal(uv_signal_t *sig, int signum) {
     td_log(TD_LOG_NOTICE, "%s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
     td_http_server_drain(app->hs);
     td_api_tcp_close_listeners();
-    td_reload_close(app->reload);
-    app->reload = NULL;
+    td_reload_stop(app->reload);
     if (app->hs->srv.nconns == 0) {
         finish(app);
         return;
@@ -266,8 +265,9 @@ int td_app_run(const td_config *cfg) {
     /* Teardown, in reverse: Lua first (its waits own libuv handles), then
      * the connections, then our own handles; the loop must close clean. */
     td_api_tcp_close_listeners();
-    td_reload_close(app.reload);
+    td_reload_stop(app.reload);
     size_t lua_left = td_vm_close(app.vm);
+    td_reload_free(app.reload);
     if (lua_left) {
         td_log(TD_LOG_CRIT, "teardown: Lua still holds %zu bytes after closing its state", lua_left);
         exit_code = 1;

@@ -295,19 +295,23 @@ void td_reload_arm(td_reload *r) { uv_signal_start(&r->sighup, on_sighup, SIGHUP
 
 static void free_reload(uv_handle_t *h) { free(h->data); }
 
-void td_reload_close(td_reload *r) {
-    if (!r)
+void td_reload_stop(td_reload *r) {
+    if (!r || r->closing)
         return;
     r->closing = 1;
     clear_pending(r);
-    lua_State *L = td_vm_state(r->vm);
-    luaL_unref(L, LUA_REGISTRYINDEX, r->load_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, r->changed_ref);
     while (!td_list_empty(&r->watchers)) {
         watcher *w = td_container_of(r->watchers.next, watcher, link);
         td_list_remove(&w->link);
         uv_close((uv_handle_t *)&w->handle, free_watcher);
     }
     uv_close((uv_handle_t *)&r->sighup, NULL);
+    uv_timer_stop(&r->debounce);
+}
+
+void td_reload_free(td_reload *r) {
+    if (!r)
+        return;
+    td_reload_stop(r);
     uv_close((uv_handle_t *)&r->debounce, free_reload);
 }

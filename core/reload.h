@@ -6,8 +6,10 @@
  * reload when it ends.
  *
  * Ownership: a td_reload owns its fs-event handles (one per directory),
- * its debounce timer and its SIGHUP handle; td_reload_close starts closing
- * them and the close callbacks free them. */
+ * its debounce timer and its SIGHUP handle. A load attempt's task points
+ * at it, so it lives until the vm is closed: td_reload_stop closes the
+ * watchers and the signal, td_reload_free the timer, whose close callback
+ * frees it. */
 #ifndef TD_RELOAD_H
 #define TD_RELOAD_H
 
@@ -26,6 +28,10 @@ void td_reload_open_api(lua_State *L, td_reload *r);
 int td_reload_first(td_reload *r, char *err, size_t size);
 /* Starts watching for edits and SIGHUP (after the server listens). */
 void td_reload_arm(td_reload *r);
-void td_reload_close(td_reload *r);
+/* Stops watching and reloading (shutdown); an attempt in flight may end. */
+void td_reload_stop(td_reload *r);
+/* After td_vm_close (no attempt can end any more): frees r once its last
+ * handle has closed. */
+void td_reload_free(td_reload *r);
 
 #endif
