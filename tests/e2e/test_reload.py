@@ -152,6 +152,24 @@ class ReloadTest(TestCase):
         self.assertLessEqual(self.r.generation(), 6, "a burst of saves should coalesce")
 
 
+class ShutdownDuringReloadTest(TestCase):
+    def test_sigterm_while_a_reload_waits(self):
+        app = '''
+            local tendril = require "tendril"
+            if tendril.generation() >= 1 then
+                tendril.sleep(2)   -- the reload's top level waits
+            end
+            return function() return "VERSION" end
+        '''
+        srv = Server(app.replace("VERSION", "one")).start()
+        self.assertEqual(get(srv.port, "/").body, b"one")
+        srv.signal(signal.SIGHUP)
+        time.sleep(0.3)
+        srv.signal(signal.SIGTERM)
+        self.assertEqual(srv.wait(), 0, srv.stderr())
+        srv.assert_clean()
+
+
 class NoWatchTest(TestCase):
     def test_no_watch_but_sighup(self):
         r = Reloadable(args=["--no-watch"])
