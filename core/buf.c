@@ -27,7 +27,17 @@ int td_buf_reserve(td_buf *b, size_t extra) {
     return 0;
 }
 
-int td_buf_append(td_buf *b, const void *data, size_t len) {
+int td_buf_append_uint(td_buf *b, uint64_t n) {
+    char digits[20];
+    int i = sizeof digits;
+    do {
+        digits[--i] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    return td_buf_append(b, digits + i, sizeof digits - (size_t)i);
+}
+
+int td_buf_append_grow(td_buf *b, const void *data, size_t len) {
     if (len == 0)
         return 0;
     int rc = td_buf_reserve(b, len);

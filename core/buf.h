@@ -7,6 +7,8 @@
 #define TD_BUF_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 typedef struct td_buf {
     char *data;
@@ -24,8 +26,21 @@ typedef struct td_buf_pool {
 
 /* Ensures room for `extra` more bytes. Returns 0, or -ENOMEM (b unchanged). */
 int td_buf_reserve(td_buf *b, size_t extra);
-/* Returns 0, or -ENOMEM (b unchanged). */
-int td_buf_append(td_buf *b, const void *data, size_t len);
+/* The slow path of td_buf_append: grows, then appends. */
+int td_buf_append_grow(td_buf *b, const void *data, size_t len);
+
+/* Returns 0, or -ENOMEM (b unchanged). Inline: it runs for every piece of
+ * every request head. */
+static inline int td_buf_append(td_buf *b, const void *data, size_t len) {
+    if (b->cap - b->len < len || !b->data)
+        return td_buf_append_grow(b, data, len);
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    return 0;
+}
+
+/* Appends n in decimal. Returns 0 or -ENOMEM. */
+int td_buf_append_uint(td_buf *b, uint64_t n);
 /* Appends a formatted string. Returns 0, or -ENOMEM (b unchanged). */
 int td_buf_printf(td_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Removes the first n bytes. */

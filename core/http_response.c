@@ -163,7 +163,9 @@ int td_http_head_end(td_http_conn *hc, int64_t content_length) {
     } else if (hc->user_length) {
         /* the handler's own framing */
     } else if (content_length >= 0) {
-        td_buf_printf(out, "Content-Length: %" PRId64 "\r\n", content_length);
+        APPEND_LIT(out, "Content-Length: ");
+        td_buf_append_uint(out, (uint64_t)content_length);
+        APPEND_LIT(out, "\r\n");
     } else if (td_http_minor(hc) == 1) {
         APPEND_LIT(out, "Transfer-Encoding: chunked\r\n");
         hc->chunked = 1;

@@ -277,7 +277,13 @@ local function serve(me, conn, serial)
     local res = setmetatable({ conn, serial, _status = 200 }, res_mt)
     local ok, a, b, c = xpcall(gen.handler, on_error, req, res)
     if ok then
-        ok, a = xpcall(respond, on_error, res, a, b, c)
+        if type(a) == "string" and not res._done and not res._sent and not res._h then
+            -- The common case, `return body`: nothing in it can raise.
+            res._done = true
+            res_send(conn, serial, res._status, TEXT_PLAIN, a, true)
+        else
+            ok, a = xpcall(respond, on_error, res, a, b, c)
+        end
     end
     if not ok then
         log("error", describe(req) .. ": " .. a)
