@@ -31,6 +31,9 @@ void td_api_fs_open(lua_State *L, td_vm *vm);
 void td_api_process_open(lua_State *L, td_vm *vm);
 /* Coroutine relay support: task_waiting, relay_set, isyieldable. */
 void td_api_coroutine_open(lua_State *L, td_vm *vm);
+/* [-0, +1] A table of headers: lower-case names (text + h[i].name) to
+ * values; a repeated header's values joined with ", ". */
+void td_api_push_headers(lua_State *L, const char *text, const td_http_header *h, size_t n);
 /* The td_http_request_cb that runs a request in a pooled task; ud is the vm. */
 void td_api_http_dispatch(td_http_conn *hc, void *ud);
 

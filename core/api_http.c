@@ -134,31 +134,31 @@ static int req_info(lua_State *L) {
     return 3;
 }
 
-/* [-2, +1] req_headers(hc, serial) -> {name = value} | nil
- * Names are lower-case; repeated headers are joined with ", ". */
-static int req_headers(lua_State *L) {
-    td_http_conn *hc = live_conn(L);
-    if (!hc)
-        return 0;
-    size_t n = td_http_header_count(hc);
+void td_api_push_headers(lua_State *L, const char *text, const td_http_header *h, size_t n) {
     lua_createtable(L, 0, (int)n);
     for (size_t i = 0; i < n; i++) {
-        const char *name, *value;
-        size_t nlen, vlen;
-        td_http_header_at(hc, i, &name, &nlen, &value, &vlen);
-        lua_pushlstring(L, name, nlen);
+        lua_pushlstring(L, text + h[i].name, h[i].name_len);
         lua_pushvalue(L, -1);
         lua_rawget(L, -3);
         if (lua_isnil(L, -1)) {
             lua_pop(L, 1);
-            lua_pushlstring(L, value, vlen);
+            lua_pushlstring(L, text + h[i].value, h[i].value_len);
         } else {
             lua_pushliteral(L, ", ");
-            lua_pushlstring(L, value, vlen);
+            lua_pushlstring(L, text + h[i].value, h[i].value_len);
             lua_concat(L, 3);
         }
         lua_rawset(L, -3);
     }
+}
+
+/* [-2, +1] req_headers(hc, serial) -> {name = value} | nil */
+static int req_headers(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return 0;
+    td_api_push_headers(L, hc->head.data, (const td_http_header *)(const void *)hc->headers.data,
+                        td_http_header_count(hc));
     return 1;
 }
 

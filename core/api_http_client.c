@@ -13,14 +13,10 @@
 #include "errors.h"
 #include "sock.h"
 
-typedef struct hc_header {
-    uint32_t name, name_len, value, value_len;
-} hc_header;
-
 typedef struct httpc {
     llhttp_t parser;
     td_buf text;    /* header names and values */
-    td_buf headers; /* hc_header[] */
+    td_buf headers; /* td_http_header[] */
     td_buf body;    /* decoded body not yet handed to Lua */
     int last_field;
     int error;
@@ -48,7 +44,7 @@ static int add_text(httpc *h, const char *at, size_t len) {
 static int on_field(llhttp_t *p, const char *at, size_t len) {
     httpc *h = hc_of(p);
     if (!h->last_field) {
-        hc_header hd = {.name = (uint32_t)h->text.len};
+        td_http_header hd = {.name = (uint32_t)h->text.len};
         if (td_buf_append(&h->headers, &hd, sizeof hd) != 0)
             return HPE_USER;
         h->last_field = 1;
@@ -56,16 +52,13 @@ static int on_field(llhttp_t *p, const char *at, size_t len) {
     return add_text(h, at, len);
 }
 
-static hc_header *last(httpc *h) { return (hc_header *)(void *)(h->headers.data + h->headers.len) - 1; }
+static td_http_header *last(httpc *h) { return (td_http_header *)(void *)(h->headers.data + h->headers.len) - 1; }
 
 static int on_field_done(llhttp_t *p) {
     httpc *h = hc_of(p);
-    hc_header *hd = last(h);
+    td_http_header *hd = last(h);
     hd->name_len = (uint32_t)h->text.len - hd->name;
-    char *n = h->text.data + hd->name;
-    for (uint32_t i = 0; i < hd->name_len; i++)
-        if (n[i] >= 'A' && n[i] <= 'Z')
-            n[i] = (char)(n[i] + 32);
+    td_http_lower(h->text.data + hd->name, hd->name_len);
     hd->value = (uint32_t)h->text.len;
     hd->value_len = 0;
     return 0;
@@ -79,12 +72,9 @@ static int on_value(llhttp_t *p, const char *at, size_t len) {
 
 static int on_value_done(llhttp_t *p) {
     httpc *h = hc_of(p);
-    hc_header *hd = last(h);
-    uint32_t end = (uint32_t)h->text.len;
-    while (end > hd->value && (h->text.data[end - 1] == ' ' || h->text.data[end - 1] == '\t'))
-        end--;
-    hd->value_len = end - hd->value;
-    h->text.len = end;
+    td_http_header *hd = last(h);
+    hd->value_len = (uint32_t)td_http_trim_end(h->text.data + hd->value, h->text.len - hd->value);
+    h->text.len = hd->value + hd->value_len;
     h->last_field = 0;
     return 0;
 }
@@ -171,23 +161,8 @@ static int push_fail3(lua_State *L, int code, int got_bytes) {
 /* status, headers */
 static int push_head(lua_State *L, httpc *h) {
     lua_pushinteger(L, h->parser.status_code);
-    size_t n = h->headers.len / sizeof(hc_header);
-    lua_createtable(L, 0, (int)n);
-    for (size_t i = 0; i < n; i++) {
-        hc_header *hd = (hc_header *)(void *)h->headers.data + i;
-        lua_pushlstring(L, h->text.data + hd->name, hd->name_len);
-        lua_pushvalue(L, -1);
-        lua_rawget(L, -3);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushlstring(L, h->text.data + hd->value, hd->value_len);
-        } else {
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, h->text.data + hd->value, hd->value_len);
-            lua_concat(L, 3);
-        }
-        lua_rawset(L, -3);
-    }
+    td_api_push_headers(L, h->text.data, (const td_http_header *)(const void *)h->headers.data,
+                        h->headers.len / sizeof(td_http_header));
     return 2;
 }
 

@@ -87,9 +87,7 @@ static int on_header_field_complete(llhttp_t *p) {
         hc->error_status = 400;
         return HPE_USER;
     }
-    for (uint32_t i = 0; i < h->name_len; i++)
-        if (name[i] >= 'A' && name[i] <= 'Z')
-            name[i] = (char)(name[i] + 32);
+    td_http_lower(name, h->name_len);
     if (h->name_len == 4 && memcmp(name, "host", 4) == 0)
         hc->hosts++;
     h->value = (uint32_t)hc->head.len;
@@ -113,11 +111,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
 static int on_header_value_complete(llhttp_t *p) {
     td_http_conn *hc = hc_of_parser(p);
     td_http_header *h = last_header(hc);
-    uint32_t end = (uint32_t)hc->head.len;
-    while (end > h->value && (hc->head.data[end - 1] == ' ' || hc->head.data[end - 1] == '\t'))
-        end--;
-    h->value_len = end - h->value;
-    hc->head.len = end;
+    h->value_len = (uint32_t)td_http_trim_end(hc->head.data + h->value, hc->head.len - h->value);
+    hc->head.len = h->value + h->value_len;
     hc->last_cb = CB_NONE;
     return 0;
 }

@@ -144,6 +144,20 @@ void td_http_response_end(td_http_conn *hc);
 /* The handler failed: a 500 if no head was sent, else the connection closes. */
 void td_http_fail(td_http_conn *hc);
 
+/* Lower-cases an ASCII header name in place. */
+static inline void td_http_lower(char *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] >= 'A' && p[i] <= 'Z')
+            p[i] = (char)(p[i] + 32);
+}
+
+/* The length of the n bytes at p without their trailing spaces and tabs. */
+static inline size_t td_http_trim_end(const char *p, size_t n) {
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+        n--;
+    return n;
+}
+
 /* The reason phrase for status ("Not Found"), or "Unknown". */
 const char *td_http_reason(int status);
 

@@ -10,12 +10,12 @@
 -- nil, "closed". Request fields are read from C on first use only.
 local core = require "tendril.core"
 local url = require "tendril.url"
+local trace = require "tendril.traceback"
 
 local setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall =
     setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall
-local lower, find, sub = string.lower, string.find, string.sub
+local lower = string.lower
 local yield, running = coroutine.yield, coroutine.running
-local traceback = debug.traceback
 
 local req_info, req_headers, req_remote, req_body = core.req_info, core.req_headers, core.req_remote, core.req_body
 local res_send, res_fail, res_head_sent = core.res_send, core.res_fail, core.res_head_sent
@@ -210,19 +210,7 @@ end
 
 local TEXT_PLAIN = { "Content-Type", "text/plain" }
 
--- The traceback stops at the handler: the runtime's frames below it
--- (xpcall, the driver) say nothing about the script.
-local function on_error(err)
-    if type(err) ~= "string" then
-        err = tostring(err)
-    end
-    local tb = traceback(err, 2)
-    local cut = find(tb, "\n%s*%[C%]: in function 'xpcall'")
-    if cut then
-        tb = sub(tb, 1, cut - 1)
-    end
-    return tb
-end
+local on_error = trace.handler
 
 local function describe(req)
     return tostring(req.method) .. " " .. tostring(req.target)

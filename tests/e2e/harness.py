@@ -291,6 +291,50 @@ class TestCase(unittest.TestCase):
     maxDiff = None
 
 
+class ServerTestCase(TestCase):
+    """One server for the whole class: APP (and ARGS, FILES, ENV) name it;
+    it must stop with exit code 0."""
+    APP = None
+    ARGS = ()
+    FILES = None
+    ENV = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server(cls.APP, args=cls.ARGS, files=cls.FILES, env=cls.ENV).start()
+        cls.port = cls.server.port
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.server.stop()
+        assert code == 0, "exit %d: %s" % (code, cls.server.stderr()[-3000:])
+
+
+# A module for apps that want to prove nothing is left behind: put it in
+# FILES and answer a route with require("stats_line")().
+STATS_FILES = {"stats_line.lua": """
+return function()
+    local s = require("tendril").stats()
+    return string.format("requests=%d waits=%d tasks=%d pooled=%d anchored=%d",
+        s.requests, s.waits, s.tasks, s.pooled, s.anchored)
+end
+"""}
+
+
+def assert_nothing_left(test, port, target="/stats", timeout=10):
+    """Once traffic stopped: no request but the one asking, no wait, and
+    every coroutine the runtime holds is anchored and back in the pool."""
+    def settled():
+        body = get(port, target).body.decode()
+        vals = {k: int(v) for k, v in (kv.split("=") for kv in body.split())}
+        return vals if vals["requests"] == 1 and vals["waits"] == 0 else None
+    vals = poll(settled, timeout)
+    test.assertTrue(vals, "requests or waits were left behind")
+    test.assertEqual(vals["tasks"], vals["anchored"])
+    # Only the asking request's own task is out of the pool.
+    test.assertEqual(vals["tasks"], vals["pooled"] + 1)
+
+
 def main():
     # Tests close what matters; unclosed-socket warnings are noise here.
     unittest.main(verbosity=2, warnings="ignore")

@@ -1,7 +1,7 @@
 """Bad input gets a clear answer and never stops the server serving others."""
 import time
 
-from harness import Reader, Server, TestCase, connect, deadline, get, main, raw
+from harness import ServerTestCase, Reader, Server, TestCase, connect, deadline, get, main, raw
 
 APP = r'''
 local tendril = require "tendril"
@@ -26,16 +26,9 @@ def status_of(out):
     return int(out.split(b" ", 2)[1]) if out.startswith(b"HTTP/1.1 ") else None
 
 
-class BadInputTest(TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = Server(APP, args=ARGS).start()
-        cls.port = cls.server.port
-
-    @classmethod
-    def tearDownClass(cls):
-        code = cls.server.stop()
-        assert code == 0, cls.server.stderr()
+class BadInputTest(ServerTestCase):
+    APP = APP
+    ARGS = ARGS
 
     def tearDown(self):
         # Whatever the test sent, the server still serves a normal request.

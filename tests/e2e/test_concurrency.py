@@ -6,7 +6,7 @@ import subprocess
 import threading
 import time
 
-from harness import Reader, Server, TestCase, connect, deadline, get, main, poll
+from harness import ServerTestCase, Reader, Server, TestCase, connect, deadline, get, main, poll
 
 APP = r'''
 local tendril = require "tendril"
@@ -52,16 +52,8 @@ def ab(*args):
             int(non2xx.group(1)) if non2xx else 0, text)
 
 
-class ConcurrencyTest(TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = Server(APP).start()
-        cls.port = cls.server.port
-
-    @classmethod
-    def tearDownClass(cls):
-        code = cls.server.stop()
-        assert code == 0, cls.server.stderr()
+class ConcurrencyTest(ServerTestCase):
+    APP = APP
 
     def test_500_one_second_sleeps_answered_together(self):
         n = 500

@@ -4,10 +4,10 @@ import re
 import socket
 import time
 
-from harness import Reader, Server, TestCase, connect, get, main, poll, raw
+from harness import STATS_FILES, Reader, ServerTestCase, assert_nothing_left, connect, get, main, poll, raw
 
 APP = r'''
-local tendril = require "tendril"
+local tendril, stats_line = require "tendril", require "stats_line"
 local function helper(x)
     return x.field            -- line 4
 end
@@ -42,25 +42,16 @@ return function(req, res)
     elseif p == "/bad-log-level" then
         tendril.log("loud", "x")
     elseif p == "/stats" then
-        local s = tendril.stats()
-        return string.format("requests=%d waits=%d tasks=%d pooled=%d anchored=%d",
-            s.requests, s.waits, s.tasks, s.pooled, s.anchored)
+        return stats_line()
     end
     return "fine"
 end
 '''
 
 
-class ErrorsTest(TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = Server(APP).start()
-        cls.port = cls.server.port
-
-    @classmethod
-    def tearDownClass(cls):
-        code = cls.server.stop()
-        assert code == 0, cls.server.stderr()
+class ErrorsTest(ServerTestCase):
+    APP = APP
+    FILES = STATS_FILES
 
     def log_has(self, pattern):
         return poll(lambda: re.search(pattern, self.server.stderr()), 5)
@@ -120,15 +111,7 @@ class ErrorsTest(TestCase):
 
     def test_zz_nothing_left_behind(self):
         # Runs last (alphabetical): every earlier request has ended.
-        def settled():
-            body = get(self.port, "/stats").body.decode()
-            vals = dict(kv.split("=") for kv in body.split())
-            return vals if vals["requests"] == "1" and vals["waits"] == "0" else None
-        vals = poll(settled, 5)
-        self.assertTrue(vals, "requests or waits left")
-        self.assertEqual(vals["tasks"], vals["anchored"])
-        # Only the /stats request's own task is out of the pool.
-        self.assertEqual(int(vals["tasks"]), int(vals["pooled"]) + 1)
+        assert_nothing_left(self, self.port)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import re
 import socket
 import subprocess
 
-from harness import Reader, Server, TestCase, connect, get, main, raw, request
+from harness import ServerTestCase, Reader, Server, TestCase, connect, get, main, raw, request
 
 APP = r'''
 local tendril = require "tendril"
@@ -58,16 +58,8 @@ end
 '''
 
 
-class HttpTest(TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.server = Server(APP).start()
-        cls.port = cls.server.port
-
-    @classmethod
-    def tearDownClass(cls):
-        code = cls.server.stop()
-        assert code == 0, "exit %d: %s" % (code, cls.server.stderr())
+class HttpTest(ServerTestCase):
+    APP = APP
 
     def test_hello_has_date_server_type_and_length(self):
         r = get(self.port, "/")

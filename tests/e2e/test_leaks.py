@@ -6,10 +6,10 @@ import socket
 import threading
 import time
 
-from harness import Reader, Server, TestCase, connect, get, main, poll
+from harness import STATS_FILES, Server, TestCase, assert_nothing_left, connect, get, main
 
 APP = r'''
-local tendril = require "tendril"
+local tendril, stats_line = require "tendril", require "stats_line"
 return function(req, res)
     local p = req.path
     if p == "/error" then
@@ -30,9 +30,7 @@ return function(req, res)
         tendril.sleep(0.01)
         return "slept"
     elseif p == "/stats" then
-        local s = tendril.stats()
-        return string.format("requests=%d waits=%d tasks=%d pooled=%d anchored=%d",
-            s.requests, s.waits, s.tasks, s.pooled, s.anchored)
+        return stats_line()
     end
     return "ok"
 end
@@ -82,7 +80,7 @@ def client(port, n, seed, errors):
 
 class LeakTest(TestCase):
     def test_mixed_traffic_leaves_nothing(self):
-        srv = Server(APP, args=["--max-header-bytes", "4096", "--keepalive-timeout", "0.2"]).start()
+        srv = Server(APP, files=STATS_FILES, args=["--max-header-bytes", "4096", "--keepalive-timeout", "0.2"]).start()
         errors = []
         threads = [threading.Thread(target=client, args=(srv.port, 150, i, errors)) for i in range(16)]
         for t in threads:
@@ -91,14 +89,7 @@ class LeakTest(TestCase):
             t.join()
         self.assertEqual(errors, [])
 
-        def settled():
-            body = get(srv.port, "/stats").body.decode()
-            vals = dict(kv.split("=") for kv in body.split())
-            return vals if vals["requests"] == "1" and vals["waits"] == "0" else None
-        vals = poll(settled, 10)
-        self.assertTrue(vals, "requests or waits were left behind")
-        self.assertEqual(vals["tasks"], vals["anchored"])
-        self.assertEqual(int(vals["tasks"]), int(vals["pooled"]) + 1)
+        assert_nothing_left(self, srv.port)
         self.assertEqual(get(srv.port, "/").body, b"ok")
         self.assertEqual(srv.stop(), 0, srv.stderr()[-3000:])
         self.assertIn("planned failure", srv.stderr())
