@@ -32,6 +32,8 @@ int td_buf_append_grow(td_buf *b, const void *data, size_t len);
 /* Returns 0, or -ENOMEM (b unchanged). Inline: it runs for every piece of
  * every request head. */
 static inline int td_buf_append(td_buf *b, const void *data, size_t len) {
+    if (len == 0)
+        return 0;
     if (b->cap - b->len < len || !b->data)
         return td_buf_append_grow(b, data, len);
     memcpy(b->data + b->len, data, len);

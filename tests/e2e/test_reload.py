@@ -5,7 +5,7 @@ import re
 import signal
 import socket
 import subprocess
-import threading
+import textwrap
 import time
 
 from harness import SANITIZED, Reader, Server, TestCase, connect, deadline, get, main, poll
@@ -142,14 +142,41 @@ class ReloadTest(TestCase):
         before = int(self.r.body("/hits"))
         self.r.srv.signal(signal.SIGHUP)
         self.assertTrue(poll(lambda: self.r.generation() == 2, 2))
-        self.assertEqual(int(self.r.body("/hits")), before + 2)  # /gen and /hits counted too
+        # The new generation counts on in the same table (polling /gen
+        # counted too); a fresh table would start again at 1.
+        self.assertGreater(int(self.r.body("/hits")), before + 1)
 
-    def test_edits_in_a_burst_load_the_last(self):
-        for i in range(10):
-            self.r.set_version("burst%d" % i)
-            time.sleep(0.005)
-        self.assertTrue(self.seen_within("burst9 hello", 2)[0])
-        self.assertLessEqual(self.r.generation(), 6, "a burst of saves should coalesce")
+
+
+class CoalesceTest(TestCase):
+    def test_edits_during_a_reload_make_one_more(self):
+        app = '''
+            local tendril = require "tendril"
+            if tendril.generation() >= 1 then
+                tendril.sleep(1)   -- a slow top level: the reload takes a second
+            end
+            return function() return "VERSION " .. tendril.generation() end
+        '''
+        srv = Server(app.replace("VERSION", "v0"))
+        path = os.path.join(srv.dir, "app.lua")
+
+        def write(version):
+            with open(path, "w") as f:
+                f.write(textwrap.dedent(app.replace("VERSION", version)))
+
+        def body():
+            return get(srv.port, "/").body.decode()
+
+        with srv:
+            write("v1")
+            time.sleep(0.3)   # the reload to generation 2 is under way
+            for i in range(2, 12):
+                write("v%d" % i)
+                time.sleep(0.01)
+            # Generation 2 still has v1; the ten edits then make one reload.
+            self.assertTrue(poll(lambda: body() == "v11 3", 6), body())
+            time.sleep(1.5)
+            self.assertEqual(body(), "v11 3", "the edits during the reload should coalesce into one")
 
 
 class ShutdownDuringReloadTest(TestCase):
@@ -202,7 +229,6 @@ class ListenerHandoverTest(TestCase):
                     return c.recv(100)
             self.assertEqual(banner(), b"one\n")
             with open(path, "w") as f:
-                import textwrap
                 f.write(textwrap.dedent(app.replace("VERSION", "two")))
             self.assertTrue(poll(lambda: get(srv.port, "/").body == b"http two", 2), srv.stderr())
             self.assertEqual(banner(), b"two\n")
@@ -231,10 +257,7 @@ class LoadTest(TestCase):
             self.assertTrue(poll(lambda: r.body() == "v%d hello" % (rewrites + 1), 2))
 
     def test_500_reloads_do_not_grow_memory(self):
-        # The sanitizer's quarantine keeps freed memory resident on purpose:
-        # keep it small here so resident memory means what it says.
-        env = {"ASAN_OPTIONS": "detect_leaks=1:quarantine_size_mb=1:exitcode=86"} if SANITIZED else None
-        r = Reloadable(env=env)
+        r = Reloadable()
         with r.srv:
             def reload_to(n):
                 r.srv.signal(signal.SIGHUP)
@@ -249,9 +272,15 @@ class LoadTest(TestCase):
             heap_500 = float(r.body("/heap"))
             rss_500 = r.srv.rss_kib()
             self.assertEqual(r.generation(), 500)
+            # Old generations are collected: the Lua heap is flat...
             self.assertLess(heap_500, heap_50 * 1.10 + 64, "Lua heap %.0f KiB -> %.0f KiB" % (heap_50, heap_500))
-            self.assertLess(rss_500 - rss_50, max(0.10 * rss_50, 2048),
-                            "resident memory %d KiB -> %d KiB" % (rss_50, rss_500))
+            # ...and so is the process. Under AddressSanitizer resident
+            # memory also holds the sanitizer's own records (its stack depot
+            # only grows), so there the Lua heap above and the leak check at
+            # exit are the measure.
+            if not SANITIZED:
+                self.assertLess(rss_500 - rss_50, max(0.10 * rss_50, 2048),
+                                "resident memory %d KiB -> %d KiB" % (rss_50, rss_500))
 
 
 if __name__ == "__main__":
