@@ -174,6 +174,17 @@ function routes.sort_yield()
     local ok2, err2 = pcall(string.gsub, "abc", "%w", function() tendril.sleep(0) end)
     return tostring(ok) .. " " .. err .. " | " .. tostring(ok2) .. " " .. err2
 end
+function routes.gc_yield()
+    local msg = "finalizer did not run"
+    local p = newproxy(true)
+    getmetatable(p).__gc = function()
+        local ok, err = pcall(tendril.sleep, 0.01)
+        msg = tostring(ok) .. " " .. err
+    end
+    p = nil -- luacheck: ignore 311
+    collectgarbage("collect")
+    return msg
+end
 function routes.pcall_yield()
     local ok, v = pcall(function() tendril.sleep(0.01) return "through pcall" end)
     local mt = setmetatable({}, { __index = function(_, k) tendril.sleep(0.01) return k .. "!" end })
@@ -332,6 +343,10 @@ class IoTest(TestCase):
         text = self.body("/sort_yield")
         self.assertRegex(text, r"^false \S*app\.lua:\d+: tendril\.sleep: cannot yield across a C call.* \| "
                                r"false \S*app\.lua:\d+: tendril\.sleep: cannot yield across a C call")
+
+    def test_yield_in_a_finalizer_is_a_clear_error(self):
+        self.assertEqual(self.body("/gc_yield"), "false tendril.sleep: cannot yield across a C call "
+                                                 "(a metamethod, iterator or callback run by C)")
 
     def test_yield_through_pcall_and_metamethods(self):
         self.assertEqual(self.body("/pcall_yield"), "true through pcall meta!")
