@@ -321,7 +321,7 @@ def main():
     ap.add_argument("--peers", default="tendril,nginx-lua,node,eventlet,nginx")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--tendril", default=os.path.join(ROOT, "build-release", "tendril"))
+    ap.add_argument("--tendril", default=os.path.join(ROOT, "build", "tendril"))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--no-stall-cost", action="store_true",
