@@ -228,6 +228,7 @@ int td_app_run(const td_config *cfg) {
         .header_timeout_ms = (uint64_t)(cfg->header_timeout * 1000.0),
         .body_timeout_ms = (uint64_t)(cfg->body_timeout * 1000.0),
         .keepalive_timeout_ms = (uint64_t)(cfg->keepalive_timeout * 1000.0),
+        .send_timeout_ms = (uint64_t)(cfg->send_timeout * 1000.0),
     };
     app.vm = app.hs ? td_vm_new(&app.loop) : NULL;
     if (!app.vm || td_http_server_init(app.hs, &app.loop, &hc, cfg->max_connections, td_api_http_dispatch, app.vm)) {

@@ -27,6 +27,8 @@ static const char usage_text[] =
     "  --body-timeout S         seconds to receive a request body (default 10)\n"
     "  --keepalive-timeout S    seconds an idle keep-alive connection stays open (default 5)\n"
     "  --shutdown-timeout S     seconds in-flight requests get after SIGTERM or SIGINT (default 10)\n"
+    "  --send-timeout S         seconds a client may take no byte of its answer before it is\n"
+    "                           disconnected (default 60)\n"
     "  --stall-warn-ms N        warn when Lua holds the event loop longer than this; 0 is off\n"
     "                           (default 200)\n"
     "  --no-watch               do not reload when the app's files change (SIGHUP still does)\n"
@@ -70,6 +72,7 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         .body_timeout = 10,
         .keepalive_timeout = 5,
         .shutdown_timeout = 10,
+        .send_timeout = 60,
         .stall_warn_ms = 200,
     };
     int i = 1;
@@ -156,6 +159,9 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         } else if (strcmp(name, "--shutdown-timeout") == 0) {
             if (parse_seconds(value, &cfg->shutdown_timeout) != 0)
                 return usage_error("--shutdown-timeout takes a positive number of seconds, not '%s'", value);
+        } else if (strcmp(name, "--send-timeout") == 0) {
+            if (parse_seconds(value, &cfg->send_timeout) != 0)
+                return usage_error("--send-timeout takes a positive number of seconds, not '%s'", value);
         } else if (strcmp(name, "--stall-warn-ms") == 0) {
             size_t ms;
             if (parse_size(value, &ms) != 0 || ms > 3600000)

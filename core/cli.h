@@ -17,6 +17,7 @@ typedef struct td_config {
     double body_timeout;
     double keepalive_timeout;
     double shutdown_timeout;
+    double send_timeout;
     unsigned long stall_warn_ms; /* 0: the stall guard is off */
     int no_watch;                /* reload on SIGHUP only */
 } td_config;

@@ -79,10 +79,33 @@ static void on_sweep(uv_timer_t *t) {
                 s->ops->on_timeout(c);
         }
     }
+    while (!td_list_empty(&s->sending)) {
+        td_conn *c = td_container_of(s->sending.next, td_conn, wlink);
+        if (c->send_deadline > now) {
+            if (c->send_deadline < next)
+                next = c->send_deadline;
+            break;
+        }
+        /* The peer has not taken a byte for the whole send timeout. */
+        td_conn_close(c);
+    }
     /* Handlers may have armed the sweeper already; keep the earlier. */
     if (next != UINT64_MAX)
         arm_sweeper(s, next);
 }
+
+/* (Re)starts the send deadline: output is queued, or some of it just left. */
+static void watch_sending(td_conn *c) {
+    td_server *s = c->server;
+    if (!s->send_timeout_ms)
+        return;
+    td_list_remove(&c->wlink);
+    c->send_deadline = now_ms(s) + s->send_timeout_ms;
+    td_list_push_back(&s->sending, &c->wlink);
+    arm_sweeper(s, c->send_deadline);
+}
+
+void td_server_set_send_timeout(td_server *s, uint64_t ms) { s->send_timeout_ms = ms; }
 
 /* ---- output ------------------------------------------------------------- */
 
@@ -111,6 +134,10 @@ static void on_write(uv_write_t *req, int status) {
         td_conn_close(c);
         return;
     }
+    if (td_conn_write_queue(c) > 0)
+        watch_sending(c);
+    else
+        td_list_remove(&c->wlink);
     if (c->want_drain && !c->closed && td_conn_write_queue(c) <= TD_WRITE_LOW_WATER) {
         c->want_drain = 0;
         c->server->ops->on_drain(c);
@@ -150,7 +177,10 @@ void td_conn_flush(td_conn *c) {
         td_buf_pool_give(&c->server->out_pool, &w->buf);
         free(w);
         td_conn_close(c);
+        return;
     }
+    if (!td_list_linked(&c->wlink))
+        watch_sending(c);
 }
 
 void td_conn_defer(td_conn *c) {
@@ -260,6 +290,7 @@ void td_conn_close(td_conn *c) {
     notify_closed(c);
     td_conn_clear_timeout(c);
     td_list_remove(&c->flink);
+    td_list_remove(&c->wlink);
     c->closing = 1;
     c->reading = 0;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
@@ -303,6 +334,16 @@ void td_conn_end(td_conn *c) {
 
 /* ---- accepting ---------------------------------------------------------- */
 
+void td_conn_init(td_conn *c, td_server *s) {
+    c->server = s;
+    c->queue = TD_NO_QUEUE;
+    td_list_init(&c->link);
+    td_list_init(&c->tlink);
+    td_list_init(&c->flink);
+    td_list_init(&c->dlink);
+    td_list_init(&c->wlink);
+}
+
 static td_conn *conn_alloc(td_server *s) {
     td_conn *c;
     uint32_t serial = 0;
@@ -315,13 +356,8 @@ static td_conn *conn_alloc(td_server *s) {
         if (!c)
             return NULL;
     }
+    td_conn_init(c, s);
     c->serial = serial;
-    c->server = s;
-    c->queue = TD_NO_QUEUE;
-    td_list_init(&c->link);
-    td_list_init(&c->tlink);
-    td_list_init(&c->flink);
-    td_list_init(&c->dlink);
     return c;
 }
 
@@ -381,6 +417,7 @@ int td_server_init(td_server *s, uv_loop_t *loop, const td_conn_ops *ops, size_t
     td_list_init(&s->conns);
     td_list_init(&s->flush);
     td_list_init(&s->deferred);
+    td_list_init(&s->sending);
     td_buf_pool_init(&s->out_pool, TD_OUT_BLOCK, TD_OUT_SPARE_MAX);
     int rc = uv_tcp_init(loop, &s->listener);
     if (rc)

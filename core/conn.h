@@ -53,6 +53,8 @@ struct td_conn {
     td_list tlink; /* a timeout queue */
     td_list flink; /* server->flush: output waiting */
     td_list dlink; /* server->deferred */
+    td_list wlink; /* server->sending: output queued in libuv */
+    uint64_t send_deadline;
     uint64_t deadline;
     td_buf out;
     /* Never reset while the server lives: bumped when the connection
@@ -82,6 +84,8 @@ struct td_server {
     td_list conns;
     td_list flush;
     td_list deferred;
+    td_list sending; /* ordered by send_deadline (one duration for all) */
+    uint64_t send_timeout_ms; /* 0: none */
     size_t nconns;
     size_t max_conns; /* 0: no limit but the open-file limit */
     td_timeout_queue queues[TD_CONN_MAX_QUEUES];
@@ -99,6 +103,9 @@ struct td_server {
 
 /* Returns 0 or a libuv error. */
 int td_server_init(td_server *s, uv_loop_t *loop, const td_conn_ops *ops, size_t max_conns);
+/* A connection whose queued output makes no progress for this long is
+ * closed (0: never). Progress, not completion: a slow reader is fine. */
+void td_server_set_send_timeout(td_server *s, uint64_t ms);
 /* Adds a deadline queue whose entries expire after `ms`; returns its index. */
 int td_server_add_queue(td_server *s, uint64_t ms);
 /* Binds host:port (a name is resolved) and listens with the system's largest
@@ -113,6 +120,10 @@ void td_server_stop_listening(td_server *s);
  * td_server_destroy. */
 void td_server_close(td_server *s);
 void td_server_destroy(td_server *s);
+
+/* Sets up the links of zeroed connection memory for server s (accepting
+ * does it; unit tests that build a connection by hand call it too). */
+void td_conn_init(td_conn *c, td_server *s);
 
 /* Arms (or moves) c's deadline: now + the queue's duration. */
 void td_conn_set_timeout(td_conn *c, int queue);

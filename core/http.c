@@ -426,6 +426,12 @@ static void http_on_timeout(td_conn *c) {
             td_http__error_response(hc, 408);
         return;
     default:
+        /* Idle: but a large answer may still be on its way to a slow
+         * reader; the send timeout watches that, not this one. */
+        if (td_conn_write_queue(c) > 0) {
+            td_conn_set_timeout(c, td_http__server(hc)->q_keepalive);
+            return;
+        }
         td_conn_close(c);
         return;
     }
@@ -473,6 +479,7 @@ int td_http_server_init(td_http_server *hs, uv_loop_t *loop, const td_http_confi
     hs->q_keepalive = td_server_add_queue(&hs->srv, cfg->keepalive_timeout_ms);
     hs->q_header = td_server_add_queue(&hs->srv, cfg->header_timeout_ms);
     hs->q_body = td_server_add_queue(&hs->srv, cfg->body_timeout_ms);
+    td_server_set_send_timeout(&hs->srv, cfg->send_timeout_ms);
     return 0;
 }
 

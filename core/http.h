@@ -30,6 +30,7 @@ typedef struct td_http_config {
     uint64_t header_timeout_ms;
     uint64_t body_timeout_ms;
     uint64_t keepalive_timeout_ms;
+    uint64_t send_timeout_ms;
 } td_http_config;
 
 typedef struct td_http_server td_http_server;

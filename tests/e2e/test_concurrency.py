@@ -16,6 +16,8 @@ return function(req, res)
     if p == "/sleep" then
         tendril.sleep(tonumber(req.query.s) or 1)
         return "slept"
+    elseif p == "/big" then
+        return string.rep("b", 8 * 1024 * 1024)
     elseif p == "/progress" then
         return tostring(flood_progress)
     elseif p == "/flood" then
@@ -108,6 +110,42 @@ class ConcurrencyTest(ServerTestCase):
         time.sleep(0.2)
         s.close()
         self.assertTrue(poll(lambda: re.search(r"flood stopped at \d+: closed", self.server.stderr()), 5))
+
+
+class SlowClientTest(TestCase):
+    """A client that reads slowly gets everything; one that stops reading is
+    let go after --send-timeout, and its handler learns it."""
+
+    def test_slow_but_steady_reader_gets_a_large_answer(self):
+        with Server(APP, args=["--keepalive-timeout", "0.5", "--send-timeout", "1"]) as srv:
+            s = connect(srv.port)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = 0
+            start = time.monotonic()
+            s.settimeout(10)
+            # Longer than the keep-alive timeout, with progress all along.
+            while got < 8 * 1024 * 1024:
+                b = s.recv(65536)
+                if not b:
+                    break
+                got += len(b)
+                time.sleep(0.004)
+            s.close()
+            self.assertGreater(time.monotonic() - start, 0.5)
+            self.assertGreaterEqual(got, 8 * 1024 * 1024)
+
+    def test_reader_that_stops_is_disconnected(self):
+        with Server(APP, args=["--send-timeout", "1"]) as srv:
+            s = connect(srv.port)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            s.sendall(b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n")
+            start = time.monotonic()
+            # The parked handler is woken: res:write returns nil, "closed".
+            self.assertTrue(poll(lambda: re.search(r"flood stopped at \d+: closed", srv.stderr()), 10))
+            self.assertLess(time.monotonic() - start, deadline(4))
+            self.assertEqual(get(srv.port, "/").body, b"hello")
+            s.close()
 
 
 if __name__ == "__main__":

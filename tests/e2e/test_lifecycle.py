@@ -33,7 +33,8 @@ class CliTest(TestCase):
         self.assertEqual(r.returncode, 0)
         for flag in ["--host", "--port", "--access-log", "--error-log", "--max-header-bytes",
                      "--max-body-bytes", "--max-connections", "--header-timeout", "--body-timeout",
-                     "--keepalive-timeout", "--shutdown-timeout", "--stall-warn-ms", "--no-watch"]:
+                     "--keepalive-timeout", "--shutdown-timeout", "--send-timeout", "--stall-warn-ms",
+                     "--no-watch"]:
             self.assertIn(flag, r.stdout)
         self.assertEqual(run_cli("serve", "--help").returncode, 0)
 

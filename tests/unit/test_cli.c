@@ -29,6 +29,7 @@ static void test_defaults(void) {
     CHECK(cfg.access_log == NULL && cfg.error_log == NULL);
     CHECK_EQ_INT(cfg.stall_warn_ms, 200);
     CHECK_EQ_INT(cfg.no_watch, 0);
+    CHECK(cfg.send_timeout == 60);
 }
 
 static void test_every_option(void) {
@@ -37,7 +38,7 @@ static void test_every_option(void) {
                           "--error-log", "/tmp/e.log", "--max-header-bytes", "8192", "--max-body-bytes=0",
                           "--max-connections", "100", "--header-timeout", "0.5", "--body-timeout", "2",
                           "--keepalive-timeout", "1.5", "--shutdown-timeout", "3", "--stall-warn-ms", "0",
-                          "--no-watch"};
+                          "--no-watch", "--send-timeout", "2.5"};
     CHECK_EQ_INT(parse(&cfg, (int)(sizeof argv / sizeof argv[0]), argv), TD_CLI_RUN);
     CHECK(strcmp(cfg.host, "::1") == 0);
     CHECK_EQ_INT(cfg.port, 0);
@@ -51,6 +52,7 @@ static void test_every_option(void) {
     CHECK(cfg.keepalive_timeout == 1.5 && cfg.shutdown_timeout == 3);
     CHECK_EQ_INT(cfg.stall_warn_ms, 0);
     CHECK_EQ_INT(cfg.no_watch, 1);
+    CHECK(cfg.send_timeout == 2.5);
 }
 
 static void test_refusals(void) {

@@ -16,12 +16,7 @@ static void on_request(td_http_conn *hc, void *ud) {
 
 static td_http_conn *fake_request(int minor, int method) {
     td_http_conn *hc = calloc(1, sizeof *hc);
-    hc->conn.server = &hs.srv;
-    td_list_init(&hc->conn.link);
-    td_list_init(&hc->conn.tlink);
-    td_list_init(&hc->conn.flink);
-    td_list_init(&hc->conn.dlink);
-    hc->conn.queue = 0xff;
+    td_conn_init(&hc->conn, &hs.srv);
     uv_tcp_init(&loop, &hc->conn.tcp);
     td_list_push_back(&hs.srv.conns, &hc->conn.link);
     hs.srv.nconns++;
@@ -149,7 +144,8 @@ static void test_reasons(void) {
 
 int main(void) {
     uv_loop_init(&loop);
-    td_http_config cfg = {16384, 1 << 20, 10000, 10000, 5000};
+    td_http_config cfg = {.max_header_bytes = 16384, .max_body_bytes = 1 << 20, .header_timeout_ms = 10000,
+                          .body_timeout_ms = 10000, .keepalive_timeout_ms = 5000, .send_timeout_ms = 60000};
     td_http_server_init(&hs, &loop, &cfg, 0, on_request, NULL);
     test_known_length();
     test_chunked_and_its_end();
