@@ -1,4 +1,5 @@
 """Bad input gets a clear answer and never stops the server serving others."""
+import socket
 import time
 
 from harness import ServerTestCase, Reader, Server, TestCase, connect, deadline, get, main, raw
@@ -163,6 +164,42 @@ class BadInputTest(ServerTestCase):
     def test_nul_and_control_bytes_in_header(self):
         self.assertRejected(b"GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n")
         self.assertRejected(b"GET / HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n")
+
+    def test_mutated_requests_never_hurt_the_server(self):
+        # A small fuzzer: valid requests with bytes flipped, cut, repeated
+        # or shuffled. Whatever the server answers, it must keep serving.
+        import random
+        rnd = random.Random(1234)
+        seeds = [
+            b"GET /echo?a=1 HTTP/1.1\r\nHost: x\r\nX-A: b\r\n\r\n",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        ]
+        for i in range(400):
+            data = bytearray(rnd.choice(seeds) * rnd.randint(1, 3))
+            for _ in range(rnd.randint(1, 6)):
+                op = rnd.random()
+                pos = rnd.randrange(len(data))
+                if op < 0.4:
+                    data[pos] = rnd.randrange(256)
+                elif op < 0.6:
+                    del data[pos:pos + rnd.randint(1, 8)]
+                elif op < 0.8:
+                    data[pos:pos] = bytes(rnd.choice(b" :\r\n\t\x00a0-;") for _ in range(rnd.randint(1, 4)))
+                else:
+                    data = data[:pos]
+                if not data:
+                    data = bytearray(b"G")
+            with connect(self.port) as s:
+                try:
+                    s.sendall(bytes(data))
+                    s.shutdown(socket.SHUT_WR) if i % 3 == 0 else None
+                    s.settimeout(0.05)
+                    s.recv(65536)
+                except OSError:
+                    pass
+        self.assertEqual(get(self.port, "/").body, b"ok")
 
     def test_bare_lf(self):
         self.assertRejected(b"GET / HTTP/1.1\nHost: x\n\n")
