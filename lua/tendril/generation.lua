@@ -29,6 +29,8 @@ local app_path, app_dir -- absolute
 local last_sources = {} -- path -> content, of the last load attempt
 local last_failed = false
 local kept = {}
+local watch -- defined below, used by read_source
+local watched = {} -- directory -> true, as last told to core.watch_dirs
 
 _M.app_module_names = {} -- modules ever loaded from the app's tree
 
@@ -88,6 +90,14 @@ function _M.read_source(gen, path)
     local text = f:read("*a")
     f:close()
     gen.sources[path] = text
+    -- A module the running generation loads late (inside a handler) may
+    -- live in a directory nobody watches yet.
+    if gen == current then
+        local dir = match(path, "^(.*)/[^/]*$")
+        if dir and not watched[dir] then
+            watch()
+        end
+    end
     return text
 end
 
@@ -130,6 +140,16 @@ local function directories()
     return dirs
 end
 
+-- Tells the C side which directories hold files that matter.
+watch = function()
+    local dirs = directories()
+    watched = {}
+    for i = 1, #dirs do
+        watched[dirs[i]] = true
+    end
+    core.watch_dirs(dirs)
+end
+
 --- Runs the app's top level as a new generation, in the calling task.
 --- Returns true, number on success; false, message (one line) on failure.
 function _M.load()
@@ -159,7 +179,7 @@ function _M.load()
         core.listeners_discard()
         last_failed = true
         gen.users = gen.users - 1 -- never current: threads it spawned just finish
-        core.watch_dirs(directories())
+        watch()
         return false, match(tostring(res), "^[^\n]*")
     end
     core.listeners_commit()
@@ -174,7 +194,7 @@ function _M.load()
     end
     last_failed = false
     _M.unpin(gen) -- the loading task is done with it
-    core.watch_dirs(directories())
+    watch()
     if old and old.users == 0 and not old.retired then
         retire(old)
     end

@@ -113,6 +113,19 @@ class ReloadTest(TestCase):
         self.assertTrue(poll(lambda: "did not return a handler function (it returned number)" in self.r.srv.stderr(), 2))
         self.assertEqual(self.r.body(), "v1 ok")
 
+    def test_module_loaded_late_from_a_subdirectory(self):
+        lazy_dir = os.path.join(self.r.srv.dir, "lib")
+        os.makedirs(lazy_dir)
+        with open(os.path.join(lazy_dir, "late.lua"), "w") as f:
+            f.write('return "late one"\n')
+        # The handler requires it on first use, inside a request.
+        self.r.write(self.r.app, APP.replace("VERSION", "v1").replace(
+            'return "v1 " .. greeting.word', 'return require("lib.late")'))
+        self.assertTrue(poll(lambda: self.r.body() == "late one", 2))
+        with open(os.path.join(lazy_dir, "late.lua"), "w") as f:
+            f.write('return "late two"\n')
+        self.assertTrue(poll(lambda: self.r.body() == "late two", 2), "an edit in lib/ was not picked up")
+
     def test_other_files_never_trigger_a_reload(self):
         for name in ("access.log", "data.json", "notes.txt", "greeting.lua.swp"):
             with open(os.path.join(self.r.srv.dir, name), "w") as f:
