@@ -16,7 +16,7 @@
 #define TD_NO_QUEUE 0xff
 /* Output blocks: most responses fit in one. */
 #define TD_OUT_BLOCK 16384
-#define TD_OUT_SPARE_MAX 1024
+#define TD_OUT_SPARE_MAX 256
 /* on_drain fires once the write queue is at or below this. */
 #define TD_WRITE_LOW_WATER 16384
 

@@ -1,10 +1,11 @@
 """The examples run as the README says."""
 import os
+import re
 import socket
 import threading
 import time
 
-from harness import Server, TestCase, deadline, get, main
+from harness import Server, TestCase, deadline, get, main, request
 from upstream import Upstream
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -56,6 +57,31 @@ class ExamplesTest(TestCase):
             with socket.create_connection(("127.0.0.1", port)) as s:
                 s.sendall(b"direct\n")
                 self.assertEqual(s.recv(100), b"direct\n")
+
+
+class ReadmeTest(TestCase):
+    """The README's handler runs as written."""
+
+    def test_the_readme_handler(self):
+        with open(os.path.join(ROOT, "README.md")) as f:
+            text = f.read()
+        blocks = re.findall(r"```lua\n(.*?)```", text, re.S)
+        handler = next(b for b in blocks if "X-Powered-By" in b)
+        with Server(handler) as srv:
+            r = get(srv.port, "/?name=reader")
+            self.assertEqual((r.status, r.body, r.header("x-powered-by")), (200, b"hello reader", "tendril"))
+            self.assertEqual(get(srv.port, "/").body, b"hello world")
+            self.assertEqual(get(srv.port, "/slow").body, b"done\n")
+            r = request(srv.port, "POST", "/", body=b'{"a":1}')[0]
+            self.assertEqual((r.status, r.header("content-type"), r.body), (201, "application/json", b'{"a":1}'))
+
+    def test_the_readme_fetch_and_wait_is_the_example(self):
+        with open(os.path.join(ROOT, "README.md")) as f:
+            text = f.read()
+        with open(example("fetch-and-wait.lua")) as f:
+            code = f.read()
+        block = next(b for b in re.findall(r"```lua\n(.*?)```", text, re.S) if "fetch" in b or "upstream" in b)
+        self.assertIn(block.strip(), code, "README's fetch-and-wait differs from examples/fetch-and-wait.lua")
 
 
 if __name__ == "__main__":
