@@ -324,7 +324,8 @@ class IoTest(TestCase):
         text = self.body("/spawn")
         m = re.match(r"^true1,10 true2,20 true3,30 in ([\d.]+)$", text)
         self.assertTrue(m, text)
-        self.assertLess(float(m.group(1)), deadline(1.8))
+        # About one second, not three: a generous bound for a busy machine.
+        self.assertLess(float(m.group(1)), deadline(2.5))
         self.assertGreaterEqual(float(m.group(1)), 0.99)
 
     def test_thread_errors_and_join_timeout(self):

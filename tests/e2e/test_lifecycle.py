@@ -177,7 +177,7 @@ class ShutdownTest(TestCase):
         time.sleep(0.2)
         srv.signal(signal.SIGTERM)
         # The idle keep-alive connection is closed at once.
-        self.assertTrue(idle_rd.closed(timeout=0.8))
+        self.assertTrue(idle_rd.closed(timeout=1))
         # New connections are refused.
         self.assertTrue(poll(lambda: self._refused(srv.port), 2))
         # The in-flight request finishes, told that the connection closes.

@@ -50,10 +50,11 @@ class StallTest(TestCase):
             self.assertTrue(poll(lambda: len(stalls(srv)) == 2, 5), srv.stderr())
             (who1, ms1, where1), (who2, ms2, where2) = stalls(srv)
             self.assertEqual(who1, "GET /interpreted")
-            self.assertGreaterEqual(int(ms1), 300)
+            # Reported only once past the threshold, whatever the machine's load.
+            self.assertGreaterEqual(int(ms1), 200)
             self.assertRegex(where1, r"^, at \S*app\.lua:4$")
             self.assertEqual(who2, "GET /c-call")
-            self.assertGreaterEqual(int(ms2), 300)
+            self.assertGreaterEqual(int(ms2), 200)
             self.assertRegex(where2, r"^, at \S*app\.lua:19$")
 
     def test_compiled_code_is_reported_without_a_line_guarantee(self):
