@@ -19,6 +19,10 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs);
 void td_api_tcp_open(lua_State *L, td_vm *vm);
 /* Closes every tcp.listen listener (shutdown and teardown). */
 void td_api_tcp_close_listeners(void);
+/* tcp.listen sessions running, and a callback for when the last ends:
+ * shutdown waits for them as it waits for HTTP requests. */
+size_t td_api_tcp_sessions(void);
+void td_api_tcp_on_sessions_over(void (*cb)(void *ud), void *ud);
 /* The HTTP client's response reader over TCP sockets. */
 void td_api_http_client_open(lua_State *L, td_vm *vm);
 /* Events and tendril.spawn. */

@@ -375,10 +375,24 @@ typedef struct listener {
 
 static td_list listeners = {&listeners, &listeners};
 
+/* tcp.listen sessions running, for the shutdown drain. */
+static size_t sessions;
+static void (*sessions_over)(void *ud);
+static void *sessions_over_ud;
+
+size_t td_api_tcp_sessions(void) { return sessions; }
+
+void td_api_tcp_on_sessions_over(void (*cb)(void *ud), void *ud) {
+    sessions_over = cb;
+    sessions_over_ud = ud;
+}
+
 static void on_session_end(td_task *t, int status) {
     (void)status;
     td_sock *s = t->data;
     td_sock_close(s);
+    if (--sessions == 0 && sessions_over)
+        sessions_over(sessions_over_ud);
 }
 
 static void on_listener_connection(uv_stream_t *server, int status) {
@@ -397,6 +411,7 @@ static void on_listener_connection(uv_stream_t *server, int status) {
     }
     t->data = s;
     t->label = "a tcp.listen connection";
+    sessions++;
     push_socket(t->co, s, l->timeout_ms);
     td_vm_resume(t, 1);
 }

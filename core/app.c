@@ -145,11 +145,14 @@ static int load_app(td_app *app) {
 
 static void finish(td_app *app) { uv_stop(&app->loop); }
 
+/* What a drain waits for: HTTP connections and tcp.listen sessions. */
+static size_t in_flight(td_app *app) { return app->hs->srv.nconns + td_api_tcp_sessions(); }
+
 static void on_shutdown_timeout(uv_timer_t *t) {
     td_app *app = t->data;
-    if (app->hs->srv.nconns > 0) {
-        td_log(TD_LOG_WARN, "shutdown timeout: closing %zu connection(s) with requests in flight",
-               app->hs->srv.nconns);
+    if (in_flight(app) > 0) {
+        td_log(TD_LOG_WARN, "shutdown timeout: closing %zu connection(s) and %zu tcp.listen session(s) in flight",
+               app->hs->srv.nconns, td_api_tcp_sessions());
         app->cut_off = 1;
     }
     finish(app);
@@ -160,7 +163,7 @@ static void on_stop_signal(uv_signal_t *sig, int signum) {
     if (app->stopping) {
         if (signum == SIGINT) {
             /* A second Ctrl-C: stop waiting. */
-            app->cut_off = app->hs->srv.nconns > 0;
+            app->cut_off = in_flight(app) > 0;
             finish(app);
         }
         return;
@@ -170,18 +173,22 @@ static void on_stop_signal(uv_signal_t *sig, int signum) {
     td_http_server_drain(app->hs);
     td_api_tcp_close_listeners();
     td_reload_stop(app->reload);
-    if (app->hs->srv.nconns == 0) {
+    if (in_flight(app) == 0) {
         finish(app);
         return;
     }
     uv_timer_start(&app->shutdown_timer, on_shutdown_timeout, (uint64_t)(app->cfg->shutdown_timeout * 1000.0), 0);
 }
 
-static void on_empty(td_server *s) {
-    td_app *app = s->data;
-    if (app->stopping)
+/* The last HTTP connection or tcp.listen session ended. */
+static void check_drained(td_app *app) {
+    if (app->stopping && in_flight(app) == 0)
         finish(app);
 }
+
+static void on_empty(td_server *s) { check_drained(s->data); }
+
+static void on_sessions_over(void *ud) { check_drained(ud); }
 
 static void walk_report(uv_handle_t *h, void *arg) {
     (void)arg;
@@ -237,6 +244,7 @@ int td_app_run(const td_config *cfg) {
     }
     app.hs->srv.data = &app;
     app.hs->srv.on_empty = on_empty;
+    td_api_tcp_on_sessions_over(on_sessions_over, &app);
     uv_signal_init(&app.loop, &app.sigterm);
     uv_signal_init(&app.loop, &app.sigint);
     uv_timer_init(&app.loop, &app.shutdown_timer);

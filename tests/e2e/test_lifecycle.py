@@ -214,6 +214,44 @@ class ShutdownTest(TestCase):
         srv.assert_clean()
 
 
+TCP_APP = r'''
+local tendril = require "tendril"
+local tcp = require "tendril.tcp"
+local port = assert(tcp.listen("127.0.0.1", 0, function(sock)
+    local line = sock:receive("*l")
+    tendril.sleep(tonumber(line))
+    sock:send("after " .. line .. "\n")
+end))
+return function() return tostring(port) end
+'''
+
+
+class TcpShutdownTest(TestCase):
+    def test_tcp_sessions_are_drained_like_requests(self):
+        srv = Server(TCP_APP).start()
+        port = int(get(srv.port, "/").body)
+        c = socket.create_connection(("127.0.0.1", port), timeout=deadline(10))
+        c.sendall(b"1\n")
+        time.sleep(0.2)
+        srv.signal(signal.SIGTERM)
+        self.assertEqual(c.recv(100), b"after 1\n")
+        c.close()
+        self.assertEqual(srv.wait(), 0)
+        srv.assert_clean()
+
+    def test_a_session_that_never_ends_is_cut_at_the_timeout(self):
+        srv = Server(TCP_APP, args=["--shutdown-timeout", "0.5"]).start()
+        port = int(get(srv.port, "/").body)
+        c = socket.create_connection(("127.0.0.1", port), timeout=deadline(10))
+        c.sendall(b"60\n")
+        time.sleep(0.2)
+        srv.signal(signal.SIGTERM)
+        self.assertEqual(srv.wait(), 1)
+        self.assertIn("tcp.listen session", srv.stderr())
+        c.close()
+        srv.assert_clean()
+
+
 class LimitsTest(TestCase):
     def test_max_connections_makes_others_wait(self):
         with Server(SLOW_APP, args=["--max-connections", "2"]) as srv:
