@@ -16,6 +16,7 @@
 #include "http.h"
 #include "log.h"
 #include "reload.h"
+#include "sock.h"
 #include "vm.h"
 
 typedef struct td_app {
@@ -172,6 +173,7 @@ static void on_stop_signal(uv_signal_t *sig, int signum) {
     td_log(TD_LOG_NOTICE, "%s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
     td_http_server_drain(app->hs);
     td_api_tcp_close_listeners();
+    td_sock_close_pooled();
     td_reload_stop(app->reload);
     if (in_flight(app) == 0) {
         finish(app);

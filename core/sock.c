@@ -75,10 +75,13 @@ static void arm(td_sock *s, int op, uint64_t timeout_ms, td_sock_cb cb, void *ud
         uv_timer_start(&s->timer, on_deadline, timeout_ms, 0);
 }
 
+static td_list pooled = {&pooled, &pooled};
+
 static td_sock *sock_init(uv_loop_t *loop) {
     td_sock *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
+    td_list_init(&s->pool_link);
     uv_tcp_init(loop, &s->tcp);
     uv_timer_init(loop, &s->timer);
     s->tcp.data = s;
@@ -269,6 +272,7 @@ void td_sock_pool(td_sock *s, uint64_t idle_ms) {
         return;
     }
     s->pooled = 1;
+    td_list_push_back(&pooled, &s->pool_link);
     if (start_reading(s) != 0) {
         td_sock_close(s);
         return;
@@ -280,10 +284,16 @@ int td_sock_unpool(td_sock *s) {
     if (!s->pooled)
         return td_sock_usable(s) ? 0 : TD_ECLOSED;
     s->pooled = 0;
+    td_list_remove(&s->pool_link);
     uv_timer_stop(&s->timer);
     /* Reading goes on: the next response comes soon, and leaving the poll
      * set only to rejoin it costs two system calls per request. */
     return td_sock_usable(s) ? 0 : TD_ECLOSED;
+}
+
+void td_sock_close_pooled(void) {
+    while (!td_list_empty(&pooled))
+        td_sock_close(td_container_of(pooled.next, td_sock, pool_link));
 }
 
 /* ---- closing ---- */
@@ -293,6 +303,7 @@ void td_sock_close(td_sock *s) {
         return;
     s->closing = 1;
     s->pooled = 0;
+    td_list_remove(&s->pool_link);
     s->reading = 0;
     uv_close((uv_handle_t *)&s->tcp, on_handle_closed);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);

@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "list.h"
 
 typedef struct td_sock td_sock;
 /* status: 0, a libuv error, TD_ETIMEOUT or TD_ECLOSED. */
@@ -38,6 +39,7 @@ struct td_sock {
     int handles;          /* libuv handles not yet closed */
     void *owner_data;     /* for the owner (e.g. its parser) */
     void (*owner_free)(void *owner_data);
+    td_list pool_link; /* all pooled sockets, for td_sock_close_pooled */
     unsigned connected : 1;
     unsigned closing : 1;
     unsigned released : 1;
@@ -63,6 +65,8 @@ void td_sock_cancel(td_sock *s);
 void td_sock_pool(td_sock *s, uint64_t idle_ms);
 /* Takes the socket out of a pool: 0 if it is still usable, TD_ECLOSED if not. */
 int td_sock_unpool(td_sock *s);
+/* Closes every pooled socket (shutdown: idle connections hold nothing). */
+void td_sock_close_pooled(void);
 void td_sock_close(td_sock *s);
 /* The owner lets go; the memory goes once the handles are closed. */
 void td_sock_release(td_sock *s);
