@@ -11,7 +11,7 @@
 
 /* Head buffers: most request heads fit in one block. */
 #define TD_HEAD_BLOCK 4096
-#define TD_HEAD_SPARE_MAX 256
+#define TD_HEAD_SPARE_MAX 1024
 /* Input queued behind a live request before reading pauses. */
 #define TD_PENDING_MAX 65536
 
