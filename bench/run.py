@@ -248,7 +248,9 @@ def write_report(path, results, runs, duration, extra_sections, stall=None):
     lines.append("Machine: %s. Versions: %s." % (machine(), ", ".join("%s %s" % kv for kv in versions().items())))
     lines.append("Each server is pinned to core 0 and the load generator to core 1; medians of %d run(s), "
                  "%d s per wrk run. Numbers move by 10%% or more between runs on this shared machine: "
-                 "compare within one table.\n" % (runs, duration))
+                 "compare within one table. CPU µs per request is the steadier column: a request rate "
+                 "also depends on how much of its core a server got while it ran (CPU µs/req × req/s "
+                 "shows that share).\n" % (runs, duration))
     lines.append("| server | ab -n 10000 c5 / c100 / c1000 req/s (failed) | wrk -t1 -c50 req/s | CPU µs/req "
                  "| wrk -c1000 req/s | 1 ms sleep per request, c50 | 2000 × 1 s sleeps, % of ideal "
                  "| idle bytes/conn (2000 conns) |")

@@ -167,6 +167,7 @@ local function exchange(method, u, headers, body, opts, retried)
     end
     local res = { status = status, headers = res_headers }
     if opts.stream then
+        -- res:read() (res.read() works too)
         local reader = streaming_reader(sock, read_timeout)
         res.read = function()
             return reader()

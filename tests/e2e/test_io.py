@@ -53,7 +53,7 @@ function routes.stream()
     local res = assert(http.get(UP .. "/big", { stream = true }))
     local n, pieces = 0, 0
     while true do
-        local piece, err = res.read()
+        local piece, err = res:read()
         if not piece then assert(not err, err) break end
         n, pieces = n + #piece, pieces + 1
     end
