@@ -240,6 +240,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         return;
     }
     c->server->ops->on_data(c, buf->base, (size_t)nread);
+    /* Answer now, not at the end of the turn: the clients whose requests
+     * came in the same batch would otherwise wait for every other one.
+     * Pipelined answers from this read still leave in one write. */
+    if (td_list_linked(&c->flink))
+        td_conn_flush(c);
 }
 
 /* ---- closing ------------------------------------------------------------ */
