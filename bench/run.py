@@ -247,7 +247,7 @@ def write_report(path, results, runs, duration, extra_sections, stall=None):
     lines.append("Written by `scripts/bench` on %s." % datetime.date.today().isoformat())
     lines.append("Machine: %s. Versions: %s." % (machine(), ", ".join("%s %s" % kv for kv in versions().items())))
     lines.append("Each server is pinned to core 0 and the load generator to core 1; medians of %d run(s), "
-                 "%d s per wrk run. Numbers move by 10%% or more between runs on this shared machine: "
+                 "%d s per wrk run, the peers' runs interleaved. Numbers move by 10%% or more between runs on this shared machine: "
                  "compare within one table. CPU µs per request is the steadier column: a request rate "
                  "also depends on how much of its core a server got while it ran (CPU µs/req × req/s "
                  "shows that share).\n" % (runs, duration))
@@ -336,17 +336,20 @@ def main():
     if any(p in PROXY_PEERS for p in peers):
         upstream_port = free_port()
         upstream, _ = start("nginx", upstream_port, args.tendril)
-    for peer in peers:
-        runs = []
-        for i in range(args.runs):
+    # Round-robin: run i of every peer before run i+1 of any, so that a
+    # slow minute on this shared machine does not fall on one peer only.
+    runs = {peer: [] for peer in peers}
+    for i in range(args.runs):
+        for peer in peers:
             print("bench: %s, run %d of %d" % (peer, i + 1, args.runs), file=sys.stderr, flush=True)
             try:
-                runs.append(measure(peer, args.tendril, args.duration, upstream_port))
+                runs[peer].append(measure(peer, args.tendril, args.duration, upstream_port))
             except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
                 print("bench: %s: %s" % (peer, e), file=sys.stderr)
-                runs.append({"error": str(e)})
-        ok = [r for r in runs if "error" not in r]
-        results[peer] = merge(ok) if ok else runs[0]
+                runs[peer].append({"error": str(e)})
+    for peer in peers:
+        ok = [r for r in runs[peer] if "error" not in r]
+        results[peer] = merge(ok) if ok else runs[peer][0]
         print(json.dumps({peer: results[peer]}), file=sys.stderr)
     if upstream:
         stop(upstream)
