@@ -6,8 +6,17 @@
 
 #include <lua.h>
 
+#include "errors.h"
 #include "http.h"
 #include "vm.h"
+
+/* [-0, +2] The failure half of the Lua I/O convention: nil, and the one
+ * short name td_err_name gives the code. Returns 2. */
+static inline int td_api_fail(lua_State *L, int code) {
+    lua_pushnil(L);
+    lua_pushstring(L, td_err_name(code));
+    return 2;
+}
 
 /* tendril.now, tendril.log, vm statistics. */
 void td_api_tendril_open(lua_State *L, td_vm *vm);

@@ -48,9 +48,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
             }
         }
     } else {
-        lua_pushnil(co);
-        lua_pushstring(co, td_err_name(status));
-        n = 2;
+        n = td_api_fail(co, status);
     }
     uv_freeaddrinfo(res);
     free(w);
@@ -78,9 +76,7 @@ static int resolve(lua_State *L) {
     int rc = uv_getaddrinfo(td_vm_loop(vm), &w->req, on_resolved, name, NULL, &hints);
     if (rc) {
         free(w);
-        lua_pushnil(L);
-        lua_pushstring(L, td_err_name(rc));
-        return 2;
+        return td_api_fail(L, rc);
     }
     td_vm_wait_begin(t, &w->wait, cancel_dns);
     return lua_yield(L, 0);

@@ -113,11 +113,8 @@ static void work(uv_work_t *req) {
 }
 
 static int push_results(lua_State *L, fs_work *w) {
-    if (w->result != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, td_err_name(w->result));
-        return 2;
-    }
+    if (w->result != 0)
+        return td_api_fail(L, w->result);
     switch (w->op) {
     case FS_READ:
         lua_pushlstring(L, w->data ? w->data : "", w->len);
@@ -181,9 +178,7 @@ static int start(lua_State *L, int op, const char *fname) {
     int rc = uv_queue_work(td_vm_loop(vm), &w->req, work, after_work);
     if (rc) {
         free_work(w);
-        lua_pushnil(L);
-        lua_pushstring(L, td_err_name(rc));
-        return 2;
+        return td_api_fail(L, rc);
     }
     td_vm_wait_begin(t, &w->wait, cancel_fs);
     return lua_yield(L, 0);

@@ -31,12 +31,6 @@ static td_http_conn *live_conn(lua_State *L) {
     return hc && td_http_live(hc, serial) ? hc : NULL;
 }
 
-static int push_fail(lua_State *L, int code) {
-    lua_pushnil(L);
-    lua_pushstring(L, td_err_name(code));
-    return 2;
-}
-
 /* ---- dispatch ---- */
 
 static void request_task_end(td_task *t, int status) {
@@ -89,7 +83,7 @@ static void on_http_ready(td_http_conn *hc, int status, void *ud) {
         lua_pushboolean(co, 1);
         nres = 1;
     } else {
-        nres = push_fail(co, status);
+        nres = td_api_fail(co, status);
     }
     free(hw);
     td_vm_resume(t, nres);
@@ -176,7 +170,7 @@ static int req_remote(lua_State *L) {
 static int req_body(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
-        return push_fail(L, TD_ECLOSED);
+        return td_api_fail(L, TD_ECLOSED);
     const char *data;
     size_t len;
     int st = td_http_body(hc, &data, &len);
@@ -185,7 +179,7 @@ static int req_body(lua_State *L) {
         return 1;
     }
     if (st < 0)
-        return push_fail(L, st);
+        return td_api_fail(L, st);
     return wait_for(L, hc, 1, "req:body");
 }
 
@@ -242,7 +236,7 @@ static int send_head(lua_State *L, td_http_conn *hc, int status, int headers_idx
 static int res_send(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
-        return push_fail(L, TD_ECLOSED);
+        return td_api_fail(L, TD_ECLOSED);
     size_t len = 0;
     const char *chunk = lua_tolstring(L, 5, &len);
     int final = lua_toboolean(L, 6);
@@ -254,7 +248,7 @@ static int res_send(lua_State *L) {
     if (rc == 0 && chunk)
         rc = td_http_write(hc, chunk, len);
     if (rc)
-        return push_fail(L, rc);
+        return td_api_fail(L, rc);
     if (final) {
         td_http_response_end(hc);
         lua_pushboolean(L, 1);
@@ -263,7 +257,7 @@ static int res_send(lua_State *L) {
     if (td_http_unsent(hc) > TD_WRITE_HIGH_WATER) {
         td_conn_flush(&hc->conn);
         if (hc->conn.closed)
-            return push_fail(L, TD_ECLOSED);
+            return td_api_fail(L, TD_ECLOSED);
         if (td_http_unsent(hc) > TD_WRITE_HIGH_WATER)
             return wait_for(L, hc, 0, "res:write");
     }

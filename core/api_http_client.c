@@ -152,8 +152,7 @@ static int parse(td_sock *s, httpc *h) {
 }
 
 static int push_fail3(lua_State *L, int code, int got_bytes) {
-    lua_pushnil(L);
-    lua_pushstring(L, td_err_name(code));
+    td_api_fail(L, code);
     lua_pushboolean(L, got_bytes);
     return 3;
 }

@@ -67,11 +67,8 @@ static void free_run(run_wait *r) {
 }
 
 static int push_results(lua_State *L, run_wait *r) {
-    if (r->failed) {
-        lua_pushnil(L);
-        lua_pushstring(L, td_err_name(r->failed));
-        return 2;
-    }
+    if (r->failed)
+        return td_api_fail(L, r->failed);
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, (lua_Integer)r->exit_status);
     lua_setfield(L, -2, "status");
@@ -237,9 +234,7 @@ static int run(lua_State *L) {
         r->in_call = 0;
         if (r->open == 0)
             free_run(r);
-        lua_pushnil(L);
-        lua_pushstring(L, td_err_name(rc));
-        return 2;
+        return td_api_fail(L, rc);
     }
     if (input) {
         uv_buf_t b = uv_buf_init(r->input, (unsigned)r->input_len);

@@ -45,12 +45,6 @@ static uint64_t to_ms(lua_State *L, int idx, const char *fname) {
     return ms < 1 ? 1 : (uint64_t)ms;
 }
 
-static int push_fail(lua_State *L, int code) {
-    lua_pushnil(L);
-    lua_pushstring(L, td_err_name(code));
-    return 2;
-}
-
 static sock_box *check_box(lua_State *L, int idx) { return luaL_checkudata(L, idx, SOCKET_MT); }
 
 static void push_socket(lua_State *L, td_sock *s, uint64_t timeout_ms) {
@@ -121,7 +115,7 @@ static int connect_results(lua_State *L, sock_wait *w, int status) {
         return 1;
     }
     td_sock_release(w->s);
-    return push_fail(L, status);
+    return td_api_fail(L, status);
 }
 
 static void on_connected(td_sock *s, int status, void *ud) {
@@ -144,7 +138,7 @@ static int sock_connect(lua_State *L) {
     w->s = td_sock_new(td_vm_loop(vm));
     if (!w->s) {
         free(w);
-        return push_fail(L, UV_ENOMEM);
+        return td_api_fail(L, UV_ENOMEM);
     }
     w->owns_sock = 1;
     td_sock_connect(w->s, (struct sockaddr *)&addr, timeout_ms, on_connected, w);
@@ -158,7 +152,7 @@ static int send_results(lua_State *L, sock_wait *w, int status) {
         lua_pushinteger(L, (lua_Integer)w->len);
         return 1;
     }
-    return push_fail(L, status);
+    return td_api_fail(L, status);
 }
 
 static void on_sent(td_sock *s, int status, void *ud) {
@@ -176,7 +170,7 @@ static int sock_send(lua_State *L) {
     if (s->op != TD_SOCK_IDLE)
         return luaL_error(L, "sock:send: another coroutine is using this socket");
     if (!td_sock_usable(s))
-        return push_fail(L, TD_ECLOSED);
+        return td_api_fail(L, TD_ECLOSED);
     sock_wait *w = new_wait(L, "sock:send", s, box->timeout_ms);
     w->len = len;
     td_sock_write(s, data, len, box->timeout_ms, on_sent, w);
@@ -228,8 +222,7 @@ static int take(lua_State *L, td_sock *s, int pattern, size_t n) {
 
 /* The receive failed: nil, err, and what arrived (consumed). */
 static int push_partial(lua_State *L, td_sock *s, int status) {
-    lua_pushnil(L);
-    lua_pushstring(L, td_err_name(status));
+    td_api_fail(L, status);
     lua_pushlstring(L, s->in.data ? s->in.data : "", s->in.len);
     s->in.len = 0;
     return 3;
@@ -325,7 +318,7 @@ static int sock_pool(lua_State *L) {
         return luaL_error(L, "sock:setkeepalive: another coroutine is using this socket");
     if (!td_sock_usable(s) || s->in.len > 0 || s->read_end) {
         td_sock_close(s);
-        return push_fail(L, TD_ECLOSED);
+        return td_api_fail(L, TD_ECLOSED);
     }
     td_sock_pool(s, idle_ms);
     lua_pushboolean(L, 1);
@@ -471,7 +464,7 @@ static int tcp_listen(lua_State *L) {
     }
     listener *l = calloc(1, sizeof *l);
     if (!l)
-        return push_fail(L, UV_ENOMEM);
+        return td_api_fail(L, UV_ENOMEM);
     l->vm = vm;
     l->timeout_ms = timeout_ms;
     l->addr = addr;
@@ -483,7 +476,7 @@ static int tcp_listen(lua_State *L) {
         rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_listener_connection);
     if (rc) {
         uv_close((uv_handle_t *)&l->tcp, free_listener);
-        return push_fail(L, rc);
+        return td_api_fail(L, rc);
     }
     lua_pushvalue(L, 3);
     l->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -41,13 +41,10 @@ static void wake(event_wait *w, int status) {
     lua_State *co = td_vm_wait_end(&w->wait);
     drop_waiter(w);
     int n = 1;
-    if (status == 0) {
+    if (status == 0)
         lua_pushboolean(co, 1);
-    } else {
-        lua_pushnil(co);
-        lua_pushstring(co, td_err_name(status));
-        n = 2;
-    }
+    else
+        n = td_api_fail(co, status);
     td_vm_resume(t, n);
 }
 

@@ -136,8 +136,6 @@ void td_log_access(const char *line, size_t len) {
         td_log_access_flush();
 }
 
-int td_log_access_pending(void) { return access_buf.len > 0; }
-
 void td_log_access_flush(void) {
     if (access_buf.len == 0 || access_fd < 0)
         return;

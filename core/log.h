@@ -35,8 +35,6 @@ void td_log_raw(td_log_level level, const char *msg, size_t len);
 int td_log_access_enabled(void);
 /* Appends one line (without its newline) to the access log buffer. */
 void td_log_access(const char *line, size_t len);
-/* Returns 1 when buffered lines are waiting for td_log_access_flush. */
-int td_log_access_pending(void);
 void td_log_access_flush(void);
 
 #endif

@@ -363,12 +363,11 @@ void td_vm_resume(td_task *t, int nargs) {
 
 td_task *td_vm_task_of(lua_State *L) { return lua_getexdata(L); }
 
-/* Whether co's resumer (and its resumer, up to the task's coroutine) can
- * pass a yield up: recorded by td_vm_relay_mark when co is resumed. */
-static int relay_allowed(td_vm *vm, lua_State *L, lua_State *co) {
+/* Whether L's resumer (and its resumer, up to the task's coroutine) can
+ * pass a yield up: recorded by td_vm_relay_mark when L was resumed. */
+static int relay_allowed(td_vm *vm, lua_State *L) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->relay);
-    lua_pushthread(co);
-    lua_xmove(co, L, 1);
+    lua_pushthread(L);
     lua_rawget(L, -2);
     int ok = lua_toboolean(L, -1);
     lua_pop(L, 2);
@@ -380,7 +379,7 @@ void td_vm_relay_mark(lua_State *L, int co_idx) {
     lua_State *co = lua_tothread(L, co_idx);
     if (!t || !t->alive || !co)
         return;
-    int ok = lua_isyieldable(L) && (L == t->co || relay_allowed(t->vm, L, L));
+    int ok = lua_isyieldable(L) && (L == t->co || relay_allowed(t->vm, L));
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->vm->relay);
     lua_pushvalue(L, co_idx);
     lua_pushboolean(L, ok);
@@ -394,7 +393,7 @@ td_task *td_vm_check_yieldable(lua_State *L, const char *fname) {
         luaL_error(L, "%s: cannot yield here: not inside a request, a spawned thread or the app's top level", fname);
     if (!lua_isyieldable(L))
         luaL_error(L, "%s: cannot yield across a C call (a metamethod, iterator or callback run by C)", fname);
-    if (t->co != L && !relay_allowed(t->vm, L, L))
+    if (t->co != L && !relay_allowed(t->vm, L))
         luaL_error(L, "%s: cannot yield here: a coroutine on the way to the request was resumed from C", fname);
     return t;
 }
