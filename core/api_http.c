@@ -21,7 +21,7 @@
 
 typedef struct http_wait {
     td_wait wait;
-    td_http_conn *hc;
+    td_http_waiter waiter;
     int for_body;
 } http_wait;
 
@@ -91,10 +91,7 @@ static void on_http_ready(td_http_conn *hc, int status, void *ud) {
 
 static void cancel_http_wait(td_wait *w) {
     http_wait *hw = td_container_of(w, http_wait, wait);
-    if (hw->for_body)
-        td_http_wait_body(hw->hc, NULL, NULL);
-    else
-        td_http_wait_drain(hw->hc, NULL, NULL);
+    td_http_unwait(&hw->waiter);
     free(hw);
 }
 
@@ -103,13 +100,14 @@ static int wait_for(lua_State *L, td_http_conn *hc, int for_body, const char *fn
     http_wait *hw = malloc(sizeof *hw);
     if (!hw)
         return luaL_error(L, "%s: out of memory", fname);
-    hw->hc = hc;
     hw->for_body = for_body;
+    hw->waiter.cb = on_http_ready;
+    hw->waiter.ud = hw;
     td_vm_wait_begin(t, &hw->wait, cancel_http_wait);
     if (for_body)
-        td_http_wait_body(hc, on_http_ready, hw);
+        td_http_wait_body(hc, &hw->waiter);
     else
-        td_http_wait_drain(hc, on_http_ready, hw);
+        td_http_wait_drain(hc, &hw->waiter);
     return lua_yield(L, 0);
 }
 

@@ -156,20 +156,20 @@ static const llhttp_settings_t parser_settings = {
 
 /* ---- waiters ---- */
 
-static void wake(td_http_conn *hc, td_http_waiter *w, int status) {
-    td_http_wait_cb cb = w->cb;
-    if (!cb)
-        return;
-    w->cb = NULL;
-    cb(hc, status, w->ud);
+/* Calls every waiter of the list once. A callback may wake the same list
+ * again (with another status): each record is unlinked before its call. */
+static void wake(td_http_conn *hc, td_list *waiters, int status) {
+    while (!td_list_empty(waiters)) {
+        td_http_waiter *w = td_container_of(waiters->next, td_http_waiter, link);
+        td_list_remove(&w->link);
+        w->cb(hc, status, w->ud);
+    }
 }
 
-void td_http_wait_body(td_http_conn *hc, td_http_wait_cb cb, void *ud) {
-    hc->body_waiter = (td_http_waiter){cb, ud};
-}
+void td_http_wait_body(td_http_conn *hc, td_http_waiter *w) { td_list_push_back(&hc->body_waiters, &w->link); }
 
-void td_http_wait_drain(td_http_conn *hc, td_http_wait_cb cb, void *ud) {
-    hc->drain_waiter = (td_http_waiter){cb, ud};
+void td_http_wait_drain(td_http_conn *hc, td_http_waiter *w) {
+    td_list_push_back(&hc->drain_waiters, &w->link);
     td_conn_want_drain(&hc->conn);
 }
 
@@ -189,7 +189,7 @@ void td_http__request_over(td_http_conn *hc) {
 static void body_failed(td_http_conn *hc, int status) {
     if (hc->body_status == 1)
         hc->body_status = status;
-    wake(hc, &hc->body_waiter, status);
+    wake(hc, &hc->body_waiters, status);
 }
 
 static void start_idle(td_http_conn *hc) {
@@ -281,7 +281,7 @@ static void on_message(td_http_conn *hc) {
         td_conn_clear_timeout(&hc->conn);
     if (hc->body_status == 1) {
         hc->body_status = 0;
-        wake(hc, &hc->body_waiter, 0);
+        wake(hc, &hc->body_waiters, 0);
     }
     hc->phase = TD_HTTP_AWAITING;
     if (!hc->live)
@@ -370,6 +370,8 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
 static void http_on_open(td_conn *c) {
     td_http_conn *hc = (td_http_conn *)c;
     llhttp_init(&hc->parser, HTTP_REQUEST, &parser_settings);
+    td_list_init(&hc->body_waiters);
+    td_list_init(&hc->drain_waiters);
     hc->body_status = 0;
     /* A new connection gets the header timeout for its first request. */
     hc->phase = TD_HTTP_HEAD;
@@ -439,14 +441,14 @@ static void http_on_timeout(td_conn *c) {
 
 static void http_on_drain(td_conn *c) {
     td_http_conn *hc = (td_http_conn *)c;
-    wake(hc, &hc->drain_waiter, 0);
+    wake(hc, &hc->drain_waiters, 0);
 }
 
 static void http_on_close(td_conn *c) {
     td_http_conn *hc = (td_http_conn *)c;
     td_http__request_over(hc);
     body_failed(hc, TD_ECLOSED);
-    wake(hc, &hc->drain_waiter, TD_ECLOSED);
+    wake(hc, &hc->drain_waiters, TD_ECLOSED);
     td_http_server *hs = td_http__server(hc);
     td_buf_pool_give(&hs->head_pool, &hc->head);
     td_buf_pool_give(&hs->head_pool, &hc->headers);
@@ -545,7 +547,7 @@ void td_http_response_end(td_http_conn *hc) {
     }
     td_http__access_log(hc);
     td_http__request_over(hc);
-    wake(hc, &hc->drain_waiter, TD_ECLOSED);
+    wake(hc, &hc->drain_waiters, TD_ECLOSED);
     if (hc->close_after || !hc->keep_alive || hs->draining || hc->body_status < 0) {
         td_conn_end(&hc->conn);
         return;
@@ -553,7 +555,7 @@ void td_http_response_end(td_http_conn *hc) {
     /* Discard a body nobody read; the parser still frames it. */
     if (hc->body_status == 1) {
         hc->body_status = 0;
-        wake(hc, &hc->body_waiter, TD_ECLOSED);
+        wake(hc, &hc->body_waiters, TD_ECLOSED);
         td_buf_free(&hc->body);
     }
     if (hc->message_complete)

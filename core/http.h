@@ -13,9 +13,10 @@
  * connection's memory is never reused for anything else (see conn.h), so
  * td_http_live(hc, serial) is a safe test for a handle held by Lua.
  *
- * Waiters (a Lua coroutine waiting for the body or for the socket to drain)
- * are callbacks stored on the connection; each is called once, then cleared,
- * and every waiter is called when the connection closes. */
+ * Waiters (Lua coroutines waiting for the body or for the socket to drain)
+ * are records the waiter owns, kept in a list per event on the connection:
+ * any number may wait for the same thing. Each is called once and unlinked
+ * first; every waiter is called when the connection closes. */
 #ifndef TD_HTTP_H
 #define TD_HTTP_H
 
@@ -41,6 +42,7 @@ typedef void (*td_http_request_cb)(td_http_conn *hc, void *ud);
 typedef void (*td_http_wait_cb)(td_http_conn *hc, int status, void *ud);
 
 typedef struct td_http_waiter {
+    td_list link;
     td_http_wait_cb cb;
     void *ud;
 } td_http_waiter;
@@ -74,8 +76,8 @@ struct td_http_conn {
     td_buf headers; /* td_http_header[] */
     td_buf body;
     td_buf pending; /* input after a complete message */
-    td_http_waiter body_waiter;
-    td_http_waiter drain_waiter;
+    td_list body_waiters;  /* td_http_waiter */
+    td_list drain_waiters; /* td_http_waiter */
     const char *feed_start; /* the buffer llhttp is parsing */
     size_t head_bytes;
     uint64_t body_sent;
@@ -123,7 +125,11 @@ void td_http_header_at(const td_http_conn *hc, size_t i, const char **name, size
                        size_t *vlen);
 /* 0 and the body when it is complete; 1 while it is arriving; or a TD_E*. */
 int td_http_body(td_http_conn *hc, const char **data, size_t *len);
-void td_http_wait_body(td_http_conn *hc, td_http_wait_cb cb, void *ud);
+/* Links w (its cb and ud set) to be called once the body is complete or
+ * failed. */
+void td_http_wait_body(td_http_conn *hc, td_http_waiter *w);
+/* Unlinks a waiter that will not be called after all. */
+static inline void td_http_unwait(td_http_waiter *w) { td_list_remove(&w->link); }
 
 /* ---- the response ---- */
 /* Starts the head. Returns 0, or TD_ECLOSED if the head went already. */
@@ -140,7 +146,8 @@ size_t td_http_head_mark(td_http_conn *hc);
 int td_http_write(td_http_conn *hc, const char *data, size_t len);
 /* Bytes waiting to be written: buffered and queued. */
 size_t td_http_unsent(td_http_conn *hc);
-void td_http_wait_drain(td_http_conn *hc, td_http_wait_cb cb, void *ud);
+/* Links w to be called once the unsent output fell to the low-water mark. */
+void td_http_wait_drain(td_http_conn *hc, td_http_waiter *w);
 void td_http_response_end(td_http_conn *hc);
 /* The handler failed: a 500 if no head was sent, else the connection closes. */
 void td_http_fail(td_http_conn *hc);

@@ -2,6 +2,7 @@
  * waits and the posted resumes. Nothing here knows HTTP. */
 #include "vm.h"
 
+#include <assert.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdio.h>
@@ -34,7 +35,11 @@ struct td_vm {
     size_t nwaits;
     int depth; /* lua_resume calls on the C stack */
     td_stall *stall;
-    td_task *current; /* the task being resumed */
+    /* The task td_vm_resume is running, NULL between resumes. Resumes never
+     * nest (they are posted while one runs), so this is the one task any
+     * tendril call made now can act for (see td_vm_task_of). */
+    td_task *current;
+    uint32_t next_run; /* numbers the runs of tasks: td_task.run */
     unsigned closing : 1;
 };
 
@@ -115,6 +120,9 @@ td_vm *td_vm_new(uv_loop_t *loop) {
     td_list_init(&vm->waits);
     td_list_init(&vm->posted);
     lua_atpanic(vm->L, vm_panic);
+    /* Every coroutine inherits this: it finds the vm, never a task (a
+     * coroutine may outlive the task it was created in). */
+    lua_setexdata(vm->L, vm);
     luaL_openlibs(vm->L);
     lua_newtable(vm->L);
     vm->anchors = luaL_ref(vm->L, LUA_REGISTRYINDEX);
@@ -192,8 +200,8 @@ td_task *td_vm_task_new(td_vm *vm, td_task_end_cb on_end) {
     t->on_end = on_end;
     t->alive = 1;
     t->fresh = 1;
+    t->run = ++vm->next_run;
     td_list_init(&t->link);
-    lua_setexdata(co, t);
     vm->ntasks++;
     return t;
 }
@@ -202,8 +210,8 @@ static void task_release(td_task *t) {
     td_vm *vm = t->vm;
     if (!t->alive)
         return;
+    assert(!t->wait && !t->pooled);
     td_list_remove(&t->link);
-    lua_setexdata(t->co, NULL);
     lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->anchors);
     luaL_unref(vm->L, -1, t->ref);
     lua_pop(vm->L, 1);
@@ -232,6 +240,8 @@ td_task *td_vm_task_pooled(td_vm *vm, td_task_end_cb on_end) {
     if (vm->npool > 0) {
         t = vm->pool[--vm->npool];
         t->pooled = 0;
+        /* A new run: relay marks made for the last one no longer count. */
+        t->run = ++vm->next_run;
     } else {
         lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->pool_func);
         t = td_vm_task_new(vm, on_end);
@@ -245,6 +255,7 @@ td_task *td_vm_task_pooled(td_vm *vm, td_task_end_cb on_end) {
 
 static void pool_put(td_task *t) {
     td_vm *vm = t->vm;
+    assert(t->alive && !t->pooled && !t->wait);
     lua_settop(t->co, 0);
     t->data = NULL;
     if (vm->npool < TD_POOL_MAX && !vm->closing) {
@@ -361,44 +372,55 @@ void td_vm_resume(td_task *t, int nargs) {
     }
 }
 
-td_task *td_vm_task_of(lua_State *L) { return lua_getexdata(L); }
-
-/* Whether L's resumer (and its resumer, up to the task's coroutine) can
- * pass a yield up: recorded by td_vm_relay_mark when L was resumed. */
-static int relay_allowed(td_vm *vm, lua_State *L) {
+/* The run of the current task that last resumed L through the coroutine
+ * relay, if that resume could pass a yield up (td_vm_relay_mark); 0 if
+ * none. A mark made by another task, or by an earlier run of this one,
+ * never matches the current run. */
+static uint32_t relay_run(td_vm *vm, lua_State *L) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, vm->relay);
     lua_pushthread(L);
     lua_rawget(L, -2);
-    int ok = lua_toboolean(L, -1);
+    uint32_t run = (uint32_t)lua_tointeger(L, -1);
     lua_pop(L, 2);
-    return ok;
+    return run;
+}
+
+td_task *td_vm_task_of(lua_State *L) {
+    td_vm *vm = lua_getexdata(L);
+    td_task *t = vm ? vm->current : NULL;
+    if (!t || !t->alive)
+        return NULL;
+    if (L == t->co || relay_run(vm, L) == t->run)
+        return t;
+    return NULL;
 }
 
 void td_vm_relay_mark(lua_State *L, int co_idx) {
-    td_task *t = lua_getexdata(L);
-    lua_State *co = lua_tothread(L, co_idx);
-    if (!t || !t->alive || !co)
+    td_task *t = td_vm_task_of(L);
+    if (!t || !lua_tothread(L, co_idx))
         return;
-    int ok = lua_isyieldable(L) && (L == t->co || relay_allowed(t->vm, L));
+    uint32_t run = lua_isyieldable(L) ? t->run : 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->vm->relay);
     lua_pushvalue(L, co_idx);
-    lua_pushboolean(L, ok);
+    lua_pushinteger(L, run);
     lua_rawset(L, -3);
     lua_pop(L, 1);
 }
 
 td_task *td_vm_check_yieldable(lua_State *L, const char *fname) {
-    td_task *t = lua_getexdata(L);
+    td_vm *vm = lua_getexdata(L);
+    td_task *t = vm ? vm->current : NULL;
     if (!t || !t->alive)
         luaL_error(L, "%s: cannot yield here: not inside a request, a spawned thread or the app's top level", fname);
     if (!lua_isyieldable(L))
         luaL_error(L, "%s: cannot yield across a C call (a metamethod, iterator or callback run by C)", fname);
-    if (t->co != L && !relay_allowed(t->vm, L))
+    if (L != t->co && relay_run(vm, L) != t->run)
         luaL_error(L, "%s: cannot yield here: a coroutine on the way to the request was resumed from C", fname);
     return t;
 }
 
 void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *)) {
+    assert(!t->wait && !t->pooled);
     w->task = t;
     w->cancel = cancel;
     td_list_push_back(&t->vm->waits, &w->link);

@@ -11,9 +11,14 @@
  * - A task ends in td_vm_resume and nowhere else: when its function returns
  *   or raises, its on_end hook runs and the task is released; when a pooled
  *   task yields the pool marker it goes back to the pool.
- * - td_task memory is recycled but never freed before td_vm_close: a
- *   coroutine the script created inherits its parent's task pointer (LuaJIT
- *   exdata), and must find a task there, alive or not, never freed memory. */
+ * - td_task memory is recycled but never freed before td_vm_close.
+ *
+ * Identity: a coroutine does not know its task. Every coroutine's LuaJIT
+ * exdata is the vm; a tendril call acts for the task td_vm_resume is
+ * running, and only when the calling coroutine is that task's own or was
+ * resumed, through the coroutine relay, by that same run of it. A
+ * coroutine a script keeps across requests therefore waits on behalf of
+ * whichever task resumes it, never of the task that created it. */
 #ifndef TD_VM_H
 #define TD_VM_H
 
@@ -54,6 +59,7 @@ struct td_task {
     void (*describe)(td_task *t, char *buf, size_t size);
     const char *label;
     uint32_t serial; /* the owner's */
+    uint32_t run;    /* new for each use of the task (pooled tasks are reused) */
     unsigned alive : 1;
     unsigned fresh : 1;
     unsigned pooled : 1;
@@ -105,7 +111,8 @@ td_task *td_vm_task_pooled(td_vm *vm, td_task_end_cb on_end);
  * never nest on the C stack. After td_vm_close began it does nothing. */
 void td_vm_resume(td_task *t, int nargs);
 
-/* The task whose coroutine (or a coroutine it created) is L, or NULL. */
+/* The running task, if L is its coroutine or a coroutine it resumed
+ * through the relay in this run; else NULL. */
 td_task *td_vm_task_of(lua_State *L);
 /* For a C function about to yield: the task L can suspend, or raises an
  * error naming `fname` and why it cannot. L may be a coroutine the script

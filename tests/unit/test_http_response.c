@@ -21,6 +21,8 @@ static td_http_conn *fake_request(int minor, int method) {
     td_list_push_back(&hs.srv.conns, &hc->conn.link);
     hs.srv.nconns++;
     llhttp_init(&hc->parser, HTTP_REQUEST, NULL);
+    td_list_init(&hc->body_waiters);
+    td_list_init(&hc->drain_waiters);
     hc->parser.http_major = 1;
     hc->parser.http_minor = (uint8_t)minor;
     hc->parser.method = (uint8_t)method;
