@@ -282,8 +282,35 @@ static int httpc_head(lua_State *L) { return read_response(L, 0, "http"); }
 /* [-2, +1|2|3] httpc_body(sock, timeout) -> piece | false, keep_alive | nil, err */
 static int httpc_body(lua_State *L) { return read_response(L, 1, "http"); }
 
+/* [-2, +0|1] http_bad_header(name, value) -> nil | what is wrong: the
+ * request side of the rules the server applies to its own answers. */
+static int http_bad_header(lua_State *L) {
+    size_t nlen, vlen;
+    const char *name = lua_tolstring(L, 1, &nlen);
+    const char *value = lua_tolstring(L, 2, &vlen);
+    if (!name || !td_http_valid_name(name, nlen))
+        lua_pushliteral(L, "not a valid header name");
+    else if (!value)
+        lua_pushliteral(L, "its value is not a string or a number");
+    else if (!td_http_valid_value(value, vlen))
+        lua_pushliteral(L, "its value holds CR, LF or NUL");
+    else
+        return 0;
+    return 1;
+}
+
+/* [-1, +1] http_valid_method(method) -> boolean */
+static int http_valid_method(lua_State *L) {
+    size_t len;
+    const char *m = luaL_checklstring(L, 1, &len);
+    lua_pushboolean(L, td_http_valid_name(m, len));
+    return 1;
+}
+
 void td_api_http_client_open(lua_State *L, td_vm *vm) {
     static const luaL_Reg funcs[] = {
+        {"http_bad_header", http_bad_header},
+        {"http_valid_method", http_valid_method},
         {"httpc_begin", httpc_begin},
         {"httpc_head", httpc_head},
         {"httpc_body", httpc_body},

@@ -5,7 +5,9 @@
  * One record owns the process handle, three pipes and a timer; the
  * coroutine is resumed once the child exited and every handle closed, and
  * the record is freed right then (or, after teardown cancelled the wait,
- * by the last close callback). */
+ * by the last close callback). The timeout covers the whole call, not only
+ * the child: a grandchild that keeps stdout open is killed with the group,
+ * and the pipes are closed whoever still holds them. */
 #include <lauxlib.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -97,9 +99,17 @@ static void finish_if_done(run_wait *r) {
     td_vm_resume(t, n);
 }
 
+/* The group outlives its leader while any member lives, so this also
+ * reaches what the child left running. */
 static void kill_group(run_wait *r) {
-    if (!r->exited && r->proc.pid > 0)
+    if (r->proc.pid > 0)
         kill(-r->proc.pid, SIGKILL);
+}
+
+/* Done once the child exited and its output ended: the timer goes. */
+static void maybe_done(run_wait *r) {
+    if (r->exited && uv_is_closing((uv_handle_t *)&r->out) && uv_is_closing((uv_handle_t *)&r->err))
+        close_handle(r, (uv_handle_t *)&r->timer);
 }
 
 static void on_child_exit(uv_process_t *p, int64_t status, int signal) {
@@ -107,15 +117,20 @@ static void on_child_exit(uv_process_t *p, int64_t status, int signal) {
     r->exited = 1;
     r->exit_status = status;
     r->term_signal = signal;
-    uv_timer_stop(&r->timer);
     close_handle(r, (uv_handle_t *)&r->proc);
-    close_handle(r, (uv_handle_t *)&r->timer);
+    maybe_done(r);
 }
 
 static void on_timeout(uv_timer_t *t) {
     run_wait *r = t->data;
     r->failed = TD_ETIMEOUT;
     kill_group(r);
+    /* Whoever still holds the pipes (a process that left the group), the
+     * call ends now. The process handle closes when the child is reaped. */
+    close_handle(r, (uv_handle_t *)&r->in);
+    close_handle(r, (uv_handle_t *)&r->out);
+    close_handle(r, (uv_handle_t *)&r->err);
+    close_handle(r, (uv_handle_t *)&r->timer);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
@@ -138,6 +153,7 @@ static void on_output(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         return;
     if (nread < 0) {
         close_handle(r, (uv_handle_t *)s);
+        maybe_done(r);
         return;
     }
     td_buf *b = s == (uv_stream_t *)&r->out ? &r->out_buf : &r->err_buf;

@@ -152,6 +152,12 @@ void td_http_response_end(td_http_conn *hc);
 /* The handler failed: a 500 if no head was sent, else the connection closes. */
 void td_http_fail(td_http_conn *hc);
 
+/* The rules for what tendril sends, in either direction: a header name (or
+ * a method) is printable ASCII without spaces or colons; a value holds no
+ * CR, LF or NUL. Return 1 when valid. */
+int td_http_valid_name(const char *p, size_t n);
+int td_http_valid_value(const char *p, size_t n);
+
 /* Lower-cases an ASCII header name in place. */
 static inline void td_http_lower(char *p, size_t n) {
     for (size_t i = 0; i < n; i++)

@@ -83,7 +83,7 @@ static int name_is(const char *name, size_t nlen, const char *lit, size_t llen) 
     return nlen == llen && strncasecmp(name, lit, llen) == 0;
 }
 
-static int valid_name(const char *p, size_t n) {
+int td_http_valid_name(const char *p, size_t n) {
     if (n == 0)
         return 0;
     for (size_t i = 0; i < n; i++) {
@@ -94,7 +94,7 @@ static int valid_name(const char *p, size_t n) {
     return 1;
 }
 
-static int valid_value(const char *p, size_t n) {
+int td_http_valid_value(const char *p, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
             return 0;
@@ -102,7 +102,7 @@ static int valid_value(const char *p, size_t n) {
 }
 
 int td_http_head_add(td_http_conn *hc, const char *name, size_t nlen, const char *value, size_t vlen) {
-    if (!valid_name(name, nlen) || !valid_value(value, vlen))
+    if (!td_http_valid_name(name, nlen) || !td_http_valid_value(value, vlen))
         return TD_EBADARG;
     switch (name[0] | 0x20) {
     case 'c':

@@ -4,7 +4,7 @@ local trace = require "tendril.traceback"
 local generation = require "tendril.generation"
 
 local select, tostring, type, error, concat, unpack = select, tostring, type, error, table.concat, unpack
-local setmetatable, xpcall = setmetatable, xpcall
+local setmetatable, xpcall, pcall, pairs, next = setmetatable, xpcall, pcall, pairs, next
 local getinfo = debug.getinfo
 local log_message = core.log
 local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
@@ -32,16 +32,6 @@ function _M.log(level, ...)
     local info = getinfo(2, "Sl")
     local where = info and info.currentline > 0 and (info.short_src .. ":" .. info.currentline .. ": ") or ""
     log_message(level, where .. concat(parts, "", 1, n))
-end
-
---- Counters of the running server: connections, requests in flight, and
---- the coroutines the runtime holds (tasks alive, pooled, waiting).
-function _M.stats()
-    local s = core.vm_stats()
-    local h = core.http_stats()
-    s.connections = h.connections
-    s.requests = h.requests
-    return s
 end
 
 ---------------------------------------------------------------- threads
@@ -112,8 +102,33 @@ end
 -- Answers are kept this long: getaddrinfo gives no TTL, and a short cache
 -- keeps a burst of lookups off libuv's small thread pool.
 local DNS_CACHE_SECONDS = 30
+-- Names kept at most: a service that talks to many hosts must not grow
+-- without bound.
+local DNS_CACHE_MAX = 1024
 local dns_cache = {}    -- name -> { addresses, expires }
+local dns_cached = 0
 local dns_pending = {}  -- name -> { event, result, err }
+
+local function dns_remember(name, addrs, expires)
+    if not dns_cache[name] then
+        if dns_cached >= DNS_CACHE_MAX then
+            -- Drop what expired; if everything is fresh, drop any one.
+            local now = core.now()
+            for k, v in pairs(dns_cache) do
+                if v[2] <= now then
+                    dns_cache[k] = nil
+                    dns_cached = dns_cached - 1
+                end
+            end
+            if dns_cached >= DNS_CACHE_MAX then
+                dns_cache[next(dns_cache)] = nil
+                dns_cached = dns_cached - 1
+            end
+        end
+        dns_cached = dns_cached + 1
+    end
+    dns_cache[name] = { addrs, expires }
+end
 
 local function is_ip(name)
     return name:find("^%d+%.%d+%.%d+%.%d+$") ~= nil or name:find(":", 1, true) ~= nil
@@ -143,14 +158,33 @@ function _M.resolve(name)
     end
     p = { event = event_new() }
     dns_pending[name] = p
-    local addrs, err = core.resolve(name)
+    -- Whatever happens (the lookup may raise: called where it cannot
+    -- wait, out of memory), the name is pending no more.
+    local ok, addrs, err = pcall(core.resolve, name)
     dns_pending[name] = nil
+    if not ok then
+        p.err = "lookup failed"
+        event_set(p.event)
+        error(addrs, 0)
+    end
     p.result, p.err = addrs, err
     event_set(p.event)
     if addrs then
-        dns_cache[name] = { addrs, now + DNS_CACHE_SECONDS }
+        dns_remember(name, addrs, now + DNS_CACHE_SECONDS)
     end
     return addrs, err
+end
+
+--- Counters of the running server: connections, requests in flight, the
+--- coroutines the runtime holds (tasks alive, pooled, waiting) and the
+--- names in the DNS cache.
+function _M.stats()
+    local s = core.vm_stats()
+    local h = core.http_stats()
+    s.connections = h.connections
+    s.requests = h.requests
+    s.dns_cached = dns_cached
+    return s
 end
 
 ---------------------------------------------------------------- processes

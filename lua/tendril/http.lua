@@ -13,6 +13,8 @@ local tendril = require "tendril"
 local type, error, tostring, tonumber, pairs, concat = type, error, tostring, tonumber, pairs, table.concat
 local lower, find, sub, match, gsub = string.lower, string.find, string.sub, string.match, string.gsub
 local httpc_begin, httpc_head, httpc_body = core.httpc_begin, core.httpc_head, core.httpc_body
+local http_bad_header, http_valid_method = core.http_bad_header, core.http_valid_method
+local format, byte = string.format, string.byte
 
 local DEFAULT_TIMEOUT = tendril.DEFAULT_TIMEOUT
 local POOL_IDLE = 60
@@ -22,6 +24,11 @@ local _M = {}
 
 --- Splits an http:// URL. Returns { host, port, target, authority } or nil, err.
 function _M.parse_url(url)
+    -- Spaces and control bytes would end the request line or start a
+    -- header of the caller's choosing.
+    if find(url, "[%z\1-\32\127]") then
+        return nil, "invalid url"
+    end
     local scheme, rest = match(url, "^(%a[%w+.-]*)://(.*)$")
     if not scheme then
         return nil, "invalid url"
@@ -67,14 +74,39 @@ local function join_url(base, location)
     return "http://" .. b.authority .. dir .. location
 end
 
+-- Control bytes shown as escapes, for a message.
+local function printable(s)
+    return (gsub(s, "[%c\127]", function(c)
+        local n = byte(c)
+        return n == 13 and "\\r" or n == 10 and "\\n" or n == 0 and "\\0" or format("\\x%02X", n)
+    end))
+end
+
+-- Misuse raises at the caller of the public function (level 4 from here).
+local function check_request(fname, method, headers)
+    if not http_valid_method(method) then
+        error(fname .. ": method '" .. printable(method) .. "': not a valid method", 4)
+    end
+    if headers then
+        for name, value in pairs(headers) do
+            if type(name) ~= "string" then
+                error(fname .. ": header names must be strings, got " .. type(name), 4)
+            end
+            local tv = type(value)
+            local bad = (tv ~= "string" and tv ~= "number") and "its value is not a string or a number"
+                or http_bad_header(name, value)
+            if bad then
+                error(fname .. ": header '" .. printable(name) .. "': " .. bad, 4)
+            end
+        end
+    end
+end
+
 local function build_request(method, u, headers, body)
     local lines = { method, " ", u.target, " HTTP/1.1\r\n" }
     local have = {}
     if headers then
         for name, value in pairs(headers) do
-            if type(name) ~= "string" then
-                error("http.request: header names must be strings", 4)
-            end
             have[lower(name)] = true
             lines[#lines + 1] = name .. ": " .. tostring(value) .. "\r\n"
         end
@@ -183,24 +215,23 @@ end
 
 local REDIRECTS = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
 
---- Sends a request; see the module's comment for the fields.
-function _M.request(req)
-    if type(req) ~= "table" then
-        error("http.request: expected a table { method =, url =, ... }, got " .. type(req), 2)
-    end
+-- http.request and http.get: fname names the public function, whose caller
+-- misuse errors point at (level 3 from here).
+local function request(req, fname)
     local url, method, body = req.url, req.method or "GET", req.body
     if type(url) ~= "string" then
-        error("http.request: expected url to be a string, got " .. type(url), 2)
+        error(fname .. ": expected url to be a string, got " .. type(url), 3)
     end
     if type(method) ~= "string" then
-        error("http.request: expected method to be a string, got " .. type(method), 2)
+        error(fname .. ": expected method to be a string, got " .. type(method), 3)
     end
     if body ~= nil and type(body) ~= "string" then
-        error("http.request: expected body to be a string, got " .. type(body), 2)
+        error(fname .. ": expected body to be a string, got " .. type(body), 3)
     end
     if req.headers ~= nil and type(req.headers) ~= "table" then
-        error("http.request: expected headers to be a table, got " .. type(req.headers), 2)
+        error(fname .. ": expected headers to be a table, got " .. type(req.headers), 3)
     end
+    check_request(fname, method, req.headers)
     method = method:upper()
     local max_redirects = req.max_redirects or 0
     local redirects = 0
@@ -231,6 +262,15 @@ function _M.request(req)
     end
 end
 
+--- Sends a request; see the module's comment for the fields.
+function _M.request(req)
+    if type(req) ~= "table" then
+        error("http.request: expected a table { method =, url =, ... }, got " .. type(req), 2)
+    end
+    local res, err = request(req, "http.request") -- not a tail call: error levels
+    return res, err
+end
+
 --- GET url; opts as in http.request.
 function _M.get(url, opts)
     local req = {}
@@ -244,7 +284,8 @@ function _M.get(url, opts)
     end
     req.url = url
     req.method = "GET"
-    return _M.request(req)
+    local res, err = request(req, "http.get") -- not a tail call: error levels
+    return res, err
 end
 
 return _M

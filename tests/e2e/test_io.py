@@ -202,6 +202,48 @@ function routes.require_bad()
                           tostring(ok3), tostring(e3:find("not found") ~= nil) }, " ")
 end
 function routes.fds() return tostring(tendril.stats().waits) end
+function routes.run_grandchild()
+    -- the direct child exits at once; a grandchild keeps its stdout open
+    local t0 = tendril.now()
+    local r, err = tendril.run({ "sh", "-c", "sleep 10 & echo started" }, { timeout = 1 })
+    return string.format("%s %s %.1f", tostring(r), tostring(err), tendril.now() - t0)
+end
+function routes.inject(req)
+    local w = req.query.w
+    local ok, err = pcall(function()
+        -- (no tail calls: the error names this line)
+        local r
+        if w == "value" then
+            r = http.request{ url = UP .. "/echo", headers = { ["X-Test"] = "yes\r\nX-Injected: 1" } }
+        elseif w == "name" then
+            r = http.request{ url = UP .. "/echo", headers = { ["X-Test\r\nX-Injected"] = "1" } }
+        elseif w == "nul" then
+            r = http.get(UP .. "/echo", { headers = { ["X-Test"] = "a\0b" } })
+        elseif w == "method" then
+            r = http.request{ url = UP .. "/echo", method = "GET /x HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET" }
+        end
+        if r then return r end
+        local res, e = http.get(UP .. "/echo HTTP/1.1\r\nX-Injected: 1\r\n")
+        error(tostring(res) .. " " .. tostring(e), 0)
+    end)
+    return tostring(ok) .. " " .. tostring(err)
+end
+function routes.dns_raise()
+    -- A lookup that raises (it cannot yield in a sort comparator) must not
+    -- leave its name pending: the next lookup would wait for the timeout.
+    local ok = pcall(table.sort, { 1, 2 }, function(a, b) tendril.resolve("127.9") return a < b end)
+    local t0 = tendril.now()
+    local addrs, err = tendril.resolve("127.9")
+    return string.format("%s %s %s %.1f", tostring(ok), addrs and addrs[1] or "nil", tostring(err),
+                         tendril.now() - t0)
+end
+function routes.dns_bound()
+    -- 2000 names that resolve (numeric forms getaddrinfo accepts)
+    for i = 1, 2000 do
+        assert(tendril.resolve(string.format("127.%d.%d", math.floor(i / 256), i % 256)))
+    end
+    return tostring(tendril.stats().dns_cached)
+end
 
 return function(req, res)
     local route = routes[req.path:sub(2)]
@@ -319,6 +361,38 @@ class IoTest(TestCase):
         start = time.monotonic()
         self.assertEqual(self.body("/run"), "3|out:in\n|err\n|15|nil|timeout|nil|no such file or directory")
         self.assertLess(time.monotonic() - start, deadline(5))
+
+    def test_run_timeout_covers_grandchildren(self):
+        # Finding 4: the timeout ended with the direct child, so a grandchild
+        # holding stdout made the call last as long as it lived.
+        start = time.monotonic()
+        self.assertEqual(self.body("/run_grandchild"), "nil timeout 1.0")
+        self.assertLess(time.monotonic() - start, deadline(3))
+
+    def test_client_refuses_header_injection(self):
+        # Finding 7: the client wrote names, values, the method and the
+        # target as they came; CR or LF added headers or requests upstream.
+        before = self.up.connections
+        self.assertRegex(self.body("/inject?w=value"),
+                         r"^false \S*app\.lua:\d+: http\.request: header 'X-Test': its value holds CR, LF or NUL$")
+        self.assertRegex(self.body("/inject?w=nul"),
+                         r"^false \S*app\.lua:\d+: http\.get: header 'X-Test': its value holds CR, LF or NUL$")
+        self.assertRegex(self.body("/inject?w=name"),
+                         r"^false \S*app\.lua:\d+: http\.request: header 'X-Test\\r\\nX-Injected': "
+                         r"not a valid header name$")
+        self.assertRegex(self.body("/inject?w=method"),
+                         r"^false \S*app\.lua:\d+: http\.request: method 'GET /x HTTP/1\.1\\r\\n.*': "
+                         r"not a valid method$")
+        self.assertEqual(self.body("/inject?w=target"), "false nil invalid url")
+        self.assertEqual(self.up.connections, before, "nothing may reach the upstream")
+
+    def test_dns_lookup_that_raises_leaves_nothing_pending(self):
+        # Finding 8: a lookup that raised left its name pending for ever, and
+        # every later lookup of it waited for the full timeout.
+        self.assertEqual(self.body("/dns_raise"), "false 127.0.0.9 nil 0.0")
+
+    def test_dns_cache_is_bounded(self):
+        self.assertEqual(self.body("/dns_bound"), "1024")
 
     def test_three_spawned_sleeps_take_one_second(self):
         text = self.body("/spawn")
