@@ -8,7 +8,15 @@
 
 #include "errors.h"
 #include "http.h"
+#include "sock.h"
 #include "vm.h"
+
+/* The userdata "tendril.socket" (api_tcp.c): a socket's handle, never a
+ * pointer, and its timeout. */
+typedef struct td_api_socket {
+    uint32_t slot, serial;
+    uint64_t timeout_ms; /* each send and each read */
+} td_api_socket;
 
 /* [-0, +2] The failure half of the Lua I/O convention: nil, and the one
  * short name td_err_name gives the code. Returns 2. */
@@ -24,8 +32,11 @@ void td_api_tendril_open(lua_State *L, td_vm *vm);
 void td_api_sleep_open(lua_State *L, td_vm *vm);
 /* The request and response primitives, and http statistics. */
 void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs);
+/* Before the Lua state closes: output still held by reference lets go of
+ * its strings without touching Lua. */
+void td_api_http_teardown(void);
 /* TCP client sockets and tcp.listen. */
-void td_api_tcp_open(lua_State *L, td_vm *vm);
+void td_api_tcp_open(lua_State *L, td_vm *vm, td_transport *tp);
 /* Closes every tcp.listen listener (shutdown and teardown). */
 void td_api_tcp_close_listeners(void);
 /* tcp.listen sessions running, and a callback for when the last ends:
@@ -33,7 +44,7 @@ void td_api_tcp_close_listeners(void);
 size_t td_api_tcp_sessions(void);
 void td_api_tcp_on_sessions_over(void (*cb)(void *ud), void *ud);
 /* The HTTP client's response reader over TCP sockets. */
-void td_api_http_client_open(lua_State *L, td_vm *vm);
+void td_api_http_client_open(lua_State *L, td_vm *vm, td_transport *tp);
 /* Events and tendril.spawn. */
 void td_api_thread_open(lua_State *L, td_vm *vm);
 /* tendril.resolve. */

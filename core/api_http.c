@@ -1,12 +1,18 @@
 /* The request and response primitives behind lua/tendril/server.lua, and
  * the dispatch of each request to a pooled task.
  *
- * Lua holds a request as (connection pointer, serial); every primitive
- * checks td_http_live first, so a handle kept after its request ended, or
- * whose client went away, answers nil, "closed" and never touches another
- * request. Waits (for the body, for the socket to drain) own a small record
- * from the yield to the wake-up; the connection calls its waiters when it
- * closes, so none is left behind. */
+ * Lua holds a request as its connection's handle (slot, serial); every
+ * primitive finds the live request again (td_http_find), so a handle kept
+ * after its request ended, or whose client went away, answers nil,
+ * "closed" and never touches another request. Waits (for the body, for
+ * output to drain) own a small record from the yield to the wake-up; the
+ * request calls its waiters when it ends or its connection closes, so none
+ * is left behind.
+ *
+ * Output: a handler's write waits (res_room) while more than the
+ * high-water mark is unsent, before the chunk is taken; a chunk of
+ * TD_WRITE_BY_REF bytes or more is not copied but written from the Lua
+ * string, which a registry reference keeps alive until libuv is done. */
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,9 +21,7 @@
 #include "api.h"
 #include "errors.h"
 
-/* res:write yields while more than this is waiting to be written, so a slow
- * client never makes the server buffer without bound. */
-#define TD_WRITE_HIGH_WATER (256 * 1024)
+#define TD_WRITE_BY_REF 16384
 
 typedef struct http_wait {
     td_wait wait;
@@ -25,25 +29,30 @@ typedef struct http_wait {
     int for_body;
 } http_wait;
 
+static td_http_server *server;
+static lua_State *main_L; /* for the references of chunks written by reference; NULL after teardown */
+
 static td_http_conn *live_conn(lua_State *L) {
-    td_http_conn *hc = lua_touserdata(L, 1);
-    uint32_t serial = (uint32_t)lua_tointeger(L, 2);
-    return hc && td_http_live(hc, serial) ? hc : NULL;
+    return td_http_find(server, (uint32_t)lua_tointeger(L, 1), (uint32_t)lua_tointeger(L, 2));
 }
 
 /* ---- dispatch ---- */
 
+/* A request task names its request by handle: t->data holds the slot,
+ * t->serial the serial. */
+static td_http_conn *task_conn(td_task *t) { return td_http_find(server, (uint32_t)(uintptr_t)t->data, t->serial); }
+
 static void request_task_end(td_task *t, int status) {
     /* The driver itself failed (its handler's errors are caught inside). */
-    td_http_conn *hc = t->data;
-    if (hc && td_http_live(hc, t->serial))
+    td_http_conn *hc = task_conn(t);
+    if (hc)
         td_http_fail(hc);
 }
 
 static void describe_request(td_task *t, char *buf, size_t size) {
-    td_http_conn *hc = t->data;
+    td_http_conn *hc = task_conn(t);
     size_t len;
-    if (!hc || !td_http_live(hc, t->serial)) {
+    if (!hc) {
         snprintf(buf, size, "a request (answered already)");
         return;
     }
@@ -58,11 +67,12 @@ void td_api_http_dispatch(td_http_conn *hc, void *ud) {
         td_http_fail(hc);
         return;
     }
-    t->data = hc;
-    t->serial = hc->conn.serial;
+    uint32_t serial = td_conn_serial(&hc->conn);
+    t->data = (void *)(uintptr_t)hc->conn.slot;
+    t->serial = serial;
     t->describe = describe_request;
-    lua_pushlightuserdata(t->co, hc);
-    lua_pushinteger(t->co, hc->conn.serial);
+    lua_pushinteger(t->co, hc->conn.slot);
+    lua_pushinteger(t->co, serial);
     td_vm_resume(t, 2);
 }
 
@@ -113,7 +123,7 @@ static int wait_for(lua_State *L, td_http_conn *hc, int for_body, const char *fn
 
 /* ---- the request ---- */
 
-/* [-2, +3] req_info(hc, serial) -> method, target, version | nil */
+/* [-2, +3] req_info(slot, serial) -> method, target, version | nil */
 static int req_info(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
@@ -144,17 +154,17 @@ void td_api_push_headers(lua_State *L, const char *text, const td_http_header *h
     }
 }
 
-/* [-2, +1] req_headers(hc, serial) -> {name = value} | nil */
+/* [-2, +1] req_headers(slot, serial) -> {name = value} | nil */
 static int req_headers(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
         return 0;
-    td_api_push_headers(L, hc->head.data, (const td_http_header *)(const void *)hc->headers.data,
-                        td_http_header_count(hc));
+    const td_http_fields *f = &hc->rq->fields;
+    td_api_push_headers(L, f->text.data, td_http_fields_at(f), td_http_fields_count(f));
     return 1;
 }
 
-/* [-2, +1] req_remote(hc, serial) -> address | nil */
+/* [-2, +1] req_remote(slot, serial) -> address | nil */
 static int req_remote(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     char addr[64];
@@ -164,7 +174,7 @@ static int req_remote(lua_State *L) {
     return 1;
 }
 
-/* [-2, +1|2] req_body(hc, serial) -> body | nil, err; may yield */
+/* [-2, +1|2] req_body(slot, serial) -> body | nil, err; may yield */
 static int req_body(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
@@ -227,10 +237,28 @@ static int send_head(lua_State *L, td_http_conn *hc, int status, int headers_idx
     return rc;
 }
 
-/* [-6, +1|2] res_send(hc, serial, status, headers, chunk, final)
+/* libuv is done with a chunk written by reference. */
+static void release_chunk(void *ud) {
+    if (main_L)
+        luaL_unref(main_L, LUA_REGISTRYINDEX, (int)(intptr_t)ud);
+}
+
+/* Writes the string at idx, by reference when it is large. */
+static int write_chunk(lua_State *L, td_http_conn *hc, int idx, const char *chunk, size_t len) {
+    if (len < TD_WRITE_BY_REF)
+        return td_http_write(hc, chunk, len);
+    lua_pushvalue(L, idx);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    int rc = td_http_write_ref(hc, chunk, len, release_chunk, (void *)(intptr_t)ref);
+    if (rc != 1)
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    return rc < 0 ? rc : 0;
+}
+
+/* [-6, +1|2] res_send(slot, serial, status, headers, chunk, final)
  * -> true | nil, err. Sends the head first if it has not gone; `final`
  * ends the response (with a Content-Length when the head goes with it).
- * A non-final write may yield until the socket drains. */
+ * Never waits: a writer calls res_room first. */
 static int res_send(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
@@ -239,31 +267,38 @@ static int res_send(lua_State *L) {
     const char *chunk = lua_tolstring(L, 5, &len);
     int final = lua_toboolean(L, 6);
     int rc = 0;
-    if (!hc->head_sent) {
+    if (!hc->rq->head_sent) {
         int status = (int)luaL_optinteger(L, 3, 200);
         rc = send_head(L, hc, status, 4, final ? (int64_t)len : -1);
     }
     if (rc == 0 && chunk)
-        rc = td_http_write(hc, chunk, len);
+        rc = write_chunk(L, hc, 5, chunk, len);
     if (rc)
         return td_api_fail(L, rc);
-    if (final) {
+    if (final)
         td_http_response_end(hc);
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    if (td_http_unsent(hc) > TD_WRITE_HIGH_WATER) {
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* [-2, +1|2] res_room(slot, serial) -> true | nil, err; may yield while
+ * more than the high-water mark is unsent (a slower client than handler). */
+static int res_room(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return td_api_fail(L, TD_ECLOSED);
+    if (td_http_unsent(hc) > TD_HTTP_HIGH_WATER) {
         td_conn_flush(&hc->conn);
-        if (hc->conn.closed)
+        if (!td_http_find(server, (uint32_t)lua_tointeger(L, 1), (uint32_t)lua_tointeger(L, 2)))
             return td_api_fail(L, TD_ECLOSED);
-        if (td_http_unsent(hc) > TD_WRITE_HIGH_WATER)
+        if (td_http_unsent(hc) > TD_HTTP_HIGH_WATER)
             return wait_for(L, hc, 0, "res:write");
     }
     lua_pushboolean(L, 1);
     return 1;
 }
 
-/* [-2, +0] res_fail(hc, serial): the handler raised. */
+/* [-2, +0] res_fail(slot, serial): the handler raised. */
 static int res_fail(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (hc)
@@ -271,30 +306,33 @@ static int res_fail(lua_State *L) {
     return 0;
 }
 
-/* [-2, +1] res_head_sent(hc, serial) -> boolean */
+/* [-2, +1] res_head_sent(slot, serial) -> boolean */
 static int res_head_sent(lua_State *L) {
     td_http_conn *hc = live_conn(L);
-    lua_pushboolean(L, !hc || hc->head_sent);
+    lua_pushboolean(L, !hc || hc->rq->head_sent);
     return 1;
 }
 
 /* [-0, +1] http_stats() -> {connections=, requests=} */
 static int http_stats(lua_State *L) {
-    td_http_server *hs = lua_touserdata(L, lua_upvalueindex(1));
     lua_createtable(L, 0, 2);
-    lua_pushinteger(L, (lua_Integer)hs->srv.nconns);
+    lua_pushinteger(L, (lua_Integer)td_http_server_conns(server));
     lua_setfield(L, -2, "connections");
-    lua_pushinteger(L, (lua_Integer)hs->live);
+    lua_pushinteger(L, (lua_Integer)server->live);
     lua_setfield(L, -2, "requests");
     return 1;
 }
 
 void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs) {
     static const luaL_Reg funcs[] = {
-        {"req_info", req_info},     {"req_headers", req_headers}, {"req_remote", req_remote},
-        {"req_body", req_body},     {"res_send", res_send},       {"res_fail", res_fail},
-        {"res_head_sent", res_head_sent}, {"http_stats", http_stats}, {NULL, NULL},
+        {"req_info", req_info},     {"req_headers", req_headers},     {"req_remote", req_remote},
+        {"req_body", req_body},     {"res_send", res_send},           {"res_room", res_room},
+        {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
+        {NULL, NULL},
     };
-    lua_pushlightuserdata(L, hs);
-    luaL_setfuncs(L, funcs, 1);
+    server = hs;
+    main_L = td_vm_state(vm);
+    luaL_setfuncs(L, funcs, 0);
 }
+
+void td_api_http_teardown(void) { main_L = NULL; }

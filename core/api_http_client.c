@@ -2,9 +2,9 @@
  * a status, headers and body pieces, for lua/tendril/http.lua (which owns
  * requests, pools, redirects and retries).
  *
- * The parser state hangs off the socket (td_sock.owner_data) and dies with
- * it. A reader waits the way every socket primitive does (see api_tcp.c):
- * a malloc'd record from the yield to the wake-up. */
+ * The reader (core/http_client.c) hangs off the socket (td_sock.owner_data)
+ * and dies with it. A read waits the way every socket primitive does (see
+ * api_tcp.c): a malloc'd record from the yield to the wake-up. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,19 +13,6 @@
 #include "errors.h"
 #include "sock.h"
 
-typedef struct httpc {
-    llhttp_t parser;
-    td_buf text;    /* header names and values */
-    td_buf headers; /* td_http_header[] */
-    td_buf body;    /* decoded body not yet handed to Lua */
-    int last_field;
-    int error;
-    unsigned head_done : 1;
-    unsigned message_done : 1;
-    unsigned skip_body : 1;
-    unsigned got_bytes : 1;
-} httpc;
-
 typedef struct httpc_wait {
     td_wait wait;
     td_sock *s;
@@ -33,121 +20,25 @@ typedef struct httpc_wait {
     int want_body;
 } httpc_wait;
 
-static httpc *hc_of(llhttp_t *p) { return td_container_of(p, httpc, parser); }
+static td_transport *transport; /* the loop's, set by td_api_http_client_open */
 
-static int add_text(httpc *h, const char *at, size_t len) {
-    if (h->text.len + len > 65536 || td_buf_append(&h->text, at, len) != 0)
-        return HPE_USER; /* a response head this large is not worth reading */
-    return 0;
+static void free_reader(void *p) {
+    td_http_reader_free(p);
+    free(p);
 }
 
-static int on_field(llhttp_t *p, const char *at, size_t len) {
-    httpc *h = hc_of(p);
-    if (!h->last_field) {
-        td_http_header hd = {.name = (uint32_t)h->text.len};
-        if (td_buf_append(&h->headers, &hd, sizeof hd) != 0)
-            return HPE_USER;
-        h->last_field = 1;
-    }
-    return add_text(h, at, len);
-}
-
-static td_http_header *last(httpc *h) { return (td_http_header *)(void *)(h->headers.data + h->headers.len) - 1; }
-
-static int on_field_done(llhttp_t *p) {
-    httpc *h = hc_of(p);
-    td_http_header *hd = last(h);
-    hd->name_len = (uint32_t)h->text.len - hd->name;
-    td_http_lower(h->text.data + hd->name, hd->name_len);
-    hd->value = (uint32_t)h->text.len;
-    hd->value_len = 0;
-    return 0;
-}
-
-static int on_value(llhttp_t *p, const char *at, size_t len) {
-    httpc *h = hc_of(p);
-    h->last_field = 0;
-    return add_text(h, at, len);
-}
-
-static int on_value_done(llhttp_t *p) {
-    httpc *h = hc_of(p);
-    td_http_header *hd = last(h);
-    hd->value_len = (uint32_t)td_http_trim_end(h->text.data + hd->value, h->text.len - hd->value);
-    h->text.len = hd->value + hd->value_len;
-    h->last_field = 0;
-    return 0;
-}
-
-static int on_headers_done(llhttp_t *p) {
-    httpc *h = hc_of(p);
-    if (p->status_code >= 100 && p->status_code < 200 && p->status_code != 101)
-        return 0; /* an interim response: the real one follows */
-    h->head_done = 1;
-    return h->skip_body ? 1 : 0;
-}
-
-static int on_body(llhttp_t *p, const char *at, size_t len) {
-    return td_buf_append(&hc_of(p)->body, at, len) == 0 ? 0 : HPE_USER;
-}
-
-static int on_message_done(llhttp_t *p) {
-    httpc *h = hc_of(p);
-    if (!h->head_done) {
-        /* The end of an interim response: forget its headers. */
-        h->text.len = 0;
-        h->headers.len = 0;
-        return 0;
-    }
-    h->message_done = 1;
-    return HPE_PAUSED;
-}
-
-static const llhttp_settings_t client_settings = {
-    .on_header_field = on_field,
-    .on_header_field_complete = on_field_done,
-    .on_header_value = on_value,
-    .on_header_value_complete = on_value_done,
-    .on_headers_complete = on_headers_done,
-    .on_body = on_body,
-    .on_message_complete = on_message_done,
-};
-
-static void free_httpc(void *p) {
-    httpc *h = p;
-    td_buf_free(&h->text);
-    td_buf_free(&h->headers);
-    td_buf_free(&h->body);
-    free(h);
-}
-
-/* Feeds what the socket holds to the parser. Returns 0 or a TD_E code. */
-static int parse(td_sock *s, httpc *h) {
-    if (h->message_done || h->error)
-        return h->error;
+/* Feeds what the socket holds to the reader. Returns 0 or a TD_E code. */
+static int parse(td_sock *s, td_http_reader *r) {
+    if (r->message_done || r->error)
+        return r->error;
     if (s->in.len > 0) {
-        h->got_bytes = 1;
-        llhttp_errno_t err = llhttp_execute(&h->parser, s->in.data, s->in.len);
-        size_t used = s->in.len;
-        if (err == HPE_PAUSED) {
-            used = (size_t)(llhttp_get_error_pos(&h->parser) - s->in.data);
-            llhttp_resume(&h->parser);
-        } else if (err != HPE_OK) {
-            h->error = TD_EPROTO;
-            return h->error;
-        }
-        td_buf_consume(&s->in, used);
+        ssize_t used = td_http_reader_feed(r, s->in.data, s->in.len);
+        if (used < 0)
+            return (int)used;
+        td_sock_consume(s, (size_t)used);
     }
-    if (!h->message_done && s->read_end) {
-        /* The stream ended: fine for a body that ends with the connection,
-         * "closed" for anything cut short. */
-        if (s->read_end == UV_EOF && h->got_bytes && llhttp_finish(&h->parser) == HPE_OK && h->message_done)
-            return 0;
-        if (!h->message_done) {
-            h->error = s->read_end == UV_EOF ? TD_ECLOSED : s->read_end;
-            return h->error;
-        }
-    }
+    if (!r->message_done && s->read_end)
+        return td_http_reader_eof(r, s->read_end);
     return 0;
 }
 
@@ -158,51 +49,53 @@ static int push_fail3(lua_State *L, int code, int got_bytes) {
 }
 
 /* status, headers */
-static int push_head(lua_State *L, httpc *h) {
-    lua_pushinteger(L, h->parser.status_code);
-    td_api_push_headers(L, h->text.data, (const td_http_header *)(const void *)h->headers.data,
-                        h->headers.len / sizeof(td_http_header));
+static int push_head(lua_State *L, td_http_reader *r) {
+    lua_pushinteger(L, r->parser.status_code);
+    td_api_push_headers(L, r->fields.text.data, td_http_fields_at(&r->fields), td_http_fields_count(&r->fields));
     return 2;
 }
 
-/* A body piece; or false, keep_alive at the end. */
-static int push_body(lua_State *L, httpc *h) {
-    if (h->body.len > 0) {
-        lua_pushlstring(L, h->body.data, h->body.len);
-        h->body.len = 0;
-        if (h->body.cap > 1 << 20)
-            td_buf_free(&h->body);
+/* A body piece; or false, keep_alive at the end. The buffer goes back to
+ * malloc once emptied if it grew large: a reader between pieces holds
+ * next to nothing. */
+static int push_body(lua_State *L, td_http_reader *r) {
+    if (r->body.len > 0) {
+        lua_pushlstring(L, r->body.data, r->body.len);
+        r->body.len = 0;
+        if (r->body.cap > 16384)
+            td_buf_free(&r->body);
         return 1;
     }
     lua_pushboolean(L, 0);
-    lua_pushboolean(L, llhttp_should_keep_alive(&h->parser));
+    lua_pushboolean(L, llhttp_should_keep_alive(&r->parser));
     return 2;
 }
 
-static int ready(httpc *h, int want_body) {
-    if (h->error)
+static int ready(td_http_reader *r, int want_body) {
+    if (r->error)
         return 1;
-    return want_body ? (h->body.len > 0 || h->message_done) : h->head_done;
+    return want_body ? (r->body.len > 0 || r->message_done) : r->head_done;
 }
 
-static int results(lua_State *L, httpc *h, int want_body, int status) {
-    if (status == 0 && h->error)
-        status = h->error;
+/* The reader is gone with a socket that closed: only the status is left. */
+static int results(lua_State *L, td_http_reader *r, int want_body, int status) {
+    if (status == 0 && (!r || r->error))
+        status = r ? r->error : TD_ECLOSED;
     if (status != 0)
-        return push_fail3(L, status, h->got_bytes);
-    return want_body ? push_body(L, h) : push_head(L, h);
+        return push_fail3(L, status, r && r->got_bytes);
+    return want_body ? push_body(L, r) : push_head(L, r);
 }
 
 static void on_sock_event(td_sock *s, int status, void *ud) {
     httpc_wait *w = ud;
-    httpc *h = s->owner_data;
+    td_http_reader *r = s->owner_data;
     int rc;
-    if (status == TD_ETIMEOUT || status == TD_ECLOSED) {
-        rc = status;
+    if (status == TD_ETIMEOUT || status == TD_ECLOSED || !r) {
+        rc = status ? status : TD_ECLOSED;
     } else {
         /* New bytes (0) or the end of the stream (s->read_end is set). */
-        rc = parse(s, h);
-        if (!rc && !ready(h, w->want_body)) {
+        rc = parse(s, r);
+        if (!rc && !ready(r, w->want_body)) {
             if (status == 0) {
                 td_sock_read(s, w->timeout_ms, on_sock_event, w);
                 return;
@@ -212,7 +105,8 @@ static void on_sock_event(td_sock *s, int status, void *ud) {
     }
     td_task *t = w->wait.task;
     lua_State *co = td_vm_wait_end(&w->wait);
-    int n = results(co, h, w->want_body, rc);
+    /* A closing socket still holds its reader until its on_close ends; got_bytes is read now. */
+    int n = results(co, s->owner_data, w->want_body, rc);
     free(w);
     td_vm_resume(t, n);
 }
@@ -223,25 +117,28 @@ static void cancel_httpc_wait(td_wait *wait) {
     free(w);
 }
 
+/* The socket a "tendril.socket" names, or NULL once it closed. */
 static td_sock *check_sock(lua_State *L) {
-    td_sock **box = luaL_checkudata(L, 1, "tendril.socket");
-    return *box;
+    td_api_socket *box = luaL_checkudata(L, 1, "tendril.socket");
+    return td_sock_find(transport, box->slot, box->serial);
 }
 
 /* Shared by head and body: answer now if the buffer holds enough, else wait. */
 static int read_response(lua_State *L, int want_body, const char *fname) {
     td_sock *s = check_sock(L);
     uint64_t timeout_ms = (uint64_t)(luaL_checknumber(L, 2) * 1000.0);
-    httpc *h = s->owner_data;
-    if (!h)
+    if (!s)
+        return push_fail3(L, TD_ECLOSED, 0);
+    td_http_reader *r = s->owner_data;
+    if (!r)
         return luaL_error(L, "%s: no response was started on this socket", fname);
     if (s->op != TD_SOCK_IDLE)
         return luaL_error(L, "%s: another coroutine is using this socket", fname);
-    int rc = parse(s, h);
-    if (rc || ready(h, want_body))
-        return results(L, h, want_body, rc);
+    int rc = parse(s, r);
+    if (rc || ready(r, want_body))
+        return results(L, r, want_body, rc);
     if (!td_sock_usable(s))
-        return push_fail3(L, TD_ECLOSED, h->got_bytes);
+        return push_fail3(L, TD_ECLOSED, r->got_bytes);
     td_task *t = td_vm_check_yieldable(L, fname);
     httpc_wait *w = malloc(sizeof *w);
     if (!w)
@@ -259,20 +156,17 @@ static int read_response(lua_State *L, int want_body, const char *fname) {
  * (skip_body for the answer to HEAD). */
 static int httpc_begin(lua_State *L) {
     td_sock *s = check_sock(L);
-    httpc *h = s->owner_data;
-    if (!h) {
-        h = calloc(1, sizeof *h);
-        if (!h)
+    if (!s)
+        return 0; /* the read that follows says "closed" */
+    td_http_reader *r = s->owner_data;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r)
             return luaL_error(L, "http: out of memory");
-        s->owner_data = h;
-        s->owner_free = free_httpc;
+        s->owner_data = r;
+        s->owner_free = free_reader;
     }
-    llhttp_init(&h->parser, HTTP_RESPONSE, &client_settings);
-    h->text.len = h->headers.len = h->body.len = 0;
-    h->last_field = 0;
-    h->error = 0;
-    h->head_done = h->message_done = h->got_bytes = 0;
-    h->skip_body = lua_toboolean(L, 2);
+    td_http_reader_begin(r, lua_toboolean(L, 2));
     return 0;
 }
 
@@ -307,7 +201,8 @@ static int http_valid_method(lua_State *L) {
     return 1;
 }
 
-void td_api_http_client_open(lua_State *L, td_vm *vm) {
+void td_api_http_client_open(lua_State *L, td_vm *vm, td_transport *tp) {
+    transport = tp;
     static const luaL_Reg funcs[] = {
         {"http_bad_header", http_bad_header},
         {"http_valid_method", http_valid_method},

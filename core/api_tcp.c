@@ -3,9 +3,11 @@
  * (default timeouts, name resolution, pools per host) is in
  * lua/tendril/tcp.lua; these are its primitives.
  *
- * A socket userdata ("tendril.socket") boxes a td_sock; its __gc releases
- * it (see sock.h). A wait record is malloc'd per operation that has to wait
- * and freed when the operation ends or teardown cancels it. */
+ * A socket userdata ("tendril.socket") holds the socket's handle (slot,
+ * serial), never a pointer: every method finds the socket again and a
+ * closed one answers nil, "closed". Its __gc closes the socket if it is
+ * still open. A wait record is malloc'd per operation that has to wait and
+ * freed when the operation ends or is cancelled. */
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,10 +18,9 @@
 
 #define SOCKET_MT "tendril.socket"
 
-typedef struct sock_box {
-    td_sock *s;
-    uint64_t timeout_ms; /* each send and each read */
-} sock_box;
+typedef td_api_socket sock_box;
+
+static td_transport *transport; /* the loop's, set by td_api_tcp_open */
 
 enum { RECV_BYTES, RECV_LINE, RECV_ALL };
 
@@ -47,9 +48,13 @@ static uint64_t to_ms(lua_State *L, int idx, const char *fname) {
 
 static sock_box *check_box(lua_State *L, int idx) { return luaL_checkudata(L, idx, SOCKET_MT); }
 
+/* The open socket the box names, or NULL. */
+static td_sock *box_sock(const sock_box *box) { return td_sock_find(transport, box->slot, box->serial); }
+
 static void push_socket(lua_State *L, td_sock *s, uint64_t timeout_ms) {
     sock_box *box = lua_newuserdata(L, sizeof *box);
-    box->s = s;
+    box->slot = s->conn.slot;
+    box->serial = td_conn_serial(&s->conn);
     box->timeout_ms = timeout_ms;
     luaL_getmetatable(L, SOCKET_MT);
     lua_setmetatable(L, -2);
@@ -70,7 +75,7 @@ static void cancel_sock_wait(td_wait *wait) {
     sock_wait *w = td_container_of(wait, sock_wait, wait);
     td_sock_cancel(w->s);
     if (w->owns_sock)
-        td_sock_release(w->s);
+        td_sock_close(w->s);
     free(w);
 }
 
@@ -110,12 +115,12 @@ static void resume_with(sock_wait *w, int status, int (*finish)(lua_State *, soc
 /* ---- connect ---- */
 
 static int connect_results(lua_State *L, sock_wait *w, int status) {
-    if (status == 0) {
+    if (status == 0 && td_sock_usable(w->s)) {
         push_socket(L, w->s, w->timeout_ms);
         return 1;
     }
-    td_sock_release(w->s);
-    return td_api_fail(L, status);
+    td_sock_close(w->s);
+    return td_api_fail(L, status ? status : TD_ECLOSED);
 }
 
 static void on_connected(td_sock *s, int status, void *ud) {
@@ -134,14 +139,15 @@ static int sock_connect(lua_State *L) {
     if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&addr) != 0 &&
         uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&addr) != 0)
         return luaL_error(L, "tcp.connect: '%s' is not an IP address", ip);
+    (void)vm;
     sock_wait *w = new_wait(L, "tcp.connect", NULL, timeout_ms);
-    w->s = td_sock_new(td_vm_loop(vm));
+    int err = 0;
+    w->s = td_sock_connect(transport, (struct sockaddr *)&addr, timeout_ms, on_connected, w, &err);
     if (!w->s) {
         free(w);
-        return td_api_fail(L, UV_ENOMEM);
+        return td_api_fail(L, err);
     }
     w->owns_sock = 1;
-    td_sock_connect(w->s, (struct sockaddr *)&addr, timeout_ms, on_connected, w);
     return wait_or_finish(L, w, connect_results);
 }
 
@@ -166,11 +172,11 @@ static int sock_send(lua_State *L) {
     sock_box *box = check_box(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    td_sock *s = box->s;
+    td_sock *s = box_sock(box);
+    if (!s || !td_sock_usable(s))
+        return td_api_fail(L, TD_ECLOSED);
     if (s->op != TD_SOCK_IDLE)
         return luaL_error(L, "sock:send: another coroutine is using this socket");
-    if (!td_sock_usable(s))
-        return td_api_fail(L, TD_ECLOSED);
     sock_wait *w = new_wait(L, "sock:send", s, box->timeout_ms);
     w->len = len;
     td_sock_write(s, data, len, box->timeout_ms, on_sent, w);
@@ -198,8 +204,8 @@ static int take(lua_State *L, td_sock *s, int pattern, size_t n) {
     case RECV_BYTES:
         if (in->len < n)
             return 0;
-        lua_pushlstring(L, in->data, n);
-        td_buf_consume(in, n);
+        lua_pushlstring(L, in->data ? in->data : "", n);
+        td_sock_consume(s, n);
         return 1;
     case RECV_LINE: {
         char *nl = in->len ? memchr(in->data, '\n', in->len) : NULL;
@@ -208,14 +214,14 @@ static int take(lua_State *L, td_sock *s, int pattern, size_t n) {
         size_t line = (size_t)(nl - in->data);
         size_t keep = line > 0 && in->data[line - 1] == '\r' ? line - 1 : line;
         lua_pushlstring(L, in->data, keep);
-        td_buf_consume(in, line + 1);
+        td_sock_consume(s, line + 1);
         return 1;
     }
     default:
         if (s->read_end != UV_EOF)
             return 0;
         lua_pushlstring(L, in->data ? in->data : "", in->len);
-        in->len = 0;
+        td_sock_consume(s, in->len);
         return 1;
     }
 }
@@ -223,8 +229,12 @@ static int take(lua_State *L, td_sock *s, int pattern, size_t n) {
 /* The receive failed: nil, err, and what arrived (consumed). */
 static int push_partial(lua_State *L, td_sock *s, int status) {
     td_api_fail(L, status);
+    if (!s) {
+        lua_pushliteral(L, "");
+        return 3;
+    }
     lua_pushlstring(L, s->in.data ? s->in.data : "", s->in.len);
-    s->in.len = 0;
+    td_sock_consume(s, s->in.len);
     return 3;
 }
 
@@ -252,7 +262,7 @@ static void on_readable(td_sock *s, int status, void *ud) {
  * peer closes). */
 static int sock_receive(lua_State *L) {
     sock_box *box = check_box(L, 1);
-    td_sock *s = box->s;
+    td_sock *s = box_sock(box);
     int pattern;
     size_t n = 0;
     if (lua_type(L, 2) == LUA_TNUMBER) {
@@ -270,11 +280,13 @@ static int sock_receive(lua_State *L) {
         else
             return luaL_error(L, "sock:receive: unknown pattern '%s' (a number, \"*l\" or \"*a\")", p);
     }
+    if (!s)
+        return push_partial(L, NULL, TD_ECLOSED);
     if (s->op != TD_SOCK_IDLE)
         return luaL_error(L, "sock:receive: another coroutine is using this socket");
     if (take(L, s, pattern, n))
         return 1;
-    if (s->closing)
+    if (s->conn.closed)
         return push_partial(L, s, TD_ECLOSED);
     if (s->read_end)
         return push_partial(L, s, s->read_end);
@@ -296,16 +308,17 @@ static int sock_settimeout(lua_State *L) {
 
 /* [-1, +1] sock_close(sock) -> true */
 static int sock_close(lua_State *L) {
-    sock_box *box = check_box(L, 1);
-    td_sock_close(box->s);
+    td_sock *s = box_sock(check_box(L, 1));
+    if (s)
+        td_sock_close(s);
     lua_pushboolean(L, 1);
     return 1;
 }
 
 /* [-1, +1] sock_usable(sock) -> boolean: connected, open, nothing pending */
 static int sock_usable(lua_State *L) {
-    sock_box *box = check_box(L, 1);
-    lua_pushboolean(L, td_sock_usable(box->s) && box->s->op == TD_SOCK_IDLE && !box->s->read_end);
+    td_sock *s = box_sock(check_box(L, 1));
+    lua_pushboolean(L, s && td_sock_usable(s) && s->op == TD_SOCK_IDLE && !s->read_end);
     return 1;
 }
 
@@ -313,7 +326,9 @@ static int sock_usable(lua_State *L) {
 static int sock_pool(lua_State *L) {
     sock_box *box = check_box(L, 1);
     uint64_t idle_ms = to_ms(L, 2, "sock:setkeepalive");
-    td_sock *s = box->s;
+    td_sock *s = box_sock(box);
+    if (!s)
+        return td_api_fail(L, TD_ECLOSED);
     if (s->op != TD_SOCK_IDLE)
         return luaL_error(L, "sock:setkeepalive: another coroutine is using this socket");
     if (!td_sock_usable(s) || s->in.len > 0 || s->read_end) {
@@ -327,23 +342,24 @@ static int sock_pool(lua_State *L) {
 
 /* [-1, +1] sock_unpool(sock) -> boolean: still usable */
 static int sock_unpool(lua_State *L) {
-    sock_box *box = check_box(L, 1);
-    lua_pushboolean(L, td_sock_unpool(box->s) == 0);
+    td_sock *s = box_sock(check_box(L, 1));
+    lua_pushboolean(L, s && td_sock_unpool(s) == 0);
     return 1;
 }
 
+/* A socket nobody can name any more is closed (only a close is asked:
+ * the memory goes in the transport's close callback). */
 static int sock_gc(lua_State *L) {
-    sock_box *box = lua_touserdata(L, 1);
-    if (box->s) {
-        td_sock_release(box->s);
-        box->s = NULL;
-    }
+    td_sock *s = transport ? box_sock(lua_touserdata(L, 1)) : NULL;
+    if (s)
+        td_sock_close(s);
     return 0;
 }
 
 static int sock_tostring(lua_State *L) {
     sock_box *box = check_box(L, 1);
-    lua_pushfstring(L, "tendril.socket (%s): %p", td_sock_usable(box->s) ? "open" : "closed", (void *)box);
+    td_sock *s = box_sock(box);
+    lua_pushfstring(L, "tendril.socket (%s): %p", s && td_sock_usable(s) ? "open" : "closed", (void *)box);
     return 1;
 }
 
@@ -355,7 +371,7 @@ static int sock_tostring(lua_State *L) {
  * commit swaps it in and closes the listeners the new generation did not
  * ask for again, a failed attempt drops what it staged. */
 typedef struct listener {
-    uv_tcp_t tcp;
+    td_listener base;
     td_vm *vm;
     int handler_ref;
     int pending_ref;
@@ -380,43 +396,44 @@ void td_api_tcp_on_sessions_over(void (*cb)(void *ud), void *ud) {
     sessions_over_ud = ud;
 }
 
+/* The session's socket is named by its handle in the task (t->data holds
+ * the slot, t->serial the serial): it may close, and its memory go, before
+ * the handler returns. */
 static void on_session_end(td_task *t, int status) {
     (void)status;
-    td_sock *s = t->data;
-    td_sock_close(s);
+    td_sock *s = td_sock_find(transport, (uint32_t)(uintptr_t)t->data, t->serial);
+    if (s)
+        td_sock_close(s);
     if (--sessions == 0 && sessions_over)
         sessions_over(sessions_over_ud);
 }
 
-static void on_listener_connection(uv_stream_t *server, int status) {
-    listener *l = server->data;
-    if (status < 0)
-        return;
-    td_sock *s = td_sock_accept(td_vm_loop(l->vm), server);
-    if (!s)
-        return;
+static void on_listener_open(td_listener *base, td_conn *c) {
+    listener *l = td_container_of(base, listener, base);
+    td_sock *s = (td_sock *)c;
     lua_State *L = td_vm_state(l->vm);
     lua_rawgeti(L, LUA_REGISTRYINDEX, l->handler_ref);
     td_task *t = td_vm_task_new(l->vm, on_session_end);
     if (!t) {
-        td_sock_release(s);
+        td_sock_close(s);
         return;
     }
-    t->data = s;
+    t->data = (void *)(uintptr_t)c->slot;
+    t->serial = td_conn_serial(c);
     t->label = "a tcp.listen connection";
     sessions++;
     push_socket(t->co, s, l->timeout_ms);
     td_vm_resume(t, 1);
 }
 
-static void free_listener(uv_handle_t *h) { free(h->data); }
+static void free_listener(td_listener *base) { free(td_container_of(base, listener, base)); }
 
 static void close_listener(listener *l) {
     lua_State *L = td_vm_state(l->vm);
     td_list_remove(&l->link);
     luaL_unref(L, LUA_REGISTRYINDEX, l->handler_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, l->pending_ref);
-    uv_close((uv_handle_t *)&l->tcp, free_listener);
+    td_listener_close(&l->base, free_listener);
 }
 
 static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
@@ -430,12 +447,7 @@ static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_sto
     return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
 }
 
-static int bound_port(listener *l) {
-    struct sockaddr_storage bound;
-    int len = sizeof bound;
-    uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&bound, &len);
-    return ntohs(((struct sockaddr_in *)&bound)->sin_port);
-}
+static int bound_port(listener *l) { return td_listener_port(&l->base); }
 
 /* [-4, +1|2] tcp_listen(ip, port, handler, timeout) -> port | nil, err */
 static int tcp_listen(lua_State *L) {
@@ -465,19 +477,15 @@ static int tcp_listen(lua_State *L) {
     listener *l = calloc(1, sizeof *l);
     if (!l)
         return td_api_fail(L, UV_ENOMEM);
+    int rc = td_sock_listen(&l->base, transport, ip, port, on_listener_open);
+    if (rc) {
+        td_listener_close(&l->base, free_listener);
+        return td_api_fail(L, rc);
+    }
     l->vm = vm;
     l->timeout_ms = timeout_ms;
     l->addr = addr;
     l->pending_ref = LUA_NOREF;
-    uv_tcp_init(td_vm_loop(vm), &l->tcp);
-    l->tcp.data = l;
-    int rc = uv_tcp_bind(&l->tcp, (struct sockaddr *)&addr, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_listener_connection);
-    if (rc) {
-        uv_close((uv_handle_t *)&l->tcp, free_listener);
-        return td_api_fail(L, rc);
-    }
     lua_pushvalue(L, 3);
     l->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     l->claimed = 1;
@@ -538,7 +546,8 @@ void td_api_tcp_close_listeners(void) {
         close_listener(td_container_of(listeners.next, listener, link));
 }
 
-void td_api_tcp_open(lua_State *L, td_vm *vm) {
+void td_api_tcp_open(lua_State *L, td_vm *vm, td_transport *tp) {
+    transport = tp;
     static const luaL_Reg funcs[] = {
         {"sock_connect", sock_connect},   {"sock_send", sock_send},     {"sock_receive", sock_receive},
         {"sock_settimeout", sock_settimeout}, {"sock_close", sock_close}, {"sock_usable", sock_usable},

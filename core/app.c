@@ -22,6 +22,7 @@
 typedef struct td_app {
     const td_config *cfg;
     uv_loop_t loop;
+    td_transport *tp;
     td_http_server *hs;
     td_vm *vm;
     uv_signal_t sigterm, sigint;
@@ -55,8 +56,8 @@ static void open_core(td_app *app) {
     td_api_tendril_open(L, app->vm);
     td_api_sleep_open(L, app->vm);
     td_api_http_open(L, app->vm, app->hs);
-    td_api_tcp_open(L, app->vm);
-    td_api_http_client_open(L, app->vm);
+    td_api_tcp_open(L, app->vm, app->tp);
+    td_api_http_client_open(L, app->vm, app->tp);
     td_api_thread_open(L, app->vm);
     td_api_dns_open(L, app->vm);
     td_api_fs_open(L, app->vm);
@@ -146,14 +147,15 @@ static int load_app(td_app *app) {
 
 static void finish(td_app *app) { uv_stop(&app->loop); }
 
-/* What a drain waits for: HTTP connections and tcp.listen sessions. */
-static size_t in_flight(td_app *app) { return app->hs->srv.nconns + td_api_tcp_sessions(); }
+/* What a drain waits for: accepted connections (HTTP and tcp.listen) and
+ * tcp.listen sessions whose handler still runs. */
+static size_t in_flight(td_app *app) { return app->tp->naccepted + td_api_tcp_sessions(); }
 
 static void on_shutdown_timeout(uv_timer_t *t) {
     td_app *app = t->data;
     if (in_flight(app) > 0) {
         td_log(TD_LOG_WARN, "shutdown timeout: closing %zu connection(s) and %zu tcp.listen session(s) in flight",
-               app->hs->srv.nconns, td_api_tcp_sessions());
+               app->tp->naccepted, td_api_tcp_sessions());
         app->cut_off = 1;
     }
     finish(app);
@@ -182,13 +184,13 @@ static void on_stop_signal(uv_signal_t *sig, int signum) {
     uv_timer_start(&app->shutdown_timer, on_shutdown_timeout, (uint64_t)(app->cfg->shutdown_timeout * 1000.0), 0);
 }
 
-/* The last HTTP connection or tcp.listen session ended. */
+/* The last accepted connection or tcp.listen session ended. */
 static void check_drained(td_app *app) {
     if (app->stopping && in_flight(app) == 0)
         finish(app);
 }
 
-static void on_empty(td_server *s) { check_drained(s->data); }
+static void on_empty(td_transport *tp) { check_drained(tp->data); }
 
 static void on_sessions_over(void *ud) { check_drained(ud); }
 
@@ -230,6 +232,7 @@ int td_app_run(const td_config *cfg) {
         return 1;
     }
     uv_loop_init(&app.loop);
+    app.tp = malloc(sizeof *app.tp);
     app.hs = malloc(sizeof *app.hs);
     td_http_config hc = {
         .max_header_bytes = cfg->max_header_bytes,
@@ -239,13 +242,20 @@ int td_app_run(const td_config *cfg) {
         .keepalive_timeout_ms = (uint64_t)(cfg->keepalive_timeout * 1000.0),
         .send_timeout_ms = (uint64_t)(cfg->send_timeout * 1000.0),
     };
-    app.vm = app.hs ? td_vm_new(&app.loop) : NULL;
-    if (!app.vm || td_http_server_init(app.hs, &app.loop, &hc, cfg->max_connections, td_api_http_dispatch, app.vm)) {
+    app.vm = app.hs && app.tp ? td_vm_new(&app.loop) : NULL;
+    if (!app.vm) {
         fprintf(stderr, "tendril: out of memory\n");
         return 1;
     }
-    app.hs->srv.data = &app;
-    app.hs->srv.on_empty = on_empty;
+    td_transport_init(app.tp, &app.loop, cfg->max_connections);
+    td_http_server_init(app.hs, app.tp, &hc, td_api_http_dispatch, NULL, app.vm);
+    /* The transport never runs Lua: tasks its callbacks wake run when the
+     * callback is done. */
+    app.tp->enter = td_vm_hold;
+    app.tp->leave = td_vm_release;
+    app.tp->hook_ud = app.vm;
+    app.tp->data = &app;
+    app.tp->on_empty = on_empty;
     td_api_tcp_on_sessions_over(on_sessions_over, &app);
     uv_signal_init(&app.loop, &app.sigterm);
     uv_signal_init(&app.loop, &app.sigint);
@@ -256,12 +266,12 @@ int td_app_run(const td_config *cfg) {
     int exit_code = 0;
     if (load_app(&app) != 0) {
         exit_code = 1;
-    } else if ((rc = td_server_listen(&app.hs->srv, cfg->host, cfg->port)) != 0) {
+    } else if ((rc = td_http_server_listen(app.hs, cfg->host, cfg->port)) != 0) {
         fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, cfg->port, uv_strerror(rc));
         exit_code = 1;
     } else {
         char url[300];
-        format_url(url, sizeof url, cfg->host, td_server_port(&app.hs->srv));
+        format_url(url, sizeof url, cfg->host, td_http_server_port(app.hs));
         printf("listening on %s\n", url);
         fflush(stdout);
         td_reload_arm(app.reload);
@@ -277,20 +287,25 @@ int td_app_run(const td_config *cfg) {
      * the connections, then our own handles; the loop must close clean. */
     td_api_tcp_close_listeners();
     td_reload_stop(app.reload);
+    td_api_http_teardown();
+    app.tp->enter = app.tp->leave = NULL;
     size_t lua_left = td_vm_close(app.vm);
     td_reload_free(app.reload);
     if (lua_left) {
         td_log(TD_LOG_CRIT, "teardown: Lua still holds %zu bytes after closing its state", lua_left);
         exit_code = 1;
     }
-    td_server_close(&app.hs->srv);
+    td_http_server_drain(app.hs); /* closes the listener */
+    td_transport_close(app.tp);
     close_handle((uv_handle_t *)&app.sigterm);
     close_handle((uv_handle_t *)&app.sigint);
     close_handle((uv_handle_t *)&app.shutdown_timer);
     close_handle((uv_handle_t *)&app.log_flusher);
     uv_run(&app.loop, UV_RUN_DEFAULT);
     td_http_server_destroy(app.hs);
+    td_transport_destroy(app.tp);
     free(app.hs);
+    free(app.tp);
     if (uv_loop_close(&app.loop) != 0) {
         uv_walk(&app.loop, walk_report, NULL);
         td_log(TD_LOG_CRIT, "teardown: the event loop did not close clean");

@@ -1,214 +1,336 @@
-/* Owns the listening socket, the accepted connections, their output buffers,
- * their deadlines and the memory they live in. */
+/* Owns every connection's memory, its libuv handle, its output, its
+ * deadlines and its handle slot; the listeners' accepting and the count of
+ * accepted connections. */
 #include "conn.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "errors.h"
 #include "log.h"
 
-/* Queue 0 holds connections in a lingering close. Two seconds lets a client
- * that is still sending see the response; nginx waits up to five. */
+/* A lingering close waits this long for the peer to close. Two seconds lets
+ * a client that is still sending see the answer; nginx waits up to five. */
 #define TD_LINGER_MS 2000
-#define TD_LINGER_QUEUE 0
-#define TD_NO_QUEUE 0xff
-/* Output blocks: most responses fit in one. Up to one per connection is in
- * use during a loop turn (answers leave at its end), so the spares must
- * cover a busy turn: with 256, wrk -c1000 fell from ~65k to ~40k req/s. */
-#define TD_OUT_BLOCK 16384
-#define TD_OUT_SPARE_MAX 1024
-/* on_drain fires once the write queue is at or below this. */
-#define TD_WRITE_LOW_WATER 16384
+/* Output blocks kept for reuse. Answers leave at the end of the read
+ * callback, so few are in use at once; the spares only spare malloc calls
+ * and must not keep a burst's peak for ever. */
+#define TD_OUT_SPARE_MAX 128
 
 typedef struct td_write {
     uv_write_t req;
     td_conn *conn;
-    td_buf buf; /* owned: returned to the pool when the write ends */
+    td_buf block; /* owned: back to the pool when the write ends */
+    void (*release)(void *ud);
+    void *ud;
 } td_write;
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+static void close_with(td_conn *c, int reason);
 
-static uint64_t now_ms(td_server *s) { return uv_now(s->loop); }
+static inline void enter(td_transport *tp) {
+    if (tp->enter)
+        tp->enter(tp->hook_ud);
+}
+
+static inline void leave(td_transport *tp) {
+    if (tp->leave)
+        tp->leave(tp->hook_ud);
+}
+
+/* ---- handles ------------------------------------------------------------ */
+
+#define NO_SLOT UINT32_MAX
+
+static int slot_take(td_transport *tp, td_conn *c) {
+    if (tp->free_slot == NO_SLOT) {
+        uint32_t n = tp->nslots ? tp->nslots * 2 : 256;
+        td_conn_slot *slots = realloc(tp->slots, (size_t)n * sizeof *slots);
+        if (!slots)
+            return -1;
+        for (uint32_t i = tp->nslots; i < n; i++)
+            slots[i] = (td_conn_slot){NULL, 1, i + 1 < n ? i + 1 : NO_SLOT};
+        tp->free_slot = tp->nslots;
+        tp->slots = slots;
+        tp->nslots = n;
+    }
+    uint32_t i = tp->free_slot;
+    tp->free_slot = tp->slots[i].next_free;
+    tp->slots[i].conn = c;
+    c->slot = i;
+    return 0;
+}
+
+/* The serial moves on, so no handle to this connection finds the slot's
+ * next tenant. */
+static void slot_give(td_transport *tp, td_conn *c) {
+    td_conn_slot *s = &tp->slots[c->slot];
+    s->conn = NULL;
+    s->serial++;
+    s->next_free = tp->free_slot;
+    tp->free_slot = c->slot;
+}
 
 /* ---- deadlines ---------------------------------------------------------- */
 
-static void on_sweep(uv_timer_t *t);
+static void on_timer(uv_timer_t *t);
 
-static void arm_sweeper(td_server *s, uint64_t due) {
-    if (due >= s->sweep_due)
+static void arm_timer(td_transport *tp, uint64_t due) {
+    if (due >= tp->timer_due)
         return;
-    s->sweep_due = due;
-    uint64_t now = now_ms(s);
-    uv_timer_start(&s->sweeper, on_sweep, due > now ? due - now : 0, 0);
+    tp->timer_due = due;
+    uint64_t now = uv_now(tp->loop);
+    uv_timer_start(&tp->timer, on_timer, due > now ? due - now : 0, 0);
 }
 
-void td_conn_clear_timeout(td_conn *c) {
-    if (c->queue != TD_NO_QUEUE) {
-        td_list_remove(&c->tlink);
-        c->queue = TD_NO_QUEUE;
+/* The heap entry follows the earlier of the two deadlines. */
+static void rekey(td_conn *c) {
+    uint64_t a = c->io_deadline, b = c->send_deadline;
+    uint64_t key = !a ? b : !b ? a : a < b ? a : b;
+    if (!key) {
+        td_heap_remove(&c->tp->deadlines, &c->timer);
+        return;
     }
+    td_heap_set(&c->tp->deadlines, &c->timer, key);
+    arm_timer(c->tp, key);
 }
 
-void td_conn_set_timeout(td_conn *c, int queue) {
-    td_server *s = c->server;
-    td_conn_clear_timeout(c);
-    c->queue = (uint8_t)queue;
-    c->deadline = now_ms(s) + s->queues[queue].ms;
-    td_list_push_back(&s->queues[queue].conns, &c->tlink);
-    arm_sweeper(s, c->deadline);
+void td_conn_set_deadline(td_conn *c, uint64_t ms) {
+    if (c->closing)
+        return;
+    c->io_deadline = uv_now(c->tp->loop) + (ms ? ms : 1);
+    rekey(c);
 }
 
-static void on_sweep(uv_timer_t *t) {
-    td_server *s = td_container_of(t, td_server, sweeper);
-    uint64_t now = now_ms(s);
-    uint64_t next = UINT64_MAX;
-    s->sweep_due = UINT64_MAX;
-    for (int q = 0; q < s->nqueues; q++) {
-        td_list *head = &s->queues[q].conns;
-        while (!td_list_empty(head)) {
-            td_conn *c = td_container_of(head->next, td_conn, tlink);
-            if (c->deadline > now) {
-                if (c->deadline < next)
-                    next = c->deadline;
-                break;
-            }
-            td_conn_clear_timeout(c);
-            if (q == TD_LINGER_QUEUE)
-                td_conn_close(c);
-            else if (!c->closed)
-                s->ops->on_timeout(c);
-        }
-    }
-    while (!td_list_empty(&s->sending)) {
-        td_conn *c = td_container_of(s->sending.next, td_conn, wlink);
-        if (c->send_deadline > now) {
-            if (c->send_deadline < next)
-                next = c->send_deadline;
-            break;
-        }
-        /* The peer has not taken a byte for the whole send timeout. */
-        td_conn_close(c);
-    }
-    /* Handlers may have armed the sweeper already; keep the earlier. */
-    if (next != UINT64_MAX)
-        arm_sweeper(s, next);
+void td_conn_clear_deadline(td_conn *c) {
+    if (!c->io_deadline)
+        return;
+    c->io_deadline = 0;
+    rekey(c);
 }
 
-/* (Re)starts the send deadline: output is queued, or some of it just left. */
+void td_conn_set_send_timeout(td_conn *c, uint64_t ms) {
+    c->send_timeout_ms = (uint32_t)(ms > UINT32_MAX ? UINT32_MAX : ms);
+}
+
+/* Output is queued, or some of it just left: the send timeout starts over. */
 static void watch_sending(td_conn *c) {
-    td_server *s = c->server;
-    if (!s->send_timeout_ms)
+    if (!c->send_timeout_ms)
         return;
-    td_list_remove(&c->wlink);
-    c->send_deadline = now_ms(s) + s->send_timeout_ms;
-    td_list_push_back(&s->sending, &c->wlink);
-    arm_sweeper(s, c->send_deadline);
+    c->send_deadline = uv_now(c->tp->loop) + c->send_timeout_ms;
+    rekey(c);
 }
 
-void td_server_set_send_timeout(td_server *s, uint64_t ms) { s->send_timeout_ms = ms; }
+static void expire(td_conn *c, uint64_t now) {
+    if (c->send_deadline && c->send_deadline <= now) {
+        /* The peer has not taken a byte for the whole send timeout. */
+        c->send_deadline = 0;
+        close_with(c, TD_ETIMEOUT);
+        return;
+    }
+    if (c->io_deadline && c->io_deadline <= now) {
+        c->io_deadline = 0;
+        rekey(c);
+        if (c->ending)
+            td_conn_close(c); /* the linger is over */
+        else if (!c->closed)
+            c->ops->on_timeout(c);
+        return;
+    }
+    rekey(c);
+}
+
+static void on_timer(uv_timer_t *t) {
+    td_transport *tp = td_container_of(t, td_transport, timer);
+    uint64_t now = uv_now(tp->loop);
+    tp->timer_due = UINT64_MAX;
+    enter(tp);
+    td_heap_node *n;
+    while ((n = td_heap_min(&tp->deadlines)) && n->key <= now)
+        expire(td_container_of(n, td_conn, timer), now);
+    leave(tp);
+    if ((n = td_heap_min(&tp->deadlines)))
+        arm_timer(tp, n->key);
+}
 
 /* ---- output ------------------------------------------------------------- */
 
 td_buf *td_conn_out(td_conn *c, size_t extra) {
-    if (!c->out.data && td_buf_pool_take(&c->server->out_pool, &c->out) != 0)
+    if (!c->out.data && td_buf_pool_take(&c->tp->out_pool, &c->out) != 0)
         return NULL;
     if (td_buf_reserve(&c->out, extra) != 0)
         return NULL;
     if (!td_list_linked(&c->flink))
-        td_list_push_back(&c->server->flush, &c->flink);
+        td_list_push_back(&c->tp->flush, &c->flink);
     return &c->out;
 }
 
-size_t td_conn_write_queue(td_conn *c) { return uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp); }
+size_t td_conn_unsent(td_conn *c) { return c->out.len + uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp); }
 
-void td_conn_want_drain(td_conn *c) { c->want_drain = 1; }
+void td_conn_want_drain(td_conn *c, size_t low_water) {
+    c->want_drain = 1;
+    c->low_water = (uint32_t)low_water;
+}
+
+static void check_drain(td_conn *c) {
+    if (c->want_drain && !c->closed && td_conn_unsent(c) <= c->low_water) {
+        c->want_drain = 0;
+        enter(c->tp);
+        c->ops->on_drain(c);
+        leave(c->tp);
+    }
+}
 
 static void on_write(uv_write_t *req, int status) {
     td_write *w = td_container_of(req, td_write, req);
     td_conn *c = w->conn;
-    td_buf_pool_give(&c->server->out_pool, &w->buf);
+    td_buf_pool_give(&c->tp->out_pool, &w->block);
+    if (w->release)
+        w->release(w->ud);
     free(w);
     if (c->closing)
         return;
     if (status < 0) {
-        td_conn_close(c);
+        close_with(c, status);
         return;
     }
-    if (td_conn_write_queue(c) > 0)
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0) {
         watch_sending(c);
-    else
-        td_list_remove(&c->wlink);
-    if (c->want_drain && !c->closed && td_conn_write_queue(c) <= TD_WRITE_LOW_WATER) {
-        c->want_drain = 0;
-        c->server->ops->on_drain(c);
+    } else if (c->send_deadline) {
+        c->send_deadline = 0;
+        rekey(c);
     }
+    check_drain(c);
+    if (td_list_linked(&c->flink))
+        td_conn_flush(c);
+}
+
+/* After a partial try-write: queues the rest, the record owning c->out's
+ * block and holding the referenced data. Returns 0 or a libuv error (the
+ * connection is closing then; nothing is held). */
+static int queue_rest(td_conn *c, size_t done, const char *data, size_t len, void (*release)(void *), void *ud) {
+    td_write *w = malloc(sizeof *w);
+    if (!w) {
+        close_with(c, UV_ENOMEM);
+        return UV_ENOMEM;
+    }
+    w->conn = c;
+    w->block = c->out;
+    w->release = release;
+    w->ud = ud;
+    c->out = (td_buf){0};
+    uv_buf_t b[2];
+    int n = 0;
+    size_t out_len = w->block.len;
+    if (done < out_len) {
+        b[n++] = uv_buf_init(w->block.data + done, (unsigned)(out_len - done));
+        done = 0;
+    } else {
+        done -= out_len;
+    }
+    if (len > done)
+        b[n++] = uv_buf_init((char *)data + done, (unsigned)(len - done));
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, b, (unsigned)n, on_write);
+    if (rc < 0) {
+        td_buf_pool_give(&c->tp->out_pool, &w->block);
+        free(w);
+        close_with(c, rc);
+        return rc;
+    }
+    watch_sending(c);
+    return 0;
+}
+
+/* Tries to write out (and data, if any) now. Returns the bytes taken, or a
+ * libuv error other than EAGAIN (the caller closes). */
+static ssize_t try_write(td_conn *c, const char *data, size_t len) {
+    uv_buf_t b[2];
+    unsigned n = 0;
+    if (c->out.len)
+        b[n++] = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    if (len)
+        b[n++] = uv_buf_init((char *)data, (unsigned)len);
+    int rc = uv_try_write((uv_stream_t *)&c->tcp, b, n);
+    if (rc == UV_EAGAIN)
+        return 0;
+    return rc;
+}
+
+/* Everything left: the block goes back, so a connection between writes
+ * holds none (taking it again is a pointer off the pool's stack). */
+static void all_written(td_conn *c) {
+    c->out.len = 0;
+    td_buf_pool_give(&c->tp->out_pool, &c->out);
 }
 
 void td_conn_flush(td_conn *c) {
     td_list_remove(&c->flink);
     if (c->closing || c->out.len == 0)
         return;
-    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
-    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-    if (n == (int)c->out.len) {
-        c->out.len = 0;
-        /* Keep the block while more output is likely (a streaming
-         * response); an idle connection gives it back. */
-        if (!c->want_drain)
-            td_buf_pool_give(&c->server->out_pool, &c->out);
+    ssize_t n = try_write(c, NULL, 0);
+    if (n < 0) {
+        close_with(c, (int)n);
         return;
     }
-    if (n < 0 && n != UV_EAGAIN) {
-        td_conn_close(c);
+    if ((size_t)n == c->out.len) {
+        all_written(c);
         return;
     }
-    size_t done = n > 0 ? (size_t)n : 0;
-    td_write *w = malloc(sizeof *w);
-    if (!w) {
-        td_conn_close(c);
-        return;
+    queue_rest(c, (size_t)n, NULL, 0, NULL, NULL);
+}
+
+int td_conn_write_ref(td_conn *c, const char *data, size_t len, void (*release)(void *ud), void *ud) {
+    if (c->closing)
+        return TD_ECLOSED;
+    td_list_remove(&c->flink);
+    ssize_t n = try_write(c, data, len);
+    if (n < 0) {
+        close_with(c, (int)n);
+        return (int)n;
     }
-    w->conn = c;
-    w->buf = c->out;
-    c->out = (td_buf){0};
-    b = uv_buf_init(w->buf.data + done, (unsigned)(w->buf.len - done));
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
-    if (rc < 0) {
-        td_buf_pool_give(&c->server->out_pool, &w->buf);
-        free(w);
-        td_conn_close(c);
-        return;
+    if ((size_t)n == c->out.len + len) {
+        all_written(c);
+        return 0;
     }
-    if (!td_list_linked(&c->wlink))
-        watch_sending(c);
+    int rc = queue_rest(c, (size_t)n, data, len, release, ud);
+    return rc < 0 ? rc : 1;
 }
 
 void td_conn_defer(td_conn *c) {
     if (!c->closed && !td_list_linked(&c->dlink))
-        td_list_push_back(&c->server->deferred, &c->dlink);
+        td_list_push_back(&c->tp->deferred, &c->dlink);
 }
 
 /* Deferred work first: it may add output, which then leaves in the same
- * write (pipelined responses). */
-static void on_flush_turn(uv_prepare_t *p) {
-    td_server *s = td_container_of(p, td_server, flusher);
-    while (!td_list_empty(&s->deferred)) {
-        td_conn *c = td_container_of(s->deferred.next, td_conn, dlink);
-        td_list_remove(&c->dlink);
-        s->ops->on_deferred(c);
+ * write (pipelined answers). Tasks the deferred work wakes run in leave()
+ * and may defer more: go round until nothing is left for this turn. */
+static void on_turn(uv_prepare_t *p) {
+    td_transport *tp = td_container_of(p, td_transport, turn);
+    while (!td_list_empty(&tp->deferred)) {
+        enter(tp);
+        while (!td_list_empty(&tp->deferred)) {
+            td_conn *c = td_container_of(tp->deferred.next, td_conn, dlink);
+            td_list_remove(&c->dlink);
+            c->ops->on_deferred(c);
+        }
+        leave(tp);
     }
-    while (!td_list_empty(&s->flush))
-        td_conn_flush(td_container_of(s->flush.next, td_conn, flink));
+    while (!td_list_empty(&tp->flush))
+        td_conn_flush(td_container_of(tp->flush.next, td_conn, flink));
 }
 
 /* ---- reading ------------------------------------------------------------ */
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     td_conn *c = td_container_of(h, td_conn, tcp);
-    buf->base = c->server->rbuf;
-    buf->len = sizeof c->server->rbuf;
+    (void)suggested;
+    if (c->ops->alloc && !c->ending) {
+        c->ops->alloc(c, buf);
+        return;
+    }
+    buf->base = c->tp->rbuf;
+    buf->len = sizeof c->tp->rbuf;
 }
 
 void td_conn_pause_reading(td_conn *c) {
@@ -219,7 +341,7 @@ void td_conn_pause_reading(td_conn *c) {
 }
 
 void td_conn_resume_reading(td_conn *c) {
-    if (!c->reading && !c->closing) {
+    if (!c->reading && !c->closing && c->connected) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
             c->reading = 1;
     }
@@ -227,6 +349,7 @@ void td_conn_resume_reading(td_conn *c) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     td_conn *c = td_container_of(stream, td_conn, tcp);
+    td_transport *tp = c->tp;
     if (nread == 0)
         return;
     if (c->ending) {
@@ -235,11 +358,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
             td_conn_close(c);
         return;
     }
+    enter(tp);
     if (nread < 0) {
-        c->server->ops->on_eof(c, (int)nread);
-        return;
+        td_conn_pause_reading(c);
+        c->ops->on_eof(c, nread == UV_ENOBUFS ? UV_ENOMEM : (int)nread);
+    } else {
+        c->ops->on_data(c, buf->base, (size_t)nread);
     }
-    c->server->ops->on_data(c, buf->base, (size_t)nread);
+    leave(tp);
     /* Answer now, not at the end of the turn: the clients whose requests
      * came in the same batch would otherwise wait for every other one.
      * Pipelined answers from this read still leave in one write. */
@@ -247,61 +373,78 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         td_conn_flush(c);
 }
 
-/* ---- closing ------------------------------------------------------------ */
+/* ---- creating and closing ----------------------------------------------- */
+
+static td_conn *conn_new(td_transport *tp, size_t size, const td_conn_ops *ops, void *owner) {
+    td_conn *c = calloc(1, size);
+    if (!c)
+        return NULL;
+    if (td_heap_reserve(&tp->deadlines, (uint32_t)tp->nconns + 1) != 0 || slot_take(tp, c) != 0) {
+        free(c);
+        return NULL;
+    }
+    c->tp = tp;
+    c->ops = ops;
+    c->owner = owner;
+    td_list_init(&c->flink);
+    td_list_init(&c->dlink);
+    td_heap_node_init(&c->timer);
+    uv_tcp_init(tp->loop, &c->tcp);
+    td_list_push_back(&tp->conns, &c->link);
+    tp->nconns++;
+    return c;
+}
+
+static void accept_one(td_listener *l);
+
+static void on_closed(uv_handle_t *h) {
+    td_conn *c = td_container_of(h, td_conn, tcp);
+    td_transport *tp = c->tp;
+    int accepted = c->accepted;
+    td_list_remove(&c->link);
+    td_buf_pool_give(&tp->out_pool, &c->out);
+    slot_give(tp, c);
+    tp->nconns--;
+    free(c);
+    if (!accepted)
+        return;
+    tp->naccepted--;
+    if (!td_list_empty(&tp->waiting)) {
+        td_listener *l = td_container_of(tp->waiting.next, td_listener, wlink);
+        td_list_remove(&l->wlink);
+        accept_one(l);
+    }
+    if (tp->naccepted == 0 && tp->on_empty)
+        tp->on_empty(tp);
+}
 
 static void notify_closed(td_conn *c) {
     if (c->closed)
         return;
     c->closed = 1;
-    c->serial++;
+    td_conn_bump(c);
     td_list_remove(&c->dlink);
-    c->server->ops->on_close(c);
+    enter(c->tp);
+    c->ops->on_close(c);
+    leave(c->tp);
 }
 
-static void release_memory(td_server *s, td_conn *c) {
-    if (s->nspare == s->spare_cap) {
-        size_t cap = s->spare_cap ? s->spare_cap * 2 : 64;
-        void **spare = realloc(s->spare, cap * sizeof *spare);
-        if (!spare) {
-            /* Cannot happen to a pointer Lua may hold without leaking it:
-             * keep the memory unreachable rather than reuse it unsafely. */
-            td_log(TD_LOG_CRIT, "out of memory keeping a connection for reuse");
-            return;
-        }
-        s->spare = spare;
-        s->spare_cap = cap;
-    }
-    s->spare[s->nspare++] = c;
-}
-
-static void accept_one(td_server *s);
-
-static void on_conn_closed(uv_handle_t *h) {
-    td_conn *c = td_container_of(h, td_conn, tcp);
-    td_server *s = c->server;
-    td_list_remove(&c->link);
-    td_buf_pool_give(&s->out_pool, &c->out);
-    release_memory(s, c);
-    s->nconns--;
-    if (s->accept_waiting && s->listening) {
-        s->accept_waiting = 0;
-        accept_one(s);
-    }
-    if (s->nconns == 0 && s->on_empty)
-        s->on_empty(s);
-}
-
-void td_conn_close(td_conn *c) {
+static void close_with(td_conn *c, int reason) {
     if (c->closing)
         return;
+    if (!c->closed && reason)
+        c->close_reason = reason; /* a protocol may have said why already */
     notify_closed(c);
-    td_conn_clear_timeout(c);
+    c->io_deadline = c->send_deadline = 0;
+    td_heap_remove(&c->tp->deadlines, &c->timer);
     td_list_remove(&c->flink);
-    td_list_remove(&c->wlink);
+    td_list_remove(&c->dlink);
     c->closing = 1;
     c->reading = 0;
-    uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_closed);
 }
+
+void td_conn_close(td_conn *c) { close_with(c, 0); }
 
 static void on_shutdown(uv_shutdown_t *req, int status) {
     td_conn *c = req->data;
@@ -313,16 +456,20 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
         return;
     }
     td_conn_resume_reading(c);
-    td_conn_set_timeout(c, TD_LINGER_QUEUE);
+    c->io_deadline = uv_now(c->tp->loop) + TD_LINGER_MS;
+    rekey(c);
 }
 
 void td_conn_end(td_conn *c) {
     if (c->closing || c->ending)
         return;
     notify_closed(c);
+    if (c->closing)
+        return;
     c->ending = 1;
     c->want_drain = 0;
-    td_conn_clear_timeout(c);
+    c->io_deadline = 0;
+    rekey(c);
     td_conn_flush(c);
     if (c->closing)
         return;
@@ -341,42 +488,16 @@ void td_conn_end(td_conn *c) {
 
 /* ---- accepting ---------------------------------------------------------- */
 
-void td_conn_init(td_conn *c, td_server *s) {
-    c->server = s;
-    c->queue = TD_NO_QUEUE;
-    td_list_init(&c->link);
-    td_list_init(&c->tlink);
-    td_list_init(&c->flink);
-    td_list_init(&c->dlink);
-    td_list_init(&c->wlink);
-}
-
-static td_conn *conn_alloc(td_server *s) {
-    td_conn *c;
-    uint32_t serial = 0;
-    if (s->nspare > 0) {
-        c = s->spare[--s->nspare];
-        serial = c->serial;
-        memset(c, 0, s->ops->conn_size);
-    } else {
-        c = calloc(1, s->ops->conn_size);
-        if (!c)
-            return NULL;
-    }
-    td_conn_init(c, s);
-    c->serial = serial;
-    return c;
-}
-
 static void on_rejected_closed(uv_handle_t *h) { free(h); }
 
-static void accept_one(td_server *s) {
-    td_conn *c = conn_alloc(s);
+static void accept_one(td_listener *l) {
+    td_transport *tp = l->tp;
+    td_conn *c = conn_new(tp, l->conn_size, l->ops, l->owner);
     if (!c) {
         /* Accept and drop it, so libuv keeps watching the listener. */
         uv_tcp_t *t = malloc(sizeof *t);
-        if (t && uv_tcp_init(s->loop, t) == 0) {
-            uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)t);
+        if (t && uv_tcp_init(tp->loop, t) == 0) {
+            uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)t);
             uv_close((uv_handle_t *)t, on_rejected_closed);
         } else {
             free(t);
@@ -384,67 +505,36 @@ static void accept_one(td_server *s) {
         td_log(TD_LOG_ERROR, "out of memory accepting a connection");
         return;
     }
-    uv_tcp_init(s->loop, &c->tcp);
-    td_list_push_back(&s->conns, &c->link);
-    s->nconns++;
-    if (uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp) != 0) {
+    c->accepted = 1;
+    tp->naccepted++;
+    if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
         c->closed = 1;
-        c->closing = 1;
-        uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
+        close_with(c, 0);
         return;
     }
+    c->connected = 1;
     uv_tcp_nodelay(&c->tcp, 1);
     td_conn_resume_reading(c);
-    s->ops->on_open(c);
+    enter(tp);
+    l->on_open(l, c);
+    leave(tp);
 }
 
-static void on_connection(uv_stream_t *listener, int status) {
-    td_server *s = td_container_of(listener, td_server, listener);
+static void on_connection(uv_stream_t *stream, int status) {
+    td_listener *l = td_container_of(stream, td_listener, tcp);
+    td_transport *tp = l->tp;
     if (status < 0) {
         td_log(TD_LOG_ERROR, "accept: %s", uv_strerror(status));
         return;
     }
-    if (s->max_conns && s->nconns >= s->max_conns) {
+    if (tp->max_conns && tp->naccepted >= tp->max_conns) {
         /* Not accepting makes libuv stop watching the listener, so further
          * clients wait in the kernel's backlog until a connection closes. */
-        s->accept_waiting = 1;
+        if (!td_list_linked(&l->wlink))
+            td_list_push_back(&tp->waiting, &l->wlink);
         return;
     }
-    accept_one(s);
-}
-
-/* ---- the server --------------------------------------------------------- */
-
-int td_server_init(td_server *s, uv_loop_t *loop, const td_conn_ops *ops, size_t max_conns) {
-    memset(s, 0, offsetof(td_server, rbuf));
-    s->loop = loop;
-    s->ops = ops;
-    s->max_conns = max_conns;
-    s->sweep_due = UINT64_MAX;
-    td_list_init(&s->conns);
-    td_list_init(&s->flush);
-    td_list_init(&s->deferred);
-    td_list_init(&s->sending);
-    td_buf_pool_init(&s->out_pool, TD_OUT_BLOCK, TD_OUT_SPARE_MAX);
-    int rc = uv_tcp_init(loop, &s->listener);
-    if (rc)
-        return rc;
-    uv_timer_init(loop, &s->sweeper);
-    uv_prepare_init(loop, &s->flusher);
-    uv_prepare_start(&s->flusher, on_flush_turn);
-    /* Neither keeps the loop alive on its own. */
-    uv_unref((uv_handle_t *)&s->sweeper);
-    uv_unref((uv_handle_t *)&s->flusher);
-    s->handles_open = 1;
-    td_server_add_queue(s, TD_LINGER_MS);
-    return 0;
-}
-
-int td_server_add_queue(td_server *s, uint64_t ms) {
-    int q = s->nqueues++;
-    td_list_init(&s->queues[q].conns);
-    s->queues[q].ms = ms;
-    return q;
+    accept_one(l);
 }
 
 static int backlog_size(void) {
@@ -459,64 +549,141 @@ static int backlog_size(void) {
     return n;
 }
 
-int td_server_listen(td_server *s, const char *host, int port) {
+static void on_listener_closed(uv_handle_t *h) {
+    td_listener *l = td_container_of(h, td_listener, tcp);
+    void (*cb)(td_listener *) = h->data;
+    if (cb)
+        cb(l);
+}
+
+int td_listener_open(td_listener *l, td_transport *tp, const char *host, int port, const td_conn_ops *ops,
+                     size_t conn_size, void (*on_open)(td_listener *l, td_conn *c), void *owner) {
+    memset(l, 0, sizeof *l);
+    l->tp = tp;
+    l->ops = ops;
+    l->conn_size = conn_size;
+    l->on_open = on_open;
+    l->owner = owner;
+    td_list_init(&l->wlink);
     char portstr[16];
     snprintf(portstr, sizeof portstr, "%d", port);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     uv_getaddrinfo_t req;
-    int rc = uv_getaddrinfo(s->loop, &req, NULL, host, portstr, &hints);
+    int rc = uv_getaddrinfo(tp->loop, &req, NULL, host, portstr, &hints);
     if (rc)
         return rc;
-    rc = uv_tcp_bind(&s->listener, req.addrinfo->ai_addr, 0);
+    uv_tcp_init(tp->loop, &l->tcp);
+    l->tcp.data = NULL;
+    l->open = 1;
+    rc = uv_tcp_bind(&l->tcp, req.addrinfo->ai_addr, 0);
     uv_freeaddrinfo(req.addrinfo);
-    if (rc)
-        return rc;
-    rc = uv_listen((uv_stream_t *)&s->listener, backlog_size(), on_connection);
-    if (rc)
-        return rc;
-    s->listening = 1;
-    return 0;
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&l->tcp, backlog_size(), on_connection);
+    return rc;
 }
 
-int td_server_port(td_server *s) {
+int td_listener_port(td_listener *l) {
     struct sockaddr_storage ss;
     int len = sizeof ss;
-    if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len) != 0)
+    if (uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len) != 0)
         return -1;
     if (ss.ss_family == AF_INET)
         return ntohs(((struct sockaddr_in *)&ss)->sin_port);
     return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
 }
 
-void td_server_stop_listening(td_server *s) {
-    if (!s->listening)
+void td_listener_close(td_listener *l, void (*on_closed_cb)(td_listener *l)) {
+    if (!l->open) {
+        if (on_closed_cb)
+            on_closed_cb(l);
         return;
-    s->listening = 0;
-    s->accept_waiting = 0;
-    uv_close((uv_handle_t *)&s->listener, NULL);
+    }
+    l->open = 0;
+    td_list_remove(&l->wlink);
+    l->tcp.data = (void *)on_closed_cb;
+    uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
 }
 
-void td_server_close(td_server *s) {
-    if (s->listening) {
-        td_server_stop_listening(s);
-    } else if (s->handles_open && !uv_is_closing((uv_handle_t *)&s->listener)) {
-        uv_close((uv_handle_t *)&s->listener, NULL);
+/* ---- connecting --------------------------------------------------------- */
+
+static void on_connected(uv_connect_t *req, int status) {
+    td_conn *c = req->data;
+    free(req);
+    if (status == UV_ECANCELED || c->closing)
+        return; /* closed while connecting: the closer told the protocol */
+    if (status == 0) {
+        c->connected = 1;
+        uv_tcp_nodelay(&c->tcp, 1);
     }
+    enter(c->tp);
+    c->ops->on_connect(c, status);
+    leave(c->tp);
+    if (td_list_linked(&c->flink))
+        td_conn_flush(c);
+}
+
+td_conn *td_conn_connect(td_transport *tp, const struct sockaddr *addr, const td_conn_ops *ops, size_t conn_size,
+                         void *owner, int *err) {
+    uv_connect_t *req = malloc(sizeof *req);
+    td_conn *c = req ? conn_new(tp, conn_size, ops, owner) : NULL;
+    if (!c) {
+        free(req);
+        *err = UV_ENOMEM;
+        return NULL;
+    }
+    req->data = c;
+    int rc = uv_tcp_connect(req, &c->tcp, addr, on_connected);
+    if (rc) {
+        free(req);
+        c->closed = 1; /* the protocol never saw it */
+        close_with(c, rc);
+        *err = rc;
+        return NULL;
+    }
+    return c;
+}
+
+/* ---- the transport ------------------------------------------------------ */
+
+int td_transport_init(td_transport *tp, uv_loop_t *loop, size_t max_conns) {
+    memset(tp, 0, offsetof(td_transport, rbuf));
+    tp->loop = loop;
+    tp->max_conns = max_conns;
+    tp->timer_due = UINT64_MAX;
+    tp->free_slot = NO_SLOT;
+    td_heap_init(&tp->deadlines);
+    td_list_init(&tp->conns);
+    td_list_init(&tp->flush);
+    td_list_init(&tp->deferred);
+    td_list_init(&tp->waiting);
+    td_buf_pool_init(&tp->out_pool, TD_CONN_OUT_BLOCK, TD_OUT_SPARE_MAX);
+    uv_timer_init(loop, &tp->timer);
+    uv_prepare_init(loop, &tp->turn);
+    uv_prepare_start(&tp->turn, on_turn);
+    /* Neither keeps the loop alive on its own. */
+    uv_unref((uv_handle_t *)&tp->timer);
+    uv_unref((uv_handle_t *)&tp->turn);
+    tp->handles_open = 1;
+    return 0;
+}
+
+void td_transport_close(td_transport *tp) {
     td_list *pos, *tmp;
-    td_list_foreach_safe(pos, tmp, &s->conns) td_conn_close(td_container_of(pos, td_conn, link));
-    if (s->handles_open) {
-        uv_close((uv_handle_t *)&s->sweeper, NULL);
-        uv_close((uv_handle_t *)&s->flusher, NULL);
-        s->handles_open = 0;
+    td_list_foreach_safe(pos, tmp, &tp->conns) td_conn_close(td_container_of(pos, td_conn, link));
+    if (tp->handles_open) {
+        uv_close((uv_handle_t *)&tp->timer, NULL);
+        uv_close((uv_handle_t *)&tp->turn, NULL);
+        tp->handles_open = 0;
     }
 }
 
-void td_server_destroy(td_server *s) {
-    while (s->nspare > 0)
-        free(s->spare[--s->nspare]);
-    free(s->spare);
-    s->spare = NULL;
-    td_buf_pool_destroy(&s->out_pool);
+void td_transport_destroy(td_transport *tp) {
+    td_heap_destroy(&tp->deadlines);
+    free(tp->slots);
+    tp->slots = NULL;
+    tp->nslots = 0;
+    tp->free_slot = NO_SLOT;
+    td_buf_pool_destroy(&tp->out_pool);
 }
 
 int td_conn_peer(td_conn *c, char *buf, size_t size) {

@@ -1,15 +1,31 @@
-/* TCP servers and their connections, knowing nothing of the protocol spoken.
+/* The transport: TCP streams for every protocol tendril speaks, knowing
+ * nothing of the protocol. Accepted connections (HTTP, tcp.listen
+ * sessions) and connections this side opens (tcp.connect, the HTTP
+ * client) are the same td_conn: reading, output written with try-write
+ * then a queued write, the high-water mark and back-pressure, every
+ * deadline, lingering close, and the count of accepted connections that
+ * --max-connections bounds. Written once, here.
  *
- * Ownership: a td_server owns its listener and every td_conn it accepted.
- * A connection's memory is released only in its uv_close callback, and then
- * goes back to the server's free list, not to malloc: a higher layer that
- * hands out (pointer, serial) pairs can always read `serial` to find out
- * whether the connection it meant is still the one there. The memory is
- * freed by td_server_destroy, after every Lua reference is gone.
+ * Protocols: each connection carries a pointer to its own table of
+ * callbacks (td_conn_ops), so a connection can change protocol in place
+ * (HTTP, then raw frames after an upgrade) and a layer can later sit under
+ * any protocol by wrapping reads and writes here.
  *
- * Output is appended to the connection's `out` buffer and written once per
- * loop turn (uv_try_write first, a queued uv_write for what the socket did
- * not take), so a response built in several pieces costs one write. */
+ * Ownership:
+ * - The transport owns every td_conn's memory. td_conn_close (or the end of
+ *   td_conn_end) starts closing; on_close runs once, at once; the memory is
+ *   freed in the uv_close callback, after libuv finished every write.
+ * - Other layers keep a connection across loop turns only as a handle
+ *   (slot, serial): td_conn_lookup gives the connection while that serial is
+ *   current, NULL once it changed (td_conn_bump, a close) or the memory went.
+ *   A pointer may be held only by something on_close detaches (a wait record
+ *   the protocol ends there).
+ * - Output given by reference (td_conn_write_ref) stays the caller's until
+ *   the release callback runs, which it does exactly once.
+ *
+ * Lua: the transport never calls Lua. Around each callback into a protocol
+ * it calls the enter/leave hooks, so the layer that runs Lua (the vm) can
+ * hold what the callbacks posted until the callback returned. */
 #ifndef TD_CONN_H
 #define TD_CONN_H
 
@@ -17,143 +33,191 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "heap.h"
 #include "list.h"
 
-#define TD_CONN_MAX_QUEUES 4
 #define TD_CONN_READ_BUFFER 65536
+/* Output blocks: most responses fit in one. */
+#define TD_CONN_OUT_BLOCK 16384
 
-typedef struct td_server td_server;
+typedef struct td_transport td_transport;
+typedef struct td_listener td_listener;
 typedef struct td_conn td_conn;
 
 typedef struct td_conn_ops {
-    /* Bytes to allocate per connection: sizeof(td_conn) or a struct that
-     * starts with a td_conn. */
-    size_t conn_size;
-    /* A connection was accepted and reads are on. */
-    void (*on_open)(td_conn *c);
-    /* Bytes arrived; `data` is valid during the call only. */
+    /* Optional: where to read (the protocol keeps the bytes, e.g. a
+     * socket's input buffer); a zero-length buffer is out of memory. NULL:
+     * the transport's shared buffer, valid during on_data only. */
+    void (*alloc)(td_conn *c, uv_buf_t *buf);
+    /* Bytes arrived (in the buffer alloc gave, or the shared one). */
     void (*on_data)(td_conn *c, const char *data, size_t len);
     /* The peer closed its side (err is UV_EOF) or reading failed. */
     void (*on_eof)(td_conn *c, int err);
-    /* The deadline set by td_conn_set_timeout passed. */
+    /* The deadline set by td_conn_set_deadline passed. */
     void (*on_timeout)(td_conn *c);
-    /* After td_conn_defer: the loop turn is ending (before output is written). */
-    void (*on_deferred)(td_conn *c);
-    /* After td_conn_want_drain: the write queue fell to the low-water mark. */
+    /* After td_conn_want_drain: unsent output fell to the low-water mark. */
     void (*on_drain)(td_conn *c);
-    /* The connection stopped being usable (close or end began): drop every
-     * reference to it. Called exactly once; no callback follows. */
+    /* After td_conn_defer: the loop turn is ending (before output leaves). */
+    void (*on_deferred)(td_conn *c);
+    /* After td_conn_connect: 0 or a libuv error. */
+    void (*on_connect)(td_conn *c, int status);
+    /* The connection stopped being usable (a close or an end began): drop
+     * every pointer to it. Once; no callback follows. c->close_reason says
+     * why: 0 (this side closed it), TD_ETIMEOUT (the send timeout) or a
+     * libuv error (writing failed). */
     void (*on_close)(td_conn *c);
 } td_conn_ops;
 
 struct td_conn {
     uv_tcp_t tcp;
-    td_server *server;
-    td_list link;  /* server->conns */
-    td_list tlink; /* a timeout queue */
-    td_list flink; /* server->flush: output waiting */
-    td_list dlink; /* server->deferred */
-    td_list wlink; /* server->sending: output queued in libuv */
-    uint64_t send_deadline;
-    uint64_t deadline;
+    td_transport *tp;
+    const td_conn_ops *ops; /* the protocol spoken now */
+    void *owner;            /* who made it: a listener's owner, or the connector */
+    td_list link;           /* tp->conns */
+    td_list flink;          /* tp->flush: output waiting for the turn's end */
+    td_list dlink;          /* tp->deferred */
+    td_heap_node timer;     /* keyed by the earlier of the two deadlines */
+    uint64_t io_deadline;   /* 0: none */
+    uint64_t send_deadline; /* 0: nothing queued, or no send timeout */
     td_buf out;
-    /* Never reset while the server lives: bumped when the connection
-     * closes and by protocols at each request (see the ownership note). */
-    uint32_t serial;
-    uint8_t queue;
-    unsigned closed : 1;  /* on_close ran */
-    unsigned closing : 1; /* uv_close called */
-    unsigned ending : 1;  /* graceful close: writing out, then lingering */
+    uint32_t slot;
+    uint32_t send_timeout_ms; /* 0: none */
+    uint32_t low_water;       /* for on_drain */
+    int close_reason;
+    unsigned accepted : 1; /* counts against max_conns */
+    unsigned closed : 1;   /* on_close ran */
+    unsigned closing : 1;  /* uv_close called */
+    unsigned ending : 1;   /* graceful close: writing out, then lingering */
     unsigned reading : 1;
     unsigned want_drain : 1;
+    unsigned connected : 1;
 };
 
-typedef struct td_timeout_queue {
-    td_list conns; /* ordered by deadline: every entry has the same duration */
-    uint64_t ms;
-} td_timeout_queue;
-
-struct td_server {
-    uv_loop_t *loop;
+struct td_listener {
+    uv_tcp_t tcp;
+    td_transport *tp;
     const td_conn_ops *ops;
-    void *data; /* the protocol's */
-    uv_tcp_t listener;
-    uv_prepare_t flusher;
-    uv_timer_t sweeper;
-    uint64_t sweep_due;
+    size_t conn_size; /* sizeof(td_conn) or a struct that starts with one */
+    void *owner;
+    /* A connection was accepted and reads are on. */
+    void (*on_open)(td_listener *l, td_conn *c);
+    td_list wlink; /* tp->waiting while max_conns holds it back */
+    unsigned open : 1; /* its handle is open */
+};
+
+typedef struct td_conn_slot {
+    td_conn *conn; /* NULL while free */
+    uint32_t serial;
+    uint32_t next_free;
+} td_conn_slot;
+
+struct td_transport {
+    uv_loop_t *loop;
+    uv_prepare_t turn; /* deferred work, then output, once per loop turn */
+    uv_timer_t timer;  /* fires at the earliest deadline */
+    uint64_t timer_due;
+    td_heap deadlines;
     td_list conns;
     td_list flush;
     td_list deferred;
-    td_list sending; /* ordered by send_deadline (one duration for all) */
-    uint64_t send_timeout_ms; /* 0: none */
-    size_t nconns;
-    size_t max_conns; /* 0: no limit but the open-file limit */
-    td_timeout_queue queues[TD_CONN_MAX_QUEUES];
-    int nqueues;
-    void **spare; /* connection memory kept for reuse */
-    size_t nspare, spare_cap;
+    td_list waiting; /* listeners held back by max_conns */
+    size_t nconns;   /* open, both kinds */
+    size_t naccepted;
+    size_t max_conns; /* accepted connections; 0: no limit but the open-file limit */
+    td_conn_slot *slots;
+    uint32_t nslots, free_slot;
     td_buf_pool out_pool;
-    /* Called when the last connection's memory came back (shutdown waits for it). */
-    void (*on_empty)(td_server *s);
-    unsigned listening : 1;
-    unsigned accept_waiting : 1;
-    unsigned handles_open : 2;
-    char rbuf[TD_CONN_READ_BUFFER]; /* shared: read callbacks hand data over at once */
+    void (*enter)(void *ud);
+    void (*leave)(void *ud);
+    void *hook_ud;
+    /* Called when the last accepted connection's memory went (a drain waits
+     * for it). */
+    void (*on_empty)(td_transport *tp);
+    void *data;
+    unsigned handles_open : 1;
+    char rbuf[TD_CONN_READ_BUFFER]; /* shared: protocols take what they need at once */
 };
 
-/* Returns 0 or a libuv error. */
-int td_server_init(td_server *s, uv_loop_t *loop, const td_conn_ops *ops, size_t max_conns);
-/* A connection whose queued output makes no progress for this long is
- * closed (0: never). Progress, not completion: a slow reader is fine. */
-void td_server_set_send_timeout(td_server *s, uint64_t ms);
-/* Adds a deadline queue whose entries expire after `ms`; returns its index. */
-int td_server_add_queue(td_server *s, uint64_t ms);
-/* Binds host:port (a name is resolved) and listens with the system's largest
- * backlog. Returns 0 or a libuv error. */
-int td_server_listen(td_server *s, const char *host, int port);
+/* ---- the transport ---- */
+int td_transport_init(td_transport *tp, uv_loop_t *loop, size_t max_conns);
+/* Closes every connection (abruptly) and the transport's handles; run the
+ * loop to let the close callbacks come, then td_transport_destroy. */
+void td_transport_close(td_transport *tp);
+void td_transport_destroy(td_transport *tp);
+
+/* ---- listening ---- */
+/* Binds host:port (a name is resolved) and listens with the system's
+ * largest backlog; accepted connections get ops and conn_size, then
+ * on_open. Returns 0 or a libuv error; either way td_listener_close ends
+ * it. */
+int td_listener_open(td_listener *l, td_transport *tp, const char *host, int port, const td_conn_ops *ops,
+                     size_t conn_size, void (*on_open)(td_listener *l, td_conn *c), void *owner);
 /* The bound port, or -1. */
-int td_server_port(td_server *s);
-/* Closes the listener; connections carry on. */
-void td_server_stop_listening(td_server *s);
-/* Closes the listener, every connection (abruptly) and the server's handles.
- * The memory goes once the loop has run the close callbacks; then call
- * td_server_destroy. */
-void td_server_close(td_server *s);
-void td_server_destroy(td_server *s);
+int td_listener_port(td_listener *l);
+/* Stops listening; connections carry on. l's memory is the caller's again
+ * when on_closed runs (at once if l never opened; NULL: nobody needs to
+ * know, l lives on in its owner). Once per td_listener_open, unless
+ * on_closed is NULL. */
+void td_listener_close(td_listener *l, void (*on_closed)(td_listener *l));
 
-/* Sets up the links of zeroed connection memory for server s (accepting
- * does it; unit tests that build a connection by hand call it too). */
-void td_conn_init(td_conn *c, td_server *s);
+/* ---- connecting ---- */
+/* A new connection to addr, speaking ops; on_connect follows (never inside
+ * this call). NULL and *err on failure. */
+td_conn *td_conn_connect(td_transport *tp, const struct sockaddr *addr, const td_conn_ops *ops, size_t conn_size,
+                         void *owner, int *err);
 
-/* Arms (or moves) c's deadline: now + the queue's duration. */
-void td_conn_set_timeout(td_conn *c, int queue);
-void td_conn_clear_timeout(td_conn *c);
+/* ---- handles ---- */
+static inline uint32_t td_conn_serial(const td_conn *c) { return c->tp->slots[c->slot].serial; }
+/* A new serial: handles given out so far stop finding c. */
+static inline void td_conn_bump(td_conn *c) { c->tp->slots[c->slot].serial++; }
+static inline td_conn *td_conn_lookup(td_transport *tp, uint32_t slot, uint32_t serial) {
+    if (slot >= tp->nslots || tp->slots[slot].serial != serial)
+        return NULL;
+    return tp->slots[slot].conn;
+}
 
-/* The output buffer, with room ensured for `extra` bytes; written at the end
- * of the loop turn. NULL when out of memory. */
+/* ---- deadlines ---- */
+/* on_timeout once `ms` from now (replaces the earlier deadline). */
+void td_conn_set_deadline(td_conn *c, uint64_t ms);
+void td_conn_clear_deadline(td_conn *c);
+/* Queued output that makes no progress for this long closes the
+ * connection (close_reason TD_ETIMEOUT). Progress, not completion: a slow
+ * reader is fine. 0: never. */
+void td_conn_set_send_timeout(td_conn *c, uint64_t ms);
+
+/* ---- output ---- */
+/* The output buffer, with room for `extra` more bytes; it leaves at the end
+ * of the read callback or loop turn. NULL when out of memory. */
 td_buf *td_conn_out(td_conn *c, size_t extra);
-/* Calls on_deferred once, late in this loop turn, outside of any callback
- * the connection is in now. */
-void td_conn_defer(td_conn *c);
-/* Writes the output buffer now. */
+/* Writes what is buffered now. */
 void td_conn_flush(td_conn *c);
-/* Bytes libuv still holds for writing. */
-size_t td_conn_write_queue(td_conn *c);
-/* Asks for one on_drain call once the write queue has fallen low. */
-void td_conn_want_drain(td_conn *c);
+/* Writes what is buffered, then len bytes at data without copying them.
+ * Returns 0 when the kernel took it all at once (data is free now), 1 when
+ * data is held: release(ud) runs once libuv is done with it (also when the
+ * connection closes first), or a negative code (nothing is held; the
+ * connection is closing). */
+int td_conn_write_ref(td_conn *c, const char *data, size_t len, void (*release)(void *ud), void *ud);
+/* Bytes not yet handed to the kernel: buffered plus queued. */
+size_t td_conn_unsent(td_conn *c);
+/* One on_drain once td_conn_unsent(c) <= low_water. */
+void td_conn_want_drain(td_conn *c, size_t low_water);
+/* One on_deferred late in this loop turn, outside any callback c is in now. */
+void td_conn_defer(td_conn *c);
+
+/* ---- reading ---- */
 void td_conn_pause_reading(td_conn *c);
 void td_conn_resume_reading(td_conn *c);
 
-/* Abrupt close: pending output is dropped. */
+/* ---- closing ---- */
+/* Abrupt: pending output is dropped. */
 void td_conn_close(td_conn *c);
-/* Graceful close: write what is buffered, half-close, discard input until
- * the peer closes or a short linger time passes, then close. This keeps the
- * kernel from answering unread input with a reset that would destroy the
- * response in flight. */
+/* Graceful: write what is buffered, half-close, discard input until the
+ * peer closes or a short linger passes, then close. This keeps the kernel
+ * from answering unread input with a reset that would destroy the answer in
+ * flight. */
 void td_conn_end(td_conn *c);
 
-/* Writes the peer's address ("127.0.0.1", "::1") into buf. Returns 0 or a
- * libuv error. */
+/* The peer's address ("127.0.0.1", "::1") into buf. 0 or a libuv error. */
 int td_conn_peer(td_conn *c, char *buf, size_t size);
 
 #endif

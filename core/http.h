@@ -1,22 +1,31 @@
-/* HTTP/1.x over td_conn: parsing with llhttp, request framing, keep-alive,
- * pipelining, limits and timeouts, and the response head.
+/* HTTP/1.x over the transport, both directions: the server side (parsing
+ * requests with llhttp, framing, keep-alive, pipelining, limits and
+ * timeouts, the response head) and the client's response reader. Both
+ * collect header fields with one td_http_fields.
  *
- * A connection serves one request at a time. When a valid head has arrived
- * the server calls on_request; from then on the request is "live" and the
- * layer above owns its response, which it must end with
+ * A server connection serves one request at a time. When a valid head has
+ * arrived the server calls on_request; from then on the request is "live"
+ * and the layer above owns its response, which it must end with
  * td_http_response_end (or td_http_fail). Input that follows a complete
- * message waits, unparsed, until that response has ended: pipelined requests
- * are answered in order.
+ * message waits, unparsed, until that response has ended and its output
+ * fell below the high-water mark: pipelined requests are answered in order,
+ * and a client that never reads cannot make the server queue answers
+ * without bound.
  *
- * Identity: a live request is named by (connection, serial). The serial
- * changes when the request ends and when the connection closes, and the
- * connection's memory is never reused for anything else (see conn.h), so
- * td_http_live(hc, serial) is a safe test for a handle held by Lua.
+ * Identity: a live request is named by its connection's handle (slot,
+ * serial), bumped when the request starts, when it ends and when the
+ * connection closes; td_http_find gives the connection only while that
+ * request is live.
  *
- * Waiters (Lua coroutines waiting for the body or for the socket to drain)
- * are records the waiter owns, kept in a list per event on the connection:
- * any number may wait for the same thing. Each is called once and unlinked
- * first; every waiter is called when the connection closes. */
+ * Memory: an idle keep-alive connection is a td_http_conn and nothing
+ * else. A request's state (parser, head, body, pipelined input, waiters)
+ * lives in a td_http_req from its first byte until the connection is idle
+ * again; spares are kept, boundedly.
+ *
+ * Waiters (coroutines waiting for the body or for output to drain) are
+ * records the waiter owns, kept in a list per event: any number may wait
+ * for the same thing. Each is unlinked, then called, once; every waiter is
+ * called when the request ends or the connection closes. */
 #ifndef TD_HTTP_H
 #define TD_HTTP_H
 
@@ -24,6 +33,53 @@
 #include <stdint.h>
 
 #include "conn.h"
+
+/* Unsent output past which a handler's write waits and pipelined requests
+ * wait unparsed. */
+#define TD_HTTP_HIGH_WATER (256 * 1024)
+/* on_drain fires once unsent output is down to this. */
+#define TD_HTTP_LOW_WATER (64 * 1024)
+
+/* ---- header fields, for both directions ---- */
+
+typedef struct td_http_header {
+    uint32_t name, name_len, value, value_len; /* offsets into the text */
+} td_http_header;
+
+enum { TD_HTTP_LAST_NONE, TD_HTTP_LAST_NAME, TD_HTTP_LAST_VALUE };
+
+/* Names (lower-cased) and values as llhttp delivers them in pieces. */
+typedef struct td_http_fields {
+    td_buf text;    /* (the server's target first,) then names and values */
+    td_buf headers; /* td_http_header[] */
+    size_t limit;   /* bytes of text at most */
+    int error;      /* why a callback failed: TD_ETOOLARGE or UV_ENOMEM */
+    uint8_t last;   /* TD_HTTP_LAST_*: the last piece, a name or a value not yet done */
+} td_http_fields;
+
+/* Each returns 0, or -1 with f->error set. */
+int td_http_fields_name(td_http_fields *f, const char *at, size_t len);
+int td_http_fields_name_done(td_http_fields *f);
+int td_http_fields_value(td_http_fields *f, const char *at, size_t len);
+int td_http_fields_value_done(td_http_fields *f);
+static inline size_t td_http_fields_count(const td_http_fields *f) { return f->headers.len / sizeof(td_http_header); }
+static inline const td_http_header *td_http_fields_at(const td_http_fields *f) {
+    return (const td_http_header *)(const void *)f->headers.data;
+}
+static inline void td_http_fields_reset(td_http_fields *f) {
+    f->text.len = f->headers.len = 0;
+    f->error = 0;
+    f->last = 0;
+}
+void td_http_fields_free(td_http_fields *f);
+
+/* The rules for what tendril sends, in either direction: a header name (or
+ * a method) is printable ASCII without spaces or colons; a value holds no
+ * CR, LF or NUL. Return 1 when valid. */
+int td_http_valid_name(const char *p, size_t n);
+int td_http_valid_value(const char *p, size_t n);
+
+/* ---- the server ---- */
 
 typedef struct td_http_config {
     size_t max_header_bytes;
@@ -36,8 +92,13 @@ typedef struct td_http_config {
 
 typedef struct td_http_server td_http_server;
 typedef struct td_http_conn td_http_conn;
+typedef struct td_http_req td_http_req;
 
+/* The request's events for the layer above: it started (a valid head came)
+ * or it is over before its response ended, because the client went away
+ * (status TD_ECLOSED). */
 typedef void (*td_http_request_cb)(td_http_conn *hc, void *ud);
+typedef void (*td_http_gone_cb)(td_http_conn *hc, void *ud);
 /* status: 0 (ready), or TD_ECLOSED, TD_ETIMEOUT, TD_ETOOLARGE. */
 typedef void (*td_http_wait_cb)(td_http_conn *hc, int status, void *ud);
 
@@ -48,12 +109,14 @@ typedef struct td_http_waiter {
 } td_http_waiter;
 
 struct td_http_server {
-    td_server srv;
+    td_transport *tp;
+    td_listener listener;
     td_http_config cfg;
     td_http_request_cb on_request;
+    td_http_gone_cb on_gone;
     void *ud;
-    td_buf_pool head_pool;
-    int q_keepalive, q_header, q_body;
+    td_http_req **spare; /* request states kept for reuse */
+    size_t nspare;
     size_t live; /* requests whose response has not ended */
     unsigned draining : 1;
 };
@@ -65,19 +128,14 @@ enum td_http_phase {
     TD_HTTP_AWAITING, /* message complete, its response not yet ended */
 };
 
-typedef struct td_http_header {
-    uint32_t name, name_len, value, value_len; /* offsets into head */
-} td_http_header;
-
-struct td_http_conn {
-    td_conn conn;
-    llhttp_t parser;
-    td_buf head;    /* the target, then names and values */
-    td_buf headers; /* td_http_header[] */
+struct td_http_req {
+    llhttp_t parser; /* parser.data: the td_http_conn */
+    void *user;      /* the layer above's record of the request */
+    td_http_fields fields;
     td_buf body;
-    td_buf pending; /* input after a complete message */
-    td_list body_waiters;  /* td_http_waiter */
-    td_list drain_waiters; /* td_http_waiter */
+    td_buf pending;       /* input after a complete message */
+    td_list body_waiters; /* td_http_waiter */
+    td_list drain_waiters;
     const char *feed_start; /* the buffer llhttp is parsing */
     size_t head_bytes;
     uint64_t body_sent;
@@ -85,12 +143,9 @@ struct td_http_conn {
     int status;
     int error_status; /* set by a parser callback that rejects the request */
     int body_status;  /* 1 pending, 0 ready, or a TD_E* code */
-    uint8_t phase;
-    uint8_t event;   /* what paused the parser */
-    uint8_t last_cb; /* header field or value, to join split callbacks */
+    uint8_t event;    /* what paused the parser */
     uint8_t hosts;
     char prev_byte; /* last byte of the previous buffer: detects line folding */
-    unsigned live : 1;
     unsigned head_sent : 1;
     unsigned chunked : 1;
     unsigned no_body : 1; /* HEAD, 204, 304 */
@@ -100,29 +155,42 @@ struct td_http_conn {
     unsigned user_date : 1;
     unsigned user_server : 1;
     unsigned user_length : 1;
-    unsigned user_type : 1;
 };
 
-int td_http_server_init(td_http_server *hs, uv_loop_t *loop, const td_http_config *cfg, size_t max_conns,
-                        td_http_request_cb on_request, void *ud);
-/* After td_server_close and the loop's close callbacks. */
+struct td_http_conn {
+    td_conn conn;
+    td_http_req *rq; /* NULL while idle */
+    uint8_t phase;
+    unsigned live : 1;
+    unsigned waiting_drain : 1; /* pipelined input waits for output to drain */
+};
+
+int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_config *cfg,
+                        td_http_request_cb on_request, td_http_gone_cb on_gone, void *ud);
+/* Returns 0 or a libuv error; td_http_server_drain closes the listener
+ * either way. */
+int td_http_server_listen(td_http_server *hs, const char *host, int port);
+static inline int td_http_server_port(td_http_server *hs) { return td_listener_port(&hs->listener); }
+/* After the transport closed and the loop ran its close callbacks. */
 void td_http_server_destroy(td_http_server *hs);
 /* Stops accepting, closes idle connections at once, and lets live requests
  * finish; their responses carry Connection: close. */
 void td_http_server_drain(td_http_server *hs);
+/* The server's connections open now. */
+size_t td_http_server_conns(td_http_server *hs);
 
 /* ---- the live request ---- */
-static inline int td_http_live(const td_http_conn *hc, uint32_t serial) {
-    return hc->live && hc->conn.serial == serial;
+static inline td_http_conn *td_http_find(td_http_server *hs, uint32_t slot, uint32_t serial) {
+    td_conn *c = td_conn_lookup(hs->tp, slot, serial);
+    if (!c || c->owner != hs || !((td_http_conn *)c)->live)
+        return NULL;
+    return (td_http_conn *)c;
 }
 const char *td_http_method(const td_http_conn *hc);
 const char *td_http_target(const td_http_conn *hc, size_t *len);
 /* 0 for HTTP/1.0, 1 for HTTP/1.1. */
 int td_http_minor(const td_http_conn *hc);
-size_t td_http_header_count(const td_http_conn *hc);
-/* The i-th header; names are lower-case. */
-void td_http_header_at(const td_http_conn *hc, size_t i, const char **name, size_t *nlen, const char **value,
-                       size_t *vlen);
+static inline size_t td_http_header_count(const td_http_conn *hc) { return td_http_fields_count(&hc->rq->fields); }
 /* 0 and the body when it is complete; 1 while it is arriving; or a TD_E*. */
 int td_http_body(td_http_conn *hc, const char **data, size_t *len);
 /* Links w (its cb and ud set) to be called once the body is complete or
@@ -142,21 +210,46 @@ int td_http_head_end(td_http_conn *hc, int64_t content_length);
 /* Drops the head begun (a header was refused). */
 void td_http_head_abort(td_http_conn *hc, size_t mark);
 size_t td_http_head_mark(td_http_conn *hc);
-/* Returns 0 or TD_ECLOSED. */
+/* A piece of the body, copied. Returns 0 or TD_ECLOSED. */
 int td_http_write(td_http_conn *hc, const char *data, size_t len);
+/* A piece of the body by reference (see td_conn_write_ref): 0 when it left
+ * at once, 1 when release(ud) will run, or a negative code. */
+int td_http_write_ref(td_http_conn *hc, const char *data, size_t len, void (*release)(void *ud), void *ud);
 /* Bytes waiting to be written: buffered and queued. */
-size_t td_http_unsent(td_http_conn *hc);
-/* Links w to be called once the unsent output fell to the low-water mark. */
+static inline size_t td_http_unsent(td_http_conn *hc) { return td_conn_unsent(&hc->conn); }
+/* Links w to be called once unsent output fell to the low-water mark. */
 void td_http_wait_drain(td_http_conn *hc, td_http_waiter *w);
 void td_http_response_end(td_http_conn *hc);
 /* The handler failed: a 500 if no head was sent, else the connection closes. */
 void td_http_fail(td_http_conn *hc);
 
-/* The rules for what tendril sends, in either direction: a header name (or
- * a method) is printable ASCII without spaces or colons; a value holds no
- * CR, LF or NUL. Return 1 when valid. */
-int td_http_valid_name(const char *p, size_t n);
-int td_http_valid_value(const char *p, size_t n);
+/* ---- the client's response reader ---- */
+
+/* One response at a time on a stream this side opened: feed it bytes, it
+ * says when the head is in, hands out body pieces (decoded), and when the
+ * message ended. */
+typedef struct td_http_reader {
+    llhttp_t parser;
+    td_http_fields fields;
+    td_buf body; /* decoded body not yet taken */
+    int error;   /* TD_EPROTO, TD_ETOOLARGE, UV_ENOMEM */
+    unsigned head_done : 1;
+    unsigned message_done : 1;
+    unsigned skip_body : 1; /* the answer to HEAD */
+    unsigned got_bytes : 1;
+} td_http_reader;
+
+/* A new response starts (skip_body for the answer to HEAD). */
+void td_http_reader_begin(td_http_reader *r, int skip_body);
+/* Parses data; returns the bytes used (the rest belongs to what follows
+ * the message), or a negative code (r->error). */
+ssize_t td_http_reader_feed(td_http_reader *r, const char *data, size_t len);
+/* The stream ended (read_end: UV_EOF or an error): 0 if that ends the
+ * message (a body delimited by the close), else the error for the caller. */
+int td_http_reader_eof(td_http_reader *r, int read_end);
+void td_http_reader_free(td_http_reader *r);
+
+/* ---- helpers ---- */
 
 /* Lower-cases an ASCII header name in place. */
 static inline void td_http_lower(char *p, size_t n) {

@@ -5,9 +5,7 @@
 
 #include "http.h"
 
-static inline td_http_server *td_http__server(td_http_conn *hc) {
-    return td_container_of(hc->conn.server, td_http_server, srv);
-}
+static inline td_http_server *td_http__server(td_http_conn *hc) { return hc->conn.owner; }
 
 /* Answers with a short server-made response and ends the connection; the
  * live request, if any, is over. */

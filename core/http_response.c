@@ -56,7 +56,7 @@ const char *td_http_reason(int status) {
 }
 
 static int closing(td_http_conn *hc) {
-    return hc->close_after || !hc->keep_alive || td_http__server(hc)->draining;
+    return hc->rq->close_after || !hc->rq->keep_alive || td_http__server(hc)->draining;
 }
 
 size_t td_http_head_mark(td_http_conn *hc) { return hc->conn.out.len; }
@@ -67,13 +67,14 @@ void td_http_head_abort(td_http_conn *hc, size_t mark) {
 }
 
 int td_http_head_begin(td_http_conn *hc, int status) {
-    if (!hc->live || hc->head_sent)
+    if (!hc->live || hc->rq->head_sent)
         return TD_ECLOSED;
     td_buf *out = td_conn_out(&hc->conn, 512);
     if (!out)
         return UV_ENOMEM;
-    hc->status = status;
-    hc->user_date = hc->user_server = hc->user_length = hc->user_type = 0;
+    td_http_req *rq = hc->rq;
+    rq->status = status;
+    rq->user_date = rq->user_server = rq->user_length = 0;
     if (status == 200)
         return APPEND_LIT(out, "HTTP/1.1 200 OK\r\n");
     return td_buf_printf(out, "HTTP/1.1 %d %s\r\n", status, td_http_reason(status));
@@ -83,48 +84,29 @@ static int name_is(const char *name, size_t nlen, const char *lit, size_t llen) 
     return nlen == llen && strncasecmp(name, lit, llen) == 0;
 }
 
-int td_http_valid_name(const char *p, size_t n) {
-    if (n == 0)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)p[i];
-        if (ch <= ' ' || ch == ':' || ch >= 127)
-            return 0;
-    }
-    return 1;
-}
-
-int td_http_valid_value(const char *p, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (p[i] == '\r' || p[i] == '\n' || p[i] == '\0')
-            return 0;
-    return 1;
-}
-
 int td_http_head_add(td_http_conn *hc, const char *name, size_t nlen, const char *value, size_t vlen) {
+    td_http_req *rq = hc->rq;
     if (!td_http_valid_name(name, nlen) || !td_http_valid_value(value, vlen))
         return TD_EBADARG;
     switch (name[0] | 0x20) {
     case 'c':
         if (name_is(name, nlen, "content-length", 14)) {
-            hc->user_length = 1;
-        } else if (name_is(name, nlen, "content-type", 12)) {
-            hc->user_type = 1;
+            rq->user_length = 1;
         } else if (name_is(name, nlen, "connection", 10)) {
             /* The server writes Connection itself; a "close" is honoured. */
             for (size_t i = 0; i + 5 <= vlen; i++)
                 if (strncasecmp(value + i, "close", 5) == 0)
-                    hc->close_after = 1;
+                    rq->close_after = 1;
             return 0;
         }
         break;
     case 'd':
         if (name_is(name, nlen, "date", 4))
-            hc->user_date = 1;
+            rq->user_date = 1;
         break;
     case 's':
         if (name_is(name, nlen, "server", 6))
-            hc->user_server = 1;
+            rq->user_server = 1;
         break;
     case 't':
         /* Framing is the server's business. */
@@ -147,20 +129,21 @@ int td_http_head_add(td_http_conn *hc, const char *name, size_t nlen, const char
 }
 
 int td_http_head_end(td_http_conn *hc, int64_t content_length) {
+    td_http_req *rq = hc->rq;
     td_buf *out = td_conn_out(&hc->conn, 160);
     if (!out)
         return UV_ENOMEM;
-    if (!hc->user_date) {
+    if (!rq->user_date) {
         APPEND_LIT(out, "Date: ");
-        td_buf_append(out, td_clock_http_date(hc->conn.server->loop), 29);
+        td_buf_append(out, td_clock_http_date(hc->conn.tp->loop), 29);
         APPEND_LIT(out, "\r\n");
     }
-    if (!hc->user_server)
+    if (!rq->user_server)
         APPEND_LIT(out, "Server: tendril\r\n");
-    int status = hc->status;
+    int status = rq->status;
     if (status < 200 || status == 204 || status == 304) {
-        hc->no_body = 1;
-    } else if (hc->user_length) {
+        rq->no_body = 1;
+    } else if (rq->user_length) {
         /* the handler's own framing */
     } else if (content_length >= 0) {
         APPEND_LIT(out, "Content-Length: ");
@@ -168,48 +151,73 @@ int td_http_head_end(td_http_conn *hc, int64_t content_length) {
         APPEND_LIT(out, "\r\n");
     } else if (td_http_minor(hc) == 1) {
         APPEND_LIT(out, "Transfer-Encoding: chunked\r\n");
-        hc->chunked = 1;
+        rq->chunked = 1;
     } else {
-        hc->close_after = 1; /* HTTP/1.0: the body ends when the connection does */
+        rq->close_after = 1; /* HTTP/1.0: the body ends when the connection does */
     }
     if (closing(hc)) {
-        hc->close_after = 1;
+        rq->close_after = 1;
         APPEND_LIT(out, "Connection: close\r\n\r\n");
     } else if (td_http_minor(hc) == 0) {
         APPEND_LIT(out, "Connection: keep-alive\r\n\r\n");
     } else {
         APPEND_LIT(out, "\r\n");
     }
-    hc->head_sent = 1;
+    rq->head_sent = 1;
     return 0;
 }
 
 int td_http_write(td_http_conn *hc, const char *data, size_t len) {
-    if (!hc->live || !hc->head_sent)
+    td_http_req *rq = hc->rq;
+    if (!hc->live || !rq->head_sent)
         return TD_ECLOSED;
     if (len == 0)
         return 0;
-    hc->body_sent += len;
-    if (hc->no_body)
+    rq->body_sent += len;
+    if (rq->no_body)
         return 0;
     td_buf *out = td_conn_out(&hc->conn, len + 24);
     if (!out)
         return UV_ENOMEM;
-    if (hc->chunked)
+    if (rq->chunked)
         td_buf_printf(out, "%zx\r\n", len);
     memcpy(out->data + out->len, data, len);
     out->len += len;
-    if (hc->chunked)
+    if (rq->chunked)
         APPEND_LIT(out, "\r\n");
     return 0;
 }
 
-size_t td_http_unsent(td_http_conn *hc) { return hc->conn.out.len + td_conn_write_queue(&hc->conn); }
+int td_http_write_ref(td_http_conn *hc, const char *data, size_t len, void (*release)(void *ud), void *ud) {
+    td_http_req *rq = hc->rq;
+    if (!hc->live || !rq->head_sent)
+        return TD_ECLOSED;
+    if (len == 0)
+        return 0;
+    rq->body_sent += len;
+    if (rq->no_body)
+        return 0;
+    if (rq->chunked) {
+        td_buf *out = td_conn_out(&hc->conn, 24);
+        if (!out)
+            return UV_ENOMEM;
+        td_buf_printf(out, "%zx\r\n", len);
+    }
+    int rc = td_conn_write_ref(&hc->conn, data, len, release, ud);
+    if (rc >= 0 && rq->chunked) {
+        /* After the data: the next write (or the flush) sends it behind. */
+        td_buf *out = td_conn_out(&hc->conn, 2);
+        if (!out)
+            return rc;
+        APPEND_LIT(out, "\r\n");
+    }
+    return rc;
+}
 
 void td_http_fail(td_http_conn *hc) {
     if (!hc->live)
         return;
-    if (hc->head_sent) {
+    if (hc->rq->head_sent) {
         /* The client has part of a response: only closing tells it so. */
         td_http__access_log(hc);
         td_http__request_over(hc);
@@ -236,10 +244,12 @@ void td_http__error_response(td_http_conn *hc, int status) {
         td_buf_printf(out,
                       "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: tendril\r\nContent-Type: text/plain\r\n"
                       "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                      status, reason, td_clock_http_date(c->server->loop), strlen(reason) + 1, reason);
+                      status, reason, td_clock_http_date(c->tp->loop), strlen(reason) + 1, reason);
     }
-    hc->status = status;
-    hc->body_sent = strlen(reason) + 1;
+    if (hc->rq) {
+        hc->rq->status = status;
+        hc->rq->body_sent = strlen(reason) + 1;
+    }
     td_http__access_log(hc);
     td_http__request_over(hc);
     td_conn_end(c);
@@ -258,25 +268,26 @@ static void append_escaped(td_buf *b, const char *p, size_t n) {
 }
 
 void td_http__access_log(td_http_conn *hc) {
-    if (!td_log_access_enabled())
+    td_http_req *rq = hc->rq;
+    if (!td_log_access_enabled() || !rq)
         return;
     /* One line buffer for the process, grown once. */
     static td_buf b;
     char peer[64] = "-";
     td_conn_peer(&hc->conn, peer, sizeof peer);
     b.len = 0;
-    td_buf_printf(&b, "%s - - [%s] \"", peer, td_clock_log_time(hc->conn.server->loop));
-    if (hc->target_len > 0) {
+    td_buf_printf(&b, "%s - - [%s] \"", peer, td_clock_log_time(hc->conn.tp->loop));
+    if (rq->target_len > 0) {
         size_t tlen;
         const char *target = td_http_target(hc, &tlen);
         td_buf_printf(&b, "%s ", td_http_method(hc));
         append_escaped(&b, target, tlen > 2048 ? 2048 : tlen);
-        td_buf_printf(&b, " HTTP/1.%d\" %d ", td_http_minor(hc), hc->status);
+        td_buf_printf(&b, " HTTP/1.%d\" %d ", td_http_minor(hc), rq->status);
     } else {
-        td_buf_printf(&b, "-\" %d ", hc->status);
+        td_buf_printf(&b, "-\" %d ", rq->status);
     }
-    if (hc->body_sent)
-        td_buf_printf(&b, "%" PRIu64, hc->body_sent);
+    if (rq->body_sent)
+        td_buf_printf(&b, "%" PRIu64, rq->body_sent);
     else
         td_buf_append(&b, "-", 1);
     td_log_access(b.data, b.len);

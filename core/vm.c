@@ -34,6 +34,7 @@ struct td_vm {
     size_t ntasks;
     size_t nwaits;
     int depth; /* lua_resume calls on the C stack */
+    int held;  /* td_vm_hold calls not yet released: resumes are posted */
     td_stall *stall;
     /* The task td_vm_resume is running, NULL between resumes. Resumes never
      * nest (they are posted while one runs), so this is the one task any
@@ -355,21 +356,36 @@ static void run(td_task *t, int nargs) {
     task_end(t, rc);
 }
 
-void td_vm_resume(td_task *t, int nargs) {
-    td_vm *vm = t->vm;
-    if (vm->closing || !t->alive)
-        return;
-    if (vm->depth > 0) {
-        t->posted_nargs = nargs;
-        td_list_push_back(&vm->posted, &t->link);
-        return;
-    }
-    run(t, nargs);
+static void run_posted(td_vm *vm) {
     while (!td_list_empty(&vm->posted) && !vm->closing) {
         td_task *p = td_container_of(vm->posted.next, td_task, link);
         td_list_remove(&p->link);
         run(p, p->posted_nargs);
     }
+}
+
+void td_vm_resume(td_task *t, int nargs) {
+    td_vm *vm = t->vm;
+    if (vm->closing || !t->alive)
+        return;
+    if (vm->depth > 0 || vm->held > 0) {
+        t->posted_nargs = nargs;
+        td_list_push_back(&vm->posted, &t->link);
+        return;
+    }
+    run(t, nargs);
+    run_posted(vm);
+}
+
+void td_vm_hold(void *ud) {
+    td_vm *vm = ud;
+    vm->held++;
+}
+
+void td_vm_release(void *ud) {
+    td_vm *vm = ud;
+    if (--vm->held == 0 && vm->depth == 0)
+        run_posted(vm);
 }
 
 /* The run of the current task that last resumed L through the coroutine

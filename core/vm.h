@@ -108,8 +108,16 @@ td_task *td_vm_task_pooled(td_vm *vm, td_task_end_cb on_end);
  * - it yielded outside any tendril call: logged as an error, ended.
  * Called while Lua code runs (from a C function that a coroutine called),
  * the resume is posted and runs when the running one yields, so coroutines
- * never nest on the C stack. After td_vm_close began it does nothing. */
+ * never nest on the C stack; inside td_vm_hold it is posted and runs at the
+ * release. After td_vm_close began it does nothing. */
 void td_vm_resume(td_task *t, int nargs);
+
+/* Around a callback that must not run Lua (the transport's, whose state
+ * is in flux): resumes asked for meanwhile are posted, and the outermost
+ * td_vm_release runs them. ud is the vm (the signature of the transport's
+ * hooks). */
+void td_vm_hold(void *ud);
+void td_vm_release(void *ud);
 
 /* The running task, if L is its coroutine or a coroutine it resumed
  * through the relay in this run; else NULL. */

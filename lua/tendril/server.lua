@@ -5,9 +5,10 @@
 -- handler yielded and was resumed) is logged with its traceback and
 -- answered with a 500, and the coroutine goes back to the pool.
 --
--- req and res hold the request as { conn, serial }; every primitive checks
--- that pair, so a req or res kept after its request ended answers
--- nil, "closed". Request fields are read from C on first use only.
+-- req and res hold the request as its connection's handle { slot, serial };
+-- every primitive checks that pair, so a req or res kept after its request
+-- ended answers nil, "closed". Request fields are read from C on first use
+-- only.
 local core = require "tendril.core"
 local url = require "tendril.url"
 local trace = require "tendril.traceback"
@@ -18,7 +19,7 @@ local lower = string.lower
 local yield, running = coroutine.yield, coroutine.running
 
 local req_info, req_headers, req_remote, req_body = core.req_info, core.req_headers, core.req_remote, core.req_body
-local res_send, res_fail, res_head_sent = core.res_send, core.res_fail, core.res_head_sent
+local res_send, res_room, res_fail, res_head_sent = core.res_send, core.res_room, core.res_fail, core.res_head_sent
 local log = core.log
 
 local _M = {}
@@ -177,12 +178,16 @@ local function check_chunk(fname, chunk)
 end
 
 --- Sends a piece of the body (the head first, on the first write). Returns
---- true, or nil, "closed" when the client is gone. Waits while the client
---- is slower than the handler.
+--- true, or nil, "closed" when the client is gone. Waits, before taking
+--- the chunk, while the client is slower than the handler.
 function res_methods.write(self, chunk)
     chunk = check_chunk("res:write", chunk)
     if self._done then
         return nil, "closed"
+    end
+    local ok, err = res_room(self[1], self[2])
+    if not ok then
+        return nil, err
     end
     self._sent = true
     return res_send(self[1], self[2], self._status, self._h, chunk, false)
