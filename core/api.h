@@ -26,12 +26,27 @@ static inline int td_api_fail(lua_State *L, int code) {
     return 2;
 }
 
+/* The start of every waiting primitive: raises on misuse (see
+ * td_vm_check_yieldable); returns the task, or NULL after pushing nil, err
+ * (2 results) when the wait would fail at once because the task's request
+ * is over (td_vm_doom). */
+static inline td_task *td_api_wait_start(lua_State *L, const char *fname, int transfer) {
+    td_task *t = td_vm_check_yieldable(L, fname);
+    int doom = td_vm_doom(t, transfer);
+    if (doom) {
+        td_api_fail(L, doom);
+        return NULL;
+    }
+    return t;
+}
+
 /* tendril.now, tendril.log, vm statistics. */
 void td_api_tendril_open(lua_State *L, td_vm *vm);
 /* tendril.sleep. */
 void td_api_sleep_open(lua_State *L, td_vm *vm);
-/* The request and response primitives, and http statistics. */
-void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs);
+/* The request and response primitives, and http statistics; timeout_ms is
+ * every request's deadline (--request-timeout; 0: none). */
+void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t timeout_ms);
 /* Before the Lua state closes: output still held by reference lets go of
  * its strings without touching Lua. */
 void td_api_http_teardown(void);
@@ -60,5 +75,7 @@ void td_api_coroutine_open(lua_State *L, td_vm *vm);
 void td_api_push_headers(lua_State *L, const char *text, const td_http_header *h, size_t n);
 /* The td_http_request_cb that runs a request in a pooled task; ud is the vm. */
 void td_api_http_dispatch(td_http_conn *hc, void *ud);
+/* The td_http_over_cb: closes or kills the request's scope. */
+void td_api_http_over(td_http_conn *hc, int status, void *ud);
 
 #endif

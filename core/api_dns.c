@@ -67,7 +67,9 @@ static void cancel_dns(td_wait *wait) {
 static int resolve(lua_State *L) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
     const char *name = luaL_checkstring(L, 1);
-    td_task *t = td_vm_check_yieldable(L, "tendril.resolve");
+    td_task *t = td_api_wait_start(L, "tendril.resolve", 0);
+    if (!t)
+        return 2;
     dns_wait *w = calloc(1, sizeof *w);
     if (!w)
         return luaL_error(L, "tendril.resolve: out of memory");

@@ -162,7 +162,9 @@ static int start(lua_State *L, int op, const char *fname) {
     const char *path = luaL_checkstring(L, 1);
     size_t len = 0;
     const char *data = op == FS_WRITE ? luaL_checklstring(L, 2, &len) : NULL;
-    td_task *t = td_vm_check_yieldable(L, fname);
+    td_task *t = td_api_wait_start(L, fname, 0);
+    if (!t)
+        return 2;
     fs_work *w = calloc(1, sizeof *w);
     if (!w || !(w->path = strdup(path)) || (data && !(w->data = malloc(len ? len : 1)))) {
         if (w)

@@ -31,6 +31,7 @@ typedef struct http_wait {
 
 static td_http_server *server;
 static lua_State *main_L; /* for the references of chunks written by reference; NULL after teardown */
+static uint64_t request_timeout_ms;
 
 static td_http_conn *live_conn(lua_State *L) {
     return td_http_find(server, (uint32_t)lua_tointeger(L, 1), (uint32_t)lua_tointeger(L, 2));
@@ -71,9 +72,28 @@ void td_api_http_dispatch(td_http_conn *hc, void *ud) {
     t->data = (void *)(uintptr_t)hc->conn.slot;
     t->serial = serial;
     t->describe = describe_request;
+    /* The request's fate: its handler and the threads it spawns. */
+    td_scope *scope = td_vm_scope_open(t);
+    if (scope && request_timeout_ms)
+        td_vm_scope_deadline(scope, request_timeout_ms);
+    hc->rq->user = scope;
     lua_pushinteger(t->co, hc->conn.slot);
     lua_pushinteger(t->co, serial);
     td_vm_resume(t, 2);
+}
+
+/* The request is over: its tasks run on detached (the response was
+ * finished), or their waits fail now and later (it was not). */
+void td_api_http_over(td_http_conn *hc, int status, void *ud) {
+    (void)ud;
+    td_scope *scope = hc->rq ? hc->rq->user : NULL;
+    if (!scope)
+        return;
+    hc->rq->user = NULL;
+    if (status == 0)
+        td_vm_scope_close(scope);
+    else
+        td_vm_scope_kill(scope, status);
 }
 
 /* ---- waits ---- */
@@ -105,11 +125,16 @@ static void cancel_http_wait(td_wait *w) {
     free(hw);
 }
 
+/* Reading the body and writing the answer are transfers with the client:
+ * the request's deadline does not end them (their idle timeouts do). */
 static int wait_for(lua_State *L, td_http_conn *hc, int for_body, const char *fname) {
-    td_task *t = td_vm_check_yieldable(L, fname);
-    http_wait *hw = malloc(sizeof *hw);
+    td_task *t = td_api_wait_start(L, fname, 1);
+    if (!t)
+        return 2;
+    http_wait *hw = calloc(1, sizeof *hw);
     if (!hw)
         return luaL_error(L, "%s: out of memory", fname);
+    hw->wait.transfer = 1;
     hw->for_body = for_body;
     hw->waiter.cb = on_http_ready;
     hw->waiter.ud = hw;
@@ -298,6 +323,20 @@ static int res_room(lua_State *L) {
     return 1;
 }
 
+/* [-3, +0] req_deadline(slot, serial, seconds | nil): the request's waits
+ * fail with "timeout" that many seconds from now; nil: no deadline. */
+static int req_deadline(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc || !hc->rq->user)
+        return 0;
+    double seconds = lua_isnoneornil(L, 3) ? 0 : luaL_checknumber(L, 3);
+    uint64_t ms = seconds > 0 ? (seconds > 1e9 ? (uint64_t)1e12 : (uint64_t)(seconds * 1000.0)) : 0;
+    if (!lua_isnoneornil(L, 3) && ms == 0)
+        ms = 1; /* a deadline of 0 s has passed already */
+    td_vm_scope_deadline(hc->rq->user, ms);
+    return 0;
+}
+
 /* [-2, +0] res_fail(slot, serial): the handler raised. */
 static int res_fail(lua_State *L) {
     td_http_conn *hc = live_conn(L);
@@ -323,14 +362,15 @@ static int http_stats(lua_State *L) {
     return 1;
 }
 
-void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs) {
+void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t timeout_ms) {
     static const luaL_Reg funcs[] = {
         {"req_info", req_info},     {"req_headers", req_headers},     {"req_remote", req_remote},
         {"req_body", req_body},     {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
-        {NULL, NULL},
+        {"req_deadline", req_deadline}, {NULL, NULL},
     };
     server = hs;
+    request_timeout_ms = timeout_ms;
     main_L = td_vm_state(vm);
     luaL_setfuncs(L, funcs, 0);
 }

@@ -139,7 +139,9 @@ static int read_response(lua_State *L, int want_body, const char *fname) {
         return results(L, r, want_body, rc);
     if (!td_sock_usable(s))
         return push_fail3(L, TD_ECLOSED, r->got_bytes);
-    td_task *t = td_vm_check_yieldable(L, fname);
+    td_task *t = td_api_wait_start(L, fname, 0);
+    if (!t)
+        return 2;
     httpc_wait *w = malloc(sizeof *w);
     if (!w)
         return luaL_error(L, "%s: out of memory", fname);

@@ -188,7 +188,9 @@ static int run(lua_State *L) {
     int argc = (int)lua_objlen(L, 1);
     if (argc < 1)
         return luaL_error(L, "tendril.run: argv must hold at least the program");
-    td_task *t = td_vm_check_yieldable(L, "tendril.run");
+    td_task *t = td_api_wait_start(L, "tendril.run", 0);
+    if (!t)
+        return 2;
 
     char **argv = calloc((size_t)argc + 1, sizeof *argv);
     run_wait *r = calloc(1, sizeof *r);

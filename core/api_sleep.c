@@ -16,9 +16,10 @@ static void free_sleep(uv_handle_t *h) { free(td_container_of(h, sleep_wait, tim
 static void on_timer(uv_timer_t *timer) {
     sleep_wait *sw = td_container_of(timer, sleep_wait, timer);
     td_task *t = sw->wait.task;
-    td_vm_wait_end(&sw->wait);
+    lua_State *co = td_vm_wait_end(&sw->wait);
     uv_close((uv_handle_t *)timer, free_sleep);
-    td_vm_resume(t, 0);
+    lua_pushboolean(co, 1);
+    td_vm_resume(t, 1);
 }
 
 static void cancel_sleep(td_wait *w) {
@@ -26,11 +27,13 @@ static void cancel_sleep(td_wait *w) {
     uv_close((uv_handle_t *)&sw->timer, free_sleep);
 }
 
-/* [-1, +0] tendril.sleep(seconds) */
+/* [-1, +1|2] tendril.sleep(seconds) -> true | nil, err (the request is over) */
 static int td_sleep(lua_State *L) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
     double seconds = luaL_checknumber(L, 1);
-    td_task *t = td_vm_check_yieldable(L, "tendril.sleep");
+    td_task *t = td_api_wait_start(L, "tendril.sleep", 0);
+    if (!t)
+        return 2;
     if (!(seconds > 0)) /* also NaN */
         seconds = 0;
     if (seconds > 1e9)

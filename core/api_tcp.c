@@ -60,8 +60,10 @@ static void push_socket(lua_State *L, td_sock *s, uint64_t timeout_ms) {
     lua_setmetatable(L, -2);
 }
 
+/* NULL after pushing nil, err when the task's request is over. */
 static sock_wait *new_wait(lua_State *L, const char *fname, td_sock *s, uint64_t timeout_ms) {
-    td_vm_check_yieldable(L, fname);
+    if (!td_api_wait_start(L, fname, 0))
+        return NULL;
     sock_wait *w = calloc(1, sizeof *w);
     if (!w)
         luaL_error(L, "%s: out of memory", fname);
@@ -141,6 +143,8 @@ static int sock_connect(lua_State *L) {
         return luaL_error(L, "tcp.connect: '%s' is not an IP address", ip);
     (void)vm;
     sock_wait *w = new_wait(L, "tcp.connect", NULL, timeout_ms);
+    if (!w)
+        return 2;
     int err = 0;
     w->s = td_sock_connect(transport, (struct sockaddr *)&addr, timeout_ms, on_connected, w, &err);
     if (!w->s) {
@@ -178,6 +182,8 @@ static int sock_send(lua_State *L) {
     if (s->op != TD_SOCK_IDLE)
         return luaL_error(L, "sock:send: another coroutine is using this socket");
     sock_wait *w = new_wait(L, "sock:send", s, box->timeout_ms);
+    if (!w)
+        return 2;
     w->len = len;
     td_sock_write(s, data, len, box->timeout_ms, on_sent, w);
     return wait_or_finish(L, w, send_results);
@@ -291,6 +297,8 @@ static int sock_receive(lua_State *L) {
     if (s->read_end)
         return push_partial(L, s, s->read_end);
     sock_wait *w = new_wait(L, "sock:receive", s, box->timeout_ms);
+    if (!w)
+        return 2;
     w->pattern = pattern;
     w->n = n;
     td_sock_read(s, box->timeout_ms, on_readable, w);

@@ -71,7 +71,9 @@ static int event_wait_lua(lua_State *L) {
         lua_pushboolean(L, 1);
         return 1;
     }
-    td_task *t = td_vm_check_yieldable(L, "wait");
+    td_task *t = td_api_wait_start(L, "wait", 0);
+    if (!t)
+        return 2;
     event_wait *w = malloc(sizeof *w);
     if (!w)
         return luaL_error(L, "wait: out of memory");
@@ -104,9 +106,11 @@ static int event_is_set(lua_State *L) {
 }
 
 /* [-(n+1), +0] spawn(fn, ...): runs fn(...) in a new task, which starts once
- * the caller yields or returns. */
+ * the caller yields or returns. It shares the fate of the request it was
+ * spawned in (see vm.h) unless the upvalue `detached` is true. */
 static int spawn(lua_State *L) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
+    int detached = lua_toboolean(L, lua_upvalueindex(2));
     luaL_checktype(L, 1, LUA_TFUNCTION);
     int nargs = lua_gettop(L) - 1;
     lua_State *main = td_vm_state(vm);
@@ -116,6 +120,8 @@ static int spawn(lua_State *L) {
     if (!t)
         return luaL_error(L, "tendril.spawn: out of memory");
     t->label = "a spawned thread";
+    if (!detached)
+        td_vm_task_inherit(t, td_vm_task_of(L));
     lua_checkstack(t->co, nargs + LUA_MINSTACK);
     for (int i = 2; i <= nargs + 1; i++)
         lua_pushvalue(L, i);
@@ -127,10 +133,18 @@ static int spawn(lua_State *L) {
 void td_api_thread_open(lua_State *L, td_vm *vm) {
     static const luaL_Reg funcs[] = {
         {"event_new", event_new}, {"event_wait", event_wait_lua}, {"event_set", event_set},
-        {"event_is_set", event_is_set}, {"spawn", spawn}, {NULL, NULL},
+        {"event_is_set", event_is_set}, {NULL, NULL},
     };
     luaL_newmetatable(L, EVENT_MT);
     lua_pop(L, 1);
     lua_pushlightuserdata(L, vm);
     luaL_setfuncs(L, funcs, 1);
+    lua_pushlightuserdata(L, vm);
+    lua_pushboolean(L, 0);
+    lua_pushcclosure(L, spawn, 2);
+    lua_setfield(L, -2, "spawn");
+    lua_pushlightuserdata(L, vm);
+    lua_pushboolean(L, 1);
+    lua_pushcclosure(L, spawn, 2);
+    lua_setfield(L, -2, "spawn_detached");
 }

@@ -55,7 +55,7 @@ static void open_core(td_app *app) {
     lua_newtable(L);
     td_api_tendril_open(L, app->vm);
     td_api_sleep_open(L, app->vm);
-    td_api_http_open(L, app->vm, app->hs);
+    td_api_http_open(L, app->vm, app->hs, (uint64_t)(app->cfg->request_timeout * 1000.0));
     td_api_tcp_open(L, app->vm, app->tp);
     td_api_http_client_open(L, app->vm, app->tp);
     td_api_thread_open(L, app->vm);
@@ -248,7 +248,7 @@ int td_app_run(const td_config *cfg) {
         return 1;
     }
     td_transport_init(app.tp, &app.loop, cfg->max_connections);
-    td_http_server_init(app.hs, app.tp, &hc, td_api_http_dispatch, NULL, app.vm);
+    td_http_server_init(app.hs, app.tp, &hc, td_api_http_dispatch, td_api_http_over, app.vm);
     /* The transport never runs Lua: tasks its callbacks wake run when the
      * callback is done. */
     app.tp->enter = td_vm_hold;
@@ -288,7 +288,10 @@ int td_app_run(const td_config *cfg) {
     td_api_tcp_close_listeners();
     td_reload_stop(app.reload);
     td_api_http_teardown();
+    /* Nothing below may reach into Lua: its tasks and scopes are gone. */
     app.tp->enter = app.tp->leave = NULL;
+    app.hs->on_request = NULL;
+    app.hs->on_over = NULL;
     size_t lua_left = td_vm_close(app.vm);
     td_reload_free(app.reload);
     if (lua_left) {

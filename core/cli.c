@@ -29,6 +29,8 @@ static const char usage_text[] =
     "  --shutdown-timeout S     seconds in-flight requests get after SIGTERM or SIGINT (default 10)\n"
     "  --send-timeout S         seconds a client may take no byte of its answer before it is\n"
     "                           disconnected (default 60)\n"
+    "  --request-timeout S      seconds after which a request's waits fail with \"timeout\"; 0 is\n"
+    "                           off (default 60; req:deadline changes it per request)\n"
     "  --stall-warn-ms N        warn when Lua holds the event loop longer than this; 0 is off\n"
     "                           (default 200)\n"
     "  --no-watch               do not reload when the app's files change (SIGHUP still does)\n"
@@ -73,6 +75,7 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         .keepalive_timeout = 5,
         .shutdown_timeout = 10,
         .send_timeout = 60,
+        .request_timeout = 60,
         .stall_warn_ms = 200,
     };
     int i = 1;
@@ -162,6 +165,11 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         } else if (strcmp(name, "--send-timeout") == 0) {
             if (parse_seconds(value, &cfg->send_timeout) != 0)
                 return usage_error("--send-timeout takes a positive number of seconds, not '%s'", value);
+        } else if (strcmp(name, "--request-timeout") == 0) {
+            if (strcmp(value, "0") != 0 && parse_seconds(value, &cfg->request_timeout) != 0)
+                return usage_error("--request-timeout takes a number of seconds (0 turns it off), not '%s'", value);
+            if (strcmp(value, "0") == 0)
+                cfg->request_timeout = 0;
         } else if (strcmp(name, "--stall-warn-ms") == 0) {
             size_t ms;
             if (parse_size(value, &ms) != 0 || ms > 3600000)

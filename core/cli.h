@@ -18,6 +18,7 @@ typedef struct td_config {
     double keepalive_timeout;
     double shutdown_timeout;
     double send_timeout;
+    double request_timeout; /* 0: none */
     unsigned long stall_warn_ms; /* 0: the stall guard is off */
     int no_watch;                /* reload on SIGHUP only */
 } td_config;

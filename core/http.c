@@ -200,12 +200,15 @@ void td_http_wait_drain(td_http_conn *hc, td_http_waiter *w) {
 
 static void feed(td_http_conn *hc, const char *data, size_t len);
 
-void td_http__request_over(td_http_conn *hc) {
+void td_http__request_over(td_http_conn *hc, int status) {
     if (!hc->live)
         return;
+    td_http_server *hs = td_http__server(hc);
     hc->live = 0;
     td_conn_bump(&hc->conn);
-    td_http__server(hc)->live--;
+    hs->live--;
+    if (hs->on_over)
+        hs->on_over(hc, status, hs->ud);
 }
 
 /* The body will not be read: tell the waiters why, and stop buffering it. */
@@ -307,7 +310,8 @@ static void on_head(td_http_conn *hc) {
     hc->live = 1;
     td_conn_bump(&hc->conn);
     hs->live++;
-    hs->on_request(hc, hs->ud);
+    if (hs->on_request)
+        hs->on_request(hc, hs->ud);
 }
 
 static void on_message(td_http_conn *hc) {
@@ -507,10 +511,7 @@ static void http_on_drain(td_conn *c) {
 
 static void http_on_close(td_conn *c) {
     td_http_conn *hc = (td_http_conn *)c;
-    td_http_server *hs = td_http__server(hc);
-    if (hc->live && hs->on_gone)
-        hs->on_gone(hc, hs->ud);
-    td_http__request_over(hc);
+    td_http__request_over(hc, TD_ECLOSED);
     body_failed(hc, TD_ECLOSED);
     if (hc->rq)
         wake(hc, &hc->rq->drain_waiters, TD_ECLOSED);
@@ -530,12 +531,12 @@ const td_conn_ops td_http__ops = {
 };
 
 int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_config *cfg,
-                        td_http_request_cb on_request, td_http_gone_cb on_gone, void *ud) {
+                        td_http_request_cb on_request, td_http_over_cb on_over, void *ud) {
     memset(hs, 0, sizeof *hs);
     hs->tp = tp;
     hs->cfg = *cfg;
     hs->on_request = on_request;
-    hs->on_gone = on_gone;
+    hs->on_over = on_over;
     hs->ud = ud;
     return 0;
 }
@@ -614,7 +615,7 @@ void td_http_response_end(td_http_conn *hc) {
             td_buf_append(out, "0\r\n\r\n", 5);
     }
     td_http__access_log(hc);
-    td_http__request_over(hc);
+    td_http__request_over(hc, 0);
     wake(hc, &rq->drain_waiters, TD_ECLOSED);
     if (rq->close_after || !rq->keep_alive || hs->draining || rq->body_status < 0) {
         td_conn_end(&hc->conn);

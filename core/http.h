@@ -94,11 +94,12 @@ typedef struct td_http_server td_http_server;
 typedef struct td_http_conn td_http_conn;
 typedef struct td_http_req td_http_req;
 
-/* The request's events for the layer above: it started (a valid head came)
- * or it is over before its response ended, because the client went away
- * (status TD_ECLOSED). */
+/* The request's events for the layer above: it started (a valid head
+ * came), and it is over: status 0 when its response was finished (or
+ * failed with a 500), TD_ECLOSED when it ended otherwise (the client went
+ * away, the send timeout, an error answer the server made). */
 typedef void (*td_http_request_cb)(td_http_conn *hc, void *ud);
-typedef void (*td_http_gone_cb)(td_http_conn *hc, void *ud);
+typedef void (*td_http_over_cb)(td_http_conn *hc, int status, void *ud);
 /* status: 0 (ready), or TD_ECLOSED, TD_ETIMEOUT, TD_ETOOLARGE. */
 typedef void (*td_http_wait_cb)(td_http_conn *hc, int status, void *ud);
 
@@ -113,7 +114,7 @@ struct td_http_server {
     td_listener listener;
     td_http_config cfg;
     td_http_request_cb on_request;
-    td_http_gone_cb on_gone;
+    td_http_over_cb on_over;
     void *ud;
     td_http_req **spare; /* request states kept for reuse */
     size_t nspare;
@@ -166,7 +167,7 @@ struct td_http_conn {
 };
 
 int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_config *cfg,
-                        td_http_request_cb on_request, td_http_gone_cb on_gone, void *ud);
+                        td_http_request_cb on_request, td_http_over_cb on_over, void *ud);
 /* Returns 0 or a libuv error; td_http_server_drain closes the listener
  * either way. */
 int td_http_server_listen(td_http_server *hs, const char *host, int port);

@@ -12,7 +12,8 @@ static inline td_http_server *td_http__server(td_http_conn *hc) { return hc->con
 void td_http__error_response(td_http_conn *hc, int status);
 /* Writes the access log line of the request that just ended. */
 void td_http__access_log(td_http_conn *hc);
-/* Ends the live request's bookkeeping (serial, counts); no I/O. */
-void td_http__request_over(td_http_conn *hc);
+/* Ends the live request's bookkeeping (serial, counts) and tells the layer
+ * above (status as in td_http_over_cb); no I/O. */
+void td_http__request_over(td_http_conn *hc, int status);
 
 #endif

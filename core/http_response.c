@@ -220,14 +220,14 @@ void td_http_fail(td_http_conn *hc) {
     if (hc->rq->head_sent) {
         /* The client has part of a response: only closing tells it so. */
         td_http__access_log(hc);
-        td_http__request_over(hc);
+        td_http__request_over(hc, 0);
         td_conn_close(&hc->conn);
         return;
     }
     static const char body[] = "Internal Server Error\n";
     if (td_http_head_begin(hc, 500) != 0 || td_http_head_add(hc, "Content-Type", 12, "text/plain", 10) != 0 ||
         td_http_head_end(hc, sizeof body - 1) != 0 || td_http_write(hc, body, sizeof body - 1) != 0) {
-        td_http__request_over(hc);
+        td_http__request_over(hc, 0);
         td_conn_close(&hc->conn);
         return;
     }
@@ -251,7 +251,7 @@ void td_http__error_response(td_http_conn *hc, int status) {
         hc->rq->body_sent = strlen(reason) + 1;
     }
     td_http__access_log(hc);
-    td_http__request_over(hc);
+    td_http__request_over(hc, TD_ECLOSED);
     td_conn_end(c);
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "embedded_lua.h"
+#include "errors.h"
 #include "log.h"
 #include "stall.h"
 
@@ -41,6 +42,10 @@ struct td_vm {
      * tendril call made now can act for (see td_vm_task_of). */
     td_task *current;
     uint32_t next_run; /* numbers the runs of tasks: td_task.run */
+    td_heap deadlines;  /* open scopes with a deadline */
+    uv_timer_t *timer;  /* fires at the earliest; its own memory (closed after the vm is gone) */
+    uint64_t timer_due;
+    uint32_t nscopes;   /* open scopes: the heap's reserve */
     unsigned closing : 1;
 };
 
@@ -117,7 +122,19 @@ td_vm *td_vm_new(uv_loop_t *loop) {
         free(vm);
         return NULL;
     }
+    vm->timer = malloc(sizeof *vm->timer);
+    if (!vm->timer) {
+        free(vm->pool);
+        lua_close(vm->L);
+        free(vm);
+        return NULL;
+    }
     vm->loop = loop;
+    td_heap_init(&vm->deadlines);
+    uv_timer_init(loop, vm->timer);
+    uv_unref((uv_handle_t *)vm->timer);
+    vm->timer->data = vm;
+    vm->timer_due = UINT64_MAX;
     td_list_init(&vm->waits);
     td_list_init(&vm->posted);
     lua_atpanic(vm->L, vm_panic);
@@ -203,8 +220,22 @@ td_task *td_vm_task_new(td_vm *vm, td_task_end_cb on_end) {
     t->fresh = 1;
     t->run = ++vm->next_run;
     td_list_init(&t->link);
+    td_list_init(&t->scope_link);
+    td_list_init(&t->lead.tasks);
+    td_heap_node_init(&t->lead.timer);
+    t->lead.vm = vm;
     vm->ntasks++;
     return t;
+}
+
+/* A task that ends leaves its fate and lets go of the scope it led (its
+ * request's response ended before, except after a failure). */
+static void leave_scopes(td_task *t) {
+    if (t->lead.open)
+        td_vm_scope_close(&t->lead);
+    td_list_remove(&t->scope_link);
+    t->scope = NULL;
+    t->doom = 0;
 }
 
 static void task_release(td_task *t) {
@@ -212,6 +243,7 @@ static void task_release(td_task *t) {
     if (!t->alive)
         return;
     assert(!t->wait && !t->pooled);
+    leave_scopes(t);
     td_list_remove(&t->link);
     lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->anchors);
     luaL_unref(vm->L, -1, t->ref);
@@ -257,6 +289,7 @@ td_task *td_vm_task_pooled(td_vm *vm, td_task_end_cb on_end) {
 static void pool_put(td_task *t) {
     td_vm *vm = t->vm;
     assert(t->alive && !t->pooled && !t->wait);
+    leave_scopes(t);
     lua_settop(t->co, 0);
     t->data = NULL;
     if (vm->npool < TD_POOL_MAX && !vm->closing) {
@@ -435,6 +468,139 @@ td_task *td_vm_check_yieldable(lua_State *L, const char *fname) {
     return t;
 }
 
+int td_vm_doom(td_task *t, int transfer) {
+    if (t->doom)
+        return t->doom;
+    if (t->scope && t->scope->doom && !transfer)
+        return t->scope->doom;
+    return 0;
+}
+
+/* Ends t's wait early: the work is stopped, and t resumes with nil, err
+ * (posted: callers hold the vm). */
+static void cancel_wait(td_task *t, int code) {
+    td_wait *w = t->wait;
+    if (!w)
+        return;
+    lua_State *co = td_vm_wait_end(w);
+    w->cancel(w);
+    lua_pushnil(co);
+    lua_pushstring(co, td_err_name(code));
+    td_vm_resume(t, 2);
+}
+
+/* ---- scopes ---- */
+
+static void on_scope_timer(uv_timer_t *timer);
+
+static void arm_timer(td_vm *vm, uint64_t due) {
+    if (due >= vm->timer_due)
+        return;
+    vm->timer_due = due;
+    uint64_t now = uv_now(vm->loop);
+    uv_timer_start(vm->timer, on_scope_timer, due > now ? due - now : 0, 0);
+}
+
+/* The deadline passed: every wait but a transfer with the client fails. */
+static void expire(td_scope *s) {
+    s->doom = TD_ETIMEOUT;
+    td_list *pos, *tmp;
+    td_list_foreach_safe(pos, tmp, &s->tasks) {
+        td_task *t = td_container_of(pos, td_task, scope_link);
+        if (t->wait && !t->wait->transfer)
+            cancel_wait(t, TD_ETIMEOUT);
+    }
+}
+
+static void on_scope_timer(uv_timer_t *timer) {
+    td_vm *vm = timer->data;
+    uint64_t now = uv_now(vm->loop);
+    vm->timer_due = UINT64_MAX;
+    td_vm_hold(vm);
+    td_heap_node *n;
+    while ((n = td_heap_min(&vm->deadlines)) && n->key <= now) {
+        td_heap_remove(&vm->deadlines, n);
+        expire(td_container_of(n, td_scope, timer));
+    }
+    td_vm_release(vm);
+    if ((n = td_heap_min(&vm->deadlines)))
+        arm_timer(vm, n->key);
+}
+
+td_scope *td_vm_scope_open(td_task *t) {
+    td_scope *s = &t->lead;
+    td_vm *vm = t->vm;
+    assert(!s->open);
+    /* The room for its deadline is reserved now; without it, no deadline. */
+    s->open = td_heap_reserve(&vm->deadlines, vm->nscopes + 1) == 0;
+    if (!s->open)
+        return NULL;
+    vm->nscopes++;
+    s->doom = 0;
+    td_vm_scope_join(s, t);
+    return s;
+}
+
+void td_vm_scope_join(td_scope *s, td_task *t) {
+    if (!s || !s->open)
+        return;
+    td_list_remove(&t->scope_link);
+    t->scope = s;
+    td_list_push_back(&s->tasks, &t->scope_link);
+}
+
+void td_vm_scope_deadline(td_scope *s, uint64_t ms) {
+    if (!s->open)
+        return;
+    if (!ms) {
+        td_heap_remove(&s->vm->deadlines, &s->timer);
+        return;
+    }
+    uint64_t due = uv_now(s->vm->loop) + ms;
+    td_heap_set(&s->vm->deadlines, &s->timer, due);
+    arm_timer(s->vm, due);
+}
+
+static void scope_end(td_scope *s) {
+    td_heap_remove(&s->vm->deadlines, &s->timer);
+    s->open = 0;
+    s->vm->nscopes--;
+}
+
+void td_vm_scope_kill(td_scope *s, int code) {
+    if (!s || !s->open)
+        return;
+    td_vm *vm = s->vm;
+    td_vm_hold(vm);
+    while (!td_list_empty(&s->tasks)) {
+        td_task *t = td_container_of(s->tasks.next, td_task, scope_link);
+        td_list_remove(&t->scope_link);
+        t->scope = NULL;
+        t->doom = code;
+        cancel_wait(t, code);
+    }
+    scope_end(s);
+    td_vm_release(vm);
+}
+
+void td_vm_scope_close(td_scope *s) {
+    if (!s || !s->open)
+        return;
+    while (!td_list_empty(&s->tasks)) {
+        td_task *t = td_container_of(s->tasks.next, td_task, scope_link);
+        td_list_remove(&t->scope_link);
+        t->scope = NULL;
+    }
+    scope_end(s);
+}
+
+void td_vm_task_inherit(td_task *child, td_task *parent) {
+    if (!parent)
+        return;
+    child->doom = parent->doom;
+    td_vm_scope_join(parent->scope, child);
+}
+
 void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *)) {
     assert(!t->wait && !t->pooled);
     w->task = t;
@@ -457,6 +623,8 @@ void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms) {
     vm->stall = threshold_ms ? td_stall_start(vm->L, threshold_ms, describe_current, vm) : NULL;
 }
 
+static void free_timer(uv_handle_t *h) { free(h); }
+
 size_t td_vm_close(td_vm *vm) {
     if (!vm)
         return 0;
@@ -470,6 +638,8 @@ size_t td_vm_close(td_vm *vm) {
     }
     while (!td_list_empty(&vm->posted))
         td_list_remove(vm->posted.next);
+    uv_close((uv_handle_t *)vm->timer, free_timer);
+    td_heap_destroy(&vm->deadlines);
     lua_close(vm->L);
 #ifdef TD_SANITIZE
     /* The leak canary: a test sets this to prove that the leak check

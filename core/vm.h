@@ -13,6 +13,16 @@
  *   task yields the pool marker it goes back to the pool.
  * - td_task memory is recycled but never freed before td_vm_close.
  *
+ * Fate (td_scope): a request's tasks (its handler's and the threads they
+ * spawn) share a scope until its response is finished. When the client
+ * goes away the scope is killed: every wait of its tasks is cancelled at
+ * once (the libuv work stopped, the record freed) and returns nil,
+ * "closed", and every later wait of those tasks fails the same way. When
+ * the request's deadline passes, every wait but a transfer with its own
+ * client (reading the body, writing the answer) fails with nil, "timeout",
+ * now and later. When the response is finished the scope closes and its
+ * tasks run on, detached, bounded only by their own timeouts.
+ *
  * Identity: a coroutine does not know its task. Every coroutine's LuaJIT
  * exdata is the vm; a tendril call acts for the task td_vm_resume is
  * running, and only when the calling coroutine is that task's own or was
@@ -27,6 +37,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "heap.h"
 #include "list.h"
 
 typedef struct td_vm td_vm;
@@ -35,11 +46,25 @@ typedef struct td_wait td_wait;
 
 struct td_wait {
     td_task *task;
-    /* Teardown only: stop the libuv work and free what the wait owns. The
-     * task will never be resumed. */
+    /* Stops the libuv work and frees what the wait owns; the callback that
+     * would have ended the wait never comes. The vm resumes the task with
+     * nil, err itself (or never, at teardown). */
     void (*cancel)(td_wait *w);
     td_list link;
+    /* A transfer with the request's own client: outside its deadline. */
+    unsigned transfer : 1;
 };
+
+/* A request's fate, shared by the tasks bound to it (see above). Lives in
+ * the task that leads it (td_task.lead); open from the request's start
+ * until it is closed or killed. */
+typedef struct td_scope {
+    td_vm *vm;
+    td_list tasks;     /* td_task.scope_link */
+    td_heap_node timer; /* its deadline, in the vm's heap */
+    int doom;           /* TD_ETIMEOUT once the deadline passed */
+    unsigned open : 1;
+} td_scope;
 
 typedef void (*td_task_end_cb)(td_task *t, int status);
 
@@ -53,7 +78,11 @@ struct td_task {
     /* Called when the task's function returned (status 0, results on co's
      * stack) or raised (status LUA_ERR*, the error already logged). */
     td_task_end_cb on_end;
-    void *data;      /* the owner's */
+    td_scope *scope;    /* the fate it shares, or NULL */
+    td_list scope_link; /* scope->tasks */
+    int doom;           /* TD_ECLOSED once its request died: every wait fails at once */
+    td_scope lead;      /* the scope of the request this task serves, if any */
+    void *data;         /* the owner's */
     /* What the task is, for log lines: a callback (e.g. "GET /path") or a
      * fixed label ("a spawned thread"). */
     void (*describe)(td_task *t, char *buf, size_t size);
@@ -130,11 +159,31 @@ td_task *td_vm_check_yieldable(lua_State *L, const char *fname);
 /* [-0, +0] Called as a script's coroutine (at co_idx) is resumed from L:
  * records whether a yield of co's can be passed up through L to the task. */
 void td_vm_relay_mark(lua_State *L, int co_idx);
-/* Records that t waits on w (before the C function yields). */
+/* What a waiting primitive checks before it starts: 0, or the code its
+ * wait would fail with at once (the task's request is over or past its
+ * deadline); the primitive then returns nil, err. `transfer` as in td_wait. */
+int td_vm_doom(td_task *t, int transfer);
+/* Records that t waits on w (before the C function yields). w->transfer is
+ * the caller's to set first (calloc'd records start at 0). */
 void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *));
 /* Ends the wait, before the callback pushes results and calls td_vm_resume.
  * Returns the coroutine to push them on. */
 lua_State *td_vm_wait_end(td_wait *w);
+
+/* ---- scopes ---- */
+/* Opens t's own scope (t->lead) and binds t to it. */
+td_scope *td_vm_scope_open(td_task *t);
+/* t shares scope's fate from now on (a thread spawned in it). */
+void td_vm_scope_join(td_scope *s, td_task *t);
+/* The deadline: ms from now; 0 removes it. */
+void td_vm_scope_deadline(td_scope *s, uint64_t ms);
+/* The client went away: every task's wait fails now with `code`, later
+ * waits too; the scope closes. */
+void td_vm_scope_kill(td_scope *s, int code);
+/* The response is finished: the tasks run on, detached. */
+void td_vm_scope_close(td_scope *s);
+/* A thread starts: it shares its spawner's fate (and doom). */
+void td_vm_task_inherit(td_task *child, td_task *parent);
 
 /* Logs the error on top of co's stack with a traceback, prefixed by what. */
 void td_vm_log_error(lua_State *co, const char *what);

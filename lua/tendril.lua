@@ -60,16 +60,31 @@ local function run_thread(th, gen, fn, ...)
     event_set(th._done)
 end
 
---- Runs fn(...) in a new light thread (a coroutine of its own). It starts
---- when the caller next waits or returns, may outlive the request that
---- spawned it, and an error in it is logged, never fatal.
-function _M.spawn(fn, ...)
+local function spawn(core_spawn, fname, fn, ...)
     if type(fn) ~= "function" then
-        error("tendril.spawn: expected a function, got " .. type(fn), 2)
+        error(fname .. ": expected a function, got " .. type(fn), 3)
     end
     local th = setmetatable({ _done = event_new() }, thread)
     -- The thread runs the code of its spawner's generation.
-    core.spawn(run_thread, th, generation.of_caller(), fn, ...)
+    core_spawn(run_thread, th, generation.of_caller(), fn, ...)
+    return th
+end
+
+--- Runs fn(...) in a new light thread (a coroutine of its own). It starts
+--- when the caller next waits or returns, and an error in it is logged,
+--- never fatal. Spawned in a request, it shares the request's fate until
+--- the response is finished: if the client goes away or the request's
+--- deadline passes first, its waits fail too ("closed", "timeout"); after
+--- that it runs on, detached.
+function _M.spawn(fn, ...)
+    local th = spawn(core.spawn, "tendril.spawn", fn, ...)
+    return th
+end
+
+--- Like tendril.spawn, but detached at once: the request's fate is not
+--- the thread's.
+function _M.spawn_detached(fn, ...)
+    local th = spawn(core.spawn_detached, "tendril.spawn_detached", fn, ...)
     return th
 end
 

@@ -19,6 +19,7 @@ local lower = string.lower
 local yield, running = coroutine.yield, coroutine.running
 
 local req_info, req_headers, req_remote, req_body = core.req_info, core.req_headers, core.req_remote, core.req_body
+local req_deadline = core.req_deadline
 local res_send, res_room, res_fail, res_head_sent = core.res_send, core.res_room, core.res_fail, core.res_head_sent
 local log = core.log
 
@@ -102,6 +103,17 @@ function req_methods.body(self)
         rawset(self, "_body", body)
     end
     return body, err
+end
+
+--- Sets the request's deadline: `seconds` from now (nil: none). When it
+--- passes, every wait of the request and of the threads it spawned fails
+--- with nil, "timeout", except reading the body and writing the answer.
+function req_methods.deadline(self, seconds)
+    if seconds ~= nil and (type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds) then
+        error("req:deadline: expected a number of seconds >= 0 or nil, got " .. tostring(seconds), 2)
+    end
+    req_deadline(self[1], self[2], seconds)
+    return self
 end
 
 local req_mt = {

@@ -30,6 +30,7 @@ static void test_defaults(void) {
     CHECK_EQ_INT(cfg.stall_warn_ms, 200);
     CHECK_EQ_INT(cfg.no_watch, 0);
     CHECK(cfg.send_timeout == 60);
+    CHECK(cfg.request_timeout == 60);
 }
 
 static void test_every_option(void) {
@@ -38,7 +39,7 @@ static void test_every_option(void) {
                           "--error-log", "/tmp/e.log", "--max-header-bytes", "8192", "--max-body-bytes=0",
                           "--max-connections", "100", "--header-timeout", "0.5", "--body-timeout", "2",
                           "--keepalive-timeout", "1.5", "--shutdown-timeout", "3", "--stall-warn-ms", "0",
-                          "--no-watch", "--send-timeout", "2.5"};
+                          "--no-watch", "--send-timeout", "2.5", "--request-timeout", "0"};
     CHECK_EQ_INT(parse(&cfg, (int)(sizeof argv / sizeof argv[0]), argv), TD_CLI_RUN);
     CHECK(strcmp(cfg.host, "::1") == 0);
     CHECK_EQ_INT(cfg.port, 0);
@@ -53,6 +54,7 @@ static void test_every_option(void) {
     CHECK_EQ_INT(cfg.stall_warn_ms, 0);
     CHECK_EQ_INT(cfg.no_watch, 1);
     CHECK(cfg.send_timeout == 2.5);
+    CHECK(cfg.request_timeout == 0);
 }
 
 static void test_refusals(void) {
