@@ -6,6 +6,7 @@
 
 #include <lauxlib.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@ typedef struct td_app {
     uv_signal_t sigterm, sigint;
     uv_timer_t shutdown_timer;
     uv_prepare_t log_flusher;
+    uv_timer_t trimmer;
     td_reload *reload;
     int stopping;
     int cut_off;
@@ -141,6 +143,26 @@ static int load_app(td_app *app) {
         return -1;
     }
     return 0;
+}
+
+/* ---- memory after a burst ---- */
+
+/* Connections that must have gone since the last look for it to count as
+ * the end of a burst. */
+#define TD_TRIM_AFTER 256
+
+/* Once a second: when many connections went since the last look, the
+ * burst's garbage is collected and free pages go back to the system
+ * (malloc keeps freed memory otherwise; Lua's is malloc's too), so
+ * resident memory returns near its level before the burst. */
+static void on_trim_tick(uv_timer_t *t) {
+    td_app *app = t->data;
+    td_transport *tp = app->tp;
+    if (tp->peak >= tp->nconns + TD_TRIM_AFTER) {
+        td_vm_collect(app->vm);
+        malloc_trim(0);
+    }
+    tp->peak = tp->nconns;
 }
 
 /* ---- stopping ---- */
@@ -261,7 +283,8 @@ int td_app_run(const td_config *cfg) {
     uv_signal_init(&app.loop, &app.sigint);
     uv_timer_init(&app.loop, &app.shutdown_timer);
     uv_prepare_init(&app.loop, &app.log_flusher);
-    app.sigterm.data = app.sigint.data = app.shutdown_timer.data = &app;
+    uv_timer_init(&app.loop, &app.trimmer);
+    app.sigterm.data = app.sigint.data = app.shutdown_timer.data = app.trimmer.data = &app;
 
     int exit_code = 0;
     if (load_app(&app) != 0) {
@@ -279,6 +302,8 @@ int td_app_run(const td_config *cfg) {
         uv_signal_start(&app.sigint, on_stop_signal, SIGINT);
         uv_prepare_start(&app.log_flusher, on_log_turn);
         uv_unref((uv_handle_t *)&app.log_flusher);
+        uv_timer_start(&app.trimmer, on_trim_tick, 1000, 1000);
+        uv_unref((uv_handle_t *)&app.trimmer);
         uv_run(&app.loop, UV_RUN_DEFAULT);
         exit_code = app.cut_off ? 1 : 0;
     }
@@ -304,6 +329,7 @@ int td_app_run(const td_config *cfg) {
     close_handle((uv_handle_t *)&app.sigint);
     close_handle((uv_handle_t *)&app.shutdown_timer);
     close_handle((uv_handle_t *)&app.log_flusher);
+    close_handle((uv_handle_t *)&app.trimmer);
     uv_run(&app.loop, UV_RUN_DEFAULT);
     td_http_server_destroy(app.hs);
     td_transport_destroy(app.tp);

@@ -89,17 +89,17 @@ static void rekey(td_conn *c) {
     uint64_t a = c->io_deadline, b = c->send_deadline;
     uint64_t key = !a ? b : !b ? a : a < b ? a : b;
     if (!key) {
-        td_heap_remove(&c->tp->deadlines, &c->timer);
+        td_heap_remove(&td_conn_tp(c)->deadlines, &c->timer);
         return;
     }
-    td_heap_set(&c->tp->deadlines, &c->timer, key);
-    arm_timer(c->tp, key);
+    td_heap_set(&td_conn_tp(c)->deadlines, &c->timer, key);
+    arm_timer(td_conn_tp(c), key);
 }
 
 void td_conn_set_deadline(td_conn *c, uint64_t ms) {
     if (c->closing)
         return;
-    c->io_deadline = uv_now(c->tp->loop) + (ms ? ms : 1);
+    c->io_deadline = uv_now(td_conn_tp(c)->loop) + (ms ? ms : 1);
     rekey(c);
 }
 
@@ -118,7 +118,7 @@ void td_conn_set_send_timeout(td_conn *c, uint64_t ms) {
 static void watch_sending(td_conn *c) {
     if (!c->send_timeout_ms)
         return;
-    c->send_deadline = uv_now(c->tp->loop) + c->send_timeout_ms;
+    c->send_deadline = uv_now(td_conn_tp(c)->loop) + c->send_timeout_ms;
     rekey(c);
 }
 
@@ -156,13 +156,29 @@ static void on_timer(uv_timer_t *t) {
 
 /* ---- output ------------------------------------------------------------- */
 
+static void link_pending(td_conn *c) {
+    if (!td_list_linked(&c->plink))
+        td_list_push_back(&td_conn_tp(c)->pending, &c->plink);
+}
+
+/* Nothing is due for c at the turn's end any more. */
+static void unlink_pending(td_conn *c) {
+    if (c->want_defer) {
+        c->want_defer = 0;
+        td_conn_tp(c)->ndeferred--;
+    }
+    c->want_flush = 0;
+    td_list_remove(&c->plink);
+}
+
 td_buf *td_conn_out(td_conn *c, size_t extra) {
-    if (!c->out.data && td_buf_pool_take(&c->tp->out_pool, &c->out) != 0)
+    td_transport *tp = td_conn_tp(c);
+    if (!c->out.data && td_buf_pool_take(&tp->out_pool, &c->out) != 0)
         return NULL;
     if (td_buf_reserve(&c->out, extra) != 0)
         return NULL;
-    if (!td_list_linked(&c->flink))
-        td_list_push_back(&c->tp->flush, &c->flink);
+    c->want_flush = 1;
+    link_pending(c);
     return &c->out;
 }
 
@@ -176,16 +192,16 @@ void td_conn_want_drain(td_conn *c, size_t low_water) {
 static void check_drain(td_conn *c) {
     if (c->want_drain && !c->closed && td_conn_unsent(c) <= c->low_water) {
         c->want_drain = 0;
-        enter(c->tp);
+        enter(td_conn_tp(c));
         c->ops->on_drain(c);
-        leave(c->tp);
+        leave(td_conn_tp(c));
     }
 }
 
 static void on_write(uv_write_t *req, int status) {
     td_write *w = td_container_of(req, td_write, req);
     td_conn *c = w->conn;
-    td_buf_pool_give(&c->tp->out_pool, &w->block);
+    td_buf_pool_give(&td_conn_tp(c)->out_pool, &w->block);
     if (w->release)
         w->release(w->ud);
     free(w);
@@ -202,7 +218,7 @@ static void on_write(uv_write_t *req, int status) {
         rekey(c);
     }
     check_drain(c);
-    if (td_list_linked(&c->flink))
+    if (c->want_flush)
         td_conn_flush(c);
 }
 
@@ -233,7 +249,7 @@ static int queue_rest(td_conn *c, size_t done, const char *data, size_t len, voi
         b[n++] = uv_buf_init((char *)data + done, (unsigned)(len - done));
     int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, b, (unsigned)n, on_write);
     if (rc < 0) {
-        td_buf_pool_give(&c->tp->out_pool, &w->block);
+        td_buf_pool_give(&td_conn_tp(c)->out_pool, &w->block);
         free(w);
         close_with(c, rc);
         return rc;
@@ -261,11 +277,18 @@ static ssize_t try_write(td_conn *c, const char *data, size_t len) {
  * holds none (taking it again is a pointer off the pool's stack). */
 static void all_written(td_conn *c) {
     c->out.len = 0;
-    td_buf_pool_give(&c->tp->out_pool, &c->out);
+    td_buf_pool_give(&td_conn_tp(c)->out_pool, &c->out);
+}
+
+/* Output is being written: c stays pending only for deferred work. */
+static void flushing(td_conn *c) {
+    c->want_flush = 0;
+    if (!c->want_defer)
+        td_list_remove(&c->plink);
 }
 
 void td_conn_flush(td_conn *c) {
-    td_list_remove(&c->flink);
+    flushing(c);
     if (c->closing || c->out.len == 0)
         return;
     ssize_t n = try_write(c, NULL, 0);
@@ -283,7 +306,7 @@ void td_conn_flush(td_conn *c) {
 int td_conn_write_ref(td_conn *c, const char *data, size_t len, void (*release)(void *ud), void *ud) {
     if (c->closing)
         return TD_ECLOSED;
-    td_list_remove(&c->flink);
+    flushing(c);
     ssize_t n = try_write(c, data, len);
     if (n < 0) {
         close_with(c, (int)n);
@@ -298,26 +321,39 @@ int td_conn_write_ref(td_conn *c, const char *data, size_t len, void (*release)(
 }
 
 void td_conn_defer(td_conn *c) {
-    if (!c->closed && !td_list_linked(&c->dlink))
-        td_list_push_back(&c->tp->deferred, &c->dlink);
+    if (c->closed || c->want_defer)
+        return;
+    c->want_defer = 1;
+    td_conn_tp(c)->ndeferred++;
+    link_pending(c);
 }
 
 /* Deferred work first: it may add output, which then leaves in the same
  * write (pipelined answers). Tasks the deferred work wakes run in leave()
- * and may defer more: go round until nothing is left for this turn. */
+ * and may defer more: go round until nothing is deferred, then write. */
 static void on_turn(uv_prepare_t *p) {
     td_transport *tp = td_container_of(p, td_transport, turn);
-    while (!td_list_empty(&tp->deferred)) {
+    while (tp->ndeferred > 0) {
+        /* Work on a list of our own: callbacks link and unlink at will. */
+        td_list batch;
+        td_list_init(&batch);
+        td_list_splice(&tp->pending, &batch);
         enter(tp);
-        while (!td_list_empty(&tp->deferred)) {
-            td_conn *c = td_container_of(tp->deferred.next, td_conn, dlink);
-            td_list_remove(&c->dlink);
-            c->ops->on_deferred(c);
+        while (!td_list_empty(&batch)) {
+            td_conn *c = td_container_of(batch.next, td_conn, plink);
+            td_list_remove(&c->plink);
+            if (c->want_flush)
+                link_pending(c);
+            if (c->want_defer) {
+                c->want_defer = 0;
+                tp->ndeferred--;
+                c->ops->on_deferred(c);
+            }
         }
         leave(tp);
     }
-    while (!td_list_empty(&tp->flush))
-        td_conn_flush(td_container_of(tp->flush.next, td_conn, flink));
+    while (!td_list_empty(&tp->pending))
+        td_conn_flush(td_container_of(tp->pending.next, td_conn, plink));
 }
 
 /* ---- reading ------------------------------------------------------------ */
@@ -329,8 +365,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
         c->ops->alloc(c, buf);
         return;
     }
-    buf->base = c->tp->rbuf;
-    buf->len = sizeof c->tp->rbuf;
+    buf->base = td_conn_tp(c)->rbuf;
+    buf->len = sizeof td_conn_tp(c)->rbuf;
 }
 
 void td_conn_pause_reading(td_conn *c) {
@@ -349,7 +385,7 @@ void td_conn_resume_reading(td_conn *c) {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     td_conn *c = td_container_of(stream, td_conn, tcp);
-    td_transport *tp = c->tp;
+    td_transport *tp = td_conn_tp(c);
     if (nread == 0)
         return;
     if (c->ending) {
@@ -369,7 +405,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     /* Answer now, not at the end of the turn: the clients whose requests
      * came in the same batch would otherwise wait for every other one.
      * Pipelined answers from this read still leave in one write. */
-    if (td_list_linked(&c->flink))
+    if (c->want_flush)
         td_conn_flush(c);
 }
 
@@ -383,15 +419,13 @@ static td_conn *conn_new(td_transport *tp, size_t size, const td_conn_ops *ops, 
         free(c);
         return NULL;
     }
-    c->tp = tp;
     c->ops = ops;
     c->owner = owner;
-    td_list_init(&c->flink);
-    td_list_init(&c->dlink);
+    td_list_init(&c->plink);
     td_heap_node_init(&c->timer);
     uv_tcp_init(tp->loop, &c->tcp);
-    td_list_push_back(&tp->conns, &c->link);
-    tp->nconns++;
+    if (++tp->nconns > tp->peak)
+        tp->peak = tp->nconns;
     return c;
 }
 
@@ -399,9 +433,8 @@ static void accept_one(td_listener *l);
 
 static void on_closed(uv_handle_t *h) {
     td_conn *c = td_container_of(h, td_conn, tcp);
-    td_transport *tp = c->tp;
+    td_transport *tp = td_conn_tp(c);
     int accepted = c->accepted;
-    td_list_remove(&c->link);
     td_buf_pool_give(&tp->out_pool, &c->out);
     slot_give(tp, c);
     tp->nconns--;
@@ -423,10 +456,15 @@ static void notify_closed(td_conn *c) {
         return;
     c->closed = 1;
     td_conn_bump(c);
-    td_list_remove(&c->dlink);
-    enter(c->tp);
+    if (c->want_defer) {
+        c->want_defer = 0;
+        td_conn_tp(c)->ndeferred--;
+        if (!c->want_flush)
+            td_list_remove(&c->plink);
+    }
+    enter(td_conn_tp(c));
     c->ops->on_close(c);
-    leave(c->tp);
+    leave(td_conn_tp(c));
 }
 
 static void close_with(td_conn *c, int reason) {
@@ -436,9 +474,8 @@ static void close_with(td_conn *c, int reason) {
         c->close_reason = reason; /* a protocol may have said why already */
     notify_closed(c);
     c->io_deadline = c->send_deadline = 0;
-    td_heap_remove(&c->tp->deadlines, &c->timer);
-    td_list_remove(&c->flink);
-    td_list_remove(&c->dlink);
+    td_heap_remove(&td_conn_tp(c)->deadlines, &c->timer);
+    unlink_pending(c);
     c->closing = 1;
     c->reading = 0;
     uv_close((uv_handle_t *)&c->tcp, on_closed);
@@ -456,7 +493,7 @@ static void on_shutdown(uv_shutdown_t *req, int status) {
         return;
     }
     td_conn_resume_reading(c);
-    c->io_deadline = uv_now(c->tp->loop) + TD_LINGER_MS;
+    c->io_deadline = uv_now(td_conn_tp(c)->loop) + TD_LINGER_MS;
     rekey(c);
 }
 
@@ -615,10 +652,10 @@ static void on_connected(uv_connect_t *req, int status) {
         c->connected = 1;
         uv_tcp_nodelay(&c->tcp, 1);
     }
-    enter(c->tp);
+    enter(td_conn_tp(c));
     c->ops->on_connect(c, status);
-    leave(c->tp);
-    if (td_list_linked(&c->flink))
+    leave(td_conn_tp(c));
+    if (c->want_flush)
         td_conn_flush(c);
 }
 
@@ -652,10 +689,9 @@ int td_transport_init(td_transport *tp, uv_loop_t *loop, size_t max_conns) {
     tp->timer_due = UINT64_MAX;
     tp->free_slot = NO_SLOT;
     td_heap_init(&tp->deadlines);
-    td_list_init(&tp->conns);
-    td_list_init(&tp->flush);
-    td_list_init(&tp->deferred);
+    td_list_init(&tp->pending);
     td_list_init(&tp->waiting);
+    loop->data = tp;
     td_buf_pool_init(&tp->out_pool, TD_CONN_OUT_BLOCK, TD_OUT_SPARE_MAX);
     uv_timer_init(loop, &tp->timer);
     uv_prepare_init(loop, &tp->turn);
@@ -667,9 +703,21 @@ int td_transport_init(td_transport *tp, uv_loop_t *loop, size_t max_conns) {
     return 0;
 }
 
+void td_transport_foreach(td_transport *tp, void (*fn)(td_conn *c, void *ud), void *ud) {
+    /* A slot keeps its connection until the memory goes: closing ones are
+     * visited too, and fn may close the one it is given. */
+    for (uint32_t i = 0; i < tp->nslots; i++)
+        if (tp->slots[i].conn)
+            fn(tp->slots[i].conn, ud);
+}
+
+static void close_one(td_conn *c, void *ud) {
+    (void)ud;
+    td_conn_close(c);
+}
+
 void td_transport_close(td_transport *tp) {
-    td_list *pos, *tmp;
-    td_list_foreach_safe(pos, tmp, &tp->conns) td_conn_close(td_container_of(pos, td_conn, link));
+    td_transport_foreach(tp, close_one, NULL);
     if (tp->handles_open) {
         uv_close((uv_handle_t *)&tp->timer, NULL);
         uv_close((uv_handle_t *)&tp->turn, NULL);

@@ -68,23 +68,26 @@ typedef struct td_conn_ops {
     void (*on_close)(td_conn *c);
 } td_conn_ops;
 
+/* Sized for an idle keep-alive connection to cost what nginx's does: the
+ * transport is found through the loop (tcp.loop->data), the slot fills the
+ * heap node's padding, the slot table lists the connections, and one list
+ * serves deferred work and output. */
 struct td_conn {
     uv_tcp_t tcp;
-    td_transport *tp;
     const td_conn_ops *ops; /* the protocol spoken now */
     void *owner;            /* who made it: a listener's owner, or the connector */
-    td_list link;           /* tp->conns */
-    td_list flink;          /* tp->flush: output waiting for the turn's end */
-    td_list dlink;          /* tp->deferred */
+    td_list plink;          /* tp->pending: deferred work or output for the turn's end */
     td_heap_node timer;     /* keyed by the earlier of the two deadlines */
+    uint32_t slot;
     uint64_t io_deadline;   /* 0: none */
     uint64_t send_deadline; /* 0: nothing queued, or no send timeout */
     td_buf out;
-    uint32_t slot;
     uint32_t send_timeout_ms; /* 0: none */
     uint32_t low_water;       /* for on_drain */
     int close_reason;
-    unsigned accepted : 1; /* counts against max_conns */
+    unsigned want_flush : 1; /* output waits in out */
+    unsigned want_defer : 1; /* on_deferred is due */
+    unsigned accepted : 1;   /* counts against max_conns */
     unsigned closed : 1;   /* on_close ran */
     unsigned closing : 1;  /* uv_close called */
     unsigned ending : 1;   /* graceful close: writing out, then lingering */
@@ -117,14 +120,14 @@ struct td_transport {
     uv_timer_t timer;  /* fires at the earliest deadline */
     uint64_t timer_due;
     td_heap deadlines;
-    td_list conns;
-    td_list flush;
-    td_list deferred;
-    td_list waiting; /* listeners held back by max_conns */
-    size_t nconns;   /* open, both kinds */
+    td_list pending;    /* td_conn.plink */
+    size_t ndeferred;   /* of those, the ones with want_defer */
+    td_list waiting;    /* listeners held back by max_conns */
+    size_t nconns;      /* open, both kinds */
+    size_t peak;        /* the most open since the owner last reset it */
     size_t naccepted;
     size_t max_conns; /* accepted connections; 0: no limit but the open-file limit */
-    td_conn_slot *slots;
+    td_conn_slot *slots; /* also the list of every open connection */
     uint32_t nslots, free_slot;
     td_buf_pool out_pool;
     void (*enter)(void *ud);
@@ -139,11 +142,14 @@ struct td_transport {
 };
 
 /* ---- the transport ---- */
+/* One per loop: it takes loop->data. */
 int td_transport_init(td_transport *tp, uv_loop_t *loop, size_t max_conns);
 /* Closes every connection (abruptly) and the transport's handles; run the
  * loop to let the close callbacks come, then td_transport_destroy. */
 void td_transport_close(td_transport *tp);
 void td_transport_destroy(td_transport *tp);
+/* Calls fn for every open connection; fn may close it. */
+void td_transport_foreach(td_transport *tp, void (*fn)(td_conn *c, void *ud), void *ud);
 
 /* ---- listening ---- */
 /* Binds host:port (a name is resolved) and listens with the system's
@@ -166,10 +172,13 @@ void td_listener_close(td_listener *l, void (*on_closed)(td_listener *l));
 td_conn *td_conn_connect(td_transport *tp, const struct sockaddr *addr, const td_conn_ops *ops, size_t conn_size,
                          void *owner, int *err);
 
+/* The transport c belongs to (one per loop). */
+static inline td_transport *td_conn_tp(const td_conn *c) { return c->tcp.loop->data; }
+
 /* ---- handles ---- */
-static inline uint32_t td_conn_serial(const td_conn *c) { return c->tp->slots[c->slot].serial; }
+static inline uint32_t td_conn_serial(const td_conn *c) { return td_conn_tp(c)->slots[c->slot].serial; }
 /* A new serial: handles given out so far stop finding c. */
-static inline void td_conn_bump(td_conn *c) { c->tp->slots[c->slot].serial++; }
+static inline void td_conn_bump(td_conn *c) { td_conn_tp(c)->slots[c->slot].serial++; }
 static inline td_conn *td_conn_lookup(td_transport *tp, uint32_t slot, uint32_t serial) {
     if (slot >= tp->nslots || tp->slots[slot].serial != serial)
         return NULL;

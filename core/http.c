@@ -430,6 +430,7 @@ static void http_on_open(td_listener *l, td_conn *c) {
     (void)l;
     td_http_conn *hc = (td_http_conn *)c;
     td_http_server *hs = td_http__server(hc);
+    hs->nconns++;
     if (hs->draining) {
         td_conn_close(c);
         return;
@@ -511,6 +512,7 @@ static void http_on_drain(td_conn *c) {
 
 static void http_on_close(td_conn *c) {
     td_http_conn *hc = (td_http_conn *)c;
+    td_http__server(hc)->nconns--;
     td_http__request_over(hc, TD_ECLOSED);
     body_failed(hc, TD_ECLOSED);
     if (hc->rq)
@@ -556,28 +558,20 @@ void td_http_server_destroy(td_http_server *hs) {
     hs->spare = NULL;
 }
 
-size_t td_http_server_conns(td_http_server *hs) {
-    size_t n = 0;
-    td_list *pos;
-    for (pos = hs->tp->conns.next; pos != &hs->tp->conns; pos = pos->next)
-        if (td_container_of(pos, td_conn, link)->owner == hs)
-            n++;
-    return n;
+/* Idle connections close at once; the others finish their request. */
+static void drain_one(td_conn *c, void *ud) {
+    td_http_conn *hc = (td_http_conn *)c;
+    if (c->owner != ud || c->closed)
+        return;
+    int idle = hc->phase == TD_HTTP_IDLE || (hc->phase == TD_HTTP_HEAD && (!hc->rq || hc->rq->head_bytes == 0));
+    if (idle && !hc->live && (!hc->rq || hc->rq->pending.len == 0))
+        td_conn_close(c);
 }
 
 void td_http_server_drain(td_http_server *hs) {
     hs->draining = 1;
     td_listener_close(&hs->listener, NULL);
-    td_list *pos, *tmp;
-    td_list_foreach_safe(pos, tmp, &hs->tp->conns) {
-        td_conn *c = td_container_of(pos, td_conn, link);
-        if (c->owner != hs || c->closed)
-            continue;
-        td_http_conn *hc = (td_http_conn *)c;
-        int idle = hc->phase == TD_HTTP_IDLE || (hc->phase == TD_HTTP_HEAD && (!hc->rq || hc->rq->head_bytes == 0));
-        if (idle && !hc->live && (!hc->rq || hc->rq->pending.len == 0))
-            td_conn_close(c);
-    }
+    td_transport_foreach(hs->tp, drain_one, hs);
 }
 
 /* ---- request accessors ---- */

@@ -118,7 +118,8 @@ struct td_http_server {
     void *ud;
     td_http_req **spare; /* request states kept for reuse */
     size_t nspare;
-    size_t live; /* requests whose response has not ended */
+    size_t nconns; /* open connections */
+    size_t live;   /* requests whose response has not ended */
     unsigned draining : 1;
 };
 
@@ -178,7 +179,7 @@ void td_http_server_destroy(td_http_server *hs);
  * finish; their responses carry Connection: close. */
 void td_http_server_drain(td_http_server *hs);
 /* The server's connections open now. */
-size_t td_http_server_conns(td_http_server *hs);
+static inline size_t td_http_server_conns(const td_http_server *hs) { return hs->nconns; }
 
 /* ---- the live request ---- */
 static inline td_http_conn *td_http_find(td_http_server *hs, uint32_t slot, uint32_t serial) {

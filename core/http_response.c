@@ -135,7 +135,7 @@ int td_http_head_end(td_http_conn *hc, int64_t content_length) {
         return UV_ENOMEM;
     if (!rq->user_date) {
         APPEND_LIT(out, "Date: ");
-        td_buf_append(out, td_clock_http_date(hc->conn.tp->loop), 29);
+        td_buf_append(out, td_clock_http_date(hc->conn.tcp.loop), 29);
         APPEND_LIT(out, "\r\n");
     }
     if (!rq->user_server)
@@ -244,7 +244,7 @@ void td_http__error_response(td_http_conn *hc, int status) {
         td_buf_printf(out,
                       "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: tendril\r\nContent-Type: text/plain\r\n"
                       "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-                      status, reason, td_clock_http_date(c->tp->loop), strlen(reason) + 1, reason);
+                      status, reason, td_clock_http_date(c->tcp.loop), strlen(reason) + 1, reason);
     }
     if (hc->rq) {
         hc->rq->status = status;
@@ -276,7 +276,7 @@ void td_http__access_log(td_http_conn *hc) {
     char peer[64] = "-";
     td_conn_peer(&hc->conn, peer, sizeof peer);
     b.len = 0;
-    td_buf_printf(&b, "%s - - [%s] \"", peer, td_clock_log_time(hc->conn.tp->loop));
+    td_buf_printf(&b, "%s - - [%s] \"", peer, td_clock_log_time(hc->conn.tcp.loop));
     if (rq->target_len > 0) {
         size_t tlen;
         const char *target = td_http_target(hc, &tlen);

@@ -32,6 +32,18 @@ static inline void td_list_remove(td_list *node) {
     node->prev = node->next = node;
 }
 
+/* Moves every node of `from` to the end of `to`; `from` is left empty. */
+static inline void td_list_splice(td_list *from, td_list *to) {
+    if (td_list_empty(from))
+        return;
+    td_list *first = from->next, *last = from->prev;
+    first->prev = to->prev;
+    to->prev->next = first;
+    last->next = to;
+    to->prev = last;
+    td_list_init(from);
+}
+
 /* Iterate while the body may unlink the current node. */
 #define td_list_foreach_safe(pos, tmp, head) \
     for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head); (pos) = (tmp), (tmp) = (pos)->next)

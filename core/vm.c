@@ -17,6 +17,9 @@
 /* Idle tasks kept for reuse: creating a coroutine costs far more than
  * resuming one. */
 #define TD_POOL_MAX 1024
+/* Released task records kept for reuse; the rest go back to malloc, so a
+ * burst's peak is not kept. */
+#define TD_TASK_SPARE_MAX 256
 
 struct td_vm {
     lua_State *L;
@@ -26,10 +29,9 @@ struct td_vm {
     int relay;     /* registry ref: coroutine -> true when its resumer can pass a yield up */
     td_task **pool;
     size_t npool;
-    td_task **memory; /* every td_task ever made, freed by td_vm_close (see vm.h) */
-    size_t nmemory, memory_cap;
-    td_task **spare; /* released ones, for reuse */
-    size_t nspare, spare_cap;
+    td_list alive;   /* every task alive (td_task.alive_link), freed by td_vm_close */
+    td_task **spare; /* released ones kept for reuse, TD_TASK_SPARE_MAX at most */
+    size_t nspare;
     td_list waits;
     td_list posted;
     size_t ntasks;
@@ -52,14 +54,15 @@ struct td_vm {
 /* Its address is the pool marker. */
 static const char pool_marker = 0;
 
-#ifdef TD_SANITIZE
 /* Bytes Lua holds, counted by vm_alloc. LeakSanitizer cannot see a LuaJIT
  * state that was never closed (the library keeps pointers into it), so
  * teardown checks that this falls back to zero. */
 static size_t lua_live_bytes;
 
-/* Plain realloc, so that AddressSanitizer sees every allocation Lua makes;
- * LuaJIT's own allocator hides them. */
+/* Plain realloc: AddressSanitizer sees every allocation Lua makes (LuaJIT's
+ * own allocator hides them), and Lua's memory is malloc's, which
+ * td_vm_trim hands back to the system after a burst (LuaJIT's allocator
+ * keeps its peak). */
 static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     (void)ud;
     if (!ptr)
@@ -74,7 +77,6 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         lua_live_bytes += nsize - osize;
     return p;
 }
-#endif
 
 static int vm_panic(lua_State *L) {
     td_log(TD_LOG_CRIT, "unprotected Lua error: %s", lua_tostring(L, -1));
@@ -107,23 +109,23 @@ td_vm *td_vm_new(uv_loop_t *loop) {
     td_vm *vm = calloc(1, sizeof *vm);
     if (!vm)
         return NULL;
-#ifdef TD_SANITIZE
     vm->L = lua_newstate(vm_alloc, NULL);
-#else
-    vm->L = luaL_newstate();
-#endif
     if (!vm->L) {
         free(vm);
         return NULL;
     }
     vm->pool = malloc(TD_POOL_MAX * sizeof *vm->pool);
-    if (!vm->pool) {
+    vm->spare = malloc(TD_TASK_SPARE_MAX * sizeof *vm->spare);
+    if (!vm->pool || !vm->spare) {
+        free(vm->spare);
+        free(vm->pool);
         lua_close(vm->L);
         free(vm);
         return NULL;
     }
     vm->timer = malloc(sizeof *vm->timer);
     if (!vm->timer) {
+        free(vm->spare);
         free(vm->pool);
         lua_close(vm->L);
         free(vm);
@@ -137,6 +139,7 @@ td_vm *td_vm_new(uv_loop_t *loop) {
     vm->timer_due = UINT64_MAX;
     td_list_init(&vm->waits);
     td_list_init(&vm->posted);
+    td_list_init(&vm->alive);
     lua_atpanic(vm->L, vm_panic);
     /* Every coroutine inherits this: it finds the vm, never a task (a
      * coroutine may outlive the task it was created in). */
@@ -182,21 +185,7 @@ void td_vm_stats_get(td_vm *vm, td_vm_stats *st) {
 static td_task *task_memory(td_vm *vm) {
     if (vm->nspare > 0)
         return vm->spare[--vm->nspare];
-    td_task *t = malloc(sizeof(td_task));
-    if (!t)
-        return NULL;
-    if (vm->nmemory == vm->memory_cap) {
-        size_t cap = vm->memory_cap ? vm->memory_cap * 2 : 64;
-        td_task **memory = realloc(vm->memory, cap * sizeof *memory);
-        if (!memory) {
-            free(t);
-            return NULL;
-        }
-        vm->memory = memory;
-        vm->memory_cap = cap;
-    }
-    vm->memory[vm->nmemory++] = t;
-    return t;
+    return malloc(sizeof(td_task));
 }
 
 td_task *td_vm_task_new(td_vm *vm, td_task_end_cb on_end) {
@@ -220,6 +209,7 @@ td_task *td_vm_task_new(td_vm *vm, td_task_end_cb on_end) {
     t->fresh = 1;
     t->run = ++vm->next_run;
     td_list_init(&t->link);
+    td_list_push_back(&vm->alive, &t->alive_link);
     td_list_init(&t->scope_link);
     td_list_init(&t->lead.tasks);
     td_heap_node_init(&t->lead.timer);
@@ -251,16 +241,14 @@ static void task_release(td_task *t) {
     t->ref = LUA_NOREF;
     t->co = NULL;
     t->alive = 0;
+    td_list_remove(&t->alive_link);
     vm->ntasks--;
-    if (vm->nspare == vm->spare_cap) {
-        size_t cap = vm->spare_cap ? vm->spare_cap * 2 : 64;
-        td_task **spare = realloc(vm->spare, cap * sizeof *spare);
-        if (!spare)
-            return; /* not reused, still freed by td_vm_close */
-        vm->spare = spare;
-        vm->spare_cap = cap;
-    }
-    vm->spare[vm->nspare++] = t;
+    /* Nothing points at a released task: waits, posts and scopes let go
+     * above, and coroutines find their task through the vm (see vm.h). */
+    if (vm->nspare < TD_TASK_SPARE_MAX)
+        vm->spare[vm->nspare++] = t;
+    else
+        free(t);
 }
 
 void td_vm_set_pool_function(td_vm *vm) {
@@ -623,6 +611,11 @@ void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms) {
     vm->stall = threshold_ms ? td_stall_start(vm->L, threshold_ms, describe_current, vm) : NULL;
 }
 
+void td_vm_collect(td_vm *vm) {
+    if (vm->depth == 0 && !vm->closing)
+        lua_gc(vm->L, LUA_GCCOLLECT, 0);
+}
+
 static void free_timer(uv_handle_t *h) { free(h); }
 
 size_t td_vm_close(td_vm *vm) {
@@ -645,11 +638,15 @@ size_t td_vm_close(td_vm *vm) {
     /* The leak canary: a test sets this to prove that the leak check
      * reports task memory that teardown forgot to free. */
     if (getenv("TENDRIL_LEAK_CANARY"))
-        vm->nmemory = 0;
+        td_list_init(&vm->alive);
 #endif
-    while (vm->nmemory > 0)
-        free(vm->memory[--vm->nmemory]);
-    free(vm->memory);
+    while (!td_list_empty(&vm->alive)) {
+        td_task *t = td_container_of(vm->alive.next, td_task, alive_link);
+        td_list_remove(&t->alive_link);
+        free(t);
+    }
+    while (vm->nspare > 0)
+        free(vm->spare[--vm->nspare]);
     free(vm->spare);
     free(vm->pool);
     free(vm);

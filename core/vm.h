@@ -11,7 +11,8 @@
  * - A task ends in td_vm_resume and nowhere else: when its function returns
  *   or raises, its on_end hook runs and the task is released; when a pooled
  *   task yields the pool marker it goes back to the pool.
- * - td_task memory is recycled but never freed before td_vm_close.
+ * - td_task memory is freed (or kept as a bounded spare) when the task is
+ *   released: nothing keeps a task pointer past that (below).
  *
  * Fate (td_scope): a request's tasks (its handler's and the threads they
  * spawn) share a scope until its response is finished. When the client
@@ -73,7 +74,8 @@ struct td_task {
     lua_State *co;
     int ref; /* in the anchors table; LUA_NOREF when released */
     td_wait *wait;
-    td_list link; /* vm->posted while a resume is posted */
+    td_list link;       /* vm->posted while a resume is posted */
+    td_list alive_link; /* vm->alive */
     int posted_nargs;
     /* Called when the task's function returned (status 0, results on co's
      * stack) or raised (status LUA_ERR*, the error already logged). */
@@ -112,6 +114,9 @@ td_vm *td_vm_new(uv_loop_t *loop);
  * sanitizer build where it is counted and any other value is a leak. */
 size_t td_vm_close(td_vm *vm);
 lua_State *td_vm_state(td_vm *vm);
+/* A full collection, from outside any resume (after a burst, so that its
+ * garbage goes back to malloc). */
+void td_vm_collect(td_vm *vm);
 /* Starts (threshold_ms > 0) or stops the loop-stall guard (see stall.h). */
 void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms);
 uv_loop_t *td_vm_loop(td_vm *vm);
