@@ -184,13 +184,10 @@ td_buf *td_conn_out(td_conn *c, size_t extra) {
 
 size_t td_conn_unsent(td_conn *c) { return c->out.len + uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp); }
 
-void td_conn_want_drain(td_conn *c, size_t low_water) {
-    c->want_drain = 1;
-    c->low_water = (uint32_t)low_water;
-}
+void td_conn_want_drain(td_conn *c) { c->want_drain = 1; }
 
 static void check_drain(td_conn *c) {
-    if (c->want_drain && !c->closed && td_conn_unsent(c) <= c->low_water) {
+    if (c->want_drain && !c->closed && td_conn_unsent(c) <= c->ops->low_water) {
         c->want_drain = 0;
         enter(td_conn_tp(c));
         c->ops->on_drain(c);

@@ -45,6 +45,8 @@ typedef struct td_listener td_listener;
 typedef struct td_conn td_conn;
 
 typedef struct td_conn_ops {
+    /* on_drain comes once unsent output is down to this many bytes. */
+    size_t low_water;
     /* Optional: where to read (the protocol keeps the bytes, e.g. a
      * socket's input buffer); a zero-length buffer is out of memory. NULL:
      * the transport's shared buffer, valid during on_data only. */
@@ -69,21 +71,20 @@ typedef struct td_conn_ops {
 } td_conn_ops;
 
 /* Sized for an idle keep-alive connection to cost what nginx's does: the
- * transport is found through the loop (tcp.loop->data), the slot fills the
- * heap node's padding, the slot table lists the connections, and one list
- * serves deferred work and output. */
+ * transport is found through the loop (tcp.loop->data), the slot table
+ * lists the connections, one list serves deferred work and output, and the
+ * low-water mark is the protocol's. */
 struct td_conn {
     uv_tcp_t tcp;
     const td_conn_ops *ops; /* the protocol spoken now */
     void *owner;            /* who made it: a listener's owner, or the connector */
     td_list plink;          /* tp->pending: deferred work or output for the turn's end */
-    td_heap_node timer;     /* keyed by the earlier of the two deadlines */
+    td_heap_node timer;       /* keyed by the earlier of the two deadlines */
     uint32_t slot;
-    uint64_t io_deadline;   /* 0: none */
-    uint64_t send_deadline; /* 0: nothing queued, or no send timeout */
-    td_buf out;
     uint32_t send_timeout_ms; /* 0: none */
-    uint32_t low_water;       /* for on_drain */
+    uint64_t io_deadline;     /* 0: none */
+    uint64_t send_deadline;   /* 0: nothing queued, or no send timeout */
+    td_buf out;
     int close_reason;
     unsigned want_flush : 1; /* output waits in out */
     unsigned want_defer : 1; /* on_deferred is due */
@@ -208,8 +209,8 @@ void td_conn_flush(td_conn *c);
 int td_conn_write_ref(td_conn *c, const char *data, size_t len, void (*release)(void *ud), void *ud);
 /* Bytes not yet handed to the kernel: buffered plus queued. */
 size_t td_conn_unsent(td_conn *c);
-/* One on_drain once td_conn_unsent(c) <= low_water. */
-void td_conn_want_drain(td_conn *c, size_t low_water);
+/* One on_drain once td_conn_unsent(c) <= c->ops->low_water. */
+void td_conn_want_drain(td_conn *c);
 /* One on_deferred late in this loop turn, outside any callback c is in now. */
 void td_conn_defer(td_conn *c);
 

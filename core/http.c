@@ -193,7 +193,7 @@ void td_http_wait_body(td_http_conn *hc, td_http_waiter *w) { td_list_push_back(
 
 void td_http_wait_drain(td_http_conn *hc, td_http_waiter *w) {
     td_list_push_back(&hc->rq->drain_waiters, &w->link);
-    td_conn_want_drain(&hc->conn, TD_HTTP_LOW_WATER);
+    td_conn_want_drain(&hc->conn);
 }
 
 /* ---- request lifecycle ---- */
@@ -236,7 +236,7 @@ static void start_idle(td_http_conn *hc, int more) {
         if (td_http_unsent(hc) > TD_HTTP_HIGH_WATER) {
             hc->waiting_drain = 1;
             td_conn_pause_reading(&hc->conn);
-            td_conn_want_drain(&hc->conn, TD_HTTP_LOW_WATER);
+            td_conn_want_drain(&hc->conn);
             return;
         }
         if (!more)
@@ -523,6 +523,7 @@ static void http_on_close(td_conn *c) {
 static void http_on_connect(td_conn *c, int status) { (void)c, (void)status; }
 
 const td_conn_ops td_http__ops = {
+    .low_water = TD_HTTP_LOW_WATER,
     .on_data = http_on_data,
     .on_eof = http_on_eof,
     .on_timeout = http_on_timeout,

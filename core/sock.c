@@ -117,7 +117,9 @@ static void sock_on_close(td_conn *c) {
     s->owner_free = NULL;
 }
 
+/* A send returns once the kernel has all of it: drain means empty. */
 static const td_conn_ops sock_ops = {
+    .low_water = 0,
     .on_data = sock_on_data,
     .on_eof = sock_on_eof,
     .on_timeout = sock_on_timeout,
@@ -177,7 +179,7 @@ void td_sock_write(td_sock *s, const char *data, size_t len, uint64_t timeout_ms
     if (td_conn_unsent(&s->conn) == 0)
         finish(s, 0);
     else
-        td_conn_want_drain(&s->conn, 0);
+        td_conn_want_drain(&s->conn);
 }
 
 void td_sock_cancel(td_sock *s) {
