@@ -216,6 +216,19 @@ static void on_empty(td_transport *tp) { check_drained(tp->data); }
 
 static void on_sessions_over(void *ud) { check_drained(ud); }
 
+/* What the Lua side still held when the loop stopped: a wait is a task
+ * nobody resumed (a thread still sleeping, or a leak), cancelled now. The
+ * tests read these lines: after a clean drain there must be none. */
+static void report_leftovers(td_vm *vm) {
+    td_vm_stats st;
+    td_vm_stats_get(vm, &st);
+    if (st.waits)
+        td_log(TD_LOG_WARN, "exit: %zu wait(s) still pending were cancelled (%zu task(s), %zu pooled)", st.waits,
+               st.tasks, st.pooled);
+    if (st.anchored != st.tasks)
+        td_log(TD_LOG_CRIT, "teardown: %zu coroutine(s) anchored for %zu task(s)", st.anchored, st.tasks);
+}
+
 static void walk_report(uv_handle_t *h, void *arg) {
     (void)arg;
     if (!uv_is_closing(h))
@@ -313,6 +326,7 @@ int td_app_run(const td_config *cfg) {
     td_api_tcp_close_listeners();
     td_reload_stop(app.reload);
     td_api_http_teardown();
+    report_leftovers(app.vm);
     /* Nothing below may reach into Lua: its tasks and scopes are gone. */
     app.tp->enter = app.tp->leave = NULL;
     app.hs->on_request = NULL;

@@ -45,7 +45,7 @@ def poll(check, timeout, interval=0.02):
 class Server:
     """One tendril process serving an app. Use as a context manager."""
 
-    def __init__(self, app=None, app_path=None, args=(), env=None, files=None, cwd=None):
+    def __init__(self, app=None, app_path=None, args=(), env=None, files=None, cwd=None, leftovers_ok=False):
         self.dir = tempfile.mkdtemp(prefix="tendril-e2e-")
         for name, text in (files or {}).items():
             path = os.path.join(self.dir, name)
@@ -58,6 +58,9 @@ class Server:
                 f.write(textwrap.dedent(app))
         self.app_path = app_path
         self.args = list(args)
+        # Whether the test leaves work running at exit on purpose (a
+        # shutdown that cuts requests off, a thread still sleeping).
+        self.leftovers_ok = leftovers_ok
         self.env = dict(os.environ, **(env or {}))
         self.cwd = cwd
         self.proc = None
@@ -103,12 +106,23 @@ class Server:
         return self.exit_code
 
     def stop(self, timeout=15):
-        """SIGTERM, wait, and check that nothing was reported by sanitizers."""
+        """SIGTERM, wait, and check that nothing was reported by sanitizers
+        and, after a clean drain, that nothing was left behind."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.wait(timeout)
         self.assert_clean()
+        if code == 0 and not self.leftovers_ok:
+            self.assert_nothing_left_at_exit()
         return code
+
+    def assert_nothing_left_at_exit(self):
+        """The server's last words: no wait still pending, every coroutine
+        anchored exactly once, every libuv handle closed."""
+        err = self.stderr()
+        for line in err.splitlines():
+            if "still pending were cancelled" in line or "teardown:" in line:
+                raise AssertionError("left behind at exit: " + line)
 
     def assert_clean(self):
         err = self.stderr()
@@ -293,15 +307,17 @@ class TestCase(unittest.TestCase):
 
 class ServerTestCase(TestCase):
     """One server for the whole class: APP (and ARGS, FILES, ENV) name it;
-    it must stop with exit code 0."""
+    it must stop with exit code 0 and leave nothing behind."""
     APP = None
     ARGS = ()
     FILES = None
     ENV = None
+    LEFTOVERS_OK = False
 
     @classmethod
     def setUpClass(cls):
-        cls.server = Server(cls.APP, args=cls.ARGS, files=cls.FILES, env=cls.ENV).start()
+        cls.server = Server(cls.APP, args=cls.ARGS, files=cls.FILES, env=cls.ENV,
+                            leftovers_ok=cls.LEFTOVERS_OK).start()
         cls.port = cls.server.port
 
     @classmethod
