@@ -650,9 +650,5 @@ size_t td_vm_close(td_vm *vm) {
     free(vm->spare);
     free(vm->pool);
     free(vm);
-#ifdef TD_SANITIZE
     return lua_live_bytes;
-#else
-    return 0;
-#endif
 }

@@ -106,12 +106,11 @@ typedef struct td_vm_stats {
 } td_vm_stats;
 
 /* Creates the Lua state: standard libraries, the embedded tendril library,
- * and under the sanitizer build a realloc-based allocator so that leak
- * checks see Lua's memory. NULL when out of memory. */
+ * and a realloc-based allocator that counts Lua's bytes (leak checks see
+ * them; malloc_trim can hand them back). NULL when out of memory. */
 td_vm *td_vm_new(uv_loop_t *loop);
 /* Teardown: cancels every wait, releases every task, closes the state.
- * Returns the bytes Lua still held after closing: always 0, except in the
- * sanitizer build where it is counted and any other value is a leak. */
+ * Returns the bytes Lua still held after closing: any but 0 is a leak. */
 size_t td_vm_close(td_vm *vm);
 lua_State *td_vm_state(td_vm *vm);
 /* A full collection, from outside any resume (after a burst, so that its

@@ -1,0 +1,290 @@
+/* The transport over real loopback connections: every path that frees a
+ * connection (a close from either side, a deadline, the send timeout, a
+ * graceful end, a failed connect, a close while connecting), handles that
+ * stop finding a closed connection, output by reference, the accept limit,
+ * and the hooks around every protocol callback. Under the sanitizer build
+ * LeakSanitizer checks that every connection's memory went. */
+#include "check.h"
+#include "conn.h"
+#include "errors.h"
+
+#include <stdlib.h>
+
+static uv_loop_t loop;
+static td_transport tp;
+static td_listener listener;
+static int port;
+
+/* What the protocol saw. */
+static struct {
+    int opened, data, eofs, timeouts, drains, connects, closes, defers;
+    int connect_status, close_reason;
+    size_t bytes;
+    td_conn *last_open;
+    int depth, max_depth, entered;
+} ev;
+
+static void t_data(td_conn *c, const char *d, size_t n) {
+    (void)c, (void)d;
+    ev.data++;
+    ev.bytes += n;
+}
+static void t_eof(td_conn *c, int err) {
+    (void)err;
+    ev.eofs++;
+    td_conn_close(c);
+}
+static void t_timeout(td_conn *c) {
+    ev.timeouts++;
+    td_conn_close(c);
+}
+static void t_drain(td_conn *c) {
+    (void)c;
+    ev.drains++;
+}
+static void t_deferred(td_conn *c) {
+    (void)c;
+    ev.defers++;
+}
+static void t_connect(td_conn *c, int status) {
+    (void)c;
+    ev.connects++;
+    ev.connect_status = status;
+}
+static void t_close(td_conn *c) {
+    ev.closes++;
+    ev.close_reason = c->close_reason;
+}
+
+static const td_conn_ops ops = {
+    .low_water = 0,
+    .on_data = t_data,
+    .on_eof = t_eof,
+    .on_timeout = t_timeout,
+    .on_drain = t_drain,
+    .on_deferred = t_deferred,
+    .on_connect = t_connect,
+    .on_close = t_close,
+};
+
+static void on_open(td_listener *l, td_conn *c) {
+    (void)l;
+    ev.opened++;
+    ev.last_open = c;
+}
+
+static void hook_enter(void *ud) {
+    (void)ud;
+    ev.entered++;
+    if (++ev.depth > ev.max_depth)
+        ev.max_depth = ev.depth;
+}
+static void hook_leave(void *ud) {
+    (void)ud;
+    ev.depth--;
+}
+
+/* Runs the loop until cond holds (or about two seconds passed). */
+#define RUN_UNTIL(cond)                                     \
+    do {                                                    \
+        for (int i_ = 0; i_ < 2000 && !(cond); i_++)        \
+            uv_run(&loop, UV_RUN_NOWAIT), uv_sleep(1);      \
+    } while (0)
+
+static td_conn *dial(void) {
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", port, &a);
+    int err = 0;
+    td_conn *c = td_conn_connect(&tp, (struct sockaddr *)&a, &ops, sizeof(td_conn), NULL, &err);
+    CHECK(c != NULL);
+    return c;
+}
+
+static void settle(void) {
+    for (int i = 0; i < 50; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+static void test_accept_data_close(void) {
+    memset(&ev, 0, sizeof ev);
+    td_conn *client = dial();
+    RUN_UNTIL(ev.connects == 1 && ev.opened == 1);
+    CHECK_EQ_INT(ev.connect_status, 0);
+    td_conn *server = ev.last_open;
+    CHECK(server->accepted && !client->accepted);
+    CHECK_EQ_INT(tp.naccepted, 1);
+    uint32_t slot = server->slot, serial = td_conn_serial(server);
+    CHECK(td_conn_lookup(&tp, slot, serial) == server);
+    td_conn_bump(server);
+    CHECK(td_conn_lookup(&tp, slot, serial) == NULL);
+    serial = td_conn_serial(server);
+
+    td_conn_resume_reading(client);
+    td_buf *out = td_conn_out(client, 5);
+    memcpy(out->data, "hello", 5);
+    out->len = 5;
+    td_conn_flush(client);
+    RUN_UNTIL(ev.bytes == 5);
+    CHECK_EQ_INT(ev.bytes, 5);
+
+    /* The client closes: the server's side sees the end and closes. */
+    td_conn_close(client);
+    RUN_UNTIL(ev.eofs == 1 && ev.closes == 2);
+    CHECK_EQ_INT(ev.closes, 2); /* on_close once each */
+    settle();
+    CHECK(td_conn_lookup(&tp, slot, serial) == NULL);
+    CHECK_EQ_INT(tp.naccepted, 0);
+    CHECK_EQ_INT(tp.nconns, 0);
+    CHECK(ev.entered > 0 && ev.depth == 0);
+}
+
+static void test_deadline(void) {
+    memset(&ev, 0, sizeof ev);
+    td_conn *client = dial();
+    RUN_UNTIL(ev.opened == 1);
+    td_conn *server = ev.last_open;
+    td_conn_set_deadline(server, 50);
+    td_conn_set_deadline(client, 5000);
+    td_conn_clear_deadline(client);
+    RUN_UNTIL(ev.timeouts == 1);
+    CHECK_EQ_INT(ev.timeouts, 1);
+    td_conn_close(client);
+    settle();
+    CHECK_EQ_INT(ev.timeouts, 1); /* the cleared one never fired */
+    CHECK_EQ_INT(tp.nconns, 0);
+    CHECK_EQ_INT(tp.deadlines.count, 0);
+}
+
+static int released;
+static void release(void *ud) { (*(int *)ud)++; }
+
+static void test_send_timeout_and_output_by_reference(void) {
+    memset(&ev, 0, sizeof ev);
+    released = 0;
+    td_conn *client = dial();
+    RUN_UNTIL(ev.opened == 1);
+    td_conn *server = ev.last_open;
+    /* The client never reads: queued output makes no progress. */
+    td_conn_set_send_timeout(server, 100);
+    static char big[8 << 20];
+    int rc = td_conn_write_ref(server, big, sizeof big, release, &released);
+    CHECK_EQ_INT(rc, 1);
+    CHECK(td_conn_unsent(server) > 0);
+    RUN_UNTIL(ev.closes == 1);
+    CHECK_EQ_INT(ev.close_reason, TD_ETIMEOUT);
+    settle();
+    CHECK_EQ_INT(released, 1); /* once, though the write never finished */
+    td_conn_close(client);
+    settle();
+    CHECK_EQ_INT(tp.nconns, 0);
+}
+
+static void test_graceful_end_delivers_output(void) {
+    memset(&ev, 0, sizeof ev);
+    td_conn *client = dial();
+    RUN_UNTIL(ev.opened == 1);
+    td_conn_resume_reading(client);
+    td_conn *server = ev.last_open;
+    td_buf *out = td_conn_out(server, 3);
+    memcpy(out->data, "bye", 3);
+    out->len = 3;
+    td_conn_end(server); /* on_close now, the bytes still go */
+    CHECK_EQ_INT(ev.closes, 1);
+    RUN_UNTIL(ev.bytes == 3 && ev.eofs == 1);
+    CHECK_EQ_INT(ev.bytes, 3);
+    CHECK_EQ_INT(ev.eofs, 1); /* the half-close reached the client */
+    settle();
+    CHECK_EQ_INT(tp.nconns, 0);
+}
+
+static void test_connect_failures(void) {
+    memset(&ev, 0, sizeof ev);
+    /* A port nobody listens on. */
+    uv_tcp_t probe;
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    uv_tcp_init(&loop, &probe);
+    uv_tcp_bind(&probe, (struct sockaddr *)&a, 0);
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    uv_tcp_getsockname(&probe, (struct sockaddr *)&ss, &len);
+    uv_close((uv_handle_t *)&probe, NULL);
+    settle();
+    int err = 0;
+    td_conn *c = td_conn_connect(&tp, (struct sockaddr *)&ss, &ops, sizeof(td_conn), NULL, &err);
+    CHECK(c != NULL);
+    RUN_UNTIL(ev.connects == 1);
+    CHECK_EQ_INT(ev.connect_status, UV_ECONNREFUSED);
+    td_conn_close(c);
+    /* Closed while connecting: on_close, and no on_connect after it. */
+    memset(&ev, 0, sizeof ev);
+    c = dial();
+    td_conn_close(c);
+    CHECK_EQ_INT(ev.closes, 1);
+    settle();
+    CHECK_EQ_INT(ev.connects, 0);
+    /* The accepted side, if it came, ends too. */
+    CHECK_EQ_INT(ev.closes, 1 + ev.opened);
+    CHECK_EQ_INT(tp.nconns, 0);
+}
+
+static void test_accept_limit(void) {
+    memset(&ev, 0, sizeof ev);
+    tp.max_conns = 1;
+    td_conn *a = dial();
+    RUN_UNTIL(ev.opened == 1);
+    td_conn *first = ev.last_open;
+    td_conn *b = dial();
+    RUN_UNTIL(ev.connects == 2);
+    settle();
+    CHECK_EQ_INT(ev.opened, 1); /* the second waits in the backlog */
+    td_conn_close(first);
+    RUN_UNTIL(ev.opened == 2);
+    CHECK_EQ_INT(ev.opened, 2);
+    tp.max_conns = 0;
+    td_conn_close(a);
+    td_conn_close(b);
+    td_conn_close(ev.last_open);
+    settle();
+    CHECK_EQ_INT(tp.nconns, 0);
+}
+
+static void test_deferred(void) {
+    memset(&ev, 0, sizeof ev);
+    td_conn *c = dial();
+    td_conn_defer(c);
+    td_conn_defer(c);
+    settle();
+    CHECK_EQ_INT(ev.defers, 1);
+    td_conn_defer(c);
+    td_conn_close(c); /* a closed connection's deferred work is dropped */
+    settle();
+    CHECK_EQ_INT(ev.defers, 1);
+    CHECK_EQ_INT(tp.ndeferred, 0);
+    /* The accepted side saw the end and closed itself. */
+    settle();
+    CHECK_EQ_INT(tp.nconns, 0);
+}
+
+int main(void) {
+    uv_loop_init(&loop);
+    td_transport_init(&tp, &loop, 0);
+    tp.enter = hook_enter;
+    tp.leave = hook_leave;
+    CHECK_EQ_INT(td_listener_open(&listener, &tp, "127.0.0.1", 0, &ops, sizeof(td_conn), on_open, NULL), 0);
+    port = td_listener_port(&listener);
+    test_accept_data_close();
+    test_deadline();
+    test_send_timeout_and_output_by_reference();
+    test_graceful_end_delivers_output();
+    test_connect_failures();
+    test_accept_limit();
+    test_deferred();
+    CHECK_EQ_INT(ev.depth, 0); /* every enter had its leave (they may nest) */
+    td_listener_close(&listener, NULL);
+    td_transport_close(&tp);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    td_transport_destroy(&tp);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    return check_result("test_conn");
+}
