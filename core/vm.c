@@ -11,12 +11,13 @@
 
 #include "embedded_lua.h"
 #include "errors.h"
+#include "lalloc.h"
 #include "log.h"
 #include "stall.h"
 
 /* Idle tasks kept for reuse: creating a coroutine costs far more than
  * resuming one. */
-#define TD_POOL_MAX 1024
+#define TD_POOL_MAX 256
 /* Released task records kept for reuse; the rest go back to malloc, so a
  * burst's peak is not kept. */
 #define TD_TASK_SPARE_MAX 256
@@ -48,35 +49,12 @@ struct td_vm {
     uv_timer_t *timer;  /* fires at the earliest; its own memory (closed after the vm is gone) */
     uint64_t timer_due;
     uint32_t nscopes;   /* open scopes: the heap's reserve */
+    td_lalloc *alloc; /* Lua's memory (lalloc.h); its own block, freed after the state */
     unsigned closing : 1;
 };
 
 /* Its address is the pool marker. */
 static const char pool_marker = 0;
-
-/* Bytes Lua holds, counted by vm_alloc. LeakSanitizer cannot see a LuaJIT
- * state that was never closed (the library keeps pointers into it), so
- * teardown checks that this falls back to zero. */
-static size_t lua_live_bytes;
-
-/* Plain realloc: AddressSanitizer sees every allocation Lua makes (LuaJIT's
- * own allocator hides them), and Lua's memory is malloc's, which
- * td_vm_trim hands back to the system after a burst (LuaJIT's allocator
- * keeps its peak). */
-static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-    (void)ud;
-    if (!ptr)
-        osize = 0;
-    if (nsize == 0) {
-        free(ptr);
-        lua_live_bytes -= osize;
-        return NULL;
-    }
-    void *p = realloc(ptr, nsize);
-    if (p)
-        lua_live_bytes += nsize - osize;
-    return p;
-}
 
 static int vm_panic(lua_State *L) {
     td_log(TD_LOG_CRIT, "unprotected Lua error: %s", lua_tostring(L, -1));
@@ -109,25 +87,23 @@ td_vm *td_vm_new(uv_loop_t *loop) {
     td_vm *vm = calloc(1, sizeof *vm);
     if (!vm)
         return NULL;
-    vm->L = lua_newstate(vm_alloc, NULL);
+    vm->alloc = calloc(1, sizeof *vm->alloc);
+    vm->L = vm->alloc ? lua_newstate(td_lalloc_f, vm->alloc) : NULL;
     if (!vm->L) {
+        free(vm->alloc);
         free(vm);
         return NULL;
     }
     vm->pool = malloc(TD_POOL_MAX * sizeof *vm->pool);
     vm->spare = malloc(TD_TASK_SPARE_MAX * sizeof *vm->spare);
-    if (!vm->pool || !vm->spare) {
-        free(vm->spare);
-        free(vm->pool);
-        lua_close(vm->L);
-        free(vm);
-        return NULL;
-    }
     vm->timer = malloc(sizeof *vm->timer);
-    if (!vm->timer) {
+    if (!vm->pool || !vm->spare || !vm->timer) {
+        free(vm->timer);
         free(vm->spare);
         free(vm->pool);
         lua_close(vm->L);
+        td_lalloc_drain(vm->alloc);
+        free(vm->alloc);
         free(vm);
         return NULL;
     }
@@ -614,6 +590,7 @@ void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms) {
 void td_vm_collect(td_vm *vm) {
     if (vm->depth == 0 && !vm->closing)
         lua_gc(vm->L, LUA_GCCOLLECT, 0);
+    td_lalloc_drain(vm->alloc);
 }
 
 static void free_timer(uv_handle_t *h) { free(h); }
@@ -649,6 +626,11 @@ size_t td_vm_close(td_vm *vm) {
         free(vm->spare[--vm->nspare]);
     free(vm->spare);
     free(vm->pool);
+    /* LeakSanitizer cannot see a LuaJIT state that was never closed (the
+     * library keeps pointers into it): the count must be back to zero. */
+    size_t left = vm->alloc->live;
+    td_lalloc_drain(vm->alloc);
+    free(vm->alloc);
     free(vm);
-    return lua_live_bytes;
+    return left;
 }

@@ -1,0 +1,85 @@
+/* The size classes and free lists of Lua's allocator. */
+#include "lalloc.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Cached bytes at most: enough for the garbage of a few thousand requests
+ * between collections, little next to a burst. */
+#define TD_LALLOC_CACHE_MAX ((size_t)4 << 20)
+
+#ifdef TD_SANITIZE
+#define CACHING 0
+#else
+#define CACHING 1
+#endif
+
+/* The class of a size (1..TD_LALLOC_CLASSES), or 0 for a large one. */
+static inline unsigned size_class(size_t n) { return CACHING && n <= TD_LALLOC_SMALL ? (unsigned)((n + 15) >> 4) : 0; }
+
+static void *take(td_lalloc *a, size_t n) {
+    unsigned c = size_class(n);
+    if (!c)
+        return malloc(n);
+    void *p = a->free[c];
+    if (p) {
+        a->free[c] = *(void **)p;
+        a->cached -= (size_t)c << 4;
+        return p;
+    }
+    return malloc((size_t)c << 4);
+}
+
+static void give(td_lalloc *a, void *p, size_t n) {
+    unsigned c = size_class(n);
+    if (!c || a->cached + ((size_t)c << 4) > TD_LALLOC_CACHE_MAX) {
+        free(p);
+        return;
+    }
+    *(void **)p = a->free[c];
+    a->free[c] = p;
+    a->cached += (size_t)c << 4;
+}
+
+void *td_lalloc_f(void *ud, void *ptr, size_t osize, size_t nsize) {
+    td_lalloc *a = ud;
+    if (!ptr)
+        osize = 0;
+    if (nsize == 0) {
+        if (ptr) {
+            give(a, ptr, osize);
+            a->live -= osize;
+        }
+        return NULL;
+    }
+    unsigned oc = ptr ? size_class(osize) : 0, nc = size_class(nsize);
+    void *p;
+    if (ptr && oc && oc == nc) {
+        p = ptr; /* the block has room already */
+    } else if (ptr && !oc && !nc) {
+        p = realloc(ptr, nsize);
+        if (!p)
+            return NULL;
+    } else {
+        p = take(a, nsize);
+        if (!p)
+            return NULL;
+        if (ptr) {
+            memcpy(p, ptr, osize < nsize ? osize : nsize);
+            give(a, ptr, osize);
+        }
+    }
+    a->live += nsize - osize;
+    return p;
+}
+
+void td_lalloc_drain(td_lalloc *a) {
+    for (unsigned c = 1; c <= TD_LALLOC_CLASSES; c++) {
+        while (a->free[c]) {
+            void *p = a->free[c];
+            a->free[c] = *(void **)p;
+            free(p);
+        }
+    }
+    a->cached = 0;
+}
