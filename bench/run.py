@@ -102,7 +102,18 @@ def idle_conns(port, n, pid):
         return {"bytes_per_conn": None, "note": text[-300:]}
 
 
+def memory(mode, port, arg, pid):
+    """bench/memory.py: peak RSS with many waiting requests, or growth under a
+    client that pipelines and never reads."""
+    text = run([sys.executable, os.path.join(HERE, "memory.py"), mode, str(port), str(arg), str(pid)], timeout=120)
+    try:
+        return json.loads(text.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"note": text[-300:]}
+
+
 PROXY_PEERS = ("tendril", "node", "nginx-lua")
+WAITING = 10000
 
 
 def start(peer, port, tendril_bin, upstream_port=None, tendril_args=""):
@@ -136,6 +147,9 @@ def measure(peer, tendril_bin, duration, upstream_port):
         # Idle memory first, on a fresh process: later load would leave
         # pooled memory behind that hides the per-connection cost.
         r["idle"] = idle_conns(port, 2000, worker)
+        if peer != "nginx":
+            r["waiting"] = memory("waiting", port, WAITING, worker)
+        r["flood"] = memory("flood", port, 5, worker)
         wrk(port, 50, 1)  # warm-up (JIT, caches)
         r["ab"] = [ab(port, 10000, c) for c in (5, 100, 1000)]
         t0 = cpu_ticks(worker)
@@ -268,6 +282,24 @@ def write_report(path, results, runs, duration, extra_sections, stall=None):
             fmt(r["wrk1000"]["rps"]), fmt(sl["rps"]) if sl else "–",
             (fmt(s2["ideal_pct"], "%") + ("" if not s2["errors"] else " (%d errors)" % s2["errors"])) if s2 else "–",
             fmt(r["idle"].get("bytes_per_conn"), digits=0) if r.get("idle") else "–"))
+    lines.append("\n## Memory\n")
+    lines.append("Resident memory of the server process (for nginx, its worker). Idle: 2000 keep-alive "
+                 "connections, each after one request (`bench/peers/idle-conns.py`). Waiting: %d "
+                 "connections each send `GET /sleep` (a one-second sleep) at once; the peak above idle "
+                 "(`bench/memory.py waiting`). Flood: one client pipelines `GET /` for 5 s and never "
+                 "reads; the growth (`bench/memory.py flood`).\n" % WAITING)
+    lines.append("| server | idle bytes/conn | %d waiting requests: peak above idle | answered | "
+                 "pipelining flood: growth | sent by the client |" % WAITING)
+    lines.append("|---|---|---|---|---|---|")
+    for peer, r in results.items():
+        if "error" in r:
+            continue
+        w, f = r.get("waiting") or {}, r.get("flood") or {}
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (
+            DESCRIPTIONS.get(peer, peer), fmt((r.get("idle") or {}).get("bytes_per_conn"), digits=0),
+            fmt(w.get("peak_above_idle_mb"), " MB", 1) if w else "–",
+            ("%s of %s" % (fmt(w.get("ok")), fmt(w.get("requests")))) if w else "–",
+            fmt(f.get("growth_mb"), " MB", 1) if f else "–", fmt(f.get("sent_mb"), " MB", 1) if f else "–"))
     proxied = [(p, r) for p, r in results.items() if "error" not in r and r.get("proxy")]
     if proxied:
         lines.append("\n## One upstream GET per request (`/proxy`, wrk -t1 -c50)\n")
@@ -297,20 +329,24 @@ def write_report(path, results, runs, duration, extra_sections, stall=None):
     t = results.get("tendril")
     if t and "error" not in t:
         lines.append("\n## Tendril against its peers (ratios from the same run)\n")
-        lines.append("| peer | wrk -c50 req/s | CPU per request | wrk -c1000 req/s | 1 ms sleeps |")
-        lines.append("|---|---|---|---|---|")
+        lines.append("| peer | wrk -c50 req/s | CPU per request | wrk -c1000 req/s | 1 ms sleeps | /proxy req/s "
+                     "| waiting requests' memory |")
+        lines.append("|---|---|---|---|---|---|---|")
         for peer, r in results.items():
             if peer == "tendril" or "error" in r:
                 continue
 
             def ratio(a, b):
                 return "%.2f×" % (a / b) if a and b else "–"
-            lines.append("| %s | %s | %s | %s | %s |" % (
+            lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
                 DESCRIPTIONS.get(peer, peer), ratio(t["wrk50"]["rps"], r["wrk50"]["rps"]),
                 ratio(t["cpu_us"], r["cpu_us"]), ratio(t["wrk1000"]["rps"], r["wrk1000"]["rps"]),
-                ratio((t.get("sleep1ms") or {}).get("rps"), (r.get("sleep1ms") or {}).get("rps"))))
+                ratio((t.get("sleep1ms") or {}).get("rps"), (r.get("sleep1ms") or {}).get("rps")),
+                ratio((t.get("proxy") or {}).get("rps"), (r.get("proxy") or {}).get("rps")),
+                ratio((t.get("waiting") or {}).get("peak_above_idle_mb"),
+                      (r.get("waiting") or {}).get("peak_above_idle_mb"))))
         lines.append("\nA ratio above 1 means tendril served more requests per second; for CPU per "
-                     "request, below 1 means tendril spent less.")
+                     "request and memory, below 1 means tendril spent less.")
     for section in extra_sections:
         lines.append("")
         lines.append(section)
