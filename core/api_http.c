@@ -148,16 +148,19 @@ static int wait_for(lua_State *L, td_http_conn *hc, int for_body, const char *fn
 
 /* ---- the request ---- */
 
-/* [-2, +3] req_info(slot, serial) -> method, target, version | nil */
+/* [-2, +3] req_info(slot, serial) -> method, target, version | nil. The
+ * method and version strings come from the upvalue table made at open
+ * (indexed by llhttp's method number; versions at -1 and -2): interning
+ * them again for every request cost a third of the call. */
 static int req_info(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
         return 0;
     size_t len;
     const char *target = td_http_target(hc, &len);
-    lua_pushstring(L, td_http_method(hc));
+    lua_rawgeti(L, lua_upvalueindex(1), hc->rq->parser.method);
     lua_pushlstring(L, target, len);
-    lua_pushstring(L, td_http_minor(hc) ? "1.1" : "1.0");
+    lua_rawgeti(L, lua_upvalueindex(1), td_http_minor(hc) ? -1 : -2);
     return 3;
 }
 
@@ -229,13 +232,18 @@ static int add_header(lua_State *L, td_http_conn *hc, int name_idx, int value_id
 
 /* Sends the head: headers is a flat array {name, value, ...} where a value
  * is a string, a number, an array of them (one header each), or false
- * (removed). Raises on a header that cannot be sent. */
+ * (removed); or true: Content-Type text/plain alone. Raises on a header
+ * that cannot be sent. */
 static int send_head(lua_State *L, td_http_conn *hc, int status, int headers_idx, int64_t length) {
+    static const char text_plain[] = "Content-Type: text/plain\r\n";
     size_t mark = td_http_head_mark(hc);
     int rc = td_http_head_begin(hc, status);
     if (rc)
         return rc;
-    if (lua_istable(L, headers_idx)) {
+    if (lua_type(L, headers_idx) == LUA_TBOOLEAN) {
+        if (lua_toboolean(L, headers_idx))
+            rc = td_http_head_add_line(hc, text_plain, sizeof text_plain - 1);
+    } else if (lua_istable(L, headers_idx)) {
         int n = (int)lua_objlen(L, headers_idx);
         for (int i = 1; i + 1 <= n && rc == 0; i += 2) {
             lua_rawgeti(L, headers_idx, i);
@@ -364,7 +372,7 @@ static int http_stats(lua_State *L) {
 
 void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t timeout_ms) {
     static const luaL_Reg funcs[] = {
-        {"req_info", req_info},     {"req_headers", req_headers},     {"req_remote", req_remote},
+        {"req_headers", req_headers},     {"req_remote", req_remote},
         {"req_body", req_body},     {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
         {"req_deadline", req_deadline}, {NULL, NULL},
@@ -373,6 +381,18 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
     request_timeout_ms = timeout_ms;
     main_L = td_vm_state(vm);
     luaL_setfuncs(L, funcs, 0);
+    lua_createtable(L, 64, 2);
+#define TD_METHOD_NAME(num, name, string) \
+    lua_pushliteral(L, #string);          \
+    lua_rawseti(L, -2, num);
+    HTTP_ALL_METHOD_MAP(TD_METHOD_NAME)
+#undef TD_METHOD_NAME
+    lua_pushliteral(L, "1.1");
+    lua_rawseti(L, -2, -1);
+    lua_pushliteral(L, "1.0");
+    lua_rawseti(L, -2, -2);
+    lua_pushcclosure(L, req_info, 1);
+    lua_setfield(L, -2, "req_info");
 }
 
 void td_api_http_teardown(void) { main_L = NULL; }

@@ -84,14 +84,31 @@ static void arm_timer(td_transport *tp, uint64_t due) {
     uv_timer_start(&tp->timer, on_timer, due > now ? due - now : 0, 0);
 }
 
-/* The heap entry follows the earlier of the two deadlines. */
-static void rekey(td_conn *c) {
+static uint64_t due_at(const td_conn *c) {
     uint64_t a = c->io_deadline, b = c->send_deadline;
-    uint64_t key = !a ? b : !b ? a : a < b ? a : b;
+    return !a ? b : !b ? a : a < b ? a : b;
+}
+
+/* The heap entry is exactly the earlier of the two deadlines (or gone). */
+static void rekey_exact(td_conn *c) {
+    uint64_t key = due_at(c);
     if (!key) {
         td_heap_remove(&td_conn_tp(c)->deadlines, &c->timer);
         return;
     }
+    td_heap_set(&td_conn_tp(c)->deadlines, &c->timer, key);
+    arm_timer(td_conn_tp(c), key);
+}
+
+/* Lazily: the heap entry only has to come no later than the deadline. A
+ * deadline that moves later, or goes, leaves the entry as it is; it fires
+ * early and is put right then (expire). A keep-alive connection's
+ * deadlines move later at every request, so this spares three heap
+ * operations per request for one per deadline period. */
+static void rekey(td_conn *c) {
+    uint64_t key = due_at(c);
+    if (!key || (td_heap_contains(&c->timer) && c->timer.key <= key))
+        return;
     td_heap_set(&td_conn_tp(c)->deadlines, &c->timer, key);
     arm_timer(td_conn_tp(c), key);
 }
@@ -131,14 +148,14 @@ static void expire(td_conn *c, uint64_t now) {
     }
     if (c->io_deadline && c->io_deadline <= now) {
         c->io_deadline = 0;
-        rekey(c);
+        rekey_exact(c);
         if (c->ending)
             td_conn_close(c); /* the linger is over */
         else if (!c->closed)
             c->ops->on_timeout(c);
         return;
     }
-    rekey(c);
+    rekey_exact(c); /* an entry that came early: nothing is due yet */
 }
 
 static void on_timer(uv_timer_t *t) {
@@ -210,9 +227,8 @@ static void on_write(uv_write_t *req, int status) {
     }
     if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0) {
         watch_sending(c);
-    } else if (c->send_deadline) {
-        c->send_deadline = 0;
-        rekey(c);
+    } else {
+        c->send_deadline = 0; /* the heap entry goes when it fires */
     }
     check_drain(c);
     if (c->want_flush)

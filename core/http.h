@@ -209,6 +209,10 @@ int td_http_head_add(td_http_conn *hc, const char *name, size_t nlen, const char
 /* Ends the head. content_length < 0: unknown (chunked for HTTP/1.1, ended by
  * closing for HTTP/1.0), unless a Content-Length header was added. */
 int td_http_head_end(td_http_conn *hc, int64_t content_length);
+/* A whole header line ("Name: value\r\n") the caller vouches for: a
+ * constant that needs none of td_http_head_add's checks. Not Content-Length,
+ * Connection, Date, Server or Transfer-Encoding. */
+int td_http_head_add_line(td_http_conn *hc, const char *line, size_t len);
 /* Drops the head begun (a header was refused). */
 void td_http_head_abort(td_http_conn *hc, size_t mark);
 size_t td_http_head_mark(td_http_conn *hc);

@@ -128,6 +128,15 @@ int td_http_head_add(td_http_conn *hc, const char *name, size_t nlen, const char
     return 0;
 }
 
+int td_http_head_add_line(td_http_conn *hc, const char *line, size_t len) {
+    td_buf *out = td_conn_out(&hc->conn, len);
+    if (!out)
+        return UV_ENOMEM;
+    memcpy(out->data + out->len, line, len);
+    out->len += len;
+    return 0;
+}
+
 int td_http_head_end(td_http_conn *hc, int64_t content_length) {
     td_http_req *rq = hc->rq;
     td_buf *out = td_conn_out(&hc->conn, 160);

@@ -17,7 +17,8 @@
 #define TD_ACCESS_FLUSH_BYTES 65536
 
 static int error_fd = 2;
-static int access_fd = -1;
+int td_log__access_fd = -1;
+#define access_fd td_log__access_fd
 static td_buf access_buf;
 
 static const char *const level_names[] = {"debug", "info", "notice", "warn", "error", "crit"};
@@ -122,7 +123,6 @@ void td_log(td_log_level level, const char *fmt, ...) {
     td_log_raw(level, msg, (size_t)n);
 }
 
-int td_log_access_enabled(void) { return access_fd >= 0; }
 
 void td_log_access(const char *line, size_t len) {
     if (access_fd < 0)

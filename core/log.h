@@ -32,7 +32,9 @@ void td_log(td_log_level level, const char *fmt, ...) __attribute__((format(prin
 /* Logs msg as it is (it may hold newlines, e.g. a traceback). */
 void td_log_raw(td_log_level level, const char *msg, size_t len);
 
-int td_log_access_enabled(void);
+/* Asked for every request: inline. */
+extern int td_log__access_fd;
+static inline int td_log_access_enabled(void) { return td_log__access_fd >= 0; }
 /* Appends one line (without its newline) to the access log buffer. */
 void td_log_access(const char *line, size_t len);
 void td_log_access_flush(void);

@@ -48,7 +48,6 @@ struct td_vm {
     td_heap deadlines;  /* open scopes with a deadline */
     uv_timer_t *timer;  /* fires at the earliest; its own memory (closed after the vm is gone) */
     uint64_t timer_due;
-    uint32_t nscopes;   /* open scopes: the heap's reserve */
     td_lalloc *alloc; /* Lua's memory (lalloc.h); its own block, freed after the state */
     unsigned closing : 1;
 };
@@ -210,6 +209,7 @@ static void task_release(td_task *t) {
         return;
     assert(!t->wait && !t->pooled);
     leave_scopes(t);
+    td_heap_remove(&vm->deadlines, &t->lead.timer);
     td_list_remove(&t->link);
     lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->anchors);
     luaL_unref(vm->L, -1, t->ref);
@@ -483,8 +483,16 @@ static void on_scope_timer(uv_timer_t *timer) {
     td_vm_hold(vm);
     td_heap_node *n;
     while ((n = td_heap_min(&vm->deadlines)) && n->key <= now) {
-        td_heap_remove(&vm->deadlines, n);
-        expire(td_container_of(n, td_scope, timer));
+        td_scope *s = td_container_of(n, td_scope, timer);
+        if (s->open && s->due && s->due <= now) {
+            s->due = 0;
+            td_heap_remove(&vm->deadlines, n);
+            expire(s);
+        } else if (s->open && s->due) {
+            td_heap_set(&vm->deadlines, n, s->due); /* an entry that came early */
+        } else {
+            td_heap_remove(&vm->deadlines, n);
+        }
     }
     td_vm_release(vm);
     if ((n = td_heap_min(&vm->deadlines)))
@@ -495,12 +503,12 @@ td_scope *td_vm_scope_open(td_task *t) {
     td_scope *s = &t->lead;
     td_vm *vm = t->vm;
     assert(!s->open);
-    /* The room for its deadline is reserved now; without it, no deadline. */
-    s->open = td_heap_reserve(&vm->deadlines, vm->nscopes + 1) == 0;
+    /* Room for every task's deadline is reserved: inserting never fails. */
+    s->open = td_heap_reserve(&vm->deadlines, (uint32_t)vm->ntasks + 1) == 0;
     if (!s->open)
         return NULL;
-    vm->nscopes++;
     s->doom = 0;
+    s->due = 0;
     td_vm_scope_join(s, t);
     return s;
 }
@@ -513,22 +521,24 @@ void td_vm_scope_join(td_scope *s, td_task *t) {
     td_list_push_back(&s->tasks, &t->scope_link);
 }
 
+/* Lazily, as the transport's deadlines: the heap entry only has to come no
+ * later than the deadline. A pooled task leads a new request's scope with
+ * a later deadline, so most requests touch the heap not at all; an entry
+ * that fires early is put right then. */
 void td_vm_scope_deadline(td_scope *s, uint64_t ms) {
     if (!s->open)
         return;
-    if (!ms) {
-        td_heap_remove(&s->vm->deadlines, &s->timer);
+    s->due = ms ? uv_now(s->vm->loop) + ms : 0;
+    if (!s->due || (td_heap_contains(&s->timer) && s->timer.key <= s->due))
         return;
-    }
-    uint64_t due = uv_now(s->vm->loop) + ms;
-    td_heap_set(&s->vm->deadlines, &s->timer, due);
-    arm_timer(s->vm, due);
+    td_heap_set(&s->vm->deadlines, &s->timer, s->due);
+    arm_timer(s->vm, s->due);
 }
 
+/* The entry stays in the heap until it fires (or the task is freed). */
 static void scope_end(td_scope *s) {
-    td_heap_remove(&s->vm->deadlines, &s->timer);
     s->open = 0;
-    s->vm->nscopes--;
+    s->due = 0;
 }
 
 void td_vm_scope_kill(td_scope *s, int code) {

@@ -62,7 +62,8 @@ struct td_wait {
 typedef struct td_scope {
     td_vm *vm;
     td_list tasks;     /* td_task.scope_link */
-    td_heap_node timer; /* its deadline, in the vm's heap */
+    td_heap_node timer; /* in the vm's heap, no later than `due` (see td_vm_scope_deadline) */
+    uint64_t due;       /* its deadline, loop time; 0: none */
     int doom;           /* TD_ETIMEOUT once the deadline passed */
     unsigned open : 1;
 } td_scope;

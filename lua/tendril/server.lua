@@ -16,6 +16,7 @@ local trace = require "tendril.traceback"
 local setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall =
     setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall
 local lower = string.lower
+local new_table = require "table.new"
 local yield, running = coroutine.yield, coroutine.running
 
 local req_info, req_headers, req_remote, req_body = core.req_info, core.req_headers, core.req_remote, core.req_body
@@ -225,7 +226,9 @@ end
 
 ---------------------------------------------------------------- driver
 
-local TEXT_PLAIN = { "Content-Type", "text/plain" }
+-- res_send's headers `true`: Content-Type text/plain, written from a
+-- constant in C (the most common answer, `return body`).
+local TEXT_PLAIN = true
 
 local on_error = trace.handler
 
@@ -278,7 +281,12 @@ end
 local function serve(me, conn, serial)
     local gen = current_generation()
     pin(me, gen)
-    local req = setmetatable({ conn, serial }, req_mt)
+    -- Room for the fields read lazily (method, target, version, path,
+    -- query_string): growing the hash part one field at a time rehashed
+    -- it four times per request.
+    local req = new_table(2, 8)
+    req[1], req[2] = conn, serial
+    setmetatable(req, req_mt)
     local res = setmetatable({ conn, serial, _status = 200 }, res_mt)
     local ok, a, b, c = xpcall(gen.handler, on_error, req, res)
     if ok then
