@@ -19,7 +19,7 @@ local lower = string.lower
 local new_table = require "table.new"
 local yield, running = coroutine.yield, coroutine.running
 
-local req_info, req_headers, req_remote, req_body = core.req_info, core.req_headers, core.req_remote, core.req_body
+local req_headers, req_remote, req_body = core.req_headers, core.req_remote, core.req_body
 local req_deadline = core.req_deadline
 local res_send, res_room, res_fail, res_head_sent = core.res_send, core.res_room, core.res_fail, core.res_head_sent
 local log = core.log
@@ -31,29 +31,9 @@ local pin, unpin, current_generation = generation.pin, generation.unpin, generat
 
 ---------------------------------------------------------------- req
 
+-- method, target and version come with the request (the dispatch passes
+-- them); the rest is read on first use.
 local getters = {}
-
-local function fill_info(self)
-    local method, target, version = req_info(self[1], self[2])
-    rawset(self, "method", method or false)
-    rawset(self, "target", target or false)
-    rawset(self, "version", version or false)
-end
-
-function getters.method(self)
-    fill_info(self)
-    return rawget(self, "method") or nil
-end
-
-function getters.target(self)
-    fill_info(self)
-    return rawget(self, "target") or nil
-end
-
-function getters.version(self)
-    fill_info(self)
-    return rawget(self, "version") or nil
-end
 
 local function fill_target(self)
     local target = self.target or ""
@@ -278,14 +258,14 @@ local function respond(res, a, b, c)
 end
 
 -- One request, on the generation that is current when it starts.
-local function serve(me, conn, serial)
+local function serve(me, conn, serial, method, target, version)
     local gen = current_generation()
     pin(me, gen)
-    -- Room for the fields read lazily (method, target, version, path,
-    -- query_string): growing the hash part one field at a time rehashed
-    -- it four times per request.
+    -- Room for the fields read lazily too (path, query_string): growing
+    -- the hash part one field at a time rehashes it each time.
     local req = new_table(2, 8)
     req[1], req[2] = conn, serial
+    req.method, req.target, req.version = method, target, version
     setmetatable(req, req_mt)
     local res = setmetatable({ conn, serial, _status = 200 }, res_mt)
     local ok, a, b, c = xpcall(gen.handler, on_error, req, res)
@@ -306,11 +286,11 @@ local function serve(me, conn, serial)
 end
 
 --- The function every pooled coroutine runs (see vm.h).
-function _M.driver(marker, conn, serial)
+function _M.driver(marker, conn, serial, method, target, version)
     local me = running()
     while true do
-        serve(me, conn, serial)
-        conn, serial = yield(marker)
+        serve(me, conn, serial, method, target, version)
+        conn, serial, method, target, version = yield(marker)
     end
 end
 
