@@ -55,16 +55,20 @@ static int push_head(lua_State *L, td_http_reader *r) {
     return 2;
 }
 
-/* A body piece; or false, keep_alive at the end. The buffer goes back to
- * malloc once emptied if it grew large: a reader between pieces holds
- * next to nothing. */
+/* A body piece (and true, keep_alive when it ends the message); or false,
+ * keep_alive at the end. The buffer goes back to malloc once emptied if it
+ * grew large: a reader between pieces holds next to nothing. */
 static int push_body(lua_State *L, td_http_reader *r) {
     if (r->body.len > 0) {
         lua_pushlstring(L, r->body.data, r->body.len);
         r->body.len = 0;
         if (r->body.cap > 16384)
             td_buf_free(&r->body);
-        return 1;
+        if (!r->message_done)
+            return 1;
+        lua_pushboolean(L, 1);
+        lua_pushboolean(L, llhttp_should_keep_alive(&r->parser));
+        return 3;
     }
     lua_pushboolean(L, 0);
     lua_pushboolean(L, llhttp_should_keep_alive(&r->parser));
@@ -175,7 +179,8 @@ static int httpc_begin(lua_State *L) {
 /* [-2, +2|3] httpc_head(sock, timeout) -> status, headers | nil, err, got_bytes */
 static int httpc_head(lua_State *L) { return read_response(L, 0, "http"); }
 
-/* [-2, +1|2|3] httpc_body(sock, timeout) -> piece | false, keep_alive | nil, err */
+/* [-2, +1|2|3] httpc_body(sock, timeout) -> piece [, true, keep_alive] |
+ * false, keep_alive | nil, err */
 static int httpc_body(lua_State *L) { return read_response(L, 1, "http"); }
 
 /* [-2, +0|1] http_bad_header(name, value) -> nil | what is wrong: the

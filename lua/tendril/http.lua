@@ -22,8 +22,7 @@ local POOL_SIZE = 64
 
 local _M = {}
 
---- Splits an http:// URL. Returns { host, port, target, authority } or nil, err.
-function _M.parse_url(url)
+local function parse_url(url)
     -- Spaces and control bytes would end the request line or start a
     -- header of the caller's choosing.
     if find(url, "[%z\1-\32\127]") then
@@ -58,6 +57,33 @@ function _M.parse_url(url)
     end
     return { host = host, port = port, target = target, authority = authority }
 end
+
+-- Parsed URLs, kept: a service calls the same few URLs again and again.
+-- A cached entry also holds the head of a plain GET to it. Bounded: the
+-- whole cache goes when it is full.
+local URL_CACHE_MAX = 256
+local url_cache, url_cached = {}, 0
+
+local function cached_url(url)
+    local u = url_cache[url]
+    if u then
+        return u
+    end
+    local err
+    u, err = parse_url(url)
+    if not u then
+        return nil, err
+    end
+    if url_cached >= URL_CACHE_MAX then
+        url_cache, url_cached = {}, 0
+    end
+    url_cache[url] = u
+    url_cached = url_cached + 1
+    return u
+end
+
+--- Splits an http:// URL. Returns { host, port, target, authority } or nil, err.
+_M.parse_url = parse_url
 
 -- Where a redirect's Location points, relative to the URL that gave it.
 local function join_url(base, location)
@@ -103,6 +129,15 @@ local function check_request(fname, method, headers)
 end
 
 local function build_request(method, u, headers, body)
+    if method == "GET" and not headers and not body then
+        local head = u.get_head
+        if not head then
+            head = "GET " .. u.target .. " HTTP/1.1\r\nHost: " .. u.authority .. "\r\nUser-Agent: tendril/"
+                .. tendril._VERSION .. "\r\n\r\n"
+            u.get_head = head
+        end
+        return head
+    end
     local lines = { method, " ", u.target, " HTTP/1.1\r\n" }
     local have = {}
     if headers then
@@ -136,18 +171,31 @@ local function release(sock, keep_alive)
     end
 end
 
+-- httpc_body gives a piece, then false (and whether the connection may be
+-- kept) at the end; a piece that ends the message says so at once (piece,
+-- true, keep_alive), which spares the usual second call.
 local function read_all(sock, read_timeout)
+    local piece, done, keep_alive = httpc_body(sock, read_timeout)
+    if piece and done == true then
+        release(sock, keep_alive)
+        return piece
+    end
     local parts = {}
     while true do
-        local piece, more = httpc_body(sock, read_timeout)
         if piece == nil then
             sock:close()
-            return nil, more
+            return nil, done
         elseif piece == false then
-            release(sock, more)
+            release(sock, done)
             return concat(parts)
         end
         parts[#parts + 1] = piece
+        piece, done, keep_alive = httpc_body(sock, read_timeout)
+        if piece and done == true then
+            parts[#parts + 1] = piece
+            release(sock, keep_alive)
+            return concat(parts)
+        end
     end
 end
 
@@ -157,7 +205,7 @@ local function streaming_reader(sock, read_timeout)
         if finished then
             return nil
         end
-        local piece, more = httpc_body(sock, read_timeout)
+        local piece, more, keep_alive = httpc_body(sock, read_timeout)
         if piece == nil then
             finished = true
             sock:close()
@@ -166,6 +214,9 @@ local function streaming_reader(sock, read_timeout)
             finished = true
             release(sock, more)
             return nil
+        elseif more == true then -- the last piece
+            finished = true
+            release(sock, keep_alive)
         end
         return piece
     end
@@ -236,7 +287,7 @@ local function request(req, fname)
     local max_redirects = req.max_redirects or 0
     local redirects = 0
     while true do
-        local u, err = _M.parse_url(url)
+        local u, err = cached_url(url)
         if not u then
             return nil, err
         end

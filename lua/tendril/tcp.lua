@@ -135,11 +135,18 @@ function methods.setkeepalive(self, idle_seconds, pool_size)
         pool = {}
         pools[key] = pool
     end
-    -- The oldest go first when the pool is full; connections that died
-    -- idle are dropped there too, or when tcp.connect comes across them.
+    -- Connections that die idle stay until tcp.connect comes across them,
+    -- or the pool is full: then they go first, then the oldest.
     local size = pool_size or DEFAULT_POOL_SIZE
-    while #pool >= size or (#pool > 0 and not sock_usable(pool[1])) do
-        sock_close(remove(pool, 1))
+    if #pool >= size then
+        for i = #pool, 1, -1 do
+            if not sock_usable(pool[i]) then
+                remove(pool, i)
+            end
+        end
+        while #pool >= size do
+            sock_close(remove(pool, 1))
+        end
     end
     pool[#pool + 1] = self
     return true
