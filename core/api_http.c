@@ -80,6 +80,8 @@ void td_api_http_dispatch(td_http_conn *hc, void *ud) {
     if (scope && request_timeout_ms)
         td_vm_scope_deadline(scope, request_timeout_ms);
     hc->rq->user = scope;
+    if (scope)
+        scope->ref = &hc->rq->user; /* a scope that ends first (its task ended) lets go */
     /* The request line comes along: nearly every handler reads it, and one
      * C call fewer per request is one trace stitch fewer. Method and
      * version strings are kept (names_ref), not interned per request. */
@@ -305,8 +307,13 @@ static int res_send(lua_State *L) {
     }
     if (rc == 0 && chunk)
         rc = write_chunk(L, hc, 5, chunk, len);
-    if (rc)
+    if (rc) {
+        /* A final answer that cannot go (out of memory) still ends the
+         * request: nobody would end it otherwise. */
+        if (final && rc != TD_ECLOSED)
+            td_http_fail(hc);
         return td_api_fail(L, rc);
+    }
     if (final)
         td_http_response_end(hc);
     lua_pushboolean(L, 1);

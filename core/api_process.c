@@ -170,11 +170,20 @@ static void on_input_written(uv_write_t *req, int status) {
     close_handle(r, (uv_handle_t *)&r->in);
 }
 
+/* The request is over (or the server stops): the group is killed and the
+ * pipes and timer close now; the process handle stays until the child is
+ * reaped (closing it first would leave a zombie: libuv reaps only the
+ * processes it still watches). The last close frees the record. */
 static void cancel_run(td_wait *wait) {
     run_wait *r = td_container_of(wait, run_wait, wait);
     r->cancelled = 1;
     kill_group(r);
-    close_all(r);
+    close_handle(r, (uv_handle_t *)&r->in);
+    close_handle(r, (uv_handle_t *)&r->out);
+    close_handle(r, (uv_handle_t *)&r->err);
+    close_handle(r, (uv_handle_t *)&r->timer);
+    if (r->exited)
+        close_handle(r, (uv_handle_t *)&r->proc);
 }
 
 /* [-4, +1|2] run(argv, input, timeout, cwd) -> {status, signal, stdout, stderr} | nil, err; yields */

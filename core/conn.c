@@ -291,6 +291,8 @@ static ssize_t try_write(td_conn *c, const char *data, size_t len) {
 static void all_written(td_conn *c) {
     c->out.len = 0;
     td_buf_pool_give(&td_conn_tp(c)->out_pool, &c->out);
+    /* No write callback will come to say it drained: say it now. */
+    check_drain(c);
 }
 
 /* Output is being written: c stays pending only for deferred work. */
@@ -346,12 +348,14 @@ void td_conn_defer(td_conn *c) {
  * and may defer more: go round until nothing is deferred, then write. */
 static void on_turn(uv_prepare_t *p) {
     td_transport *tp = td_container_of(p, td_transport, turn);
-    while (tp->ndeferred > 0) {
-        /* Work on a list of our own: callbacks link and unlink at will. */
+    /* Each round works on a list of its own (callbacks link and unlink at
+     * will) and runs inside the hooks; the tasks its callbacks woke run at
+     * leave() and may add output or deferred work for another round. */
+    while (tp->ndeferred > 0 || !td_list_empty(&tp->pending)) {
         td_list batch;
+        enter(tp);
         td_list_init(&batch);
         td_list_splice(&tp->pending, &batch);
-        enter(tp);
         while (!td_list_empty(&batch)) {
             td_conn *c = td_container_of(batch.next, td_conn, plink);
             td_list_remove(&c->plink);
@@ -363,10 +367,18 @@ static void on_turn(uv_prepare_t *p) {
                 c->ops->on_deferred(c);
             }
         }
+        td_list_init(&batch);
+        td_list_splice(&tp->pending, &batch);
+        while (!td_list_empty(&batch)) {
+            td_conn *c = td_container_of(batch.next, td_conn, plink);
+            td_list_remove(&c->plink);
+            if (c->want_defer)
+                link_pending(c); /* deferred meanwhile: the next round */
+            if (c->want_flush)
+                td_conn_flush(c);
+        }
         leave(tp);
     }
-    while (!td_list_empty(&tp->pending))
-        td_conn_flush(td_container_of(tp->pending.next, td_conn, plink));
 }
 
 /* ---- reading ------------------------------------------------------------ */

@@ -233,6 +233,10 @@ static void start_idle(td_http_conn *hc, int more) {
         rq->message_complete = 0;
         rq->head_sent = 0;
         rq->body.len = 0;
+        if (td_http_unsent(hc) > TD_HTTP_HIGH_WATER)
+            td_conn_flush(&hc->conn); /* what the kernel takes now does not count */
+        if (hc->conn.closed)
+            return;
         if (td_http_unsent(hc) > TD_HTTP_HIGH_WATER) {
             hc->waiting_drain = 1;
             td_conn_pause_reading(&hc->conn);

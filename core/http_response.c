@@ -176,15 +176,23 @@ int td_http_head_end(td_http_conn *hc, int64_t content_length) {
     return 0;
 }
 
-int td_http_write(td_http_conn *hc, const char *data, size_t len) {
+/* What both writers check first: TD_ECLOSED; 0, nothing goes out (an empty
+ * piece, or an answer without a body: HEAD, 204, 304); or 1. */
+static int body_piece(td_http_conn *hc, size_t len) {
     td_http_req *rq = hc->rq;
     if (!hc->live || !rq->head_sent)
         return TD_ECLOSED;
     if (len == 0)
         return 0;
     rq->body_sent += len;
-    if (rq->no_body)
-        return 0;
+    return rq->no_body ? 0 : 1;
+}
+
+int td_http_write(td_http_conn *hc, const char *data, size_t len) {
+    td_http_req *rq = hc->rq;
+    int rc = body_piece(hc, len);
+    if (rc <= 0)
+        return rc;
     td_buf *out = td_conn_out(&hc->conn, len + 24);
     if (!out)
         return UV_ENOMEM;
@@ -199,20 +207,16 @@ int td_http_write(td_http_conn *hc, const char *data, size_t len) {
 
 int td_http_write_ref(td_http_conn *hc, const char *data, size_t len, void (*release)(void *ud), void *ud) {
     td_http_req *rq = hc->rq;
-    if (!hc->live || !rq->head_sent)
-        return TD_ECLOSED;
-    if (len == 0)
-        return 0;
-    rq->body_sent += len;
-    if (rq->no_body)
-        return 0;
+    int rc = body_piece(hc, len);
+    if (rc <= 0)
+        return rc;
     if (rq->chunked) {
         td_buf *out = td_conn_out(&hc->conn, 24);
         if (!out)
             return UV_ENOMEM;
         td_buf_printf(out, "%zx\r\n", len);
     }
-    int rc = td_conn_write_ref(&hc->conn, data, len, release, ud);
+    rc = td_conn_write_ref(&hc->conn, data, len, release, ud);
     if (rc >= 0 && rq->chunked) {
         /* After the data: the next write (or the flush) sends it behind. */
         td_buf *out = td_conn_out(&hc->conn, 2);

@@ -509,6 +509,7 @@ td_scope *td_vm_scope_open(td_task *t) {
         return NULL;
     s->doom = 0;
     s->due = 0;
+    s->ref = NULL;
     td_vm_scope_join(s, t);
     return s;
 }
@@ -539,6 +540,9 @@ void td_vm_scope_deadline(td_scope *s, uint64_t ms) {
 static void scope_end(td_scope *s) {
     s->open = 0;
     s->due = 0;
+    if (s->ref)
+        *s->ref = NULL;
+    s->ref = NULL;
 }
 
 void td_vm_scope_kill(td_scope *s, int code) {

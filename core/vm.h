@@ -65,6 +65,7 @@ typedef struct td_scope {
     td_heap_node timer; /* in the vm's heap, no later than `due` (see td_vm_scope_deadline) */
     uint64_t due;       /* its deadline, loop time; 0: none */
     int doom;           /* TD_ETIMEOUT once the deadline passed */
+    void **ref;         /* the owner's pointer to it, set to NULL when it ends */
     unsigned open : 1;
 } td_scope;
 

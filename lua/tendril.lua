@@ -169,6 +169,11 @@ function _M.resolve(name)
         if not ok then
             return nil, err
         end
+        if p.retry then
+            -- The lookup ended for a reason of its caller's (its request
+            -- went away, or it raised): not an answer about the name.
+            return _M.resolve(name)
+        end
         return p.result, p.err
     end
     p = { event = event_new() }
@@ -178,11 +183,14 @@ function _M.resolve(name)
     local ok, addrs, err = pcall(core.resolve, name)
     dns_pending[name] = nil
     if not ok then
-        p.err = "lookup failed"
+        p.retry = true
         event_set(p.event)
         error(addrs, 0)
     end
     p.result, p.err = addrs, err
+    -- "closed" and "timeout" are this caller's request ending (getaddrinfo
+    -- has neither): the waiters look again themselves.
+    p.retry = err == "closed" or err == "timeout"
     event_set(p.event)
     if addrs then
         dns_remember(name, addrs, now + DNS_CACHE_SECONDS)

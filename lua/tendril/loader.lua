@@ -105,7 +105,9 @@ local function require(name)
         wait_for(busy, name)
         local m = modules[name]
         if m == nil then
-            error("module '" .. name .. "' failed to load in another coroutine", 2)
+            -- It failed there (maybe only because that coroutine's request
+            -- ended); a failure is not cached: try here, and see why.
+            m = require(name)
         end
         return m
     end

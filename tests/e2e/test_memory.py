@@ -11,14 +11,15 @@ import resource
 import socket
 import time
 
-from harness import (SANITIZED, STATS_FILES, ServerTestCase, assert_nothing_left, connect, deadline, get, main,
-                     poll)
+from harness import (SANITIZED, STATS_FILES, Reader, ServerTestCase, assert_nothing_left, connect, deadline, get,
+                     main, poll)
 
 APP = r'''
 local tendril = require "tendril"
 local stats_line = require "stats_line"
 
 local KIB64 = string.rep("k", 65536)
+local P15K = string.rep("s", 15000)
 local MIB = string.rep("m", 1048576)
 local waiting, most = 0, 0
 
@@ -26,6 +27,12 @@ return function(req, res)
     local p = req.path
     if p == "/big" then
         return KIB64
+    elseif p == "/many" then
+        -- 270 KB in pieces small enough to be copied: over the mark
+        for _ = 1, 18 do
+            if not res:write(P15K) then return end
+        end
+        return
     elseif p == "/pieces" then
         for _ = 1, 16 do
             if not res:write(MIB) then return end
@@ -95,6 +102,18 @@ class MemoryTest(ServerTestCase):
         self.assertGreater(sent, 100 * 1024)
         self.assertRssBelow(before + 20 * MIB, "one client that never reads took %d MiB"
                             % ((self.rss() - before) // MIB))
+        s.close()
+        assert_nothing_left(self, self.port)
+
+    def test_pipelined_after_an_answer_over_the_mark(self):
+        # The second request waits while the first answer is over the mark;
+        # when that output left at once (no write callback), nothing said
+        # it drained and the connection hung.
+        s = connect(self.port)
+        s.sendall(b"GET /many HTTP/1.1\r\nHost: x\r\n\r\nGET /many HTTP/1.1\r\nHost: x\r\n\r\n")
+        rd = Reader(s, timeout=10)
+        self.assertEqual(len(rd.response().body), 18 * 15000)
+        self.assertEqual(len(rd.response().body), 18 * 15000)
         s.close()
         assert_nothing_left(self, self.port)
 

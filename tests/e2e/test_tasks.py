@@ -2,6 +2,7 @@
 request's task, objects with several waiters wake them all, a request's
 waits (and its threads') end when its client goes away or its deadline
 passes, and nothing is left behind afterwards."""
+import os
 import re
 import socket
 import threading
@@ -68,6 +69,12 @@ function routes.upstream(req)
     local http = require "tendril.http"
     local res, err = http.get("http://127.0.0.1:" .. req.query.port .. "/", { timeout = 60 })
     note("upstream", res, err)
+    return "never seen"
+end
+
+function routes.run_long()
+    local r, err = tendril.run({ "sleep", "30" })
+    note("run_long", r, err)
     return "never seen"
 end
 
@@ -224,6 +231,21 @@ class RequestDeathTest(ServerTestCase):
             self.assertEqual(conn.recv(65536), b"")
             conn.close()
         self.assertTrue(self.logged("upstream: nil closed"))
+        assert_nothing_left(self, self.port)
+
+    def test_process_is_killed_and_reaped(self):
+        self.gone_after("/run_long")
+        self.assertTrue(self.logged("run_long: nil closed"))
+
+        def children():
+            pid = self.server.proc.pid
+            kids = []
+            for tid in os.listdir("/proc/%d/task" % pid):
+                with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
+                    kids += f.read().split()
+            return kids
+        # Killed, and reaped: no zombie is left behind.
+        self.assertTrue(poll(lambda: not children(), 5), "children left: %s" % children())
         assert_nothing_left(self, self.port)
 
     def test_tasks_stay_bounded_by_connections(self):

@@ -138,19 +138,29 @@ static void test_accept_data_close(void) {
     CHECK(ev.entered > 0 && ev.depth == 0);
 }
 
+static uint64_t now_ms(void) { return uv_hrtime() / 1000000; }
+
 static void test_deadline(void) {
     memset(&ev, 0, sizeof ev);
     td_conn *client = dial();
     RUN_UNTIL(ev.opened == 1);
     td_conn *server = ev.last_open;
-    td_conn_set_deadline(server, 50);
-    td_conn_set_deadline(client, 5000);
+    /* A deadline moved later leaves its heap entry where it was (deadlines
+     * move lazily): the entry fires early, is put right, and the timeout
+     * comes at the later time, once. A cleared one never comes. */
+    td_conn_set_deadline(client, 30);
     td_conn_clear_deadline(client);
+    uint64_t start = now_ms();
+    td_conn_set_deadline(server, 30);
+    td_conn_set_deadline(server, 200);
+    RUN_UNTIL(now_ms() - start >= 100);
+    CHECK_EQ_INT(ev.timeouts, 0);
     RUN_UNTIL(ev.timeouts == 1);
     CHECK_EQ_INT(ev.timeouts, 1);
+    CHECK(now_ms() - start >= 190);
     td_conn_close(client);
     settle();
-    CHECK_EQ_INT(ev.timeouts, 1); /* the cleared one never fired */
+    CHECK_EQ_INT(ev.timeouts, 1);
     CHECK_EQ_INT(tp.nconns, 0);
     CHECK_EQ_INT(tp.deadlines.count, 0);
 }
