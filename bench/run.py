@@ -105,7 +105,11 @@ def idle_conns(port, n, pid):
 def memory(mode, port, arg, pid):
     """bench/memory.py: peak RSS with many waiting requests, or growth under a
     client that pipelines and never reads."""
-    text = run([sys.executable, os.path.join(HERE, "memory.py"), mode, str(port), str(arg), str(pid)], timeout=120)
+    try:
+        text = run([sys.executable, os.path.join(HERE, "memory.py"), mode, str(port), str(arg), str(pid)],
+                   timeout=120)
+    except subprocess.TimeoutExpired:
+        return {"note": "timed out"}
     try:
         return json.loads(text.strip().splitlines()[-1])
     except (ValueError, IndexError):

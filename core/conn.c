@@ -496,7 +496,7 @@ static void close_with(td_conn *c, int reason) {
     if (c->closing)
         return;
     if (!c->closed && reason)
-        c->close_reason = reason; /* a protocol may have said why already */
+        c->close_reason = (int16_t)reason; /* a protocol may have said why already */
     notify_closed(c);
     c->io_deadline = c->send_deadline = 0;
     td_heap_remove(&td_conn_tp(c)->deadlines, &c->timer);

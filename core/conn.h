@@ -85,7 +85,11 @@ struct td_conn {
     uint64_t io_deadline;     /* 0: none */
     uint64_t send_deadline;   /* 0: nothing queued, or no send timeout */
     td_buf out;
-    int close_reason;
+    int16_t close_reason;
+    /* The protocol's own state, where a struct of its own would cost a
+     * word (HTTP keeps its phase and flags here). */
+    uint8_t proto_state;
+    uint8_t proto_flags;
     unsigned want_flush : 1; /* output waits in out */
     unsigned want_defer : 1; /* on_deferred is due */
     unsigned accepted : 1;   /* counts against max_conns */

@@ -201,10 +201,10 @@ void td_http_wait_drain(td_http_conn *hc, td_http_waiter *w) {
 static void feed(td_http_conn *hc, const char *data, size_t len);
 
 void td_http__request_over(td_http_conn *hc, int status) {
-    if (!hc->live)
+    if (!td_http_is_live(hc))
         return;
     td_http_server *hs = td_http__server(hc);
-    hc->live = 0;
+    hc->conn.proto_flags &= (uint8_t)~TD_HTTP_F_LIVE;
     td_conn_bump(&hc->conn);
     hs->live--;
     if (hs->on_over)
@@ -228,7 +228,7 @@ static void body_failed(td_http_conn *hc, int status) {
 static void start_idle(td_http_conn *hc, int more) {
     td_http_server *hs = td_http__server(hc);
     td_http_req *rq = hc->rq;
-    hc->phase = TD_HTTP_IDLE;
+    hc->conn.proto_state = TD_HTTP_IDLE;
     if (rq && (more || rq->pending.len > 0)) {
         rq->message_complete = 0;
         rq->head_sent = 0;
@@ -238,7 +238,7 @@ static void start_idle(td_http_conn *hc, int more) {
         if (hc->conn.closed)
             return;
         if (td_http_unsent(hc) > TD_HTTP_HIGH_WATER) {
-            hc->waiting_drain = 1;
+            hc->conn.proto_flags |= TD_HTTP_F_WAITING_DRAIN;
             td_conn_pause_reading(&hc->conn);
             td_conn_want_drain(&hc->conn);
             return;
@@ -297,7 +297,7 @@ static void on_head(td_http_conn *hc) {
     rq->chunked = 0;
     rq->head_sent = 0;
     rq->user_date = rq->user_server = rq->user_length = 0;
-    hc->phase = TD_HTTP_BODY; /* until on_message_complete (at once without a body) */
+    hc->conn.proto_state = TD_HTTP_BODY; /* until on_message_complete (at once without a body) */
     if (has_body) {
         rq->body_status = 1;
         td_conn_set_deadline(&hc->conn, hs->cfg.body_timeout_ms);
@@ -311,7 +311,7 @@ static void on_head(td_http_conn *hc) {
         rq->body_status = 0;
         td_conn_clear_deadline(&hc->conn);
     }
-    hc->live = 1;
+    hc->conn.proto_flags |= TD_HTTP_F_LIVE;
     td_conn_bump(&hc->conn);
     hs->live++;
     if (hs->on_request)
@@ -321,14 +321,14 @@ static void on_head(td_http_conn *hc) {
 static void on_message(td_http_conn *hc) {
     td_http_req *rq = hc->rq;
     rq->message_complete = 1;
-    if (hc->phase == TD_HTTP_BODY)
+    if (hc->conn.proto_state == TD_HTTP_BODY)
         td_conn_clear_deadline(&hc->conn);
     if (rq->body_status == 1) {
         rq->body_status = 0;
         wake(hc, &rq->body_waiters, 0);
     }
-    hc->phase = TD_HTTP_AWAITING;
-    if (!hc->live)
+    hc->conn.proto_state = TD_HTTP_AWAITING;
+    if (!td_http_is_live(hc))
         start_idle(hc, 0); /* the response went before the body had arrived */
 }
 
@@ -353,23 +353,23 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
      * of a message without a body): run it once more with zero bytes. */
     int resumed = 0;
     while (!hc->conn.closed) {
-        if (len == 0 && (!resumed || hc->phase == TD_HTTP_AWAITING || hc->phase == TD_HTTP_IDLE))
+        if (len == 0 && (!resumed || hc->conn.proto_state == TD_HTTP_AWAITING || hc->conn.proto_state == TD_HTTP_IDLE))
             return;
         resumed = 0;
-        if (hc->phase == TD_HTTP_AWAITING) {
-            if (hc->live) {
+        if (hc->conn.proto_state == TD_HTTP_AWAITING) {
+            if (td_http_is_live(hc)) {
                 /* Answer in order: keep the rest for after this response. */
                 keep_pending(hc, data, len);
                 return;
             }
             start_idle(hc, len > 0);
-            if (hc->waiting_drain) {
+            if (hc->conn.proto_flags & TD_HTTP_F_WAITING_DRAIN) {
                 keep_pending(hc, data, len);
                 return;
             }
         }
-        if (hc->phase == TD_HTTP_IDLE) {
-            hc->phase = TD_HTTP_HEAD;
+        if (hc->conn.proto_state == TD_HTTP_IDLE) {
+            hc->conn.proto_state = TD_HTTP_HEAD;
             td_conn_set_deadline(&hc->conn, hs->cfg.header_timeout_ms);
             if (hc->rq)
                 hc->rq->head_bytes = 0;
@@ -385,7 +385,7 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
         size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&rq->parser) - data);
         if (used > 0)
             rq->prev_byte = data[used - 1];
-        if (hc->phase == TD_HTTP_HEAD) {
+        if (hc->conn.proto_state == TD_HTTP_HEAD) {
             rq->head_bytes += used;
             if (rq->head_bytes > hs->cfg.max_header_bytes) {
                 td_http__error_response(hc, 431);
@@ -414,12 +414,12 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
             continue;
         }
         int status = rq->error_status ? rq->error_status : err == HPE_INVALID_VERSION ? 505 : 400;
-        if (status == 413 && hc->live) {
+        if (status == 413 && td_http_is_live(hc)) {
             body_failed(hc, TD_ETOOLARGE);
             if (hc->conn.closed)
                 return;
         }
-        if (hc->live && rq->head_sent) {
+        if (td_http_is_live(hc) && rq->head_sent) {
             td_conn_close(&hc->conn);
             return;
         }
@@ -440,7 +440,7 @@ static void http_on_open(td_listener *l, td_conn *c) {
         return;
     }
     /* A new connection gets the header timeout for its first request. */
-    hc->phase = TD_HTTP_HEAD;
+    hc->conn.proto_state = TD_HTTP_HEAD;
     td_conn_set_deadline(c, hs->cfg.header_timeout_ms);
     td_conn_set_send_timeout(c, hs->cfg.send_timeout_ms);
 }
@@ -457,13 +457,14 @@ static void http_on_data(td_conn *c, const char *data, size_t len) {
 
 static void http_on_deferred(td_conn *c) {
     td_http_conn *hc = (td_http_conn *)c;
-    if (!hc->rq || hc->waiting_drain)
+    if (!hc->rq || (hc->conn.proto_flags & TD_HTTP_F_WAITING_DRAIN))
         return;
     td_buf in = hc->rq->pending;
     hc->rq->pending = (td_buf){0};
     feed(hc, in.data, in.len);
     td_buf_free(&in);
-    if (!c->closed && !hc->live && !hc->waiting_drain && (!hc->rq || hc->rq->pending.len == 0))
+    if (!c->closed && !td_http_is_live(hc) && !(hc->conn.proto_flags & TD_HTTP_F_WAITING_DRAIN) &&
+        (!hc->rq || hc->rq->pending.len == 0))
         td_conn_resume_reading(c);
 }
 
@@ -475,7 +476,7 @@ static void http_on_eof(td_conn *c, int err) { td_conn_close(c); }
 static void http_on_timeout(td_conn *c) {
     td_http_conn *hc = (td_http_conn *)c;
     td_http_req *rq = hc->rq;
-    switch (hc->phase) {
+    switch (hc->conn.proto_state) {
     case TD_HTTP_HEAD:
         /* Nothing received at all is an idle connection, not a slow one. */
         if (!rq || rq->head_bytes == 0)
@@ -487,7 +488,7 @@ static void http_on_timeout(td_conn *c) {
         body_failed(hc, TD_ETIMEOUT);
         if (c->closed)
             return;
-        if (hc->live && rq->head_sent)
+        if (td_http_is_live(hc) && rq->head_sent)
             td_conn_close(c);
         else
             td_http__error_response(hc, 408);
@@ -506,8 +507,8 @@ static void http_on_timeout(td_conn *c) {
 
 static void http_on_drain(td_conn *c) {
     td_http_conn *hc = (td_http_conn *)c;
-    if (hc->waiting_drain) {
-        hc->waiting_drain = 0;
+    if (hc->conn.proto_flags & TD_HTTP_F_WAITING_DRAIN) {
+        hc->conn.proto_flags &= (uint8_t)~TD_HTTP_F_WAITING_DRAIN;
         td_conn_defer(c);
     }
     if (hc->rq)
@@ -568,8 +569,8 @@ static void drain_one(td_conn *c, void *ud) {
     td_http_conn *hc = (td_http_conn *)c;
     if (c->owner != ud || c->closed)
         return;
-    int idle = hc->phase == TD_HTTP_IDLE || (hc->phase == TD_HTTP_HEAD && (!hc->rq || hc->rq->head_bytes == 0));
-    if (idle && !hc->live && (!hc->rq || hc->rq->pending.len == 0))
+    int idle = hc->conn.proto_state == TD_HTTP_IDLE || (hc->conn.proto_state == TD_HTTP_HEAD && (!hc->rq || hc->rq->head_bytes == 0));
+    if (idle && !td_http_is_live(hc) && (!hc->rq || hc->rq->pending.len == 0))
         td_conn_close(c);
 }
 
@@ -604,7 +605,7 @@ int td_http_body(td_http_conn *hc, const char **data, size_t *len) {
 /* ---- ending a response (the head and body writers are in http_response.c) ---- */
 
 void td_http_response_end(td_http_conn *hc) {
-    if (!hc->live)
+    if (!td_http_is_live(hc))
         return;
     td_http_server *hs = td_http__server(hc);
     td_http_req *rq = hc->rq;

@@ -159,13 +159,19 @@ struct td_http_req {
     unsigned user_length : 1;
 };
 
+/* A connection's HTTP state beyond rq is in its td_conn's protocol bytes:
+ * the phase (conn.proto_state) and these flags (conn.proto_flags). */
+enum {
+    TD_HTTP_F_LIVE = 1,          /* a request's response has not ended */
+    TD_HTTP_F_WAITING_DRAIN = 2, /* pipelined input waits for output to drain */
+};
+
 struct td_http_conn {
     td_conn conn;
     td_http_req *rq; /* NULL while idle */
-    uint8_t phase;
-    unsigned live : 1;
-    unsigned waiting_drain : 1; /* pipelined input waits for output to drain */
 };
+
+static inline int td_http_is_live(const td_http_conn *hc) { return hc->conn.proto_flags & TD_HTTP_F_LIVE; }
 
 int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_config *cfg,
                         td_http_request_cb on_request, td_http_over_cb on_over, void *ud);
@@ -184,7 +190,7 @@ static inline size_t td_http_server_conns(const td_http_server *hs) { return hs-
 /* ---- the live request ---- */
 static inline td_http_conn *td_http_find(td_http_server *hs, uint32_t slot, uint32_t serial) {
     td_conn *c = td_conn_lookup(hs->tp, slot, serial);
-    if (!c || c->owner != hs || !((td_http_conn *)c)->live)
+    if (!c || c->owner != hs || !td_http_is_live((td_http_conn *)c))
         return NULL;
     return (td_http_conn *)c;
 }

@@ -67,7 +67,7 @@ void td_http_head_abort(td_http_conn *hc, size_t mark) {
 }
 
 int td_http_head_begin(td_http_conn *hc, int status) {
-    if (!hc->live || hc->rq->head_sent)
+    if (!td_http_is_live(hc) || hc->rq->head_sent)
         return TD_ECLOSED;
     td_buf *out = td_conn_out(&hc->conn, 512);
     if (!out)
@@ -180,7 +180,7 @@ int td_http_head_end(td_http_conn *hc, int64_t content_length) {
  * piece, or an answer without a body: HEAD, 204, 304); or 1. */
 static int body_piece(td_http_conn *hc, size_t len) {
     td_http_req *rq = hc->rq;
-    if (!hc->live || !rq->head_sent)
+    if (!td_http_is_live(hc) || !rq->head_sent)
         return TD_ECLOSED;
     if (len == 0)
         return 0;
@@ -228,7 +228,7 @@ int td_http_write_ref(td_http_conn *hc, const char *data, size_t len, void (*rel
 }
 
 void td_http_fail(td_http_conn *hc) {
-    if (!hc->live)
+    if (!td_http_is_live(hc))
         return;
     if (hc->rq->head_sent) {
         /* The client has part of a response: only closing tells it so. */

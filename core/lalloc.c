@@ -4,9 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Cached bytes at most: enough for the garbage of a few thousand requests
- * between collections, little next to a burst. */
-#define TD_LALLOC_CACHE_MAX ((size_t)4 << 20)
+/* Cached bytes at most: enough for the collector's bursts of frees to meet
+ * the next allocations (4 MiB counted no fewer instructions per request),
+ * and little held off malloc, which reuses freed memory for anything. */
+#define TD_LALLOC_CACHE_MAX ((size_t)1 << 20)
 
 #ifdef TD_SANITIZE
 #define CACHING 0

@@ -83,7 +83,7 @@ static void test_known_length(void) {
     td_http_response_end(hc);
     CHECK(strcmp(received(fd), "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nServer: tendril\r\n"
                                "Content-Length: 5\r\n\r\nhello") == 0);
-    CHECK(!hc->live);
+    CHECK(!td_http_is_live(hc));
     done(fd);
 }
 
