@@ -231,7 +231,7 @@ static void on_write(uv_write_t *req, int status) {
         c->send_deadline = 0; /* the heap entry goes when it fires */
     }
     check_drain(c);
-    if (c->want_flush)
+    if (c->out.len > 0)
         td_conn_flush(c);
 }
 
@@ -305,6 +305,11 @@ static void flushing(td_conn *c) {
 void td_conn_flush(td_conn *c) {
     flushing(c);
     if (c->closing || c->out.len == 0)
+        return;
+    /* One write in flight at a time: what comes meanwhile gathers in out
+     * and leaves in one piece when that write ends (on_write). A write per
+     * small answer would each hold a whole output block. */
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0)
         return;
     ssize_t n = try_write(c, NULL, 0);
     if (n < 0) {
