@@ -328,7 +328,7 @@ static int res_room(lua_State *L) {
         return td_api_fail(L, TD_ECLOSED);
     if (td_http_unsent(hc) > TD_HTTP_HIGH_WATER) {
         td_conn_flush(&hc->conn);
-        if (!td_http_find(server, (uint32_t)lua_tointeger(L, 1), (uint32_t)lua_tointeger(L, 2)))
+        if (!live_conn(L)) /* the flush failed and closed it */
             return td_api_fail(L, TD_ECLOSED);
         if (td_http_unsent(hc) > TD_HTTP_HIGH_WATER)
             return wait_for(L, hc, 0, "res:write");

@@ -278,11 +278,10 @@ int td_app_run(const td_config *cfg) {
         .send_timeout_ms = (uint64_t)(cfg->send_timeout * 1000.0),
     };
     app.vm = app.hs && app.tp ? td_vm_new(&app.loop) : NULL;
-    if (!app.vm) {
+    if (!app.vm || td_transport_init(app.tp, &app.loop, cfg->max_connections) != 0) {
         fprintf(stderr, "tendril: out of memory\n");
         return 1;
     }
-    td_transport_init(app.tp, &app.loop, cfg->max_connections);
     td_http_server_init(app.hs, app.tp, &hc, td_api_http_dispatch, td_api_http_over, app.vm);
     /* The transport never runs Lua: tasks its callbacks wake run when the
      * callback is done. */

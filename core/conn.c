@@ -74,44 +74,18 @@ static void slot_give(td_transport *tp, td_conn *c) {
 
 /* ---- deadlines ---------------------------------------------------------- */
 
-static void on_timer(uv_timer_t *t);
-
-static void arm_timer(td_transport *tp, uint64_t due) {
-    if (due >= tp->timer_due)
-        return;
-    tp->timer_due = due;
-    uint64_t now = uv_now(tp->loop);
-    uv_timer_start(&tp->timer, on_timer, due > now ? due - now : 0, 0);
-}
-
 static uint64_t due_at(const td_conn *c) {
     uint64_t a = c->io_deadline, b = c->send_deadline;
     return !a ? b : !b ? a : a < b ? a : b;
 }
 
-/* The heap entry is exactly the earlier of the two deadlines (or gone). */
-static void rekey_exact(td_conn *c) {
-    uint64_t key = due_at(c);
-    if (!key) {
-        td_heap_remove(&td_conn_tp(c)->deadlines, &c->timer);
-        return;
-    }
-    td_heap_set(&td_conn_tp(c)->deadlines, &c->timer, key);
-    arm_timer(td_conn_tp(c), key);
-}
+/* The heap entry follows the earlier of the two deadlines, lazily (see
+ * deadlines.h): a keep-alive connection's deadlines move later at every
+ * request, which then costs no heap operation. */
+static void rekey(td_conn *c) { td_deadlines_lazy(&td_conn_tp(c)->deadlines, &c->timer, due_at(c)); }
 
-/* Lazily: the heap entry only has to come no later than the deadline. A
- * deadline that moves later, or goes, leaves the entry as it is; it fires
- * early and is put right then (expire). A keep-alive connection's
- * deadlines move later at every request, so this spares three heap
- * operations per request for one per deadline period. */
-static void rekey(td_conn *c) {
-    uint64_t key = due_at(c);
-    if (!key || (td_heap_contains(&c->timer) && c->timer.key <= key))
-        return;
-    td_heap_set(&td_conn_tp(c)->deadlines, &c->timer, key);
-    arm_timer(td_conn_tp(c), key);
-}
+/* Exactly, when the entry has come (or the connection closes). */
+static void rekey_exact(td_conn *c) { td_deadlines_exact(&td_conn_tp(c)->deadlines, &c->timer, due_at(c)); }
 
 void td_conn_set_deadline(td_conn *c, uint64_t ms) {
     if (c->closing)
@@ -158,18 +132,13 @@ static void expire(td_conn *c, uint64_t now) {
     rekey_exact(c); /* an entry that came early: nothing is due yet */
 }
 
-static void on_timer(uv_timer_t *t) {
-    td_transport *tp = td_container_of(t, td_transport, timer);
-    uint64_t now = uv_now(tp->loop);
-    tp->timer_due = UINT64_MAX;
-    enter(tp);
-    td_heap_node *n;
-    while ((n = td_heap_min(&tp->deadlines)) && n->key <= now)
-        expire(td_container_of(n, td_conn, timer), now);
-    leave(tp);
-    if ((n = td_heap_min(&tp->deadlines)))
-        arm_timer(tp, n->key);
+static void on_due(td_deadlines *d, td_heap_node *n, uint64_t now) {
+    (void)d;
+    expire(td_container_of(n, td_conn, timer), now);
 }
+
+static void hold(void *ud) { enter(ud); }
+static void release_hold(void *ud) { leave(ud); }
 
 /* ---- output ------------------------------------------------------------- */
 
@@ -391,10 +360,6 @@ static void on_turn(uv_prepare_t *p) {
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     td_conn *c = td_container_of(h, td_conn, tcp);
     (void)suggested;
-    if (c->ops->alloc && !c->ending) {
-        c->ops->alloc(c, buf);
-        return;
-    }
     buf->base = td_conn_tp(c)->rbuf;
     buf->len = sizeof td_conn_tp(c)->rbuf;
 }
@@ -445,7 +410,7 @@ static td_conn *conn_new(td_transport *tp, size_t size, const td_conn_ops *ops, 
     td_conn *c = calloc(1, size);
     if (!c)
         return NULL;
-    if (td_heap_reserve(&tp->deadlines, (uint32_t)tp->nconns + 1) != 0 || slot_take(tp, c) != 0) {
+    if (td_deadlines_reserve(&tp->deadlines, (uint32_t)tp->nconns + 1) != 0 || slot_take(tp, c) != 0) {
         free(c);
         return NULL;
     }
@@ -504,7 +469,7 @@ static void close_with(td_conn *c, int reason) {
         c->close_reason = (int16_t)reason; /* a protocol may have said why already */
     notify_closed(c);
     c->io_deadline = c->send_deadline = 0;
-    td_heap_remove(&td_conn_tp(c)->deadlines, &c->timer);
+    rekey_exact(c); /* both deadlines are 0: out of the heap */
     unlink_pending(c);
     c->closing = 1;
     c->reading = 0;
@@ -716,19 +681,19 @@ int td_transport_init(td_transport *tp, uv_loop_t *loop, size_t max_conns) {
     memset(tp, 0, offsetof(td_transport, rbuf));
     tp->loop = loop;
     tp->max_conns = max_conns;
-    tp->timer_due = UINT64_MAX;
     tp->free_slot = NO_SLOT;
-    td_heap_init(&tp->deadlines);
+    if (td_deadlines_init(&tp->deadlines, loop, on_due) != 0)
+        return UV_ENOMEM;
+    tp->deadlines.before = hold;
+    tp->deadlines.after = release_hold;
+    tp->deadlines.ud = tp;
     td_list_init(&tp->pending);
     td_list_init(&tp->waiting);
     loop->data = tp;
     td_buf_pool_init(&tp->out_pool, TD_CONN_OUT_BLOCK, TD_OUT_SPARE_MAX);
-    uv_timer_init(loop, &tp->timer);
     uv_prepare_init(loop, &tp->turn);
     uv_prepare_start(&tp->turn, on_turn);
-    /* Neither keeps the loop alive on its own. */
-    uv_unref((uv_handle_t *)&tp->timer);
-    uv_unref((uv_handle_t *)&tp->turn);
+    uv_unref((uv_handle_t *)&tp->turn); /* it does not keep the loop alive */
     tp->handles_open = 1;
     return 0;
 }
@@ -749,14 +714,13 @@ static void close_one(td_conn *c, void *ud) {
 void td_transport_close(td_transport *tp) {
     td_transport_foreach(tp, close_one, NULL);
     if (tp->handles_open) {
-        uv_close((uv_handle_t *)&tp->timer, NULL);
+        td_deadlines_close(&tp->deadlines);
         uv_close((uv_handle_t *)&tp->turn, NULL);
         tp->handles_open = 0;
     }
 }
 
 void td_transport_destroy(td_transport *tp) {
-    td_heap_destroy(&tp->deadlines);
     free(tp->slots);
     tp->slots = NULL;
     tp->nslots = 0;

@@ -33,7 +33,7 @@
 #include <uv.h>
 
 #include "buf.h"
-#include "heap.h"
+#include "deadlines.h"
 #include "list.h"
 
 #define TD_CONN_READ_BUFFER 65536
@@ -47,11 +47,8 @@ typedef struct td_conn td_conn;
 typedef struct td_conn_ops {
     /* on_drain comes once unsent output is down to this many bytes. */
     size_t low_water;
-    /* Optional: where to read (the protocol keeps the bytes, e.g. a
-     * socket's input buffer); a zero-length buffer is out of memory. NULL:
-     * the transport's shared buffer, valid during on_data only. */
-    void (*alloc)(td_conn *c, uv_buf_t *buf);
-    /* Bytes arrived (in the buffer alloc gave, or the shared one). */
+    /* Bytes arrived, in the transport's shared buffer: valid during the
+     * call only (the protocol keeps what it needs). */
     void (*on_data)(td_conn *c, const char *data, size_t len);
     /* The peer closed its side (err is UV_EOF) or reading failed. */
     void (*on_eof)(td_conn *c, int err);
@@ -122,9 +119,7 @@ typedef struct td_conn_slot {
 struct td_transport {
     uv_loop_t *loop;
     uv_prepare_t turn; /* deferred work, then output, once per loop turn */
-    uv_timer_t timer;  /* fires at the earliest deadline */
-    uint64_t timer_due;
-    td_heap deadlines;
+    td_deadlines deadlines; /* every connection's td_conn.timer */
     td_list pending;    /* td_conn.plink */
     size_t ndeferred;   /* of those, the ones with want_defer */
     td_list waiting;    /* listeners held back by max_conns */
@@ -147,7 +142,7 @@ struct td_transport {
 };
 
 /* ---- the transport ---- */
-/* One per loop: it takes loop->data. */
+/* One per loop: it takes loop->data. Returns 0 or UV_ENOMEM. */
 int td_transport_init(td_transport *tp, uv_loop_t *loop, size_t max_conns);
 /* Closes every connection (abruptly) and the transport's handles; run the
  * loop to let the close callbacks come, then td_transport_destroy. */

@@ -45,12 +45,12 @@ struct td_vm {
      * tendril call made now can act for (see td_vm_task_of). */
     td_task *current;
     uint32_t next_run; /* numbers the runs of tasks: td_task.run */
-    td_heap deadlines;  /* open scopes with a deadline */
-    uv_timer_t *timer;  /* fires at the earliest; its own memory (closed after the vm is gone) */
-    uint64_t timer_due;
+    td_deadlines deadlines; /* of scopes (td_scope.timer) */
     td_lalloc *alloc; /* Lua's memory (lalloc.h); its own block, freed after the state */
     unsigned closing : 1;
 };
+
+static void on_scope_due(td_deadlines *d, td_heap_node *n, uint64_t now);
 
 /* Its address is the pool marker. */
 static const char pool_marker = 0;
@@ -95,9 +95,7 @@ td_vm *td_vm_new(uv_loop_t *loop) {
     }
     vm->pool = malloc(TD_POOL_MAX * sizeof *vm->pool);
     vm->spare = malloc(TD_TASK_SPARE_MAX * sizeof *vm->spare);
-    vm->timer = malloc(sizeof *vm->timer);
-    if (!vm->pool || !vm->spare || !vm->timer) {
-        free(vm->timer);
+    if (!vm->pool || !vm->spare || td_deadlines_init(&vm->deadlines, loop, on_scope_due) != 0) {
         free(vm->spare);
         free(vm->pool);
         lua_close(vm->L);
@@ -107,11 +105,9 @@ td_vm *td_vm_new(uv_loop_t *loop) {
         return NULL;
     }
     vm->loop = loop;
-    td_heap_init(&vm->deadlines);
-    uv_timer_init(loop, vm->timer);
-    uv_unref((uv_handle_t *)vm->timer);
-    vm->timer->data = vm;
-    vm->timer_due = UINT64_MAX;
+    vm->deadlines.before = td_vm_hold;
+    vm->deadlines.after = td_vm_release;
+    vm->deadlines.ud = vm;
     td_list_init(&vm->waits);
     td_list_init(&vm->posted);
     td_list_init(&vm->alive);
@@ -209,7 +205,7 @@ static void task_release(td_task *t) {
         return;
     assert(!t->wait && !t->pooled);
     leave_scopes(t);
-    td_heap_remove(&vm->deadlines, &t->lead.timer);
+    td_deadlines_exact(&vm->deadlines, &t->lead.timer, 0);
     td_list_remove(&t->link);
     lua_rawgeti(vm->L, LUA_REGISTRYINDEX, vm->anchors);
     luaL_unref(vm->L, -1, t->ref);
@@ -455,16 +451,6 @@ static void cancel_wait(td_task *t, int code) {
 
 /* ---- scopes ---- */
 
-static void on_scope_timer(uv_timer_t *timer);
-
-static void arm_timer(td_vm *vm, uint64_t due) {
-    if (due >= vm->timer_due)
-        return;
-    vm->timer_due = due;
-    uint64_t now = uv_now(vm->loop);
-    uv_timer_start(vm->timer, on_scope_timer, due > now ? due - now : 0, 0);
-}
-
 /* The deadline passed: every wait but a transfer with the client fails. */
 static void expire(td_scope *s) {
     s->doom = TD_ETIMEOUT;
@@ -476,27 +462,17 @@ static void expire(td_scope *s) {
     }
 }
 
-static void on_scope_timer(uv_timer_t *timer) {
-    td_vm *vm = timer->data;
-    uint64_t now = uv_now(vm->loop);
-    vm->timer_due = UINT64_MAX;
-    td_vm_hold(vm);
-    td_heap_node *n;
-    while ((n = td_heap_min(&vm->deadlines)) && n->key <= now) {
-        td_scope *s = td_container_of(n, td_scope, timer);
-        if (s->open && s->due && s->due <= now) {
-            s->due = 0;
-            td_heap_remove(&vm->deadlines, n);
-            expire(s);
-        } else if (s->open && s->due) {
-            td_heap_set(&vm->deadlines, n, s->due); /* an entry that came early */
-        } else {
-            td_heap_remove(&vm->deadlines, n);
-        }
+/* A scope's entry came: its deadline passed, or it came early (the
+ * deadline moved later, or the scope closed: see td_vm_scope_deadline). */
+static void on_scope_due(td_deadlines *d, td_heap_node *n, uint64_t now) {
+    td_scope *s = td_container_of(n, td_scope, timer);
+    if (s->open && s->due && s->due <= now) {
+        s->due = 0;
+        td_deadlines_exact(d, n, 0);
+        expire(s);
+    } else {
+        td_deadlines_exact(d, n, s->open ? s->due : 0);
     }
-    td_vm_release(vm);
-    if ((n = td_heap_min(&vm->deadlines)))
-        arm_timer(vm, n->key);
 }
 
 td_scope *td_vm_scope_open(td_task *t) {
@@ -504,7 +480,7 @@ td_scope *td_vm_scope_open(td_task *t) {
     td_vm *vm = t->vm;
     assert(!s->open);
     /* Room for every task's deadline is reserved: inserting never fails. */
-    s->open = td_heap_reserve(&vm->deadlines, (uint32_t)vm->ntasks + 1) == 0;
+    s->open = td_deadlines_reserve(&vm->deadlines, (uint32_t)vm->ntasks + 1) == 0;
     if (!s->open)
         return NULL;
     s->doom = 0;
@@ -530,10 +506,7 @@ void td_vm_scope_deadline(td_scope *s, uint64_t ms) {
     if (!s->open)
         return;
     s->due = ms ? uv_now(s->vm->loop) + ms : 0;
-    if (!s->due || (td_heap_contains(&s->timer) && s->timer.key <= s->due))
-        return;
-    td_heap_set(&s->vm->deadlines, &s->timer, s->due);
-    arm_timer(s->vm, s->due);
+    td_deadlines_lazy(&s->vm->deadlines, &s->timer, s->due);
 }
 
 /* The entry stays in the heap until it fires (or the task is freed). */
@@ -607,8 +580,6 @@ void td_vm_collect(td_vm *vm) {
     td_lalloc_drain(vm->alloc);
 }
 
-static void free_timer(uv_handle_t *h) { free(h); }
-
 size_t td_vm_close(td_vm *vm) {
     if (!vm)
         return 0;
@@ -622,8 +593,7 @@ size_t td_vm_close(td_vm *vm) {
     }
     while (!td_list_empty(&vm->posted))
         td_list_remove(vm->posted.next);
-    uv_close((uv_handle_t *)vm->timer, free_timer);
-    td_heap_destroy(&vm->deadlines);
+    td_deadlines_close(&vm->deadlines);
     lua_close(vm->L);
 #ifdef TD_SANITIZE
     /* The leak canary: a test sets this to prove that the leak check

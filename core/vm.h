@@ -38,7 +38,7 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "heap.h"
+#include "deadlines.h"
 #include "list.h"
 
 typedef struct td_vm td_vm;

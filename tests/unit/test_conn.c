@@ -162,7 +162,7 @@ static void test_deadline(void) {
     settle();
     CHECK_EQ_INT(ev.timeouts, 1);
     CHECK_EQ_INT(tp.nconns, 0);
-    CHECK_EQ_INT(tp.deadlines.count, 0);
+    CHECK_EQ_INT(tp.deadlines.heap.count, 0);
 }
 
 static int released;
