@@ -7,8 +7,8 @@
 --
 -- req and res hold the request as its connection's handle { slot, serial };
 -- every primitive checks that pair, so a req or res kept after its request
--- ended answers nil, "closed". Request fields are read from C on first use
--- only.
+-- ended answers nil, "closed". The request line comes with the dispatch;
+-- the other fields are read from C on first use only.
 local core = require "tendril.core"
 local url = require "tendril.url"
 local trace = require "tendril.traceback"
