@@ -150,11 +150,10 @@ static int wait_for(lua_State *L, td_http_conn *hc, int for_body, const char *fn
     http_wait *hw = calloc(1, sizeof *hw);
     if (!hw)
         return luaL_error(L, "%s: out of memory", fname);
-    hw->wait.transfer = 1;
     hw->for_body = for_body;
     hw->waiter.cb = on_http_ready;
     hw->waiter.ud = hw;
-    td_vm_wait_begin(t, &hw->wait, cancel_http_wait);
+    td_vm_wait_begin(t, &hw->wait, cancel_http_wait, 1);
     if (for_body)
         td_http_wait_body(hc, &hw->waiter);
     else

@@ -152,7 +152,7 @@ static int read_response(lua_State *L, int want_body, const char *fname) {
     w->s = s;
     w->timeout_ms = timeout_ms ? timeout_ms : 1;
     w->want_body = want_body;
-    td_vm_wait_begin(t, &w->wait, cancel_httpc_wait);
+    td_vm_wait_begin(t, &w->wait, cancel_httpc_wait, 0);
     /* td_sock_read never ends in the call for a usable, unended socket. */
     td_sock_read(s, w->timeout_ms, on_sock_event, w);
     return lua_yield(L, 0);

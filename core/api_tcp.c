@@ -101,7 +101,7 @@ static int wait_or_finish(lua_State *L, sock_wait *w, int (*finish)(lua_State *,
         free(w);
         return n;
     }
-    td_vm_wait_begin(td_vm_task_of(L), &w->wait, cancel_sock_wait);
+    td_vm_wait_begin(td_vm_task_of(L), &w->wait, cancel_sock_wait, 0);
     return lua_yield(L, 0);
 }
 

@@ -83,7 +83,7 @@ static int event_wait_lua(lua_State *L) {
     uv_timer_init(td_vm_loop(vm), &w->timer);
     w->timer.data = w;
     td_list_push_back(&ev->waiters, &w->link);
-    td_vm_wait_begin(t, &w->wait, cancel_event_wait);
+    td_vm_wait_begin(t, &w->wait, cancel_event_wait, 0);
     double ms = timeout > 0 ? timeout * 1000.0 : 0;
     uv_timer_start(&w->timer, on_wait_timeout, ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms, 0);
     return lua_yield(L, 0);

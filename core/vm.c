@@ -552,10 +552,11 @@ void td_vm_task_inherit(td_task *child, td_task *parent) {
     td_vm_scope_join(parent->scope, child);
 }
 
-void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *)) {
+void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *), int transfer) {
     assert(!t->wait && !t->pooled);
     w->task = t;
     w->cancel = cancel;
+    w->transfer = transfer ? 1 : 0;
     td_list_push_back(&t->vm->waits, &w->link);
     t->vm->nwaits++;
     t->wait = w;

@@ -52,7 +52,8 @@ struct td_wait {
      * nil, err itself (or never, at teardown). */
     void (*cancel)(td_wait *w);
     td_list link;
-    /* A transfer with the request's own client: outside its deadline. */
+    /* A transfer with the request's own client: outside its deadline (set
+     * by td_vm_wait_begin). */
     unsigned transfer : 1;
 };
 
@@ -169,9 +170,9 @@ void td_vm_relay_mark(lua_State *L, int co_idx);
  * wait would fail with at once (the task's request is over or past its
  * deadline); the primitive then returns nil, err. `transfer` as in td_wait. */
 int td_vm_doom(td_task *t, int transfer);
-/* Records that t waits on w (before the C function yields). w->transfer is
- * the caller's to set first (calloc'd records start at 0). */
-void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *));
+/* Records that t waits on w (before the C function yields). `transfer`: a
+ * transfer with the request's own client, outside its deadline. */
+void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *), int transfer);
 /* Ends the wait, before the callback pushes results and calls td_vm_resume.
  * Returns the coroutine to push them on. */
 lua_State *td_vm_wait_end(td_wait *w);

@@ -11,15 +11,26 @@ local core = require "tendril.core"
 
 local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
 local task_waiting, relay_mark = core.task_waiting, core.relay_mark
-local error, type = error, type
+local error, type, setmetatable = error, type, setmetatable
 
 local _M = {}
+
+-- Coroutines suspended in a tendril call, until its results come down: only
+-- the relay that passed the wait up may resume them.
+local in_call = setmetatable({}, { __mode = "k" })
+
+-- The call's results (this coroutine's resume values) go down to co.
+local function down(co, ...)
+    in_call[co] = nil
+    return co_resume(co, ...)
+end
 
 local function relay(co, ok, ...)
     if ok and task_waiting() then
         -- A tendril call is waiting inside co: wait with it, then pass the
-        -- results (this coroutine's resume values) down to it.
-        return relay(co, co_resume(co, co_yield()))
+        -- results down.
+        in_call[co] = true
+        return relay(co, down(co, co_yield()))
     end
     return ok, ...
 end
@@ -27,6 +38,12 @@ end
 local function resume(co, ...)
     if type(co) ~= "thread" then
         error("bad argument #1 to 'resume' (coroutine expected, got " .. type(co) .. ")", 2)
+    end
+    if in_call[co] then
+        -- Resuming it would hand the tendril call someone else's values and
+        -- leave its own results with nobody to take them.
+        error("coroutine.resume: the coroutine is waiting in a tendril call (a sleep, a read, ...); " ..
+            "only what it waits for resumes it", 2)
     end
     relay_mark(co)
     return relay(co, co_resume(co, ...))

@@ -52,6 +52,21 @@ end
 
 function routes.stats() return stats_line() end
 
+-- A coroutine waiting in a tendril call, resumed by someone else meanwhile.
+function routes.busyco()
+    local co = coroutine.create(function()
+        local ok, err = tendril.sleep(0.3)
+        return "slept " .. tostring(ok) .. " " .. tostring(err)
+    end)
+    local th = tendril.spawn(function()
+        tendril.sleep(0.05)
+        return pcall(coroutine.resume, co, "from the thread")
+    end)
+    local ok, inner = coroutine.resume(co)
+    local _, pok, perr = th:join(5)
+    return tostring(ok) .. " " .. inner .. " | " .. tostring(pok) .. " " .. tostring(perr)
+end
+
 -- Waits that outlive their client, and what a handler learns.
 local function note(what, ok, err)
     tendril.log("warn", what, ": ", tostring(ok), " ", tostring(err))
@@ -118,6 +133,15 @@ function routes.deadline(req, res)
         tendril.now() - t0, tostring(ok2), tostring(err2))
 end
 
+function routes.deadline_join()
+    local t0 = tendril.now()
+    local th = tendril.spawn_detached(function() tendril.sleep(1) end)
+    local ok, err = th:join()
+    local ok2, err2 = tendril.sleep(1)
+    return string.format("%s %s | %s %s %.1f", tostring(ok), tostring(err), tostring(ok2), tostring(err2),
+        tendril.now() - t0)
+end
+
 function routes.slow_body(req)
     local body, err = req:body()
     return tostring(body) .. " " .. tostring(err)
@@ -177,6 +201,14 @@ class TaskTest(ServerTestCase):
         for _ in range(10):
             self.assertEqual(get(self.port, "/make").body, b"made")
         self.assertRegex(get(self.port, "/tick").body.decode(), r"^tick ")
+        assert_nothing_left(self, self.port)
+
+    def test_coroutine_waiting_in_a_call_cannot_be_resumed_by_another(self):
+        # It used to take the other resumer's values as the result of its
+        # sleep, and its own wake-up came later into something else.
+        self.assertRegex(get(self.port, "/busyco").body.decode(),
+                         r"^true slept true nil \| false coroutine\.resume: the coroutine "
+                         r"is waiting in a tendril call")
         assert_nothing_left(self, self.port)
 
     def test_two_waiters_on_one_request_body(self):
@@ -295,6 +327,14 @@ class DeadlineTest(ServerTestCase):
         # Removed: the sleep outlives --request-timeout.
         self.assertRegex(self.body("/deadline?s=1.2&none=1"), r"^true nil 1\.\d \| later true nil$")
         self.assertTrue(poll(lambda: "deadline thread 1.2: true nil" in self.server.stderr(), 5))
+
+    def test_deadline_holds_request_after_request(self):
+        # A wait record's "transfer" bit came from whatever the memory held
+        # before: from the second request on, joins and sleeps often
+        # ignored the deadline.
+        for _ in range(8):
+            self.assertRegex(self.body("/deadline_join"), r"^false timeout \| nil timeout 0\.[4-9]$")
+        assert_nothing_left(self, self.port)  # the detached threads ended
 
     def test_body_transfer_is_outside_the_deadline(self):
         s = connect(self.port)

@@ -31,9 +31,12 @@ static int park(lua_State *L) {
     td_task *t = td_api_wait_start(L, "park", lua_toboolean(L, 1));
     if (!t)
         return 2;
-    park_wait *w = calloc(1, sizeof *w);
-    w->wait.transfer = lua_toboolean(L, 1);
-    td_vm_wait_begin(t, &w->wait, cancel_park);
+    /* Garbage in the record, as malloc may leave it: td_vm_wait_begin sets
+     * what the vm reads (a stray "transfer" bit once spared waits from
+     * their request's deadline). */
+    park_wait *w = malloc(sizeof *w);
+    memset(w, 0xff, sizeof *w);
+    td_vm_wait_begin(t, &w->wait, cancel_park, lua_toboolean(L, 1));
     last_park = w;
     return lua_yield(L, 0);
 }
@@ -160,6 +163,20 @@ static void test_scope_deadline_spares_transfers(void) {
     CHECK(strcmp(results, "woken nil timeout") == 0);
 }
 
+static void test_scope_deadline_cancels_a_wait(void) {
+    reset();
+    cancels = 0;
+    td_task *lead = start("twice");
+    td_scope *s = td_vm_scope_open(lead);
+    td_vm_scope_deadline(s, 20);
+    td_vm_resume(lead, 0);
+    for (int i = 0; i < 200 && !ended; i++)
+        uv_run(&loop, UV_RUN_NOWAIT), uv_sleep(1);
+    CHECK_EQ_INT(cancels, 1);
+    CHECK_EQ_INT(ended, 1);
+    CHECK(strcmp(results, "nil timeout nil timeout") == 0);
+}
+
 static void test_closed_scope_detaches(void) {
     reset();
     td_task *lead = start("once");
@@ -275,6 +292,7 @@ int main(void) {
     test_wait_and_wake();
     test_scope_kill();
     test_scope_deadline_spares_transfers();
+    test_scope_deadline_cancels_a_wait();
     test_closed_scope_detaches();
     test_coroutine_acts_for_its_resumer();
     test_pool();
