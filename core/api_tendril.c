@@ -38,6 +38,21 @@ static int td_vm_stats_lua(lua_State *L) {
     lua_setfield(L, -2, "pooled");
     lua_pushinteger(L, (lua_Integer)st.waits);
     lua_setfield(L, -2, "waits");
+    lua_pushnumber(L, (lua_Number)td_vm_memory(vm));
+    lua_setfield(L, -2, "memory");
+    return 1;
+}
+
+/* [-0, +1] Says why LuaJIT's own memory error has no position. */
+static int td_memory_note(lua_State *L) {
+    td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
+    size_t limit = td_vm_memory_limit(vm);
+    if (limit)
+        lua_pushfstring(L, "--lua-memory-limit %d MiB; no line: one allocation larger than the headroom, "
+                           "or compiled code, which runs no hooks",
+                        (int)(limit >> 20));
+    else
+        lua_pushliteral(L, "the system refused memory; no line");
     return 1;
 }
 
@@ -46,6 +61,7 @@ void td_api_tendril_open(lua_State *L, td_vm *vm) {
         {"now", td_now},
         {"log", td_log_message},
         {"vm_stats", td_vm_stats_lua},
+        {"memory_note", td_memory_note},
         {NULL, NULL},
     };
     lua_pushlightuserdata(L, vm);

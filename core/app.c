@@ -102,6 +102,7 @@ static int load_app(td_app *app) {
     open_core(app);
     set_app_path(L, path);
     td_vm_set_stall_guard(app->vm, app->cfg->stall_warn_ms);
+    td_vm_set_memory_limit(app->vm, app->cfg->lua_memory_limit);
     if (require_module(L, "tendril.boot") != 0) {
         fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
         return -1;

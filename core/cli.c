@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,8 @@ static const char usage_text[] =
     "                           off (default 60; req:deadline changes it per request)\n"
     "  --stall-warn-ms N        warn when Lua holds the event loop longer than this; 0 is off\n"
     "                           (default 200)\n"
+    "  --lua-memory-limit N     bytes the Lua state may hold (suffix k, m or g); a task that\n"
+    "                           needs more fails with \"not enough memory\" (default 0: no limit)\n"
     "  --no-watch               do not reload when the app's files change (SIGHUP still does)\n"
     "  --help                   this text\n"
     "  --version                the version\n";
@@ -51,6 +54,41 @@ static int parse_size(const char *s, size_t *out) {
     if (errno || end == s || *end || s[0] == '-')
         return -1;
     *out = (size_t)v;
+    return 0;
+}
+
+/* A size with an optional binary suffix: 64m, 2g. */
+static int parse_bytes(const char *s, size_t *out) {
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || s[0] == '-')
+        return -1;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    default: break;
+    }
+    if (*end || v > (SIZE_MAX >> shift))
+        return -1;
+    *out = (size_t)v << shift;
+    return 0;
+}
+
+/* The options that take a value: any other name is unknown, wherever it
+ * stands on the line. */
+static const char *const valued[] = {
+    "--host", "--port", "--access-log", "--error-log", "--max-header-bytes", "--max-body-bytes",
+    "--max-connections", "--header-timeout", "--body-timeout", "--keepalive-timeout", "--shutdown-timeout",
+    "--send-timeout", "--request-timeout", "--stall-warn-ms", "--lua-memory-limit", NULL,
+};
+
+static int takes_value(const char *name) {
+    for (int i = 0; valued[i]; i++)
+        if (strcmp(name, valued[i]) == 0)
+            return 1;
     return 0;
 }
 
@@ -124,6 +162,8 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
             value = eq + 1;
         } else {
             snprintf(name, sizeof name, "%s", arg);
+            if (!takes_value(arg))
+                return usage_error("unknown option '%s'", arg);
             if (i + 1 >= argc)
                 return usage_error("option %s needs a value", arg);
             value = argv[++i];
@@ -175,6 +215,11 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
             if (parse_size(value, &ms) != 0 || ms > 3600000)
                 return usage_error("--stall-warn-ms takes a number of milliseconds (0 turns it off), not '%s'", value);
             cfg->stall_warn_ms = (unsigned long)ms;
+        } else if (strcmp(name, "--lua-memory-limit") == 0) {
+            if (parse_bytes(value, &cfg->lua_memory_limit) != 0 ||
+                (cfg->lua_memory_limit && cfg->lua_memory_limit < TD_CLI_MIN_LUA_MEMORY))
+                return usage_error("--lua-memory-limit takes a number of bytes, 0 or at least 4m "
+                                   "(suffix k, m or g), not '%s'", value);
         } else {
             return usage_error("unknown option '%s'", name);
         }

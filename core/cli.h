@@ -20,8 +20,12 @@ typedef struct td_config {
     double send_timeout;
     double request_timeout; /* 0: none */
     unsigned long stall_warn_ms; /* 0: the stall guard is off */
+    size_t lua_memory_limit;     /* bytes; 0: none beyond the system's */
     int no_watch;                /* reload on SIGHUP only */
 } td_config;
+
+/* Less than this would not hold the runtime's own library. */
+#define TD_CLI_MIN_LUA_MEMORY ((size_t)4 << 20)
 
 enum { TD_CLI_RUN = 0, TD_CLI_DONE = 1, TD_CLI_USAGE = -1 };
 

@@ -28,6 +28,7 @@ struct td_vm {
     int anchors;   /* registry ref of the anchors table */
     int pool_func; /* registry ref of the function pooled tasks run */
     int relay;     /* registry ref: coroutine -> true when its resumer can pass a yield up */
+    int error_slot; /* registry ref: where td_vm_log_error puts the error value */
     td_task **pool;
     size_t npool;
     td_list alive;   /* every task alive (td_task.alive_link), freed by td_vm_close */
@@ -48,9 +49,11 @@ struct td_vm {
     td_deadlines deadlines; /* of scopes (td_scope.timer) */
     td_lalloc *alloc; /* Lua's memory (lalloc.h); its own block, freed after the state */
     unsigned closing : 1;
+    unsigned mem_raised : 1; /* mem_hook raised since the last recovery */
 };
 
 static void on_scope_due(td_deadlines *d, td_heap_node *n, uint64_t now);
+static void on_memory_over(void *ud);
 
 /* Its address is the pool marker. */
 static const char pool_marker = 0;
@@ -87,8 +90,15 @@ td_vm *td_vm_new(uv_loop_t *loop) {
     if (!vm)
         return NULL;
     vm->alloc = calloc(1, sizeof *vm->alloc);
+    if (vm->alloc) {
+        td_lalloc_limit(vm->alloc, 0);
+        vm->alloc->on_over = on_memory_over;
+        vm->alloc->over_ud = vm;
+    }
     vm->L = vm->alloc ? lua_newstate(td_lalloc_f, vm->alloc) : NULL;
     if (!vm->L) {
+        if (vm->alloc)
+            td_lalloc_free_reserve(vm->alloc);
         free(vm->alloc);
         free(vm);
         return NULL;
@@ -100,6 +110,7 @@ td_vm *td_vm_new(uv_loop_t *loop) {
         free(vm->pool);
         lua_close(vm->L);
         td_lalloc_drain(vm->alloc);
+        td_lalloc_free_reserve(vm->alloc);
         free(vm->alloc);
         free(vm);
         return NULL;
@@ -125,6 +136,8 @@ td_vm *td_vm_new(uv_loop_t *loop) {
     lua_setfield(vm->L, -2, "__mode");
     lua_setmetatable(vm->L, -2);
     vm->relay = luaL_ref(vm->L, LUA_REGISTRYINDEX);
+    lua_pushboolean(vm->L, 0);
+    vm->error_slot = luaL_ref(vm->L, LUA_REGISTRYINDEX);
     register_embedded(vm->L);
     return vm;
 }
@@ -262,17 +275,53 @@ static void pool_put(td_task *t) {
 
 /* ---- resuming ---- */
 
-void td_vm_log_error(lua_State *co, const char *what) {
-    const char *msg = lua_tostring(co, -1);
-    if (!msg)
-        msg = lua_isnil(co, -1) ? "nil" : luaL_typename(co, -1);
-    luaL_traceback(co, co, msg, 0);
-    const char *tb = lua_tostring(co, -1);
-    if (what)
-        td_log(TD_LOG_ERROR, "%s: %s", what, tb);
+struct error_log {
+    lua_State *co;
+    const char *what;
+};
+
+/* The text of an error value: a string or number as it is, anything else
+ * through its __tostring, or its type. */
+static const char *error_text(lua_State *L, int idx) {
+    int t = lua_type(L, idx);
+    if (t == LUA_TSTRING || t == LUA_TNUMBER)
+        return lua_tostring(L, idx);
+    if (luaL_callmeta(L, idx, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+        return lua_tostring(L, -1);
+    return lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, idx));
+}
+
+/* Under lua_cpcall: a __tostring that raises, or memory that runs out,
+ * cannot escape. */
+static int log_error_cb(lua_State *L) {
+    struct error_log *e = lua_touserdata(L, 1);
+    td_vm *vm = lua_getexdata(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->error_slot);
+    luaL_traceback(L, e->co, error_text(L, -1), 0);
+    const char *tb = lua_tostring(L, -1);
+    if (e->what)
+        td_log(TD_LOG_ERROR, "%s: %s", e->what, tb);
     else
         td_log_raw(TD_LOG_ERROR, tb, strlen(tb));
-    lua_pop(co, 1);
+    return 0;
+}
+
+void td_vm_log_error(lua_State *co, const char *what) {
+    td_vm *vm = lua_getexdata(co);
+    lua_State *L = vm->L;
+    /* The value goes to a registry slot that exists already: no
+     * allocation outside the protected call. */
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    lua_rawseti(L, LUA_REGISTRYINDEX, vm->error_slot);
+    struct error_log e = {co, what};
+    if (lua_cpcall(L, log_error_cb, &e) != 0) {
+        lua_pop(L, 1);
+        const char *msg = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : luaL_typename(co, -1);
+        td_log(TD_LOG_ERROR, "%s%s%s (no traceback: it failed too)", what ? what : "", what ? ": " : "", msg);
+    }
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, LUA_REGISTRYINDEX, vm->error_slot);
 }
 
 static void describe_task(td_task *t, char *buf, size_t size) {
@@ -311,7 +360,83 @@ static void task_end(td_task *t, int status) {
     task_release(t);
 }
 
+/* A count hook, set when Lua's memory passes the limit: the code running
+ * gets a runtime error at its next interpreted instruction, so xpcall's
+ * handler sees the stack and the log names file:line. (Compiled loops run
+ * no hooks: they meet the end of the headroom, LuaJIT's plain memory
+ * error.) */
+static void mem_hook(lua_State *L, lua_Debug *ar) {
+    td_vm *vm = lua_getexdata(L);
+    lua_sethook(L, NULL, 0, 0);
+    /* After a refusal LuaJIT's own error is unwinding: this instruction
+     * already belongs to whoever caught it. */
+    if (!vm || !vm->alloc->failed || vm->alloc->refused || !vm->alloc->enforce || vm->mem_raised)
+        return;
+    vm->mem_raised = 1;
+    int located = 0;
+    for (int level = 0; !located && lua_getstack(L, level, ar); level++) {
+        if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0) {
+            lua_pushfstring(L, "%s:%d: ", ar->short_src, ar->currentline);
+            located = 1;
+        }
+    }
+    if (vm->alloc->limit)
+        lua_pushfstring(L, "not enough memory (--lua-memory-limit %d MiB reached)", (int)(vm->alloc->limit >> 20));
+    else
+        lua_pushliteral(L, "not enough memory (the system refused more)");
+    if (located)
+        lua_concat(L, 2);
+    lua_error(L);
+}
+
+static void on_memory_over(void *ud) {
+    td_vm *vm = ud;
+    lua_sethook(vm->L, mem_hook, LUA_MASKCOUNT, 1);
+}
+
+static int collect_cb(lua_State *L) {
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    return 0;
+}
+
+/* A full collection, protected: a finalizer (__gc) that raises is logged,
+ * never a panic. Only between resumes. */
+static void full_collect(td_vm *vm) {
+    if (lua_cpcall(vm->L, collect_cb, NULL) != 0) {
+        td_vm_log_error(vm->L, "a finalizer (__gc) raised during a collection");
+        lua_pop(vm->L, 1);
+    }
+}
+
+/* An allocation failed during the last run: the state is full of the
+ * failed task's garbage, and Lua would not collect it by itself before
+ * refusing the next task too. Collect it now, before anything resumes. */
+static void recover_memory(td_vm *vm) {
+    size_t before = vm->alloc->live;
+    if (lua_gethook(vm->L) == mem_hook)
+        lua_sethook(vm->L, NULL, 0, 0);
+    vm->mem_raised = 0;
+    full_collect(vm);
+    td_lalloc_drain(vm->alloc);
+    td_lalloc_recovered(vm->alloc);
+    if (vm->alloc->limit)
+        td_log(TD_LOG_WARN, "memory: Lua ran out of memory (--lua-memory-limit %zu); a full collection took it from %zu to %zu bytes",
+               vm->alloc->limit, before, vm->alloc->live);
+    else
+        td_log(TD_LOG_WARN, "memory: the system refused Lua memory; a full collection took it from %zu to %zu bytes",
+               before, vm->alloc->live);
+}
+
+static void run_once(td_task *t, int nargs);
+
 static void run(td_task *t, int nargs) {
+    td_vm *vm = t->vm;
+    run_once(t, nargs);
+    if (vm->alloc->failed)
+        recover_memory(vm);
+}
+
+static void run_once(td_task *t, int nargs) {
     td_vm *vm = t->vm;
     lua_State *co = t->co;
     if (t->fresh) {
@@ -326,7 +451,9 @@ static void run(td_task *t, int nargs) {
     if (vm->stall)
         td_stall_enter(vm->stall);
     vm->current = t;
+    vm->alloc->enforce = 1;
     int rc = lua_resume(co, nargs);
+    vm->alloc->enforce = 0;
     vm->current = NULL;
     if (vm->stall)
         report_stall(t);
@@ -577,9 +704,15 @@ void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms) {
 
 void td_vm_collect(td_vm *vm) {
     if (vm->depth == 0 && !vm->closing)
-        lua_gc(vm->L, LUA_GCCOLLECT, 0);
+        full_collect(vm);
     td_lalloc_drain(vm->alloc);
 }
+
+void td_vm_set_memory_limit(td_vm *vm, size_t bytes) { td_lalloc_limit(vm->alloc, bytes); }
+
+size_t td_vm_memory(td_vm *vm) { return vm->alloc->live; }
+
+size_t td_vm_memory_limit(td_vm *vm) { return vm->alloc->limit; }
 
 size_t td_vm_close(td_vm *vm) {
     if (!vm)
@@ -615,6 +748,7 @@ size_t td_vm_close(td_vm *vm) {
      * library keeps pointers into it): the count must be back to zero. */
     size_t left = vm->alloc->live;
     td_lalloc_drain(vm->alloc);
+    td_lalloc_free_reserve(vm->alloc);
     free(vm->alloc);
     free(vm);
     return left;

@@ -119,6 +119,14 @@ lua_State *td_vm_state(td_vm *vm);
 /* A full collection, from outside any resume (after a burst, so that its
  * garbage goes back to malloc). */
 void td_vm_collect(td_vm *vm);
+/* The bytes Lua may hold while its code runs (0: no limit beyond the
+ * system's). An allocation past it fails inside the task that made it
+ * ("not enough memory", with headroom for the error path); after that run
+ * the vm collects fully before anything else resumes (lalloc.h). */
+void td_vm_set_memory_limit(td_vm *vm, size_t bytes);
+/* The bytes Lua holds now, and the limit (0: none). */
+size_t td_vm_memory(td_vm *vm);
+size_t td_vm_memory_limit(td_vm *vm);
 /* Starts (threshold_ms > 0) or stops the loop-stall guard (see stall.h). */
 void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms);
 uv_loop_t *td_vm_loop(td_vm *vm);

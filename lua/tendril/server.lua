@@ -13,8 +13,8 @@ local core = require "tendril.core"
 local url = require "tendril.url"
 local trace = require "tendril.traceback"
 
-local setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall =
-    setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall
+local setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall, collectgarbage =
+    setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall, collectgarbage
 local lower = string.lower
 local new_table = require "table.new"
 local yield, running = coroutine.yield, coroutine.running
@@ -211,6 +211,7 @@ end
 local TEXT_PLAIN = true
 
 local on_error = trace.handler
+local MEMORY_ERROR = "not enough memory"
 
 local function describe(req)
     return tostring(req.method) .. " " .. tostring(req.target)
@@ -279,6 +280,12 @@ local function serve(me, conn, serial, method, target, version)
         end
     end
     if not ok then
+        if a == MEMORY_ERROR then
+            -- LuaJIT's own memory error: its garbage is still here (the
+            -- error path needs room) and it has no position to give.
+            collectgarbage()
+            a = a .. " (" .. core.memory_note() .. ")"
+        end
         log("error", describe(req) .. ": " .. a)
         res_fail(conn, serial)
     end

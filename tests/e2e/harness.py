@@ -45,7 +45,8 @@ def poll(check, timeout, interval=0.02):
 class Server:
     """One tendril process serving an app. Use as a context manager."""
 
-    def __init__(self, app=None, app_path=None, args=(), env=None, files=None, cwd=None, leftovers_ok=False):
+    def __init__(self, app=None, app_path=None, args=(), env=None, files=None, cwd=None, leftovers_ok=False,
+                 prefix=()):
         self.dir = tempfile.mkdtemp(prefix="tendril-e2e-")
         for name, text in (files or {}).items():
             path = os.path.join(self.dir, name)
@@ -58,6 +59,7 @@ class Server:
                 f.write(textwrap.dedent(app))
         self.app_path = app_path
         self.args = list(args)
+        self.prefix = list(prefix)  # runs the server under a command (prlimit ...)
         # Whether the test leaves work running at exit on purpose (a
         # shutdown that cuts requests off, a thread still sleeping).
         self.leftovers_ok = leftovers_ok
@@ -70,7 +72,7 @@ class Server:
         self.stderr_path = os.path.join(self.dir, "stderr")
 
     def start(self):
-        cmd = [BIN, "serve", self.app_path, "--port", "0"] + self.args
+        cmd = self.prefix + [BIN, "serve", self.app_path, "--port", "0"] + self.args
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=self.env, cwd=self.cwd)
         line = poll(self._listening_line, 10)
@@ -281,9 +283,9 @@ class Reader:
             return False
 
 
-def request(port, method="GET", target="/", headers=None, body=None, version="1.1"):
+def request(port, method="GET", target="/", headers=None, body=None, version="1.1", timeout=10):
     """One request on a new connection; returns (Response, Reader)."""
-    s = connect(port)
+    s = connect(port, timeout)
     hdrs = {"Host": "localhost"}
     hdrs.update(headers or {})
     if body is not None and "Content-Length" not in hdrs and "Transfer-Encoding" not in hdrs:
@@ -291,7 +293,7 @@ def request(port, method="GET", target="/", headers=None, body=None, version="1.
     head = "%s %s HTTP/%s\r\n" % (method, target, version)
     head += "".join("%s: %s\r\n" % kv for kv in hdrs.items()) + "\r\n"
     s.sendall(head.encode() + (body or b""))
-    rd = Reader(s)
+    rd = Reader(s, timeout)
     return rd.response(head_request=(method == "HEAD")), rd
 
 

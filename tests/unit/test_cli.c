@@ -3,6 +3,8 @@
 #include "cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static int parse(td_config *cfg, int argc, const char **argv) {
     /* Usage errors print to stderr; keep the test output readable. */
@@ -31,6 +33,51 @@ static void test_defaults(void) {
     CHECK_EQ_INT(cfg.no_watch, 0);
     CHECK(cfg.send_timeout == 60);
     CHECK(cfg.request_timeout == 60);
+    CHECK_EQ_INT(cfg.lua_memory_limit, 0);
+}
+
+/* What a usage error says, for one command line. */
+static void said(const char *expect, int argc, const char **argv) {
+    td_config cfg;
+    char text[512] = "";
+    FILE *saved = stderr;
+    stderr = tmpfile();
+    CHECK_EQ_INT(td_cli_parse(argc, (char **)argv, &cfg), TD_CLI_USAGE);
+    rewind(stderr);
+    size_t n = fread(text, 1, sizeof text - 1, stderr);
+    text[n] = '\0';
+    fclose(stderr);
+    stderr = saved;
+    if (!strstr(text, expect))
+        fprintf(stderr, "expected '%s' in: %s\n", expect, text);
+    CHECK(strstr(text, expect) != NULL);
+}
+
+static void test_messages(void) {
+    const char *last[] = {"tendril", "serve", "app.lua", "--bogus"};
+    said("unknown option '--bogus'", 4, last);
+    const char *valued[] = {"tendril", "serve", "app.lua", "--bogus", "1"};
+    said("unknown option '--bogus'", 5, valued);
+    const char *missing[] = {"tendril", "serve", "app.lua", "--port"};
+    said("option --port needs a value", 4, missing);
+    const char *small[] = {"tendril", "serve", "app.lua", "--lua-memory-limit", "1m"};
+    said("--lua-memory-limit takes a number of bytes", 5, small);
+}
+
+static void test_memory_limit(void) {
+    td_config cfg;
+    const char *cases[][2] = {{"64m", "67108864"}, {"2G", "2147483648"}, {"5000000", "5000000"},
+                              {"4096k", "4194304"}, {"0", "0"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *argv[] = {"tendril", "serve", "a.lua", "--lua-memory-limit", cases[i][0]};
+        CHECK_EQ_INT(parse(&cfg, 5, argv), TD_CLI_RUN);
+        CHECK(cfg.lua_memory_limit == (size_t)strtoull(cases[i][1], NULL, 10));
+    }
+    const char *bad[] = {"12x", "-1", "m", "1.5m", "99999999999g"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *argv[] = {"tendril", "serve", "a.lua", "--lua-memory-limit", bad[i]};
+        CHECK_EQ_INT(parse(&cfg, 5, argv), TD_CLI_USAGE);
+    }
 }
 
 static void test_every_option(void) {
@@ -90,5 +137,7 @@ int main(void) {
     test_defaults();
     test_every_option();
     test_refusals();
+    test_messages();
+    test_memory_limit();
     return check_result("test_cli");
 }
