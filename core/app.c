@@ -4,10 +4,12 @@
  * loop closes clean. */
 #include "app.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <limits.h>
 #include <malloc.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,7 @@
 #include "log.h"
 #include "reload.h"
 #include "sock.h"
+#include "stall.h"
 #include "vm.h"
 
 typedef struct td_app {
@@ -26,7 +29,7 @@ typedef struct td_app {
     td_transport *tp;
     td_http_server *hs;
     td_vm *vm;
-    uv_signal_t sigterm, sigint;
+    uv_async_t stop_async; /* wakes the loop for a stop signal */
     uv_timer_t shutdown_timer;
     uv_prepare_t log_flusher;
     uv_timer_t trimmer;
@@ -101,7 +104,7 @@ static int load_app(td_app *app) {
     const char *path = realpath(app->cfg->app_path, abs_path) ? abs_path : app->cfg->app_path;
     open_core(app);
     set_app_path(L, path);
-    td_vm_set_stall_guard(app->vm, app->cfg->stall_warn_ms);
+    td_vm_set_stall_guard(app->vm, app->cfg->stall_warn_ms, (uint64_t)(app->cfg->shutdown_timeout * 1000.0));
     td_vm_set_memory_limit(app->vm, app->cfg->lua_memory_limit);
     if (require_module(L, "tendril.boot") != 0) {
         fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
@@ -184,8 +187,7 @@ static void on_shutdown_timeout(uv_timer_t *t) {
     finish(app);
 }
 
-static void on_stop_signal(uv_signal_t *sig, int signum) {
-    td_app *app = sig->data;
+static void on_stop_signal(td_app *app, int signum) {
     if (app->stopping) {
         if (signum == SIGINT) {
             /* A second Ctrl-C: stop waiting. */
@@ -205,6 +207,46 @@ static void on_stop_signal(uv_signal_t *sig, int signum) {
         return;
     }
     uv_timer_start(&app->shutdown_timer, on_shutdown_timeout, (uint64_t)(app->cfg->shutdown_timeout * 1000.0), 0);
+}
+
+/* Stop signals have their own handler rather than uv_signal's: the
+ * watchdog must learn of one even while a stuck resume keeps the loop
+ * from running (stall.h). The loop reads the counts through an async
+ * handle; NULL before and after the loop runs (signals are then counted
+ * and dropped). */
+static uv_async_t *_Atomic stop_async;
+static atomic_uint stop_counts[2]; /* SIGTERM, SIGINT */
+
+static void on_stop_signal_raw(int signum) {
+    int saved = errno;
+    atomic_fetch_add(&stop_counts[signum == SIGINT], 1);
+    uv_async_t *a = stop_async;
+    if (a) {
+        td_stall_stop_signal();
+        uv_async_send(a);
+    }
+    errno = saved;
+}
+
+static void on_stop_async(uv_async_t *a) {
+    td_app *app = a->data;
+    for (int i = 0; i < 2; i++) {
+        for (unsigned n = atomic_exchange(&stop_counts[i], 0); n > 0; n--)
+            on_stop_signal(app, i ? SIGINT : SIGTERM);
+    }
+}
+
+static void catch_stop_signals(td_app *app) {
+    atomic_store(&stop_counts[0], 0);
+    atomic_store(&stop_counts[1], 0);
+    stop_async = &app->stop_async;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal_raw;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
 }
 
 /* The last accepted connection or tcp.listen session ended. */
@@ -292,12 +334,11 @@ int td_app_run(const td_config *cfg) {
     app.tp->data = &app;
     app.tp->on_empty = on_empty;
     td_api_tcp_on_sessions_over(on_sessions_over, &app);
-    uv_signal_init(&app.loop, &app.sigterm);
-    uv_signal_init(&app.loop, &app.sigint);
+    uv_async_init(&app.loop, &app.stop_async, on_stop_async);
     uv_timer_init(&app.loop, &app.shutdown_timer);
     uv_prepare_init(&app.loop, &app.log_flusher);
     uv_timer_init(&app.loop, &app.trimmer);
-    app.sigterm.data = app.sigint.data = app.shutdown_timer.data = app.trimmer.data = &app;
+    app.stop_async.data = app.shutdown_timer.data = app.trimmer.data = &app;
 
     int exit_code = 0;
     if (load_app(&app) != 0) {
@@ -311,8 +352,7 @@ int td_app_run(const td_config *cfg) {
         printf("listening on %s\n", url);
         fflush(stdout);
         td_reload_arm(app.reload);
-        uv_signal_start(&app.sigterm, on_stop_signal, SIGTERM);
-        uv_signal_start(&app.sigint, on_stop_signal, SIGINT);
+        catch_stop_signals(&app);
         uv_prepare_start(&app.log_flusher, on_log_turn);
         uv_unref((uv_handle_t *)&app.log_flusher);
         uv_timer_start(&app.trimmer, on_trim_tick, 1000, 1000);
@@ -323,6 +363,7 @@ int td_app_run(const td_config *cfg) {
 
     /* Teardown, in reverse: Lua first (its waits own libuv handles), then
      * the connections, then our own handles; the loop must close clean. */
+    stop_async = NULL;
     td_api_tcp_close_listeners();
     td_reload_stop(app.reload);
     td_api_http_teardown();
@@ -339,8 +380,7 @@ int td_app_run(const td_config *cfg) {
     }
     td_http_server_drain(app.hs); /* closes the listener */
     td_transport_close(app.tp);
-    close_handle((uv_handle_t *)&app.sigterm);
-    close_handle((uv_handle_t *)&app.sigint);
+    close_handle((uv_handle_t *)&app.stop_async);
     close_handle((uv_handle_t *)&app.shutdown_timer);
     close_handle((uv_handle_t *)&app.log_flusher);
     close_handle((uv_handle_t *)&app.trimmer);

@@ -697,9 +697,9 @@ lua_State *td_vm_wait_end(td_wait *w) {
     return t->co;
 }
 
-void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms) {
+void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms, uint64_t shutdown_ms) {
     td_stall_stop(vm->stall);
-    vm->stall = threshold_ms ? td_stall_start(vm->L, threshold_ms, describe_current, vm) : NULL;
+    vm->stall = td_stall_start(vm->L, threshold_ms, shutdown_ms, describe_current, vm);
 }
 
 void td_vm_collect(td_vm *vm) {

@@ -127,8 +127,9 @@ void td_vm_set_memory_limit(td_vm *vm, size_t bytes);
 /* The bytes Lua holds now, and the limit (0: none). */
 size_t td_vm_memory(td_vm *vm);
 size_t td_vm_memory_limit(td_vm *vm);
-/* Starts (threshold_ms > 0) or stops the loop-stall guard (see stall.h). */
-void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms);
+/* (Re)starts the loop-stall guard (see stall.h): warnings past threshold_ms
+ * (0: none) and the shutdown watch, shutdown_ms after a stop signal. */
+void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms, uint64_t shutdown_ms);
 uv_loop_t *td_vm_loop(td_vm *vm);
 void td_vm_stats_get(td_vm *vm, td_vm_stats *st);
 
