@@ -144,7 +144,11 @@ static void cancel_http_wait(td_wait *w) {
 /* Reading the body and writing the answer are transfers with the client:
  * the request's deadline does not end them (their idle timeouts do). */
 static int wait_for(lua_State *L, td_http_conn *hc, int for_body, const char *fname) {
-    td_task *t = td_api_wait_start(L, fname, 1);
+    /* Writing the answer is a transfer the request's deadline leaves alone
+     * (the send timeout watches it); reading the body is not: the whole
+     * request is bounded by its deadline. */
+    int transfer = !for_body;
+    td_task *t = td_api_wait_start(L, fname, transfer);
     if (!t)
         return 2;
     http_wait *hw = calloc(1, sizeof *hw);
@@ -153,7 +157,7 @@ static int wait_for(lua_State *L, td_http_conn *hc, int for_body, const char *fn
     hw->for_body = for_body;
     hw->waiter.cb = on_http_ready;
     hw->waiter.ud = hw;
-    td_vm_wait_begin(t, &hw->wait, cancel_http_wait, 1);
+    td_vm_wait_begin(t, &hw->wait, cancel_http_wait, transfer);
     if (for_body)
         td_http_wait_body(hc, &hw->waiter);
     else
@@ -164,20 +168,65 @@ static int wait_for(lua_State *L, td_http_conn *hc, int for_body, const char *fn
 /* ---- the request ---- */
 
 
+typedef struct {
+    const char *name;
+    uint32_t len, index;
+} header_ref;
+
+static int by_name_then_index(const void *a, const void *b) {
+    const header_ref *x = a, *y = b;
+    uint32_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->name, y->name, n);
+    if (c == 0)
+        c = x->len == y->len ? 0 : x->len < y->len ? -1 : 1;
+    if (c == 0)
+        c = x->index < y->index ? -1 : 1;
+    return c;
+}
+
+/* Repeated fields: sorted by name (in arrival order within a name), each
+ * name's values joined with ", " in one buffer. One pass, however many
+ * repeats a client sends. */
+static void push_joined(lua_State *L, const char *text, const td_http_header *h, size_t n) {
+    header_ref *refs = lua_newuserdata(L, n * sizeof *refs);
+    for (size_t i = 0; i < n; i++)
+        refs[i] = (header_ref){text + h[i].name, h[i].name_len, (uint32_t)i};
+    qsort(refs, n, sizeof *refs, by_name_then_index);
+    lua_createtable(L, 0, (int)n);
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && refs[j].len == refs[i].len && memcmp(refs[j].name, refs[i].name, refs[i].len) == 0)
+            j++;
+        lua_pushlstring(L, refs[i].name, refs[i].len);
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        for (size_t k = i; k < j; k++) {
+            const td_http_header *f = &h[refs[k].index];
+            if (k > i)
+                luaL_addlstring(&b, ", ", 2);
+            luaL_addlstring(&b, text + f->value, f->value_len);
+        }
+        luaL_pushresult(&b);
+        lua_rawset(L, -3);
+        i = j;
+    }
+    lua_remove(L, -2);
+}
+
 void td_api_push_headers(lua_State *L, const char *text, const td_http_header *h, size_t n) {
     lua_createtable(L, 0, (int)n);
     for (size_t i = 0; i < n; i++) {
         lua_pushlstring(L, text + h[i].name, h[i].name_len);
         lua_pushvalue(L, -1);
         lua_rawget(L, -3);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushlstring(L, text + h[i].value, h[i].value_len);
-        } else {
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, text + h[i].value, h[i].value_len);
-            lua_concat(L, 3);
+        if (!lua_isnil(L, -1)) {
+            /* A repeat: start again, joining (rare). */
+            lua_pop(L, 3);
+            push_joined(L, text, h, n);
+            return;
         }
+        lua_pop(L, 1);
+        lua_pushlstring(L, text + h[i].value, h[i].value_len);
         lua_rawset(L, -3);
     }
 }

@@ -35,6 +35,8 @@ static int on_message_begin(llhttp_t *p) {
     rq->target_len = 0;
     rq->hosts = 0;
     rq->error_status = 0;
+    rq->body_seen = 0;
+    rq->crlf_left = 0;
     return 0;
 }
 
@@ -93,15 +95,34 @@ static int on_headers_complete(llhttp_t *p) {
     return HPE_PAUSED;
 }
 
+/* Checks the CRLF owed after a chunk's data against what input there is
+ * (llhttp 8 skips any two bytes there, a request-desync primitive). */
+static int crlf_ok(td_http_req *rq, const char *p, size_t avail) {
+    for (; rq->crlf_left > 0 && avail > 0; p++, avail--, rq->crlf_left--)
+        if (*p != (rq->crlf_left == 2 ? '\r' : '\n'))
+            return 0;
+    return 1;
+}
+
 static int on_body(llhttp_t *p, const char *at, size_t len) {
     td_http_conn *hc = hc_of_parser(p);
     td_http_req *rq = hc->rq;
-    if (rq->body_status != 1)
-        return 0; /* nobody will read it: the response ended, or it failed */
-    if (rq->body.len + len > td_http__server(hc)->cfg.max_body_bytes) {
+    /* llhttp counts a chunk down as it goes: at 0 its data is complete. */
+    if ((p->flags & F_CHUNKED) && p->content_length == 0) {
+        rq->crlf_left = 2;
+        if (!crlf_ok(rq, at + len, (size_t)(rq->feed_end - (at + len)))) {
+            rq->error_status = 400;
+            return HPE_USER;
+        }
+    }
+    /* Discarded bodies count too: draining one is bounded the same way. */
+    rq->body_seen += len;
+    if (rq->body_seen > td_http__server(hc)->cfg.max_body_bytes) {
         rq->error_status = 413;
         return HPE_USER;
     }
+    if (rq->body_status != 1)
+        return 0; /* nobody will read it: the response ended, or it failed */
     if (td_buf_append(&rq->body, at, len) != 0) {
         rq->error_status = 503;
         return HPE_USER;
@@ -199,6 +220,7 @@ void td_http_wait_drain(td_http_conn *hc, td_http_waiter *w) {
 /* ---- request lifecycle ---- */
 
 static void feed(td_http_conn *hc, const char *data, size_t len);
+static void parse_failed(td_http_conn *hc, int status);
 
 void td_http__request_over(td_http_conn *hc, int status) {
     if (!td_http_is_live(hc))
@@ -264,6 +286,50 @@ static int value_has_token(const td_http_req *rq, const td_http_header *h, const
     return 0;
 }
 
+static int is_tchar(unsigned char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/* Transfer-Encoding (every line of it, in order): 0 when the codings are
+ * exactly chunked, 501 for a coding tendril does not implement, 400 for a
+ * malformed list. (llhttp 8 lets other codings through to the body.) */
+static int transfer_coding_status(const td_http_req *rq, const td_http_header *hdrs, size_t n) {
+    int codings = 0, chunked_last = 0, unknown = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!header_is(rq, &hdrs[i], "transfer-encoding", 17))
+            continue;
+        const char *v = rq->fields.text.data + hdrs[i].value;
+        size_t len = hdrs[i].value_len, j = 0;
+        while (j <= len) {
+            /* One list element: OWS token OWS, up to a comma or the end. */
+            while (j < len && (v[j] == ' ' || v[j] == '\t'))
+                j++;
+            size_t start = j;
+            while (j < len && is_tchar((unsigned char)v[j]))
+                j++;
+            size_t tlen = j - start;
+            while (j < len && (v[j] == ' ' || v[j] == '\t'))
+                j++;
+            if (j < len && v[j] != ',')
+                return 400; /* parameters, quotes, stray bytes */
+            j++;
+            if (tlen == 0)
+                continue; /* an empty element */
+            if (chunked_last)
+                return 400; /* chunked must be the last coding, once */
+            codings++;
+            if (tlen == 7 && strncasecmp(v + start, "chunked", 7) == 0)
+                chunked_last = 1;
+            else
+                unknown = 1;
+        }
+    }
+    if (codings == 0)
+        return 400;
+    return unknown ? 501 : 0;
+}
+
 /* A whole, valid head: check what llhttp lets through, then hand it on. */
 static void on_head(td_http_conn *hc) {
     td_http_server *hs = td_http__server(hc);
@@ -277,6 +343,18 @@ static void on_head(td_http_conn *hc) {
         td_http__error_response(hc, 400);
         return;
     }
+    if (p->method == HTTP_CONNECT) {
+        td_http__error_response(hc, 405); /* tendril is no proxy */
+        return;
+    }
+    /* A NUL in the decoded path would cut it short in every C string. */
+    const char *target = rq->fields.text.data;
+    for (uint32_t i = 0; i + 2 < rq->target_len && target[i] != '?'; i++) {
+        if (target[i] == '%' && target[i + 1] == '0' && target[i + 2] == '0') {
+            td_http__error_response(hc, 400);
+            return;
+        }
+    }
     int has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > hs->cfg.max_body_bytes) {
         td_http__error_response(hc, 413);
@@ -285,6 +363,14 @@ static void on_head(td_http_conn *hc) {
     int expect_continue = 0;
     size_t n = td_http_fields_count(&rq->fields);
     const td_http_header *hdrs = td_http_fields_at(&rq->fields);
+    if (p->flags & F_TRANSFER_ENCODING) {
+        /* HTTP/1.0 has no Transfer-Encoding: faulty framing. */
+        int st = p->http_minor == 0 ? 400 : transfer_coding_status(rq, hdrs, n);
+        if (st) {
+            td_http__error_response(hc, st);
+            return;
+        }
+    }
     for (size_t i = 0; i < n; i++)
         if (header_is(rq, &hdrs[i], "expect", 6) && value_has_token(rq, &hdrs[i], "100-continue", 12))
             expect_continue = 1;
@@ -381,6 +467,11 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
             return;
         }
         rq->feed_start = data;
+        rq->feed_end = data + len;
+        if (rq->crlf_left && !crlf_ok(rq, data, len)) {
+            parse_failed(hc, 400);
+            return;
+        }
         llhttp_errno_t err = llhttp_execute(&rq->parser, data, len);
         size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&rq->parser) - data);
         if (used > 0)
@@ -392,6 +483,9 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
                 return;
             }
         }
+        /* The body timeout runs between reads, as nginx's does. */
+        if (hc->conn.proto_state == TD_HTTP_BODY && used > 0)
+            td_conn_set_deadline(&hc->conn, hs->cfg.body_timeout_ms);
         data += used;
         len -= used;
         if (err == HPE_OK)
@@ -413,19 +507,31 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
             llhttp_resume_after_upgrade(&rq->parser);
             continue;
         }
-        int status = rq->error_status ? rq->error_status : err == HPE_INVALID_VERSION ? 505 : 400;
-        if (status == 413 && td_http_is_live(hc)) {
-            body_failed(hc, TD_ETOOLARGE);
-            if (hc->conn.closed)
-                return;
-        }
-        if (td_http_is_live(hc) && rq->head_sent) {
-            td_conn_close(&hc->conn);
-            return;
-        }
-        td_http__error_response(hc, status);
+        parse_failed(hc, rq->error_status ? rq->error_status : err == HPE_INVALID_VERSION ? 505 : 400);
         return;
     }
+}
+
+/* The input cannot be parsed (any more): answered with status when that
+ * can still be the answer to the request, otherwise the connection goes. */
+static void parse_failed(td_http_conn *hc, int status) {
+    td_http_req *rq = hc->rq;
+    if (status == 413 && td_http_is_live(hc)) {
+        body_failed(hc, TD_ETOOLARGE);
+        if (hc->conn.closed)
+            return;
+    }
+    if (td_http_is_live(hc) && rq->head_sent) {
+        td_conn_close(&hc->conn);
+        return;
+    }
+    /* The answer went already (the body was being discarded): an
+     * unsolicited error would be read as the answer to the next request. */
+    if (!td_http_is_live(hc) && hc->conn.proto_state == TD_HTTP_BODY) {
+        td_conn_close(&hc->conn);
+        return;
+    }
+    td_http__error_response(hc, status);
 }
 
 /* ---- connection callbacks ---- */
@@ -485,13 +591,23 @@ static void http_on_timeout(td_conn *c) {
             td_http__error_response(hc, 408);
         return;
     case TD_HTTP_BODY:
+        /* The answer went while the body was still coming: quietly. */
+        if (!td_http_is_live(hc)) {
+            td_conn_close(c);
+            return;
+        }
         body_failed(hc, TD_ETIMEOUT);
         if (c->closed)
             return;
-        if (td_http_is_live(hc) && rq->head_sent)
+        if (rq->head_sent) {
             td_conn_close(c);
-        else
-            td_http__error_response(hc, 408);
+            return;
+        }
+        /* The handler answers (its req:body() said "timeout"), and its
+         * answer ends the connection: the rest of the body never came. */
+        rq->close_after = 1;
+        td_conn_pause_reading(c);
+        td_conn_clear_deadline(c);
         return;
     default:
         /* Idle: but a large answer may still be on its way to a slow

@@ -139,6 +139,8 @@ struct td_http_req {
     td_list body_waiters; /* td_http_waiter */
     td_list drain_waiters;
     const char *feed_start; /* the buffer llhttp is parsing */
+    const char *feed_end;
+    uint64_t body_seen; /* body bytes parsed, kept or not: bounded by max_body_bytes */
     size_t head_bytes;
     uint64_t body_sent;
     uint32_t target_len;
@@ -147,6 +149,7 @@ struct td_http_req {
     int body_status;  /* 1 pending, 0 ready, or a TD_E* code */
     uint8_t event;    /* what paused the parser */
     uint8_t hosts;
+    uint8_t crlf_left; /* bytes of the CRLF after a chunk's data still to check */
     char prev_byte; /* last byte of the previous buffer: detects line folding */
     unsigned head_sent : 1;
     unsigned chunked : 1;

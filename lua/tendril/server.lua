@@ -15,7 +15,7 @@ local trace = require "tendril.traceback"
 
 local setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall, collectgarbage =
     setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall, collectgarbage
-local lower = string.lower
+local lower, sub = string.lower, string.sub
 local new_table = require "table.new"
 local yield, running = coroutine.yield, coroutine.running
 
@@ -37,9 +37,10 @@ local getters = {}
 
 local function fill_target(self)
     local target = self.target or ""
-    local path, query = url.split_target(target)
+    local path, query, host = url.split_target(target)
     rawset(self, "path", path)
     rawset(self, "query_string", query)
+    rawset(self, "_target_host", host or false)
 end
 
 function getters.path(self)
@@ -60,6 +61,15 @@ end
 
 function getters.headers(self)
     local h = req_headers(self[1], self[2]) or {}
+    -- An absolute-form target's host replaces Host (RFC 9112 section 3.2.2).
+    local host = rawget(self, "_target_host")
+    if host == nil and sub(self.target or "", 1, 1) ~= "/" then
+        fill_target(self)
+        host = rawget(self, "_target_host")
+    end
+    if host then
+        h.host = host
+    end
     rawset(self, "headers", h)
     return h
 end

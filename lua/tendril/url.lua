@@ -58,8 +58,51 @@ function _M.parse_query(q)
     return args
 end
 
---- Splits a request target into its decoded path and its raw query string.
+--- Removes "." and ".." segments (RFC 3986 section 5.2.4) from an absolute
+--- path: "/a/../b" is "/b", and nothing climbs above "/".
+function _M.remove_dot_segments(path)
+    if not find(path, "/.", 1, true) then
+        return path
+    end
+    local out, n = {}, 0
+    local start = 2 -- after the leading "/"
+    local len = #path
+    while start <= len + 1 do
+        local slash = find(path, "/", start, true) or len + 1
+        local seg = sub(path, start, slash - 1)
+        if seg == ".." then
+            if n > 0 then
+                out[n] = nil
+                n = n - 1
+            end
+        elseif seg ~= "." then
+            n = n + 1
+            out[n] = seg
+        end
+        -- A path ending in "/." or "/.." names a directory: keep the slash.
+        if slash > len and (seg == "." or seg == "..") then
+            n = n + 1
+            out[n] = ""
+        end
+        start = slash + 1
+    end
+    return "/" .. table.concat(out, "/", 1, n)
+end
+
+--- Splits a request target into its decoded path (dot segments removed),
+--- its raw query string and, for an absolute-form target
+--- ("http://host/x"), its host.
 function _M.split_target(target)
+    local host
+    local scheme_end = find(target, "://", 1, true)
+    if scheme_end and sub(target, 1, 1) ~= "/" then
+        local auth_end = find(target, "[/?]", scheme_end + 3) or #target + 1
+        host = sub(target, scheme_end + 3, auth_end - 1)
+        target = sub(target, auth_end)
+        if sub(target, 1, 1) ~= "/" then
+            target = "/" .. target
+        end
+    end
     local q = find(target, "?", 1, true)
     local path, query
     if q then
@@ -71,7 +114,11 @@ function _M.split_target(target)
     if hash then
         query = sub(query, 1, hash - 1)
     end
-    return _M.decode(path), query
+    path = _M.decode(path)
+    if sub(path, 1, 1) == "/" then
+        path = _M.remove_dot_segments(path)
+    end
+    return path, query, host
 end
 
 return _M

@@ -59,5 +59,24 @@ describe("tendril.url", function()
             assert.are.equal("/plain", path)
             assert.are.equal("", query)
         end)
+
+        it("removes dot segments from the decoded path, never above /", function()
+            local cases = {
+                ["/a/../b"] = "/b", ["/a/./b"] = "/a/b", ["/../../etc/passwd"] = "/etc/passwd",
+                ["/a/b/.."] = "/a/", ["/a/."] = "/a/", ["/%2e%2e/x"] = "/x", ["/a/%2E%2E/%2e/b"] = "/b",
+                ["/"] = "/", ["/.."] = "/", ["/a//b"] = "/a//b", ["/a/..b/c"] = "/a/..b/c", ["/.x"] = "/.x",
+            }
+            for target, want in pairs(cases) do
+                assert.are.equal(want, (url.split_target(target)), target)
+            end
+        end)
+
+        it("takes the path and host of an absolute-form target", function()
+            local path, query, host = url.split_target("http://example.com:8080/a/../x?y=1")
+            assert.are.same({ "/x", "y=1", "example.com:8080" }, { path, query, host })
+            path, query, host = url.split_target("HTTP://h?q")
+            assert.are.same({ "/", "q", "h" }, { path, query, host })
+            assert.is_nil(select(3, url.split_target("/a?b=http://c")))
+        end)
     end)
 end)
