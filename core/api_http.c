@@ -349,12 +349,21 @@ static int res_send(lua_State *L) {
     const char *chunk = lua_tolstring(L, 5, &len);
     int final = lua_toboolean(L, 6);
     int rc = 0;
-    if (!hc->rq->head_sent) {
+    size_t mark = td_http_head_mark(hc);
+    int fresh = !hc->rq->head_sent;
+    if (fresh) {
         int status = (int)luaL_optinteger(L, 3, 200);
         rc = send_head(L, hc, status, 4, final ? (int64_t)len : -1);
     }
     if (rc == 0 && chunk)
         rc = write_chunk(L, hc, 5, chunk, len);
+    if (rc == TD_ETOOLARGE && fresh) {
+        /* The piece passes the handler's Content-Length: the head it came
+         * with is taken back, and the handler can still answer. */
+        td_http_head_abort(hc, mark);
+        hc->rq->head_sent = 0;
+        return td_api_fail(L, rc);
+    }
     if (rc) {
         /* A final answer that cannot go (out of memory) still ends the
          * request: nobody would end it otherwise. */
@@ -362,8 +371,20 @@ static int res_send(lua_State *L) {
             td_http_fail(hc);
         return td_api_fail(L, rc);
     }
-    if (final)
+    if (final) {
+        if (td_http_short(hc)) {
+            /* The client would read the next answer as the rest of this
+             * body: the connection ends with it. The caller logs it. */
+            uint64_t sent = hc->rq->body_sent, declared = hc->rq->declared_length;
+            hc->rq->close_after = 1;
+            td_http_response_end(hc);
+            lua_pushboolean(L, 1);
+            lua_pushnumber(L, (lua_Number)sent);
+            lua_pushnumber(L, (lua_Number)declared);
+            return 3;
+        }
         td_http_response_end(hc);
+    }
     lua_pushboolean(L, 1);
     return 1;
 }

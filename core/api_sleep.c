@@ -31,11 +31,11 @@ static void cancel_sleep(td_wait *w) {
 static int td_sleep(lua_State *L) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
     double seconds = luaL_checknumber(L, 1);
+    if (!(seconds >= 0) || isinf(seconds)) /* negative, NaN or infinite: a mistake, not a wait */
+        return luaL_error(L, "tendril.sleep: expected a finite number of seconds >= 0, got %f", seconds);
     td_task *t = td_api_wait_start(L, "tendril.sleep", 0);
     if (!t)
         return 2;
-    if (!(seconds > 0)) /* also NaN */
-        seconds = 0;
     if (seconds > 1e9)
         seconds = 1e9;
     sleep_wait *sw = malloc(sizeof *sw);

@@ -215,6 +215,7 @@ static int queue_rest(td_conn *c, size_t done, const char *data, size_t len, voi
     }
     w->conn = c;
     w->block = c->out;
+    c->out_epoch++;
     w->release = release;
     w->ud = ud;
     c->out = (td_buf){0};
@@ -259,6 +260,7 @@ static ssize_t try_write(td_conn *c, const char *data, size_t len) {
  * holds none (taking it again is a pointer off the pool's stack). */
 static void all_written(td_conn *c) {
     c->out.len = 0;
+    c->out_epoch++;
     td_buf_pool_give(&td_conn_tp(c)->out_pool, &c->out);
     /* No write callback will come to say it drained: say it now. */
     check_drain(c);

@@ -82,6 +82,7 @@ struct td_conn {
     uint64_t io_deadline;     /* 0: none */
     uint64_t send_deadline;   /* 0: nothing queued, or no send timeout */
     td_buf out;
+    uint32_t out_epoch; /* bumped whenever out's bytes leave for the socket */
     int16_t close_reason;
     /* The protocol's own state, where a struct of its own would cost a
      * word (HTTP keeps its phase and flags here). */

@@ -143,6 +143,9 @@ struct td_http_req {
     uint64_t body_seen; /* body bytes parsed, kept or not: bounded by max_body_bytes */
     size_t head_bytes;
     uint64_t body_sent;
+    uint64_t declared_length; /* the handler's Content-Length (user_length) */
+    size_t resp_mark;         /* where the response's head starts in conn.out */
+    uint32_t resp_epoch;      /* conn.out_epoch then: while equal, nothing of it has left */
     uint32_t target_len;
     int status;
     int error_status; /* set by a parser callback that rejects the request */
@@ -235,8 +238,11 @@ static inline size_t td_http_unsent(td_http_conn *hc) { return td_conn_unsent(&h
 /* Links w to be called once unsent output fell to the low-water mark. */
 void td_http_wait_drain(td_http_conn *hc, td_http_waiter *w);
 void td_http_response_end(td_http_conn *hc);
-/* The handler failed: a 500 if no head was sent, else the connection closes. */
+/* The handler failed: a 500 if no byte of its answer has left yet (a head
+ * still in the output buffer is taken back), else the connection closes. */
 void td_http_fail(td_http_conn *hc);
+/* The body written is shorter than the Content-Length the handler set. */
+int td_http_short(const td_http_conn *hc);
 
 /* ---- the client's response reader ---- */
 

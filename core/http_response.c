@@ -75,6 +75,8 @@ int td_http_head_begin(td_http_conn *hc, int status) {
     td_http_req *rq = hc->rq;
     rq->status = status;
     rq->user_date = rq->user_server = rq->user_length = 0;
+    rq->resp_mark = out->len;
+    rq->resp_epoch = hc->conn.out_epoch;
     if (status == 200)
         return APPEND_LIT(out, "HTTP/1.1 200 OK\r\n");
     return td_buf_printf(out, "HTTP/1.1 %d %s\r\n", status, td_http_reason(status));
@@ -91,7 +93,16 @@ int td_http_head_add(td_http_conn *hc, const char *name, size_t nlen, const char
     switch (name[0] | 0x20) {
     case 'c':
         if (name_is(name, nlen, "content-length", 14)) {
+            uint64_t n = 0;
+            if (vlen == 0 || vlen > 19)
+                return TD_EBADARG;
+            for (size_t i = 0; i < vlen; i++) {
+                if (value[i] < '0' || value[i] > '9')
+                    return TD_EBADARG;
+                n = n * 10 + (uint64_t)(value[i] - '0');
+            }
             rq->user_length = 1;
+            rq->declared_length = n;
         } else if (name_is(name, nlen, "connection", 10)) {
             /* The server writes Connection itself; a "close" is honoured. */
             for (size_t i = 0; i + 5 <= vlen; i++)
@@ -184,6 +195,8 @@ static int body_piece(td_http_conn *hc, size_t len) {
         return TD_ECLOSED;
     if (len == 0)
         return 0;
+    if (rq->user_length && !rq->no_body && rq->body_sent + len > rq->declared_length)
+        return TD_ETOOLARGE;
     rq->body_sent += len;
     return rq->no_body ? 0 : 1;
 }
@@ -227,10 +240,24 @@ int td_http_write_ref(td_http_conn *hc, const char *data, size_t len, void (*rel
     return rc;
 }
 
+int td_http_short(const td_http_conn *hc) {
+    const td_http_req *rq = hc->rq;
+    return rq->user_length && !rq->no_body && rq->body_sent < rq->declared_length;
+}
+
 void td_http_fail(td_http_conn *hc) {
     if (!td_http_is_live(hc))
         return;
-    if (hc->rq->head_sent) {
+    td_http_req *rq = hc->rq;
+    if (rq->head_sent && hc->conn.out_epoch == rq->resp_epoch && !hc->conn.closing) {
+        /* Nothing of the answer has left yet: it becomes a 500. */
+        hc->conn.out.len = rq->resp_mark;
+        rq->head_sent = 0;
+        rq->chunked = 0;
+        rq->body_sent = 0;
+        rq->no_body = rq->parser.method == HTTP_HEAD;
+    }
+    if (rq->head_sent) {
         /* The client has part of a response: only closing tells it so. */
         td_http__access_log(hc);
         td_http__request_over(hc, 0);

@@ -6,6 +6,7 @@ local generation = require "tendril.generation"
 local select, tostring, type, error, concat, unpack = select, tostring, type, error, table.concat, unpack
 local setmetatable, xpcall, pcall, pairs, next = setmetatable, xpcall, pcall, pairs, next
 local getinfo = debug.getinfo
+local find = string.find
 local log_message = core.log
 local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
 
@@ -155,6 +156,9 @@ function _M.resolve(name)
     if type(name) ~= "string" then
         error("tendril.resolve: expected a host name, got " .. type(name), 2)
     end
+    if find(name, "\0", 1, true) then
+        error("tendril.resolve: the host name holds a NUL byte", 2)
+    end
     if is_ip(name) then
         return { name }
     end
@@ -220,7 +224,17 @@ function _M.run(argv, opts)
     if type(argv) ~= "table" or type(argv[1]) ~= "string" then
         error("tendril.run: expected a list of strings, the program first", 2)
     end
+    for i = 1, #argv do
+        if type(argv[i]) ~= "string" then
+            error("tendril.run: argument " .. i .. " is a " .. type(argv[i]) .. ", not a string", 2)
+        elseif find(argv[i], "\0", 1, true) then
+            error("tendril.run: argument " .. i .. " holds a NUL byte", 2)
+        end
+    end
     opts = opts or {}
+    if opts.cwd ~= nil and (type(opts.cwd) ~= "string" or find(opts.cwd, "\0", 1, true)) then
+        error("tendril.run: opts.cwd must be a path without NUL bytes", 2)
+    end
     if opts.input ~= nil and type(opts.input) ~= "string" then
         error("tendril.run: opts.input must be a string", 2)
     end

@@ -2,12 +2,17 @@
 local core = require "tendril.core"
 
 local type, error = type, error
+local find = string.find
 
 local _M = {}
 
 local function check_path(fname, path)
     if type(path) ~= "string" then
         error(fname .. ": expected a path, got " .. type(path), 3)
+    end
+    -- C would stop at the NUL: another file than the one named.
+    if find(path, "\0", 1, true) then
+        error(fname .. ": the path holds a NUL byte", 3)
     end
 end
 

@@ -264,6 +264,9 @@ local function exchange(method, u, headers, body, opts, retried)
     return res
 end
 
+-- The options that are numbers (seconds, or a count).
+local NUMBERS = { "timeout", "connect_timeout", "read_timeout", "max_redirects" }
+
 local REDIRECTS = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
 
 -- http.request and http.get: fname names the public function, whose caller
@@ -281,6 +284,13 @@ local function request(req, fname)
     end
     if req.headers ~= nil and type(req.headers) ~= "table" then
         error(fname .. ": expected headers to be a table, got " .. type(req.headers), 3)
+    end
+    for i = 1, #NUMBERS do
+        local k = NUMBERS[i]
+        local v = req[k]
+        if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0 or v == math.huge) then
+            error(fname .. ": expected " .. k .. " to be a finite number >= 0, got " .. printable(tostring(v)), 3)
+        end
     end
     check_request(fname, method, req.headers)
     method = method:upper()

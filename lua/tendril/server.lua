@@ -13,9 +13,10 @@ local core = require "tendril.core"
 local url = require "tendril.url"
 local trace = require "tendril.traceback"
 
-local setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall, collectgarbage =
-    setmetatable, rawget, rawset, type, tostring, pairs, error, xpcall, collectgarbage
-local lower, sub = string.lower, string.sub
+local setmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage =
+    setmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage
+local lower, sub, find, concat = string.lower, string.sub, string.find, table.concat
+local getinfo = debug.getinfo
 local new_table = require "table.new"
 local yield, running = coroutine.yield, coroutine.running
 
@@ -122,11 +123,15 @@ local req_mt = {
 local res_methods = {}
 local res_mt = { __index = res_methods }
 
+local function check_status(fname, code, level)
+    if type(code) ~= "number" or code % 1 ~= 0 or code < 200 or code > 599 then
+        error(fname .. ": expected an integer status from 200 to 599, got " .. tostring(code), level + 1)
+    end
+end
+
 --- Sets the status code of a response whose head has not gone yet.
 function res_methods.status(self, code)
-    if type(code) ~= "number" or code < 100 or code > 999 or code % 1 ~= 0 then
-        error("res:status: expected a status code from 100 to 999, got " .. tostring(code), 2)
-    end
+    check_status("res:status", code, 2)
     if self._sent then
         error("res:status: the head was sent already", 2)
     end
@@ -140,8 +145,22 @@ function res_methods.header(self, name, value)
     if type(name) ~= "string" then
         error("res:header: expected a header name (string), got " .. type(name), 2)
     end
+    if name == "" or find(name, "[^%w!#$%%&'*+%-%.^_`|~]") then
+        error("res:header: '" .. name .. "' is not a valid header name", 2)
+    end
     local tv = type(value)
-    if tv ~= "string" and tv ~= "number" and tv ~= "table" and value ~= nil then
+    if tv == "string" then
+        if find(value, "[\r\n%z]") then
+            error("res:header: the value of '" .. name .. "' holds CR, LF or NUL", 2)
+        end
+    elseif tv == "table" then
+        for i = 1, #value do
+            local v = value[i]
+            if (type(v) ~= "string" and type(v) ~= "number") or find(v, "[\r\n%z]") then
+                error("res:header: value " .. i .. " of '" .. name .. "' is not a string without CR, LF or NUL", 2)
+            end
+        end
+    elseif tv ~= "number" and value ~= nil then
         error("res:header: expected a string, number or table value for '" .. name .. "', got " .. tv, 2)
     end
     if self._sent then
@@ -180,20 +199,43 @@ local function check_chunk(fname, chunk)
     error(fname .. ": expected a string, got " .. t, 3)
 end
 
+local function where(level)
+    local info = getinfo(level + 1, "Sl")
+    return info and info.currentline > 0 and (info.short_src .. ":" .. info.currentline) or "?"
+end
+
+-- What res_send said: a body past the handler's Content-Length raises; one
+-- short of it closed the connection, and is logged.
+local function sent(fname, ok, a, b, at)
+    if a == "too large" then
+        error(fname .. ": the body would pass the Content-Length set for it", 3)
+    end
+    if b then
+        log("error", at .. ": the response ended after " .. a .. " of the " .. b ..
+            " bytes its Content-Length announced; the connection is closed")
+        return ok
+    end
+    return ok, a
+end
+
 --- Sends a piece of the body (the head first, on the first write). Returns
 --- true, or nil, "closed" when the client is gone. Waits, before taking
 --- the chunk, while the client is slower than the handler.
 function res_methods.write(self, chunk)
     chunk = check_chunk("res:write", chunk)
     if self._done then
-        return nil, "closed"
+        error("res:write: the response was finished already", 2)
     end
-    local ok, err = res_room(self[1], self[2])
+    local ok, a = res_room(self[1], self[2])
     if not ok then
-        return nil, err
+        return nil, a
     end
-    self._sent = true
-    return res_send(self[1], self[2], self._status, self._h, chunk, false)
+    ok, a = res_send(self[1], self[2], self._status, self._h, chunk, false)
+    if ok then
+        self._sent = true
+    end
+    ok, a = sent("res:write", ok, a) -- not a tail call: error levels
+    return ok, a
 end
 
 --- Ends the response, with an optional last piece of body.
@@ -202,11 +244,13 @@ function res_methods.finish(self, body)
         body = check_chunk("res:finish", body)
     end
     if self._done then
-        return nil, "closed"
+        error("res:finish: the response was finished already", 2)
     end
     self._done = true
     self._sent = true
-    return res_send(self[1], self[2], self._status, self._h, body, true)
+    local ok, a, b = res_send(self[1], self[2], self._status, self._h, body, true)
+    ok, a = sent("res:finish", ok, a, b, b and where(2)) -- not a tail call: error levels
+    return ok, a
 end
 
 --- True once the head has gone to the client.
@@ -227,19 +271,69 @@ local function describe(req)
     return tostring(req.method) .. " " .. tostring(req.target)
 end
 
+local RETURN_FORMS = "(return nothing, a body, or status[, headers[, body]]; "
+    .. "a body is a string or an array of strings)"
+
+-- Where the handler was defined: a return value has no line of its own.
+local function handler_where(handler)
+    local info = getinfo(handler, "S")
+    return info and (info.short_src .. ":" .. info.linedefined) or "the handler"
+end
+
+-- A body given as an array of strings (nested arrays too), joined in order.
+local function join_body(v, at)
+    local parts, n = {}, 0
+    local function add(t, depth)
+        if depth > 32 then
+            error(at .. ": the handler returned a body nested deeper than 32 arrays", 0)
+        end
+        for i = 1, #t do
+            local x = t[i]
+            local tx = type(x)
+            if tx == "string" then
+                n = n + 1
+                parts[n] = x
+            elseif tx == "table" then
+                add(x, depth + 1)
+            else
+                error(at .. ": the handler returned a body array holding a " .. tx .. " at index " .. i
+                    .. " " .. RETURN_FORMS, 0)
+            end
+        end
+    end
+    add(v, 1)
+    return concat(parts, "", 1, n)
+end
+
+local function body_value(v, handler)
+    local tv = type(v)
+    if v == nil or tv == "string" then
+        return v
+    elseif tv == "table" and (v[1] ~= nil or next(v) == nil) then
+        return join_body(v, handler_where(handler))
+    elseif tv == "table" then
+        tv = "table without array items"
+    end
+    error(handler_where(handler) .. ": the handler returned a body that is a " .. tv .. " " .. RETURN_FORMS, 0)
+end
+
 -- What the handler returned, when it did not finish the response itself:
--- nothing; a body string; or status[, headers[, body]].
-local function respond(res, a, b, c)
+-- nothing; a body; or status[, headers[, body]].
+local function respond(res, handler, a, b, c)
     local conn, serial = res[1], res[2]
     if res._done then
         return
     end
-    res._done = true
     local ta = type(a)
+    local body, status, h
     if a == nil then
-        res_send(conn, serial, res._status, res._h, nil, true)
-    elseif ta == "string" then
-        local h = res._h
+        status, h = res._status, res._h
+    elseif ta == "string" or ta == "table" then
+        if b ~= nil or c ~= nil then
+            error(handler_where(handler) .. ": the handler returned a body and then more values " .. RETURN_FORMS, 0)
+        end
+        body = body_value(a, handler)
+        status, h = res._status, res._h
         if not res._sent and not (res._hi and res._hi["content-type"]) then
             if h then
                 h[#h + 1] = "Content-Type"
@@ -248,24 +342,29 @@ local function respond(res, a, b, c)
                 h = TEXT_PLAIN
             end
         end
-        res_send(conn, serial, res._status, h, a, true)
     elseif ta == "number" and not res._sent then
+        if a % 1 ~= 0 or a < 200 or a > 599 then
+            error(handler_where(handler) .. ": the handler returned status " .. tostring(a)
+                .. " (a final status is an integer from 200 to 599)", 0)
+        end
         if b ~= nil then
             if type(b) ~= "table" then
-                error("the handler returned headers that are a " .. type(b) .. ", not a table", 0)
+                error(handler_where(handler) .. ": the handler returned headers that are a " .. type(b)
+                    .. ", not a table", 0)
             end
             for name, value in pairs(b) do
                 res:header(name, value)
             end
         end
-        if c ~= nil and type(c) ~= "string" then
-            c = tostring(c)
-        end
+        body = body_value(c, handler)
+        status, h = a, res._h
         res._sent = false
-        res_send(conn, serial, a, res._h, c, true)
     else
-        error("the handler returned a " .. ta .. " (expected nothing, a body string, or status, headers, body)", 0)
+        error(handler_where(handler) .. ": the handler returned a " .. ta .. " " .. RETURN_FORMS, 0)
     end
+    res._done = true
+    local ok, x, y = res_send(conn, serial, status, h, body, true)
+    sent("the handler's answer", ok, x, y, y and handler_where(handler))
 end
 
 -- One request, on the generation that is current when it starts.
@@ -279,14 +378,15 @@ local function serve(me, conn, serial, method, target, version)
     req.method, req.target, req.version = method, target, version
     setmetatable(req, req_mt)
     local res = setmetatable({ conn, serial, _status = 200 }, res_mt)
-    local ok, a, b, c = xpcall(gen.handler, on_error, req, res)
+    local handler = gen.handler
+    local ok, a, b, c = xpcall(handler, on_error, req, res)
     if ok then
-        if type(a) == "string" and not res._done and not res._sent and not res._h then
+        if type(a) == "string" and b == nil and not res._done and not res._sent and not res._h then
             -- The common case, `return body`: nothing in it can raise.
             res._done = true
             res_send(conn, serial, res._status, TEXT_PLAIN, a, true)
         else
-            ok, a = xpcall(respond, on_error, res, a, b, c)
+            ok, a = xpcall(respond, on_error, res, handler, a, b, c)
         end
     end
     if not ok then

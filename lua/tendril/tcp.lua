@@ -10,6 +10,7 @@ local generation = require "tendril.generation"
 local trace = require "tendril.traceback"
 
 local type, error, tostring, setmetatable, remove, xpcall = type, error, tostring, setmetatable, table.remove, xpcall
+local find = string.find
 local sock_connect, sock_send, sock_receive = core.sock_connect, core.sock_send, core.sock_receive
 local sock_settimeout, sock_close, sock_usable = core.sock_settimeout, core.sock_close, core.sock_usable
 local sock_pool, sock_unpool = core.sock_pool, core.sock_unpool
@@ -53,6 +54,9 @@ end
 function _M.connect(host, port, opts)
     if type(host) ~= "string" then
         error("tcp.connect: expected a host name, got " .. type(host), 2)
+    end
+    if find(host, "\0", 1, true) then
+        error("tcp.connect: the host name holds a NUL byte", 2)
     end
     if type(port) ~= "number" or port < 1 or port > 65535 or port % 1 ~= 0 then
         error("tcp.connect: expected a port from 1 to 65535, got " .. tostring(port), 2)
@@ -164,6 +168,9 @@ end
 function _M.listen(host, port, handler, opts)
     if type(host) ~= "string" then
         error("tcp.listen: expected a host, got " .. type(host), 2)
+    end
+    if find(host, "\0", 1, true) then
+        error("tcp.listen: the host holds a NUL byte", 2)
     end
     if type(port) ~= "number" or port < 0 or port > 65535 or port % 1 ~= 0 then
         error("tcp.listen: expected a port from 0 to 65535, got " .. tostring(port), 2)

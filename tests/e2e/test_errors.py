@@ -23,7 +23,7 @@ return function(req, res)
         tendril.sleep(0.01)
         error("late")         -- line 16
     elseif p == "/bad-return" then
-        return { "a table" }
+        return { name = "a table" }
     elseif p == "/stray-yield" then
         coroutine.yield()
     elseif p == "/bad-header" then
@@ -80,7 +80,8 @@ class ErrorsTest(ServerTestCase):
 
     def test_bad_return_value(self):
         self.assertEqual(get(self.port, "/bad-return").status, 500)
-        self.assertTrue(self.log_has(r"GET /bad-return: the handler returned a table"))
+        self.assertTrue(self.log_has(r"GET /bad-return: \S*app\.lua:\d+: the handler returned a body that is "
+                                     r"a table without array items"))
 
     def test_stray_yield(self):
         self.assertEqual(get(self.port, "/stray-yield").status, 500)
