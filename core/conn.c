@@ -3,9 +3,14 @@
  * accepted connections. */
 #include "conn.h"
 
+#include <errno.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "errors.h"
 #include "log.h"
@@ -426,7 +431,7 @@ static td_conn *conn_new(td_transport *tp, size_t size, const td_conn_ops *ops, 
     return c;
 }
 
-static void accept_one(td_listener *l);
+static void listen_start(td_listener *l);
 
 static void on_closed(uv_handle_t *h) {
     td_conn *c = td_container_of(h, td_conn, tcp);
@@ -442,7 +447,7 @@ static void on_closed(uv_handle_t *h) {
     if (!td_list_empty(&tp->waiting)) {
         td_listener *l = td_container_of(tp->waiting.next, td_listener, wlink);
         td_list_remove(&l->wlink);
-        accept_one(l);
+        listen_start(l);
     }
     if (tp->naccepted == 0 && tp->on_empty)
         tp->on_empty(tp);
@@ -522,29 +527,42 @@ void td_conn_end(td_conn *c) {
 
 /* ---- accepting ---------------------------------------------------------- */
 
-static void on_rejected_closed(uv_handle_t *h) { free(h); }
+/* After EMFILE, accepting is retried this often while descriptors stay
+ * short (the clients wait in the backlog meanwhile). */
+#define TD_ACCEPT_RETRY_MS 100
 
-static void accept_one(td_listener *l) {
+size_t td_transport_fd_budget(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 0;
+    size_t limit = (size_t)rl.rlim_cur, reserve = limit / 8;
+    if (reserve < 16)
+        reserve = 16;
+    if (reserve > 4096)
+        reserve = 4096;
+    reserve += 32;
+    return limit > reserve + 1 ? limit - reserve : 1;
+}
+
+static void listen_start(td_listener *l);
+static void listen_stop(td_listener *l);
+
+/* Takes one accepted socket as a connection; 0, or -1 (fd closed). */
+static int adopt(td_listener *l, int fd) {
     td_transport *tp = l->tp;
     td_conn *c = conn_new(tp, l->conn_size, l->ops, l->owner);
     if (!c) {
-        /* Accept and drop it, so libuv keeps watching the listener. */
-        uv_tcp_t *t = malloc(sizeof *t);
-        if (t && uv_tcp_init(tp->loop, t) == 0) {
-            uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)t);
-            uv_close((uv_handle_t *)t, on_rejected_closed);
-        } else {
-            free(t);
-        }
+        close(fd);
         td_log(TD_LOG_ERROR, "out of memory accepting a connection");
-        return;
+        return -1;
     }
     c->accepted = 1;
     tp->naccepted++;
-    if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_tcp_open(&c->tcp, fd) != 0) {
+        close(fd);
         c->closed = 1;
         close_with(c, 0);
-        return;
+        return -1;
     }
     c->connected = 1;
     uv_tcp_nodelay(&c->tcp, 1);
@@ -552,23 +570,81 @@ static void accept_one(td_listener *l) {
     enter(tp);
     l->on_open(l, c);
     leave(tp);
+    return 0;
 }
 
-static void on_connection(uv_stream_t *stream, int status) {
-    td_listener *l = td_container_of(stream, td_listener, tcp);
+static void on_retry(uv_timer_t *t) {
+    td_listener *l = td_container_of(t, td_listener, retry);
+    if (l->open)
+        listen_start(l);
+}
+
+/* Out of descriptors: stop for a moment; the limit may have changed. */
+static void starve(td_listener *l, int err) {
     td_transport *tp = l->tp;
+    if (tp->max_conns_auto)
+        tp->max_conns = td_transport_fd_budget();
+    if (!l->starved)
+        td_log(TD_LOG_WARN,
+               "accept: %s with %zu connection(s) open: accepting pauses (clients wait in the backlog) "
+               "until descriptors are free",
+               strerror(err), tp->naccepted);
+    l->starved = 1;
+    listen_stop(l);
+    uv_timer_start(&l->retry, on_retry, TD_ACCEPT_RETRY_MS, 0);
+}
+
+static void on_listen_readable(uv_poll_t *p, int status, int events) {
+    td_listener *l = td_container_of(p, td_listener, poll);
+    td_transport *tp = l->tp;
+    (void)events;
     if (status < 0) {
         td_log(TD_LOG_ERROR, "accept: %s", uv_strerror(status));
         return;
     }
-    if (tp->max_conns && tp->naccepted >= tp->max_conns) {
-        /* Not accepting makes libuv stop watching the listener, so further
-         * clients wait in the kernel's backlog until a connection closes. */
-        if (!td_list_linked(&l->wlink))
-            td_list_push_back(&tp->waiting, &l->wlink);
-        return;
+    /* A bounded batch per wakeup: the loop serves the others between. */
+    for (int n = 0; n < 128 && l->open; n++) {
+        if (tp->max_conns && tp->naccepted >= tp->max_conns) {
+            /* Further clients wait in the kernel's backlog until a
+             * connection closes. */
+            listen_stop(l);
+            if (!td_list_linked(&l->wlink))
+                td_list_push_back(&tp->waiting, &l->wlink);
+            return;
+        }
+        int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                starve(l, errno);
+                return;
+            }
+            td_log(TD_LOG_ERROR, "accept: %s", strerror(errno));
+            return;
+        }
+        if (l->starved) {
+            l->starved = 0;
+            td_log(TD_LOG_NOTICE, "accept: descriptors are free again; accepting");
+        }
+        adopt(l, fd);
     }
-    accept_one(l);
+}
+
+static void listen_start(td_listener *l) {
+    if (l->polling || !l->open)
+        return;
+    l->polling = 1;
+    uv_poll_start(&l->poll, UV_READABLE, on_listen_readable);
+}
+
+static void listen_stop(td_listener *l) {
+    if (!l->polling)
+        return;
+    l->polling = 0;
+    uv_poll_stop(&l->poll);
 }
 
 static int backlog_size(void) {
@@ -583,11 +659,28 @@ static int backlog_size(void) {
     return n;
 }
 
-static void on_listener_closed(uv_handle_t *h) {
-    td_listener *l = td_container_of(h, td_listener, tcp);
-    void (*cb)(td_listener *) = h->data;
-    if (cb)
-        cb(l);
+static void on_listener_part_closed(uv_handle_t *h) {
+    td_listener *l = h->data;
+    if (--l->closing_parts > 0)
+        return;
+    close(l->fd);
+    l->fd = -1;
+    if (l->on_closed)
+        l->on_closed(l);
+}
+
+static int bind_socket(const struct addrinfo *ai) {
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog_size()) != 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    return fd;
 }
 
 int td_listener_open(td_listener *l, td_transport *tp, const char *host, int port, const td_conn_ops *ops,
@@ -598,6 +691,7 @@ int td_listener_open(td_listener *l, td_transport *tp, const char *host, int por
     l->conn_size = conn_size;
     l->on_open = on_open;
     l->owner = owner;
+    l->fd = -1;
     td_list_init(&l->wlink);
     char portstr[16];
     snprintf(portstr, sizeof portstr, "%d", port);
@@ -606,20 +700,28 @@ int td_listener_open(td_listener *l, td_transport *tp, const char *host, int por
     int rc = uv_getaddrinfo(tp->loop, &req, NULL, host, portstr, &hints);
     if (rc)
         return rc;
-    uv_tcp_init(tp->loop, &l->tcp);
-    l->tcp.data = NULL;
-    l->open = 1;
-    rc = uv_tcp_bind(&l->tcp, req.addrinfo->ai_addr, 0);
+    int fd = bind_socket(req.addrinfo);
     uv_freeaddrinfo(req.addrinfo);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&l->tcp, backlog_size(), on_connection);
-    return rc;
+    if (fd < 0)
+        return fd; /* -errno is libuv's error code on Linux */
+    l->fd = fd;
+    rc = uv_poll_init_socket(tp->loop, &l->poll, fd);
+    if (rc) {
+        close(fd);
+        l->fd = -1;
+        return rc;
+    }
+    uv_timer_init(tp->loop, &l->retry);
+    l->poll.data = l->retry.data = l;
+    l->open = 1;
+    listen_start(l);
+    return 0;
 }
 
 int td_listener_port(td_listener *l) {
     struct sockaddr_storage ss;
-    int len = sizeof ss;
-    if (uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len) != 0)
+    socklen_t len = sizeof ss;
+    if (l->fd < 0 || getsockname(l->fd, (struct sockaddr *)&ss, &len) != 0)
         return -1;
     if (ss.ss_family == AF_INET)
         return ntohs(((struct sockaddr_in *)&ss)->sin_port);
@@ -633,9 +735,12 @@ void td_listener_close(td_listener *l, void (*on_closed_cb)(td_listener *l)) {
         return;
     }
     l->open = 0;
+    l->polling = 0;
     td_list_remove(&l->wlink);
-    l->tcp.data = (void *)on_closed_cb;
-    uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+    l->on_closed = on_closed_cb;
+    l->closing_parts = 2;
+    uv_close((uv_handle_t *)&l->poll, on_listener_part_closed);
+    uv_close((uv_handle_t *)&l->retry, on_listener_part_closed);
 }
 
 /* ---- connecting --------------------------------------------------------- */
@@ -683,6 +788,10 @@ int td_transport_init(td_transport *tp, uv_loop_t *loop, size_t max_conns) {
     memset(tp, 0, offsetof(td_transport, rbuf));
     tp->loop = loop;
     tp->max_conns = max_conns;
+    if (max_conns == 0) {
+        tp->max_conns = td_transport_fd_budget();
+        tp->max_conns_auto = 1;
+    }
     tp->free_slot = NO_SLOT;
     if (td_deadlines_init(&tp->deadlines, loop, on_due) != 0)
         return UV_ENOMEM;

@@ -99,8 +99,13 @@ struct td_conn {
     unsigned connected : 1;
 };
 
+/* A listener accepts with its own accept4 loop on a uv_poll_t: libuv's
+ * listener answers EMFILE by accepting and closing every queued client
+ * without telling anyone. Here EMFILE pauses accepting for a moment (one
+ * log line per episode) and the clients wait in the backlog. */
 struct td_listener {
-    uv_tcp_t tcp;
+    uv_poll_t poll;
+    int fd;
     td_transport *tp;
     const td_conn_ops *ops;
     size_t conn_size; /* sizeof(td_conn) or a struct that starts with one */
@@ -108,7 +113,12 @@ struct td_listener {
     /* A connection was accepted and reads are on. */
     void (*on_open)(td_listener *l, td_conn *c);
     td_list wlink; /* tp->waiting while max_conns holds it back */
-    unsigned open : 1; /* its handle is open */
+    uv_timer_t retry; /* after EMFILE */
+    unsigned open : 1;     /* its handles are open */
+    unsigned polling : 1;  /* the poll handle watches the socket */
+    unsigned starved : 1;  /* EMFILE: retrying on the timer */
+    int closing_parts;     /* handles still closing */
+    void (*on_closed)(td_listener *l);
 };
 
 typedef struct td_conn_slot {
@@ -128,6 +138,7 @@ struct td_transport {
     size_t peak;        /* the most open since the owner last reset it */
     size_t naccepted;
     size_t max_conns; /* accepted connections; 0: no limit but the open-file limit */
+    unsigned max_conns_auto : 1; /* max_conns follows the open-file limit (td_transport_fd_budget) */
     td_conn_slot *slots; /* also the list of every open connection */
     uint32_t nslots, free_slot;
     td_buf_pool out_pool;
@@ -157,6 +168,10 @@ void td_transport_foreach(td_transport *tp, void (*fn)(td_conn *c, void *ud), vo
  * largest backlog; accepted connections get ops and conn_size, then
  * on_open. Returns 0 or a libuv error; either way td_listener_close ends
  * it. */
+/* Connections the open-file limit allows while keeping a reserve of
+ * descriptors for what handlers open themselves (sockets, files, pipes):
+ * an eighth of the limit, 16 to 4096, plus 32 for the process. */
+size_t td_transport_fd_budget(void);
 int td_listener_open(td_listener *l, td_transport *tp, const char *host, int port, const td_conn_ops *ops,
                      size_t conn_size, void (*on_open)(td_listener *l, td_conn *c), void *owner);
 /* The bound port, or -1. */

@@ -27,6 +27,9 @@ const char *td_err_name(int code) {
         return "no such file or directory";
     case UV_EACCES:
         return "permission denied";
+    case UV_EMFILE:
+    case UV_ENFILE:
+        return "too many open files";
     case UV_ENOMEM:
         return "out of memory";
     case UV_EADDRINUSE:

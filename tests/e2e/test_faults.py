@@ -6,7 +6,7 @@ import re
 import signal
 import time
 
-from harness import SANITIZED, Server, TestCase, get, main, poll
+from harness import SANITIZED, Reader, Server, TestCase, connect, get, main, poll
 
 SLOW = 3 if SANITIZED else 1
 
@@ -111,6 +111,62 @@ class OutOfMemoryTest(TestCase):
                                                r"system refused more\)|not enough memory \(the system refused memory; "
                                                r"no line\))")
                 self.assertIn("[warn] memory: the system refused Lua memory", srv.stderr())
+
+FD_APP = r'''
+local tendril = require "tendril"
+local tcp = require "tendril.tcp"
+return function(req)
+    if req.path == "/hold" then
+        tendril.sleep(0.3)
+        return "held"
+    elseif req.path == "/connect-many" then
+        local socks, err = {}, nil
+        for i = 1, 500 do
+            local s, e = tcp.connect("127.0.0.1", tonumber(req.query.port), { pool = false })
+            if not s then err = e break end
+            socks[i] = s
+        end
+        for _, s in ipairs(socks) do s:close() end
+        return tostring(err)
+    end
+    return "ok"
+end
+'''
+
+
+class DescriptorsTest(TestCase):
+    def hold_many(self, srv, n):
+        """n clients at once, each holding its connection 0.3 s: every one
+        gets its answer (none is reset)."""
+        socks = [connect(srv.port, timeout=60) for _ in range(n)]
+        for s in socks:
+            s.sendall(b"GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        bodies = [Reader(s, timeout=60).response().body for s in socks]
+        for s in socks:
+            s.close()
+        self.assertEqual(bodies, [b"held"] * n)
+
+    def test_out_of_descriptors_pauses_accepting(self):
+        # --max-connections above what 64 descriptors allow: accept meets
+        # EMFILE. The clients wait in the backlog instead of being closed.
+        with Server(FD_APP, args=["--max-connections", "1000"], prefix=["prlimit", "--nofile=64", "--"]) as srv:
+            self.hold_many(srv, 120)
+            episodes = srv.stderr().count("[warn] accept: Too many open files")
+            self.assertGreaterEqual(episodes, 1, srv.stderr())
+            self.assertLess(episodes, 30, srv.stderr())
+            self.assertEqual(get(srv.port, "/").body, b"ok")
+
+    def test_the_default_limit_keeps_a_reserve(self):
+        with Server(FD_APP, prefix=["prlimit", "--nofile=128", "--"]) as srv:
+            self.hold_many(srv, 120)
+            self.assertNotIn("Too many open files", srv.stderr())
+
+    def test_connect_past_the_limit_says_so(self):
+        with Server(FD_APP, prefix=["prlimit", "--nofile=64", "--"]) as srv:
+            r = get(srv.port, "/connect-many?port=%d" % srv.port, timeout=30)
+            self.assertEqual(r.body, b"too many open files")
+            self.assertEqual(get(srv.port, "/").body, b"ok")
+
 
 if __name__ == "__main__":
     main()
