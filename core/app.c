@@ -30,6 +30,7 @@ typedef struct td_app {
     td_http_server *hs;
     td_vm *vm;
     uv_async_t stop_async; /* wakes the loop for a stop signal */
+    uv_signal_t sigusr1;   /* reopens the log files */
     uv_timer_t shutdown_timer;
     uv_prepare_t log_flusher;
     uv_timer_t trimmer;
@@ -249,6 +250,12 @@ static void catch_stop_signals(td_app *app) {
     sigaction(SIGINT, &sa, NULL);
 }
 
+static void on_usr1(uv_signal_t *sig, int signum) {
+    (void)sig, (void)signum;
+    td_log_reopen();
+    td_log(TD_LOG_NOTICE, "SIGUSR1: log files reopened");
+}
+
 /* The last accepted connection or tcp.listen session ended. */
 static void check_drained(td_app *app) {
     if (app->stopping && in_flight(app) == 0)
@@ -296,6 +303,8 @@ int td_app_run(const td_config *cfg) {
     td_app app = {.cfg = cfg};
     int rc;
     signal(SIGPIPE, SIG_IGN);
+    /* A handler's print reaches a pipe (systemd, Docker) at once. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
     raise_fd_limit();
     /* libuv's thread pool runs DNS lookups and file I/O; its default of
      * four lets a burst of slow lookups starve the files. */
@@ -335,6 +344,7 @@ int td_app_run(const td_config *cfg) {
     app.tp->on_empty = on_empty;
     td_api_tcp_on_sessions_over(on_sessions_over, &app);
     uv_async_init(&app.loop, &app.stop_async, on_stop_async);
+    uv_signal_init(&app.loop, &app.sigusr1);
     uv_timer_init(&app.loop, &app.shutdown_timer);
     uv_prepare_init(&app.loop, &app.log_flusher);
     uv_timer_init(&app.loop, &app.trimmer);
@@ -353,6 +363,8 @@ int td_app_run(const td_config *cfg) {
         fflush(stdout);
         td_reload_arm(app.reload);
         catch_stop_signals(&app);
+        uv_signal_start(&app.sigusr1, on_usr1, SIGUSR1);
+        uv_unref((uv_handle_t *)&app.sigusr1);
         uv_prepare_start(&app.log_flusher, on_log_turn);
         uv_unref((uv_handle_t *)&app.log_flusher);
         uv_timer_start(&app.trimmer, on_trim_tick, 1000, 1000);
@@ -381,6 +393,7 @@ int td_app_run(const td_config *cfg) {
     td_http_server_drain(app.hs); /* closes the listener */
     td_transport_close(app.tp);
     close_handle((uv_handle_t *)&app.stop_async);
+    close_handle((uv_handle_t *)&app.sigusr1);
     close_handle((uv_handle_t *)&app.shutdown_timer);
     close_handle((uv_handle_t *)&app.log_flusher);
     close_handle((uv_handle_t *)&app.trimmer);

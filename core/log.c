@@ -28,7 +28,11 @@ static int open_append(const char *path) {
     return fd < 0 ? -errno : fd;
 }
 
+/* The files to open again on td_log_reopen (NULL: stderr or stdout). */
+static const char *error_path, *access_path;
+
 int td_log_open_error(const char *path) {
+    error_path = path;
     if (!path)
         return 0;
     int fd = open_append(path);
@@ -47,11 +51,36 @@ int td_log_open_access(const char *path) {
         access_fd = 1;
         return 0;
     }
+    access_path = path;
     int fd = open_append(path);
     if (fd < 0)
         return fd;
     access_fd = fd;
     return 0;
+}
+
+/* For logrotate: it renamed the files; new ones take their place. A file
+ * that cannot be opened keeps the old descriptor (and says so). */
+void td_log_reopen(void) {
+    td_log_access_flush();
+    if (access_path && access_fd > 2) {
+        int fd = open_append(access_path);
+        if (fd >= 0) {
+            close(access_fd);
+            access_fd = fd;
+        } else {
+            td_log(TD_LOG_ERROR, "cannot reopen the access log %s: %s", access_path, strerror(-fd));
+        }
+    }
+    if (error_path && error_fd > 2) {
+        int fd = open_append(error_path);
+        if (fd >= 0) {
+            close(error_fd);
+            error_fd = fd;
+        } else {
+            td_log(TD_LOG_ERROR, "cannot reopen the error log %s: %s", error_path, strerror(-fd));
+        }
+    }
 }
 
 void td_log_close(void) {

@@ -22,6 +22,8 @@ typedef enum td_log_level {
 int td_log_open_error(const char *path);
 /* path NULL turns the access log off; "-" means stdout. Returns 0 or a negative errno. */
 int td_log_open_access(const char *path);
+/* Opens the log files again by name (SIGUSR1, after logrotate). */
+void td_log_reopen(void);
 void td_log_close(void);
 
 /* Returns the level for a name ("debug" ... "crit", also "warning"), or -1. */

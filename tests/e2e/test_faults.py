@@ -168,5 +168,36 @@ class DescriptorsTest(TestCase):
             self.assertEqual(get(srv.port, "/").body, b"ok")
 
 
+class OperationsTest(TestCase):
+    def test_sigusr1_reopens_the_logs_and_print_is_line_buffered(self):
+        app = '''
+            local tendril = require "tendril"
+            return function(req)
+                print("printed " .. req.path)
+                tendril.log("notice", "logged ", req.path)
+                return "ok"
+            end
+        '''
+        srv = Server(app)
+        err_log = os.path.join(srv.dir, "error.log")
+        acc_log = os.path.join(srv.dir, "access.log")
+        srv.args += ["--error-log", err_log, "--access-log", acc_log]
+        with srv:
+            self.assertEqual(get(srv.port, "/one").body, b"ok")
+            # print reaches the pipe while the server runs, not at exit.
+            self.assertTrue(poll(lambda: "printed /one" in srv.stdout(), 5), srv.stdout())
+            os.rename(err_log, err_log + ".1")
+            os.rename(acc_log, acc_log + ".1")
+            srv.signal(signal.SIGUSR1)
+            self.assertTrue(poll(lambda: os.path.exists(err_log) and "log files reopened" in open(err_log).read(), 5))
+            self.assertEqual(get(srv.port, "/two").body, b"ok")
+            self.assertTrue(poll(lambda: os.path.exists(acc_log) and "/two" in open(acc_log).read(), 5))
+            self.assertIn("logged /two", open(err_log).read())
+            self.assertNotIn("/two", open(acc_log + ".1").read())
+            self.assertIn("/one", open(acc_log + ".1").read())
+            self.assertIn("logged /one", open(err_log + ".1").read())
+        self.assertEqual(srv.exit_code, 0)
+
+
 if __name__ == "__main__":
     main()
