@@ -23,7 +23,7 @@ static const char usage_text[] =
     "  --max-header-bytes N     largest request head (default 16384)\n"
     "  --max-body-bytes N       largest request body (default 1048576)\n"
     "  --max-connections N      connections served at once; more wait in the backlog\n"
-    "                           (default: the open-file limit)\n"
+    "                           (default: the open-file limit less a reserve for handlers)\n"
     "  --header-timeout S       seconds to receive a request head (default 10)\n"
     "  --body-timeout S         seconds to receive a request body (default 10)\n"
     "  --keepalive-timeout S    seconds an idle keep-alive connection stays open (default 5)\n"
