@@ -398,9 +398,10 @@ def main():
         print("bench: optional features on and off", file=sys.stderr, flush=True)
         stall = option_costs(args.tendril, args.duration, args.runs)
     extra = []
-    extra_path = os.path.join(ROOT, "docs", "benchmarks-extra.md")
-    if os.path.exists(extra_path):
-        extra.append(open(extra_path).read().strip())
+    for name in ("benchmarks-slowloris.md", "benchmarks-extra.md"):
+        extra_path = os.path.join(ROOT, "docs", name)
+        if os.path.exists(extra_path):
+            extra.append(open(extra_path).read().strip())
     write_report(args.out, results, args.runs, args.duration, extra, stall)
     if args.json:
         with open(args.json, "w") as f:

@@ -4,6 +4,7 @@ local tendril = require "tendril"
 local http = require "tendril.http"
 
 local upstream = "http://127.0.0.1:" .. (os.getenv("UPSTREAM_PORT") or "1") .. "/"
+local big = string.rep("x", 65536) -- /big: for slow readers (bench/slowloris.py)
 
 return function(req)
     local p = req.path
@@ -17,6 +18,8 @@ return function(req)
             return 502, nil, err
         end
         return res.body
+    elseif p == "/big" then
+        return big
     end
     return "Hello World\n"
 end

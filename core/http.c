@@ -60,9 +60,10 @@ static int on_header_field_complete(llhttp_t *p) {
     const td_http_header *h = (const td_http_header *)(const void *)(f->headers.data + f->headers.len) - 1;
     const char *name = f->text.data + h->name;
     size_t n = f->text.len - h->name;
-    /* llhttp 8 keeps whitespace before the colon in the name; RFC 9112
-     * says to reject it (it smuggles headers past other parsers). */
-    if (n == 0 || name[n - 1] == ' ' || name[n - 1] == '\t') {
+    /* llhttp 8 keeps whitespace in the name (before the colon, or inside
+     * it, in heads and trailers alike); RFC 9112 says to reject it (it
+     * smuggles headers past other parsers). */
+    if (!td_http_valid_name(name, n)) {
         rq->error_status = 400;
         return HPE_USER;
     }
@@ -95,6 +96,26 @@ static int on_headers_complete(llhttp_t *p) {
     return HPE_PAUSED;
 }
 
+/* Every CR in framing (the head, chunk-size lines, trailers: all but body
+ * data) must be followed by LF: llhttp 8 ends a line at a CR followed by
+ * any byte, one byte of desync with a stricter peer. Returns 0 when
+ * [p, end) is clean. */
+static int scan_framing(td_http_req *rq, const char *p, const char *end) {
+    if (p >= end)
+        return 0;
+    if (rq->cr_pending && *p != '\n')
+        return -1;
+    for (const char *q = p; q < end; q++) {
+        q = memchr(q, '\r', (size_t)(end - q));
+        if (!q)
+            break;
+        if (q + 1 < end && q[1] != '\n')
+            return -1;
+    }
+    rq->cr_pending = end[-1] == '\r';
+    return 0;
+}
+
 /* Checks the CRLF owed after a chunk's data against what input there is
  * (llhttp 8 skips any two bytes there, a request-desync primitive). */
 static int crlf_ok(td_http_req *rq, const char *p, size_t avail) {
@@ -107,6 +128,15 @@ static int crlf_ok(td_http_req *rq, const char *p, size_t avail) {
 static int on_body(llhttp_t *p, const char *at, size_t len) {
     td_http_conn *hc = hc_of_parser(p);
     td_http_req *rq = hc->rq;
+    /* The framing before this piece of data; the data itself is free. */
+    /* A CR right before the data lost its LF: llhttp took the data's
+     * first byte for it. */
+    if (scan_framing(rq, rq->scan_from, at) != 0 || rq->cr_pending) {
+        rq->error_status = 400;
+        return HPE_USER;
+    }
+    rq->scan_from = at + len;
+    rq->cr_pending = 0;
     /* llhttp counts a chunk down as it goes: at 0 its data is complete. */
     if ((p->flags & F_CHUNKED) && p->content_length == 0) {
         rq->crlf_left = 2;
@@ -407,6 +437,10 @@ static void on_head(td_http_conn *hc) {
 static void on_message(td_http_conn *hc) {
     td_http_req *rq = hc->rq;
     rq->message_complete = 1;
+    /* "Connection: close" among the trailers: llhttp stops parsing what
+     * follows, so the connection ends after the answer. */
+    if (rq->keep_alive && !llhttp_should_keep_alive(&rq->parser))
+        rq->close_after = 1;
     if (hc->conn.proto_state == TD_HTTP_BODY)
         td_conn_clear_deadline(&hc->conn);
     if (rq->body_status == 1) {
@@ -468,12 +502,17 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
         }
         rq->feed_start = data;
         rq->feed_end = data + len;
+        rq->scan_from = data;
         if (rq->crlf_left && !crlf_ok(rq, data, len)) {
             parse_failed(hc, 400);
             return;
         }
         llhttp_errno_t err = llhttp_execute(&rq->parser, data, len);
         size_t used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&rq->parser) - data);
+        if (err != HPE_USER && scan_framing(rq, rq->scan_from, data + used) != 0) {
+            parse_failed(hc, 400);
+            return;
+        }
         if (used > 0)
             rq->prev_byte = data[used - 1];
         if (hc->conn.proto_state == TD_HTTP_HEAD) {

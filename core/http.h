@@ -153,6 +153,8 @@ struct td_http_req {
     uint8_t event;    /* what paused the parser */
     uint8_t hosts;
     uint8_t crlf_left; /* bytes of the CRLF after a chunk's data still to check */
+    uint8_t cr_pending; /* the last framing byte read was a CR: an LF must follow */
+    const char *scan_from; /* framing bytes from here are not checked yet (see scan_framing) */
     char prev_byte; /* last byte of the previous buffer: detects line folding */
     unsigned head_sent : 1;
     unsigned chunked : 1;

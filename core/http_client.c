@@ -31,10 +31,14 @@ static int on_value_done(llhttp_t *p) { return td_http_fields_value_done(&reader
 
 static int on_headers_done(llhttp_t *p) {
     td_http_reader *r = reader_of(p);
-    if (p->status_code >= 100 && p->status_code < 200 && p->status_code != 101)
-        return 0; /* an interim response: the real one follows */
+    /* 1xx, 204 and 304 have no body whatever their head says (RFC 9112
+     * section 6.3); llhttp 8 would read one and desync the connection. */
+    int status = p->status_code;
+    int no_body = (status >= 100 && status < 200) || status == 204 || status == 304;
+    if (status >= 100 && status < 200 && status != 101)
+        return 1; /* an interim response: the real one follows */
     r->head_done = 1;
-    return r->skip_body ? 1 : 0;
+    return r->skip_body || no_body ? 1 : 0;
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len) {

@@ -1,6 +1,7 @@
 """Request framing (RFC 9112) and decoded paths: what llhttp 8.1 lets
 through is refused before any handler runs."""
 import socket
+import threading
 import time
 
 from harness import (SANITIZED, Reader, Server, ServerTestCase, connect, deadline, get, main, poll, raw,
@@ -24,6 +25,14 @@ return function(req, res)
         return "ignored"
     elseif req.path == "/headers" then
         return req.headers["x-rep"] .. "|" .. tostring(req.headers.host)
+    elseif req.path == "/upstream-twice" then
+        local http = require "tendril.http"
+        local url = "http://127.0.0.1:" .. req.query.port .. "/"
+        local a, err = http.get(url)
+        if not a then return "first: " .. err end
+        local b, err2 = http.get(url)
+        if not b then return "second: " .. err2 end
+        return a.status .. " [" .. a.body .. "] " .. b.status .. " [" .. b.body .. "]"
     end
     return "path=" .. req.path .. " target=" .. req.target .. " host=" .. tostring(req.headers.host)
 end
@@ -146,6 +155,73 @@ class FramingTest(ServerTestCase):
         head = b"GET /headers HTTP/1.1\r\nHost: h\r\nX-Rep: 1\r\nOther: z\r\nX-Rep: 2\r\nX-REP: 3\r\n" \
                b"Connection: close\r\n\r\n"
         self.assertTrue(raw(self.port, head).endswith(b"1, 2, 3|h"))
+
+
+    def test_a_cr_must_be_followed_by_lf(self):
+        # llhttp 8.1 ends a line at a CR followed by any byte.
+        self.assertRefused(b"GET / HTTP/1.1\r\nHost: a\r\n\rXGET /y HTTP/1.1\r\nHost: a\r\n\r\n", 400)
+        self.assertRefused(b"GET / HTTP/1.1\r\nHost: a\rX-Y: 1\r\n\r\n", 400)
+        before = self.runs()
+        for framing in (b"5\rXhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\n\rX",
+                        b"5\r\nhello\r\n0\r\nT: 1\rX\r\n\r\n"):
+            out = raw(self.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + framing)
+            self.assertIn(status_of(out), (400, 499, None), out)
+            self.assertNotIn(b"got 5", out)
+        # A CR inside the body's data is data.
+        out = raw(self.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked"
+                  b"\r\n\r\n3\r\na\rb\r\n0\r\n\r\n")
+        self.assertTrue(out.endswith(b"got 3"), out)
+        self.assertGreaterEqual(self.runs(), before)
+
+    def test_white_space_inside_a_field_name(self):
+        self.assertRefused(b"GET / HTTP/1.1\r\nHost: a\r\nA B: c\r\n\r\n", 400)
+        out = raw(self.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\nA B: c\r\n\r\n")
+        self.assertIn(status_of(out), (400, 499), out)
+
+    def test_connection_close_in_trailers_ends_the_connection(self):
+        with connect(self.port) as s:
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"0\r\nConnection: close\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+            rd = Reader(s, timeout=10)
+            r = rd.response()
+            self.assertEqual(r.body, b"got 0")
+            self.assertTrue(rd.closed(timeout=5))
+            self.assertEqual(rd.buf, b"")
+
+    def upstream_once(self, answers):
+        """A raw upstream: one connection; the n-th request gets answers[n]."""
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(4)
+
+        def serve():
+            c, _ = ls.accept()
+            c.settimeout(10)
+            buf = b""
+            try:
+                for a in answers:
+                    while b"\r\n\r\n" not in buf:
+                        buf += c.recv(65536)
+                    buf = buf.split(b"\r\n\r\n", 1)[1]
+                    c.sendall(a)
+                time.sleep(0.5)
+            except OSError:
+                pass
+            c.close()
+            ls.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        return ls.getsockname()[1]
+
+    def test_client_reads_no_body_for_1xx_204_304(self):
+        port = self.upstream_once([b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                                   b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+        self.assertEqual(get(self.port, "/upstream-twice?port=%d" % port).body, b"204 [] 200 [ok]")
+        port = self.upstream_once([b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\n\r\n"
+                                   b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                                   b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"])
+        self.assertEqual(get(self.port, "/upstream-twice?port=%d" % port).body, b"200 [ok] 304 []")
 
 
 class ManyRepeatsTest(ServerTestCase):
