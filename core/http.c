@@ -58,16 +58,14 @@ static int on_header_field_complete(llhttp_t *p) {
     td_http_req *rq = hc_of_parser(p)->rq;
     td_http_fields *f = &rq->fields;
     const td_http_header *h = (const td_http_header *)(const void *)(f->headers.data + f->headers.len) - 1;
-    const char *name = f->text.data + h->name;
     size_t n = f->text.len - h->name;
     /* llhttp 8 keeps whitespace in the name (before the colon, or inside
      * it, in heads and trailers alike); RFC 9112 says to reject it (it
      * smuggles headers past other parsers). */
-    if (!td_http_valid_name(name, n)) {
+    if (n == 0 || td_http_fields_name_done(f) != 0) {
         rq->error_status = 400;
         return HPE_USER;
     }
-    td_http_fields_name_done(f);
     if (n == 4 && memcmp(f->text.data + h->name, "host", 4) == 0)
         rq->hosts++;
     return 0;

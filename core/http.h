@@ -281,6 +281,19 @@ static inline void td_http_lower(char *p, size_t n) {
             p[i] = (char)(p[i] + 32);
 }
 
+/* Lowers a field name in place; 0, or -1 when it holds white space or a
+ * control byte (which llhttp 8 lets into a name). One pass for both. */
+static inline int td_http_lower_name(char *p, size_t n) {
+    unsigned bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        bad |= c <= ' ';
+        if ((unsigned)(c - 'A') < 26u)
+            p[i] = (char)(c + 32);
+    }
+    return bad ? -1 : 0;
+}
+
 /* The length of the n bytes at p without their trailing spaces and tabs. */
 static inline size_t td_http_trim_end(const char *p, size_t n) {
     while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))

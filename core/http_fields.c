@@ -36,10 +36,10 @@ int td_http_fields_name(td_http_fields *f, const char *at, size_t len) {
 int td_http_fields_name_done(td_http_fields *f) {
     td_http_header *h = last_header(f);
     h->name_len = (uint32_t)f->text.len - h->name;
-    td_http_lower(f->text.data + h->name, h->name_len);
+    int rc = td_http_lower_name(f->text.data + h->name, h->name_len);
     h->value = (uint32_t)f->text.len;
     h->value_len = 0;
-    return 0;
+    return rc;
 }
 
 int td_http_fields_value(td_http_fields *f, const char *at, size_t len) {

@@ -1,6 +1,7 @@
 -- Percent-decoding and query strings (pure Lua, no runtime needed).
 local tonumber, char, type = tonumber, string.char, type
-local gsub, find, sub = string.gsub, string.find, string.sub
+local gsub, find, sub, byte = string.gsub, string.find, string.sub, string.byte
+local SLASH = 47 -- "/"
 
 local _M = {}
 
@@ -94,8 +95,9 @@ end
 --- ("http://host/x"), its host.
 function _M.split_target(target)
     local host
-    local scheme_end = find(target, "://", 1, true)
-    if scheme_end and sub(target, 1, 1) ~= "/" then
+    -- origin-form ("/...") is nearly every request: one byte tells.
+    local scheme_end = byte(target, 1) ~= SLASH and find(target, "://", 1, true)
+    if scheme_end then
         local auth_end = find(target, "[/?]", scheme_end + 3) or #target + 1
         host = sub(target, scheme_end + 3, auth_end - 1)
         target = sub(target, auth_end)
@@ -115,7 +117,7 @@ function _M.split_target(target)
         query = sub(query, 1, hash - 1)
     end
     path = _M.decode(path)
-    if sub(path, 1, 1) == "/" then
+    if byte(path, 1) == SLASH and find(path, "/.", 1, true) then
         path = _M.remove_dot_segments(path)
     end
     return path, query, host
