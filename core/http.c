@@ -34,6 +34,7 @@ static int on_message_begin(llhttp_t *p) {
     rq->body.len = 0;
     rq->target_len = 0;
     rq->hosts = 0;
+    rq->te_seen = 0;
     rq->error_status = 0;
     rq->body_seen = 0;
     rq->crlf_left = 0;
@@ -68,6 +69,8 @@ static int on_header_field_complete(llhttp_t *p) {
     }
     if (n == 4 && memcmp(f->text.data + h->name, "host", 4) == 0)
         rq->hosts++;
+    else if (n == 17 && memcmp(f->text.data + h->name, "transfer-encoding", 17) == 0)
+        rq->te_seen = 1;
     return 0;
 }
 
@@ -391,9 +394,13 @@ static void on_head(td_http_conn *hc) {
     int expect_continue = 0;
     size_t n = td_http_fields_count(&rq->fields);
     const td_http_header *hdrs = td_http_fields_at(&rq->fields);
-    if (p->flags & F_TRANSFER_ENCODING) {
-        /* HTTP/1.0 has no Transfer-Encoding: faulty framing. */
+    if ((p->flags & F_TRANSFER_ENCODING) || rq->te_seen) {
+        /* HTTP/1.0 has no Transfer-Encoding: faulty framing. An empty
+         * value is malformed; and what llhttp did not take for chunked
+         * ("chunked" then a tab) must not be framed as anything else. */
         int st = p->http_minor == 0 ? 400 : transfer_coding_status(rq, hdrs, n);
+        if (st == 0 && !(p->flags & F_CHUNKED))
+            st = 400;
         if (st) {
             td_http__error_response(hc, st);
             return;

@@ -152,6 +152,7 @@ struct td_http_req {
     int body_status;  /* 1 pending, 0 ready, or a TD_E* code */
     uint8_t event;    /* what paused the parser */
     uint8_t hosts;
+    uint8_t te_seen; /* a Transfer-Encoding field came, flagged by llhttp or not (an empty one is not) */
     uint8_t crlf_left; /* bytes of the CRLF after a chunk's data still to check */
     uint8_t cr_pending; /* the last framing byte read was a CR: an LF must follow */
     const char *scan_from; /* framing bytes from here are not checked yet (see scan_framing) */

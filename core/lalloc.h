@@ -17,13 +17,14 @@
 
 /* Room past the limit, from the allocation that passes it to the next
  * full collection: the running code goes on until its next interpreted
- * instruction raises, then the error path (traceback, 500) runs. A quarter
- * of the limit, so that the one large allocation that often passes it (a
- * table's array doubling) still fits and the error can name file:line;
- * at least TD_LALLOC_HEADROOM, also the size of the reserve freed when
- * malloc itself fails. */
+ * instruction raises, then the error path (traceback, 500) runs. As large
+ * as the limit: refusing an allocation is the last resort, for code that
+ * never reaches the interpreter (a compiled loop), because LuaJIT
+ * 2.1-20230119 (Debian 12) can crash when an allocation fails on a trace
+ * (fixed upstream later in 2023). At least TD_LALLOC_HEADROOM, also the
+ * size of the reserve freed when malloc itself fails. */
 #define TD_LALLOC_HEADROOM ((size_t)2 << 20)
-#define TD_LALLOC_HEADROOM_OF(limit) ((limit) / 4 > TD_LALLOC_HEADROOM ? (limit) / 4 : TD_LALLOC_HEADROOM)
+#define TD_LALLOC_HEADROOM_OF(limit) ((limit) > TD_LALLOC_HEADROOM ? (limit) : TD_LALLOC_HEADROOM)
 
 /* The limit and the failure state. Passing the limit (or a malloc
  * failure) calls on_over once: the owner (vm.c) makes the running code

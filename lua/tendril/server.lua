@@ -163,6 +163,11 @@ function res_methods.header(self, name, value)
     elseif tv ~= "number" and value ~= nil then
         error("res:header: expected a string, number or table value for '" .. name .. "', got " .. tv, 2)
     end
+    if value ~= nil and lower(name) == "content-length"
+        and (tv == "table" or not find(tostring(value), "^%d+$") or #tostring(value) > 18) then
+        error("res:header: Content-Length takes one number of bytes, not " .. (tv == "table" and "a list"
+            or "'" .. tostring(value) .. "'"), 2)
+    end
     if self._sent then
         error("res:header: the head was sent already", 2)
     end
@@ -246,9 +251,14 @@ function res_methods.finish(self, body)
     if self._done then
         error("res:finish: the response was finished already", 2)
     end
+    local sent_before = self._sent
     self._done = true
     self._sent = true
     local ok, a, b = res_send(self[1], self[2], self._status, self._h, body, true)
+    if a == "too large" then
+        -- The head went back: the handler can still answer.
+        self._done, self._sent = false, sent_before
+    end
     ok, a = sent("res:finish", ok, a, b, b and where(2)) -- not a tail call: error levels
     return ok, a
 end
@@ -364,7 +374,7 @@ local function respond(res, handler, a, b, c)
     end
     res._done = true
     local ok, x, y = res_send(conn, serial, status, h, body, true)
-    sent("the handler's answer", ok, x, y, y and handler_where(handler))
+    sent(handler_where(handler) .. ": the handler's answer", ok, x, y, y and handler_where(handler))
 end
 
 -- One request, on the generation that is current when it starts.

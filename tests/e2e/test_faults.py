@@ -4,6 +4,7 @@ yields (the stall guard speaks while it lasts; signals still stop it)."""
 import os
 import re
 import signal
+import threading
 import time
 
 from harness import SANITIZED, Reader, Server, TestCase, connect, get, main, poll
@@ -37,6 +38,16 @@ return function(req)
     elseif p == "/caught" then
         local ok, err = pcall(grow_interpreted)
         return "caught: " .. tostring(err) .. "\n"
+    elseif p == "/grow-yield" then
+        local t, i = {}, 0
+        while true do
+            i = i + 1; t[i] = {i, tostring(i)}
+            if i % 100000 == 0 then tendril.sleep(0) end
+        end
+    elseif p == "/light" then
+        local parts = {}
+        for i = 1, 10 do tendril.sleep(0.02); parts[i] = string.rep("a", 1000) end
+        return table.concat(parts)
     elseif p == "/memory" then
         return tostring(require("tendril.core").vm_stats().memory)
     end
@@ -73,6 +84,30 @@ class OutOfMemoryTest(TestCase):
             self.assertEqual(log.count("[warn] memory: Lua ran out of memory (--lua-memory-limit %d)" % LIMIT), 5,
                              log)
         self.assertEqual(srv.exit_code, 0)
+
+    def test_a_warm_server_and_traces_that_yield(self):
+        # Compiled traces, warm from many requests, meet the limit while
+        # other requests wait: LuaJIT 2.1-20230119 crashed (SIGSEGV) when
+        # an allocation failed on a trace; the limit is met at an
+        # interpreted instruction instead.
+        with self.serve() as srv:
+            for _ in range(60):
+                self.assertEqual(get(srv.port, "/").body, b"ok\n")
+            self.assertEqual(get(srv.port, "/grow-yield", timeout=60).status, 500)
+            self.assert_serves(srv)
+            results = []
+
+            def one(path):
+                results.append((path, get(srv.port, path, timeout=60).status))
+
+            threads = [threading.Thread(target=one, args=("/light",)) for _ in range(30)]
+            threads += [threading.Thread(target=one, args=("/grow-yield",)) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(sorted(results), sorted([("/grow-yield", 500)] * 2 + [("/light", 200)] * 30))
+            self.assert_serves(srv)
 
     def test_a_thread_and_a_caught_error(self):
         with self.serve() as srv:

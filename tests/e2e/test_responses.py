@@ -40,6 +40,17 @@ routes["/long-write"] = function(req, res)
     res:header("Content-Length", "3")
     res:write("12345")                                -- long write
 end
+routes["/caught-finish"] = function(req, res)
+    res:header("Content-Length", "3")
+    local err = try(function() res:finish("hello") end)
+    res:header("Content-Length", nil)
+    return "after: " .. err
+end
+routes["/bad-length"] = function(req, res)
+    return try(function() res:header("Content-Length", " 5") end)
+        .. try(function() res:header("Content-Length", { "5", "10" }) end)
+        .. try(function() res:header("content-length", 7) res:header("Content-Length", nil) end)
+end
 routes["/raise-after-write"] = function(req, res)
     res:write("partial")
     error("late")
@@ -136,6 +147,16 @@ class ResponsesTest(ServerTestCase):
         self.assertEqual(get(self.port, "/long-write").status, 500)
         self.assertTrue(self.log_has(r"GET /long-write: \S*app\.lua:%d: res:write: the body would pass"
                                      % line_of("long write")))
+
+    def test_a_caught_error_still_lets_the_handler_answer(self):
+        r = get(self.port, "/caught-finish")
+        self.assertEqual(r.status, 200)
+        self.assertRegex(r.body.decode(), r"^after: \S*app\.lua:\d+: res:finish: the body would pass the "
+                                          r"Content-Length set for it\n$")
+        body = get(self.port, "/bad-length").body.decode()
+        self.assertRegex(body, r"^\S*app\.lua:\d+: res:header: Content-Length takes one number of bytes, not ' 5'\n"
+                               r"\S*app\.lua:\d+: res:header: Content-Length takes one number of bytes, not a list\n"
+                               r"no error\n$")
 
     def test_raise_before_any_byte_left_is_a_500(self):
         s = connect(self.port)
