@@ -350,6 +350,9 @@ int td_app_run(const td_config *cfg) {
     uv_timer_init(&app.loop, &app.trimmer);
     app.stop_async.data = app.shutdown_timer.data = app.trimmer.data = &app;
 
+    /* Before the app loads: its top level may wait, and logrotate may come. */
+    uv_signal_start(&app.sigusr1, on_usr1, SIGUSR1);
+    uv_unref((uv_handle_t *)&app.sigusr1);
     int exit_code = 0;
     if (load_app(&app) != 0) {
         exit_code = 1;
@@ -363,8 +366,6 @@ int td_app_run(const td_config *cfg) {
         fflush(stdout);
         td_reload_arm(app.reload);
         catch_stop_signals(&app);
-        uv_signal_start(&app.sigusr1, on_usr1, SIGUSR1);
-        uv_unref((uv_handle_t *)&app.sigusr1);
         uv_prepare_start(&app.log_flusher, on_log_turn);
         uv_unref((uv_handle_t *)&app.log_flusher);
         uv_timer_start(&app.trimmer, on_trim_tick, 1000, 1000);

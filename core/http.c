@@ -361,6 +361,25 @@ static int transfer_coding_status(const td_http_req *rq, const td_http_header *h
     return unknown ? 501 : 0;
 }
 
+/* An absolute-form target (RFC 9112 section 3.2.2): http or https, a
+ * host that is not empty, no user info. */
+static int absolute_form_ok(const char *t, size_t len) {
+    size_t skip;
+    if (len >= 7 && strncasecmp(t, "http://", 7) == 0)
+        skip = 7;
+    else if (len >= 8 && strncasecmp(t, "https://", 8) == 0)
+        skip = 8;
+    else
+        return 0;
+    size_t end = skip;
+    while (end < len && t[end] != '/' && t[end] != '?' && t[end] != '#') {
+        if (t[end] == '@')
+            return 0;
+        end++;
+    }
+    return end > skip;
+}
+
 /* A whole, valid head: check what llhttp lets through, then hand it on. */
 static void on_head(td_http_conn *hc) {
     td_http_server *hs = td_http__server(hc);
@@ -380,6 +399,11 @@ static void on_head(td_http_conn *hc) {
     }
     /* A NUL in the decoded path would cut it short in every C string. */
     const char *target = rq->fields.text.data;
+    if (rq->target_len > 0 && target[0] != '/' && !(rq->target_len == 1 && target[0] == '*') &&
+        !absolute_form_ok(target, rq->target_len)) {
+        td_http__error_response(hc, 400);
+        return;
+    }
     for (uint32_t i = 0; i + 2 < rq->target_len && target[i] != '?'; i++) {
         if (target[i] == '%' && target[i + 1] == '0' && target[i + 2] == '0') {
             td_http__error_response(hc, 400);
@@ -527,8 +551,11 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
                 return;
             }
         }
-        /* The body timeout runs between reads, as nginx's does. */
-        if (hc->conn.proto_state == TD_HTTP_BODY && used > 0)
+        /* The body timeout runs between reads, as nginx's does, while the
+         * request lives; a body discarded after the answer gets one body
+         * timeout in all (set when the answer ended), as nginx's
+         * lingering_time bounds its discarding. */
+        if (hc->conn.proto_state == TD_HTTP_BODY && used > 0 && td_http_is_live(hc))
             td_conn_set_deadline(&hc->conn, hs->cfg.body_timeout_ms);
         data += used;
         len -= used;
@@ -781,11 +808,13 @@ void td_http_response_end(td_http_conn *hc) {
         td_conn_end(&hc->conn);
         return;
     }
-    /* Discard a body nobody read; the parser still frames it. */
+    /* Discard a body nobody read; the parser still frames it, for one
+     * body timeout at most. */
     if (rq->body_status == 1) {
         rq->body_status = 0;
         wake(hc, &rq->body_waiters, TD_ECLOSED);
         td_buf_free(&rq->body);
+        td_conn_set_deadline(&hc->conn, hs->cfg.body_timeout_ms);
     }
     if (rq->message_complete)
         start_idle(hc, 0);

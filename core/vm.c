@@ -403,7 +403,7 @@ static int collect_cb(lua_State *L) {
  * never a panic. Only between resumes. */
 static void full_collect(td_vm *vm) {
     if (lua_cpcall(vm->L, collect_cb, NULL) != 0) {
-        td_vm_log_error(vm->L, "a finalizer (__gc) raised during a collection");
+        td_vm_log_error(vm->L, "a full collection failed (a finalizer raised, or memory ran out)");
         lua_pop(vm->L, 1);
     }
 }

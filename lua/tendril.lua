@@ -24,7 +24,13 @@ _M.now = core.now
 --- Writes the arguments (joined by tostring, no separator) to the error log
 --- at `level`: "debug", "info", "notice", "warn", "error" or "crit". The
 --- line names the caller's file:line.
+local LEVELS = { debug = true, info = true, notice = true, warn = true, error = true, crit = true,
+    warning = true, err = true }
+
 function _M.log(level, ...)
+    if not LEVELS[level] then
+        error("tendril.log: unknown level '" .. tostring(level) .. "' (debug, info, notice, warn, error, crit)", 2)
+    end
     local n = select("#", ...)
     local parts = { ... }
     for i = 1, n do
@@ -238,7 +244,11 @@ function _M.run(argv, opts)
     if opts.input ~= nil and type(opts.input) ~= "string" then
         error("tendril.run: opts.input must be a string", 2)
     end
-    return core.run(argv, opts.input, opts.timeout or DEFAULT_TIMEOUT, opts.cwd)
+    local timeout = opts.timeout
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0 or timeout == math.huge) then
+        error("tendril.run: opts.timeout must be a finite number of seconds >= 0, got " .. tostring(timeout), 2)
+    end
+    return core.run(argv, opts.input, timeout or DEFAULT_TIMEOUT, opts.cwd)
 end
 
 ---------------------------------------------------------------- reload

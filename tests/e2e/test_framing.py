@@ -106,6 +106,10 @@ class FramingTest(ServerTestCase):
         self.assertTrue(out.endswith(b"path=/y target=http://other.example:81/x/../y?z=1 host=other.example:81"),
                         out)
 
+    def test_absolute_form_targets_are_http_with_a_host(self):
+        for target in (b"http://u:p@evil/x", b"http:///x", b"ftp://h/x", b"a://b://c", b"x"):
+            self.assertRefused(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400)
+
     def test_connect_is_not_served(self):
         self.assertRefused(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405)
 
