@@ -32,10 +32,10 @@ void fuzz_fail(const char *file, int line, const char *cond, const char *fmt, ..
 /* A known defect of the code under test, by name: a failure like
  * FUZZ_CHECK's unless TD_FUZZ_TOLERATE (names separated by commas) lists
  * it; then it is noted once on stderr and the run goes on, so that a long
- * run can look for other defects. Without TD_FUZZ_TOLERATE the list is
- * FUZZ_TOLERATED_BY_DEFAULT: defects being fixed elsewhere, which would
- * otherwise fail every short run. docs/fuzzing.md lists the names. */
-#define FUZZ_TOLERATED_BY_DEFAULT "chunk-crlf"
+ * run can look for other defects. Without TD_FUZZ_TOLERATE nothing is
+ * tolerated: every defect named so far is fixed, and CI runs the checks.
+ * docs/fuzzing.md lists the names. */
+#define FUZZ_TOLERATED_BY_DEFAULT ""
 #define FUZZ_KNOWN(name, cond, ...)                                  \
     do {                                                             \
         if (!(cond) && !fuzz_tolerated(name))                        \

@@ -19,9 +19,8 @@
  *   requests after it are handed over;
  * - a body the reference finds unfinished is never complete;
  * - a body against the grammar is refused. llhttp 8.1 does not check the
- *   two bytes after a chunk's data (they should be CRLF): a known defect
- *   ("chunk-crlf"), tolerated by default (fuzz.h) until the server checks
- *   them. Nor the LF after a CR at the end of a chunk-size line or of the
+ *   two bytes after a chunk's data (they should be CRLF): http.c does
+ *   ("chunk-crlf"). Nor the LF after a CR at the end of a chunk-size line or of the
  *   trailers ("lf-after-cr"), nor white space inside a field name
  *   ("name-space"): both found by this harness, see docs/fuzzing.md;
  * - after a "Connection: close" trailer field the server answers the
