@@ -47,7 +47,7 @@ int fuzz_tolerated(const char *name) {
     for (const char *p = list; (p = strstr(p, name)) != NULL; p += n) {
         if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) {
             size_t i = 0;
-            while (i < nnoted && noted[i] != name)
+            while (i < nnoted && strcmp(noted[i], name) != 0)
                 i++;
             if (i == nnoted && nnoted < sizeof noted / sizeof noted[0]) {
                 noted[nnoted++] = name;
