@@ -258,10 +258,12 @@ void td_http_fail(td_http_conn *hc) {
         rq->no_body = rq->parser.method == HTTP_HEAD;
     }
     if (rq->head_sent) {
-        /* The client has part of a response: only closing tells it so. */
+        /* The client has part of a response: only closing tells it so.
+         * Ending (not closing) writes out what is queued first, so answers
+         * pipelined before this one still reach a slow reader whole. */
         td_http__access_log(hc);
         td_http__request_over(hc, 0);
-        td_conn_close(&hc->conn);
+        td_conn_end(&hc->conn);
         return;
     }
     static const char body[] = "Internal Server Error\n";
