@@ -59,28 +59,25 @@ int td_log_open_access(const char *path) {
     return 0;
 }
 
-/* For logrotate: it renamed the files; new ones take their place. A file
- * that cannot be opened keeps the old descriptor (and says so). */
+/* Opens path again in place of *fd; a file that cannot be opened keeps the
+ * old descriptor (and says so). */
+static void reopen(const char *path, int *fd, const char *what) {
+    if (!path || *fd <= 2)
+        return;
+    int nfd = open_append(path);
+    if (nfd < 0) {
+        td_log(TD_LOG_ERROR, "cannot reopen the %s log %s: %s", what, path, strerror(-nfd));
+        return;
+    }
+    close(*fd);
+    *fd = nfd;
+}
+
+/* For logrotate: it renamed the files; new ones take their place. */
 void td_log_reopen(void) {
     td_log_access_flush();
-    if (access_path && access_fd > 2) {
-        int fd = open_append(access_path);
-        if (fd >= 0) {
-            close(access_fd);
-            access_fd = fd;
-        } else {
-            td_log(TD_LOG_ERROR, "cannot reopen the access log %s: %s", access_path, strerror(-fd));
-        }
-    }
-    if (error_path && error_fd > 2) {
-        int fd = open_append(error_path);
-        if (fd >= 0) {
-            close(error_fd);
-            error_fd = fd;
-        } else {
-            td_log(TD_LOG_ERROR, "cannot reopen the error log %s: %s", error_path, strerror(-fd));
-        }
-    }
+    reopen(access_path, &access_fd, "access");
+    reopen(error_path, &error_fd, "error");
 }
 
 void td_log_close(void) {

@@ -163,7 +163,8 @@ function res_methods.header(self, name, value)
     elseif tv ~= "number" and value ~= nil then
         error("res:header: expected a string, number or table value for '" .. name .. "', got " .. tv, 2)
     end
-    if value ~= nil and lower(name) == "content-length"
+    local key = lower(name)
+    if value ~= nil and key == "content-length"
         and (tv == "table" or not find(tostring(value), "^%d+$") or #tostring(value) > 18) then
         error("res:header: Content-Length takes one number of bytes, not " .. (tv == "table" and "a list"
             or "'" .. tostring(value) .. "'"), 2)
@@ -177,7 +178,6 @@ function res_methods.header(self, name, value)
         self._h = h
         self._hi = {}
     end
-    local key = lower(name)
     local i = self._hi[key]
     if value == nil then
         value = false
