@@ -3,7 +3,9 @@
 it from core 1 with ab and wrk, and writes docs/benchmarks.md.
 
 usage: bench/run.py [--peers tendril,nginx-lua,node,eventlet,nginx] [--runs N]
-                    [--duration S] [--out PATH]
+                    [--duration S] [--out PATH] [--no-tls]
+The TLS section comes from bench/tls.py (also runnable alone), unless --no-tls
+or tendril is not among the peers.
 Every load run is bounded in requests or seconds; traffic goes to 127.0.0.1 only.
 """
 import argparse
@@ -14,6 +16,7 @@ import platform
 import re
 import resource
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -24,6 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PEERS_DIR = os.path.join(HERE, "peers")
 HZ = os.sysconf("SC_CLK_TCK")
+PEER_LOGS = "/tmp/tendril-bench-logs"
 
 DESCRIPTIONS = {
     "tendril": "tendril (Lua handler)",
@@ -56,11 +60,13 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def wait_ready(port, timeout=15):
+def wait_ready(port, timeout=15, tls=False):
     end = time.time() + timeout
+    ctx = ssl._create_unverified_context() if tls else None
     while time.time() < end:
         try:
-            with urllib.request.urlopen("http://127.0.0.1:%d/" % port, timeout=1) as r:
+            with urllib.request.urlopen("%s://127.0.0.1:%d/" % ("https" if tls else "http", port),
+                                        timeout=1, context=ctx) as r:
                 if r.status == 200:
                     return True
         except OSError:
@@ -79,9 +85,9 @@ def ab(port, n, c, path="/"):
     return {"rps": float(rps.group(1)), "failed": int(failed.group(1)) + (n - int(done.group(1)))}
 
 
-def wrk(port, conns, seconds, path="/", timeout_s=5):
+def wrk(port, conns, seconds, path="/", timeout_s=5, scheme="http"):
     text = run(["taskset", "-c", "1", "wrk", "-t1", "-c%d" % conns, "-d%ds" % seconds,
-                "--timeout", "%ds" % timeout_s, "http://127.0.0.1:%d%s" % (port, path)],
+                "--timeout", "%ds" % timeout_s, "%s://127.0.0.1:%d%s" % (scheme, port, path)],
                timeout=seconds + 60)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
     total = re.search(r"(\d+) requests in", text)
@@ -120,9 +126,12 @@ PROXY_PEERS = ("tendril", "node", "nginx-lua")
 WAITING = 10000
 
 
-def start(peer, port, tendril_bin, upstream_port=None, tendril_args=""):
-    env = dict(os.environ, TENDRIL_BIN=tendril_bin, PEER_LOGS="/tmp/tendril-bench-logs",
-               TENDRIL_ARGS=tendril_args)
+def start(peer, port, tendril_bin, upstream_port=None, tendril_args="", env_extra=None):
+    """Starts a peer with bench/peers/start.sh; returns (master PID, the PID
+    that serves: nginx's worker, else the master). A peer whose name ends in
+    -tls (or -tls-check) serves HTTPS on port."""
+    env = dict(os.environ, TENDRIL_BIN=tendril_bin, PEER_LOGS=PEER_LOGS,
+               TENDRIL_ARGS=tendril_args, **(env_extra or {}))
     if upstream_port:
         env["UPSTREAM_PORT"] = str(upstream_port)
     out = subprocess.run([os.path.join(PEERS_DIR, "start.sh"), peer, str(port)], capture_output=True,
@@ -130,7 +139,8 @@ def start(peer, port, tendril_bin, upstream_port=None, tendril_args=""):
     if out.returncode != 0:
         raise RuntimeError("%s did not start: %s" % (peer, out.stderr.strip()))
     master = int(out.stdout.strip().splitlines()[-1])
-    if not wait_ready(port):
+    if not wait_ready(port, tls=peer.endswith(("-tls", "-tls-check"))):
+        stop(master)
         raise RuntimeError("%s is not answering on port %d" % (peer, port))
     worker = master
     if peer.startswith("nginx"):
@@ -366,6 +376,7 @@ def main():
     ap.add_argument("--tendril", default=os.path.join(ROOT, "build", "tendril"))
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--no-tls", action="store_true", help="skip the TLS workloads (bench/tls.py)")
     ap.add_argument("--no-stall-cost", action="store_true",
                     help="skip the on/off comparisons of the stall guard and file watching")
     args = ap.parse_args()
@@ -398,6 +409,11 @@ def main():
         print("bench: optional features on and off", file=sys.stderr, flush=True)
         stall = option_costs(args.tendril, args.duration, args.runs)
     extra = []
+    tls_results = None
+    if "tendril" in peers and not args.no_tls:
+        import tls  # bench/tls.py: the TLS workloads and their section
+        tls_results = tls.measure_all(args.tendril, args.duration, args.runs)
+        extra.append(tls.section(tls_results).strip())
     for name in ("benchmarks-slowloris.md", "benchmarks-extra.md"):
         extra_path = os.path.join(ROOT, "docs", name)
         if os.path.exists(extra_path):
@@ -405,7 +421,7 @@ def main():
     write_report(args.out, results, args.runs, args.duration, extra, stall)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump(dict(results, tls=tls_results) if tls_results else results, f, indent=1)
     print("bench: wrote %s" % args.out, file=sys.stderr)
 
 

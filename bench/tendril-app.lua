@@ -1,9 +1,13 @@
 -- The app tendril serves in scripts/bench: the same endpoints as the peers.
--- /proxy makes one keep-alive GET to http://127.0.0.1:$UPSTREAM_PORT/.
+-- /proxy makes one keep-alive GET to http://127.0.0.1:$UPSTREAM_PORT/; /proxy-tls one to
+-- https://127.0.0.1:$UPSTREAM_TLS_PORT/, verified against the bench certificate
+-- ($CERT_DIR/cert.pem, made by bench/peers/make-cert.sh).
 local tendril = require "tendril"
 local http = require "tendril.http"
 
 local upstream = "http://127.0.0.1:" .. (os.getenv("UPSTREAM_PORT") or "1") .. "/"
+local upstream_tls = "https://127.0.0.1:" .. (os.getenv("UPSTREAM_TLS_PORT") or "1") .. "/"
+local tls_opts = {ca_file = (os.getenv("CERT_DIR") or "/tmp/tendril-bench-cert") .. "/cert.pem"}
 local big = string.rep("x", 65536) -- /big: for slow readers (bench/slowloris.py)
 
 return function(req)
@@ -14,6 +18,12 @@ return function(req)
         tendril.sleep(1)
     elseif p == "/proxy" then
         local res, err = http.get(upstream)
+        if not res then
+            return 502, nil, err
+        end
+        return res.body
+    elseif p == "/proxy-tls" then
+        local res, err = http.get(upstream_tls, tls_opts)
         if not res then
             return 502, nil, err
         end
