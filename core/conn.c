@@ -962,7 +962,7 @@ static void on_connected(uv_connect_t *req, int status) {
         c->ops->on_connect(c, status);
     }
     leave(td_conn_tp(c));
-    if (c->want_flush)
+    if (!c->closing && (c->want_flush || (c->tls && td_tls_wire(c->tls)->len > 0)))
         td_conn_flush(c);
 }
 
