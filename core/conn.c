@@ -463,6 +463,10 @@ static int tls_handshake(td_conn *c) {
         tls_failed(c);
         return -1;
     }
+    /* Output the protocol gave during the handshake can go now (a TLS 1.2
+     * resumption ends without the server writing anything to carry it). */
+    if (c->out.len > 0)
+        c->want_flush = 1;
     if (td_tls_is_client(c->tls))
         c->ops->on_connect(c, 0);
     return c->closed ? -1 : 1;
@@ -554,6 +558,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     if (c->tls && (nread > 0 || !td_tls_established(c->tls))) {
         if (nread > 0) {
             tls_read(c, buf->base, (size_t)nread);
+            td_tls_input(c->tls, NULL, 0); /* the buffer is the transport's again */
         } else if (td_tls_is_client(c->tls)) {
             td_conn_pause_reading(c);
             if (nread == UV_EOF) {

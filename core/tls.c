@@ -206,7 +206,13 @@ static SSL_CTX *server_context(td_tls_server *s, const char *cert, const char *k
         goto fail;
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-        snprintf(err, errsize, "cannot load the key %s: %s", key, queued_reason());
+        /* Loading checks the key against the certificate already. */
+        int mismatch = ERR_GET_REASON(ERR_peek_error()) == X509_R_KEY_VALUES_MISMATCH;
+        const char *why = queued_reason();
+        if (mismatch)
+            snprintf(err, errsize, "the key %s does not match the certificate %s", key, cert);
+        else
+            snprintf(err, errsize, "cannot load the key %s: %s", key, why);
         goto fail;
     }
     if (SSL_CTX_check_private_key(ctx) != 1) {
