@@ -377,7 +377,12 @@ def section(res):
 
     lines.append("\n### Does the load tool resume sessions?\n")
     lines.append("Counted by the server, without capturing packets: `nginx-tls-check` (nginx-tls with an access log "
-                 "of `$ssl_protocol $ssl_session_reused`) during each tool's run.\n")
+                 "of `$ssl_protocol $ssl_session_reused`) during each tool's run. ab never resumes. wrk keeps one "
+                 "SSL object per connection slot and reconnects with `SSL_shutdown` and `SSL_clear` (its src/ssl.c), which keep the session: with "
+                 "`Connection: close` nearly every request rides on a resumed session (only the first connection "
+                 "of each slot does a full handshake), so wrk cannot measure full handshakes. In the keep-alive "
+                 "run, resumed requests come from nginx ending a connection after 1000 requests "
+                 "(`keepalive_requests`, as shipped): wrk reconnects and resumes.\n")
     lines.append("| tool | requests | on resumed sessions | TLS versions |")
     lines.append("|---|---|---|---|")
     for c in res.get("check") or []:
@@ -387,10 +392,12 @@ def section(res):
 
 
 def splice(path, text):
-    """Replaces the "## TLS" section of path (up to the next "## " heading),
-    or appends it."""
+    """Replaces the "## TLS" section of path (up to the next "## " heading);
+    without one, puts it where bench/run.py does: before the sections it
+    embeds (slow clients, optimisations), or at the end."""
     old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    m = re.search(r"^## TLS\n.*?(?=^## |\Z)", old, flags=re.S | re.M)
+    m = re.search(r"^## TLS\n.*?(?=^## |\Z)", old, flags=re.S | re.M) or \
+        re.search(r"^(?=## (Slow clients|Optimisations))", old, flags=re.M)
     new = old[:m.start()] + text + "\n" + old[m.end():] if m else old.rstrip("\n") + "\n\n" + text
     with open(path, "w") as f:
         f.write(new.rstrip("\n") + "\n")
