@@ -130,6 +130,27 @@ def timed(pid, fn, *args, also=(), **kw):
     return r
 
 
+NOISY_PCT = 15  # other processes' share of cores 0-1 above which a load run is repeated
+ATTEMPTS = 3
+
+
+def clean(pid, fn, *args, **kw):
+    """timed(), repeated (ATTEMPTS in all, each after wait_quiet) while other
+    processes took more than NOISY_PCT of a core during it: the quietest one,
+    with how many it took."""
+    best = None
+    for attempt in range(1, ATTEMPTS + 1):
+        if attempt > 1:
+            wait_quiet(10)
+        r = timed(pid, fn, *args, **kw)
+        r["attempts"] = attempt
+        if best is None or r["others_pct"] < best["others_pct"]:
+            best = r
+        if r["others_pct"] <= NOISY_PCT:
+            break
+    return best
+
+
 def measure_server(peer, tendril_bin, duration):
     port = free_port()
     master, worker = start(peer, port, tendril_bin)
@@ -139,8 +160,8 @@ def measure_server(peer, tendril_bin, duration):
         # Idle memory first, on a fresh process (as bench/run.py does).
         r["idle"] = idle_tls(port, IDLE_CONNS, worker)
         wrk(port, 50, 1, scheme="https")  # warm-up
-        r["keepalive"] = timed(worker, wrk, port, 50, duration, scheme="https")
-        r["handshakes"] = timed(worker, ab_handshakes, port, duration)
+        r["keepalive"] = clean(worker, wrk, port, 50, duration, scheme="https")
+        r["handshakes"] = clean(worker, ab_handshakes, port, duration)
     finally:
         stop(master)
     return r
@@ -152,7 +173,7 @@ def measure_client(peer, tendril_bin, duration, upstream_port, upstream_pid):
     try:
         wrk(port, 50, 1, "/proxy-tls")  # warm-up: the pool fills
         u0 = cpu_ticks(upstream_pid)
-        r = timed(worker, wrk, port, 50, duration, "/proxy-tls", also=(upstream_pid,))
+        r = clean(worker, wrk, port, 50, duration, "/proxy-tls", also=(upstream_pid,))
         r["upstream_cpu_us"] = (cpu_ticks(upstream_pid) - u0) / HZ * 1e6 / r["requests"] if r["requests"] else None
     finally:
         stop(master)
@@ -343,9 +364,16 @@ def section(res):
               for w in ("keepalive", "handshakes", "proxy")]
     others = [o for o in others if o is not None]
     if others:
-        lines.append("Each measurement waited (30 s at most) for cores 0 and 1 to be nearly idle; during the load "
-                     "runs other processes still took %.0f%% of a core on them on average (%.0f%% at most), which "
-                     "is what the ranges show.\n" % (sum(others) / len(others), max(others)))
+        attempts = [dig(r, (w, "attempts")) for kind in ("servers", "clients")
+                    for rs in ((res.get("raw") or {}).get(kind) or {}).values() for r in rs
+                    for w in ("keepalive", "handshakes", "proxy")]
+        attempts = [a for a in attempts if a]
+        lines.append("This machine is shared: each server waited (30 s at most) for cores 0 and 1 to be nearly "
+                     "idle, and a load run during which other processes took more than %d%% of a core there was "
+                     "repeated (%d attempts at most, the quietest kept: %d repeats in all). In the runs kept, other "
+                     "processes took %.0f%% of a core on average (%.0f%% at most); the ranges show what is left of "
+                     "the noise. CPU µs per request moves least.\n" % (
+                         NOISY_PCT, ATTEMPTS, sum(a - 1 for a in attempts), sum(others) / len(others), max(others)))
     lines.append("### HTTPS servers\n")
     lines.append("| server | keep-alive req/s | CPU µs/req | core 0 (server) / core 1 (wrk) busy "
                  "| full handshakes/s (failed) | CPU µs/handshake | core 0 (server) / core 1 (ab) busy "
