@@ -346,6 +346,7 @@ class ServeTest(PkiTestCase):
         self.assertEqual(code, 0, out)
         self.assertIn("hello https", out)
         self.assertRegex(out, r"\nNew, TLSv1\.[23]")
+        self.assertIn("TLS session ticket:", out, "no session ticket was issued")
         code, out = s_client(self.tls_port, *common, "-sess_in", sess, input=req)
         self.assertEqual(code, 0, out)
         self.assertRegex(out, r"\nReused, TLSv1\.[23]")
