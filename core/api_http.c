@@ -16,6 +16,8 @@
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#include "tls.h"
 #include <string.h>
 
 #include "api.h"
@@ -251,6 +253,27 @@ static int req_remote(lua_State *L) {
     return 1;
 }
 
+/* [-2, +1|3] req_tls(slot, serial) -> version, cipher, server_name | false
+ * (a plain connection) | nil (the request is over) */
+static int req_tls(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return 0;
+    td_tls *t = hc->conn.tls;
+    if (!t) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    lua_pushstring(L, td_tls_version(t));
+    lua_pushstring(L, td_tls_cipher(t));
+    const char *name = td_tls_server_name(t);
+    if (name)
+        lua_pushstring(L, name);
+    else
+        lua_pushnil(L);
+    return 3;
+}
+
 /* [-2, +1|2] req_body(slot, serial) -> body | nil, err; may yield */
 static int req_body(lua_State *L) {
     td_http_conn *hc = live_conn(L);
@@ -450,7 +473,7 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
         {"req_headers", req_headers},     {"req_remote", req_remote},
         {"req_body", req_body},     {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
-        {"req_deadline", req_deadline}, {NULL, NULL},
+        {"req_deadline", req_deadline}, {"req_tls", req_tls}, {NULL, NULL},
     };
     server = hs;
     request_timeout_ms = timeout_ms;

@@ -15,6 +15,7 @@
 #include "api.h"
 #include "errors.h"
 #include "sock.h"
+#include "tls.h"
 
 #define SOCKET_MT "tendril.socket"
 
@@ -35,6 +36,7 @@ typedef struct sock_wait {
     int in_call;   /* the starting C function has not yielded yet */
     int done;      /* ... and the operation ended meanwhile */
     int status;
+    char *tls_err; /* TD_ETLS: why, copied while the connection is there */
 } sock_wait;
 
 static uint64_t to_ms(lua_State *L, int idx, const char *fname) {
@@ -73,12 +75,30 @@ static sock_wait *new_wait(lua_State *L, const char *fname, td_sock *s, uint64_t
     return w;
 }
 
+static void free_wait(sock_wait *w) {
+    free(w->tls_err);
+    free(w);
+}
+
 static void cancel_sock_wait(td_wait *wait) {
     sock_wait *w = td_container_of(wait, sock_wait, wait);
     td_sock_cancel(w->s);
     if (w->owns_sock)
         td_sock_close(w->s);
-    free(w);
+    free_wait(w);
+}
+
+/* nil, "tls: <why>" */
+static int push_tls_error(lua_State *L, const char *why) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "tls: %s", why && *why ? why : "handshake failed");
+    return 2;
+}
+
+/* A handshake ended: keep why it failed for the results. */
+static void note_tls_error(sock_wait *w, td_sock *s, int status) {
+    if (status == TD_ETLS && !w->tls_err && s->conn.tls)
+        w->tls_err = strdup(td_tls_error(s->conn.tls));
 }
 
 /* An operation may end inside the call that starts it (a write the kernel
@@ -98,7 +118,7 @@ static int wait_or_finish(lua_State *L, sock_wait *w, int (*finish)(lua_State *,
     w->in_call = 0;
     if (w->done) {
         int n = finish(L, w, w->status);
-        free(w);
+        free_wait(w);
         return n;
     }
     td_vm_wait_begin(td_vm_task_of(L), &w->wait, cancel_sock_wait, 0);
@@ -110,7 +130,7 @@ static void resume_with(sock_wait *w, int status, int (*finish)(lua_State *, soc
     td_task *t = w->wait.task;
     lua_State *co = td_vm_wait_end(&w->wait);
     int n = finish(co, w, status);
-    free(w);
+    free_wait(w);
     td_vm_resume(t, n);
 }
 
@@ -122,18 +142,34 @@ static int connect_results(lua_State *L, sock_wait *w, int status) {
         return 1;
     }
     td_sock_close(w->s);
+    if (status == TD_ETLS)
+        return push_tls_error(L, w->tls_err);
     return td_api_fail(L, status ? status : TD_ECLOSED);
 }
 
 static void on_connected(td_sock *s, int status, void *ud) {
-    (void)s;
+    note_tls_error(ud, s, status);
     if (!ended_in_call(ud, status))
         resume_with(ud, status, connect_results);
 }
 
-/* [-3, +1|2] sock_connect(ip, port, timeout) -> socket | nil, err; yields */
+/* The TLS options at idx.. (server_name, verify, ca_file, alpn) as a
+ * client connection's state; NULL after pushing nil, err. */
+static td_tls *new_client_tls(lua_State *L, int idx) {
+    const char *server_name = luaL_optstring(L, idx, NULL);
+    int verify = lua_toboolean(L, idx + 1);
+    const char *ca_file = luaL_optstring(L, idx + 2, NULL);
+    const char *alpn = luaL_optstring(L, idx + 3, NULL);
+    char err[300];
+    td_tls *t = td_tls_connect(server_name, verify, ca_file, alpn, &transport->out_pool, err, sizeof err);
+    if (!t)
+        push_tls_error(L, err);
+    return t;
+}
+
+/* [-8, +1|2] sock_connect(ip, port, timeout [, tls, server_name, verify, ca_file, alpn])
+ * -> socket | nil, err; yields. With tls, the socket comes after the handshake. */
 static int sock_connect(lua_State *L) {
-    td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
     const char *ip = luaL_checkstring(L, 1);
     int port = (int)luaL_checkinteger(L, 2);
     uint64_t timeout_ms = to_ms(L, 3, "tcp.connect");
@@ -141,18 +177,75 @@ static int sock_connect(lua_State *L) {
     if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&addr) != 0 &&
         uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&addr) != 0)
         return luaL_error(L, "tcp.connect: '%s' is not an IP address", ip);
-    (void)vm;
-    sock_wait *w = new_wait(L, "tcp.connect", NULL, timeout_ms);
-    if (!w)
+    td_tls *t = NULL;
+    if (lua_toboolean(L, 4) && !(t = new_client_tls(L, 5)))
         return 2;
+    sock_wait *w = new_wait(L, "tcp.connect", NULL, timeout_ms);
+    if (!w) {
+        td_tls_free(t);
+        return 2;
+    }
     int err = 0;
     w->s = td_sock_connect(transport, (struct sockaddr *)&addr, timeout_ms, on_connected, w, &err);
     if (!w->s) {
-        free(w);
+        td_tls_free(t);
+        free_wait(w);
         return td_api_fail(L, err);
     }
     w->owns_sock = 1;
+    if (t && (err = td_conn_start_tls(&w->s->conn, t)) != 0) {
+        td_sock_close(w->s); /* its callback ran: the wait holds the status */
+        int n = connect_results(L, w, err);
+        free_wait(w);
+        return n;
+    }
     return wait_or_finish(L, w, connect_results);
+}
+
+/* ---- starttls ---- */
+
+static int starttls_results(lua_State *L, sock_wait *w, int status) {
+    if (status == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (status == TD_ETLS)
+        return push_tls_error(L, w->tls_err);
+    return td_api_fail(L, status);
+}
+
+static void on_upgraded(td_sock *s, int status, void *ud) {
+    note_tls_error(ud, s, status);
+    if (!ended_in_call(ud, status))
+        resume_with(ud, status, starttls_results);
+}
+
+/* [-5, +1|2] sock_starttls(sock, server_name, verify, ca_file, alpn) -> true | nil, err;
+ * yields. A failed handshake closes the socket. */
+static int sock_starttls(lua_State *L) {
+    sock_box *box = check_box(L, 1);
+    td_sock *s = box_sock(box);
+    if (!s || !td_sock_usable(s))
+        return td_api_fail(L, TD_ECLOSED);
+    if (s->op != TD_SOCK_IDLE)
+        return luaL_error(L, "sock:starttls: another coroutine is using this socket");
+    if (s->conn.tls)
+        return luaL_error(L, "sock:starttls: the socket speaks TLS already");
+    if (s->in.len > 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "tls: the peer sent data before the handshake");
+        return 2;
+    }
+    td_tls *t = new_client_tls(L, 2);
+    if (!t)
+        return 2;
+    sock_wait *w = new_wait(L, "sock:starttls", s, box->timeout_ms);
+    if (!w) {
+        td_tls_free(t);
+        return 2;
+    }
+    td_sock_starttls(s, t, box->timeout_ms, on_upgraded, w);
+    return wait_or_finish(L, w, starttls_results);
 }
 
 /* ---- send ---- */
@@ -385,6 +478,8 @@ typedef struct listener {
     int pending_ref;
     unsigned claimed : 1; /* asked for by the attempt in progress */
     unsigned fresh : 1;   /* opened by the attempt in progress */
+    unsigned pending_tls_set : 1; /* the attempt's certificates (pending_tls) replace the listener's */
+    td_tls_server *pending_tls;   /* a reference, or NULL: plain */
     td_list link;
     uint64_t timeout_ms;
     struct sockaddr_storage addr;
@@ -436,8 +531,15 @@ static void on_listener_open(td_listener *base, td_conn *c) {
 
 static void free_listener(td_listener *base) { free(td_container_of(base, listener, base)); }
 
+static void drop_pending_tls(listener *l) {
+    td_tls_server_unref(l->pending_tls);
+    l->pending_tls = NULL;
+    l->pending_tls_set = 0;
+}
+
 static void close_listener(listener *l) {
     lua_State *L = td_vm_state(l->vm);
+    drop_pending_tls(l);
     td_list_remove(&l->link);
     luaL_unref(L, LUA_REGISTRYINDEX, l->handler_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, l->pending_ref);
@@ -457,17 +559,26 @@ static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_sto
 
 static int bound_port(listener *l) { return td_listener_port(&l->base); }
 
-/* [-4, +1|2] tcp_listen(ip, port, handler, timeout) -> port | nil, err */
+/* [-6, +1|2] tcp_listen(ip, port, handler, timeout [, cert, key]) -> port | nil, err
+ * With cert and key, the connections speak TLS; the files are read now
+ * (each reload's tcp.listen reads them again). */
 static int tcp_listen(lua_State *L) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
     const char *ip = luaL_checkstring(L, 1);
     int port = (int)luaL_checkinteger(L, 2);
     luaL_checktype(L, 3, LUA_TFUNCTION);
     uint64_t timeout_ms = to_ms(L, 4, "tcp.listen");
+    const char *cert = luaL_optstring(L, 5, NULL), *key = luaL_optstring(L, 6, NULL);
     struct sockaddr_storage addr;
     if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&addr) != 0 &&
         uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&addr) != 0)
         return luaL_error(L, "tcp.listen: '%s' is not an IP address", ip);
+    td_tls_server *tls = NULL;
+    if (cert && key) {
+        char err[600];
+        if (!(tls = td_tls_server_new(&cert, &key, 1, 0, err, sizeof err)))
+            return push_tls_error(L, err);
+    }
     /* Port 0 asks for a new port: only an explicit port is taken over. */
     td_list *pos;
     for (pos = listeners.next; port != 0 && pos != &listeners; pos = pos->next) {
@@ -479,17 +590,25 @@ static int tcp_listen(lua_State *L) {
         old->pending_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         old->claimed = 1;
         old->timeout_ms = timeout_ms;
+        drop_pending_tls(old);
+        old->pending_tls = tls;
+        old->pending_tls_set = 1;
         lua_pushinteger(L, bound_port(old));
         return 1;
     }
     listener *l = calloc(1, sizeof *l);
-    if (!l)
+    if (!l) {
+        td_tls_server_unref(tls);
         return td_api_fail(L, UV_ENOMEM);
+    }
     int rc = td_sock_listen(&l->base, transport, ip, port, on_listener_open);
     if (rc) {
+        td_tls_server_unref(tls);
         td_listener_close(&l->base, free_listener);
         return td_api_fail(L, rc);
     }
+    td_listener_set_tls(&l->base, tls, NULL, 0);
+    td_tls_server_unref(tls);
     l->vm = vm;
     l->timeout_ms = timeout_ms;
     l->addr = addr;
@@ -528,6 +647,9 @@ static int listeners_commit(lua_State *L) {
             l->handler_ref = l->pending_ref;
             l->pending_ref = LUA_NOREF;
         }
+        if (l->pending_tls_set)
+            td_listener_set_tls(&l->base, l->pending_tls, NULL, 0);
+        drop_pending_tls(l);
         l->claimed = l->fresh = 0;
     }
     return 0;
@@ -545,6 +667,7 @@ static int listeners_discard(lua_State *L) {
         luaL_unref(L, LUA_REGISTRYINDEX, l->pending_ref);
         l->pending_ref = LUA_NOREF;
         l->claimed = 0;
+        drop_pending_tls(l);
     }
     return 0;
 }
@@ -560,6 +683,7 @@ void td_api_tcp_open(lua_State *L, td_vm *vm, td_transport *tp) {
         {"sock_connect", sock_connect},   {"sock_send", sock_send},     {"sock_receive", sock_receive},
         {"sock_settimeout", sock_settimeout}, {"sock_close", sock_close}, {"sock_usable", sock_usable},
         {"sock_pool", sock_pool},         {"sock_unpool", sock_unpool}, {"tcp_listen", tcp_listen},
+        {"sock_starttls", sock_starttls},
         {"listeners_begin", listeners_begin}, {"listeners_commit", listeners_commit},
         {"listeners_discard", listeners_discard}, {NULL, NULL},
     };

@@ -21,6 +21,7 @@
 #include "reload.h"
 #include "sock.h"
 #include "stall.h"
+#include "tls.h"
 #include "vm.h"
 
 typedef struct td_app {
@@ -35,6 +36,7 @@ typedef struct td_app {
     uv_prepare_t log_flusher;
     uv_timer_t trimmer;
     td_reload *reload;
+    td_tls_server *tls; /* the HTTPS listener's certificates; NULL: none */
     int stopping;
     int cut_off;
 } td_app;
@@ -290,13 +292,60 @@ static void close_handle(uv_handle_t *h) {
         uv_close(h, NULL);
 }
 
+/* ---- certificates ---- */
+
+static td_tls_server *load_certificates(const td_config *cfg, char *err, size_t size) {
+    return td_tls_server_new(cfg->tls_certs, cfg->tls_keys, cfg->ntls_certs, 1, err, size);
+}
+
+/* A reload rereads the certificates: a renewed one serves new connections;
+ * a bad one leaves the old in place. Open connections are untouched. */
+static void reload_certificates(void *ud) {
+    td_app *app = ud;
+    if (!app->tls)
+        return;
+    char err[512];
+    td_tls_server *s = load_certificates(app->cfg, err, sizeof err);
+    if (!s) {
+        td_log(TD_LOG_ERROR, "reload: tls: %s; the previous certificates keep serving", err);
+        return;
+    }
+    td_http_server_set_tls(app->hs, s);
+    td_tls_server_unref(app->tls);
+    app->tls = s;
+    td_log(TD_LOG_NOTICE, "reload: tls: certificates reread");
+}
+
 /* ---- running ---- */
 
-static void format_url(char *buf, size_t size, const char *host, int port) {
+static void print_url(const char *scheme, const char *host, int port) {
     if (strchr(host, ':'))
-        snprintf(buf, size, "http://[%s]:%d", host, port);
+        printf("listening on %s://[%s]:%d\n", scheme, host, port);
     else
-        snprintf(buf, size, "http://%s:%d", host, port);
+        printf("listening on %s://%s:%d\n", scheme, host, port);
+}
+
+/* The listeners: plain on --port and HTTPS on --tls-port, or HTTPS alone on
+ * --port. 0, or 1 after saying why on stderr. */
+static int listen_all(td_app *app) {
+    const td_config *cfg = app->cfg;
+    int plain_port = app->tls && cfg->tls_port < 0 ? -1 : cfg->port;
+    int tls_port = !app->tls ? -1 : cfg->tls_port < 0 ? cfg->port : cfg->tls_port;
+    int rc;
+    if (plain_port >= 0 && (rc = td_http_server_listen(app->hs, cfg->host, plain_port)) != 0) {
+        fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, plain_port, uv_strerror(rc));
+        return 1;
+    }
+    if (tls_port >= 0 && (rc = td_http_server_listen_tls(app->hs, cfg->host, tls_port, app->tls)) != 0) {
+        fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, tls_port, uv_strerror(rc));
+        return 1;
+    }
+    if (plain_port >= 0)
+        print_url("http", cfg->host, td_http_server_port(app->hs));
+    if (tls_port >= 0)
+        print_url("https", cfg->host, td_http_server_tls_port(app->hs));
+    fflush(stdout);
+    return 0;
 }
 
 int td_app_run(const td_config *cfg) {
@@ -317,6 +366,14 @@ int td_app_run(const td_config *cfg) {
         fprintf(stderr, "tendril: cannot open the access log %s: %s\n", cfg->access_log, uv_strerror(rc));
         td_log_close();
         return 1;
+    }
+    if (cfg->ntls_certs > 0) {
+        char err[512];
+        if (!(app.tls = load_certificates(cfg, err, sizeof err))) {
+            fprintf(stderr, "tendril: tls: %s\n", err);
+            td_log_close();
+            return 1;
+        }
     }
     uv_loop_init(&app.loop);
     app.tp = malloc(sizeof *app.tp);
@@ -356,14 +413,10 @@ int td_app_run(const td_config *cfg) {
     int exit_code = 0;
     if (load_app(&app) != 0) {
         exit_code = 1;
-    } else if ((rc = td_http_server_listen(app.hs, cfg->host, cfg->port)) != 0) {
-        fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, cfg->port, uv_strerror(rc));
+    } else if (listen_all(&app) != 0) {
         exit_code = 1;
     } else {
-        char url[300];
-        format_url(url, sizeof url, cfg->host, td_http_server_port(app.hs));
-        printf("listening on %s\n", url);
-        fflush(stdout);
+        td_reload_on_reload(app.reload, reload_certificates, &app);
         td_reload_arm(app.reload);
         catch_stop_signals(&app);
         uv_prepare_start(&app.log_flusher, on_log_turn);
@@ -403,6 +456,12 @@ int td_app_run(const td_config *cfg) {
     td_transport_destroy(app.tp);
     free(app.hs);
     free(app.tp);
+    td_tls_server_unref(app.tls);
+    if (td_tls_live() > 0) {
+        td_log(TD_LOG_CRIT, "teardown: %zu TLS connection state(s) not freed", td_tls_live());
+        exit_code = 1;
+    }
+    td_tls_shutdown();
     if (uv_loop_close(&app.loop) != 0) {
         uv_walk(&app.loop, walk_report, NULL);
         td_log(TD_LOG_CRIT, "teardown: the event loop did not close clean");

@@ -37,6 +37,12 @@ static const char usage_text[] =
     "  --lua-memory-limit N     bytes the Lua state may hold (suffix k, m or g); a task that\n"
     "                           needs more fails with \"not enough memory\" (default 0: no limit)\n"
     "  --no-watch               do not reload when the app's files change (SIGHUP still does)\n"
+    "  --tls-cert FILE          serve HTTPS with this certificate (PEM, chain after the leaf);\n"
+    "                           repeat with --tls-key for more names, chosen by SNI (the first\n"
+    "                           pair is the default); a reload rereads them\n"
+    "  --tls-key FILE           the certificate's private key (PEM)\n"
+    "  --tls-port P             HTTPS on P, plain HTTP on --port (default: --port speaks HTTPS\n"
+    "                           when certificates are given)\n"
     "  --help                   this text\n"
     "  --version                the version\n";
 
@@ -82,7 +88,8 @@ static int parse_bytes(const char *s, size_t *out) {
 static const char *const valued[] = {
     "--host", "--port", "--access-log", "--error-log", "--max-header-bytes", "--max-body-bytes",
     "--max-connections", "--header-timeout", "--body-timeout", "--keepalive-timeout", "--shutdown-timeout",
-    "--send-timeout", "--request-timeout", "--stall-warn-ms", "--lua-memory-limit", NULL,
+    "--send-timeout", "--request-timeout", "--stall-warn-ms", "--lua-memory-limit", "--tls-cert", "--tls-key",
+    "--tls-port", NULL,
 };
 
 static int takes_value(const char *name) {
@@ -115,6 +122,7 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         .send_timeout = 60,
         .request_timeout = 60,
         .stall_warn_ms = 200,
+        .tls_port = -1,
     };
     int i = 1;
     if (i < argc && (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)) {
@@ -220,10 +228,27 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
                 (cfg->lua_memory_limit && cfg->lua_memory_limit < TD_CLI_MIN_LUA_MEMORY))
                 return usage_error("--lua-memory-limit takes a number of bytes, 0 or at least 4m "
                                    "(suffix k, m or g), not '%s'", value);
+        } else if (strcmp(name, "--tls-cert") == 0 || strcmp(name, "--tls-key") == 0) {
+            int cert = name[6] == 'c';
+            size_t *n = cert ? &cfg->ntls_certs : &cfg->ntls_keys;
+            if (!*value)
+                return usage_error("%s needs a file", name);
+            if (*n >= TD_CLI_MAX_TLS)
+                return usage_error("at most 16 certificates, not more ('%s')", value);
+            (cert ? cfg->tls_certs : cfg->tls_keys)[(*n)++] = value;
+        } else if (strcmp(name, "--tls-port") == 0) {
+            size_t p;
+            if (parse_size(value, &p) != 0 || p > 65535)
+                return usage_error("--tls-port takes a number from 0 to 65535, not '%s'", value);
+            cfg->tls_port = (int)p;
         } else {
             return usage_error("unknown option '%s'", name);
         }
     }
+    if (cfg->ntls_certs != cfg->ntls_keys)
+        return usage_error("%s", "--tls-cert and --tls-key come in pairs: one key for each certificate");
+    if (cfg->tls_port >= 0 && cfg->ntls_certs == 0)
+        return usage_error("%s", "--tls-port needs a certificate: --tls-cert FILE --tls-key FILE");
     if (!cfg->app_path)
         return usage_error("%s", "missing the app script: tendril serve APP.lua");
     return TD_CLI_RUN;

@@ -4,6 +4,9 @@
 
 #include <stddef.h>
 
+/* Certificate and key pairs (SNI) at most. */
+#define TD_CLI_MAX_TLS 16
+
 typedef struct td_config {
     const char *app_path;
     const char *host;
@@ -22,6 +25,11 @@ typedef struct td_config {
     unsigned long stall_warn_ms; /* 0: the stall guard is off */
     size_t lua_memory_limit;     /* bytes; 0: none beyond the system's */
     int no_watch;                /* reload on SIGHUP only */
+    /* TLS: certificate and key files, in pairs; the first is the default. */
+    const char *tls_certs[TD_CLI_MAX_TLS];
+    const char *tls_keys[TD_CLI_MAX_TLS];
+    size_t ntls_certs, ntls_keys;
+    int tls_port; /* -1: --port itself speaks TLS (when certificates are given) */
 } td_config;
 
 /* Less than this would not hold the runtime's own library. */

@@ -14,6 +14,7 @@
 
 #include "errors.h"
 #include "log.h"
+#include "tls.h"
 
 /* A lingering close waits this long for the peer to close. Two seconds lets
  * a client that is still sending see the answer; nginx waits up to five. */
@@ -33,6 +34,10 @@ typedef struct td_write {
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void close_with(td_conn *c, int reason);
+
+/* What goes to the socket as it is: the output, or under TLS the engine's
+ * ciphertext (the output is plaintext then). */
+static inline td_buf *wire_of(td_conn *c) { return c->tls ? td_tls_wire(c->tls) : &c->out; }
 
 static inline void enter(td_transport *tp) {
     if (tp->enter)
@@ -173,7 +178,10 @@ td_buf *td_conn_out(td_conn *c, size_t extra) {
     return &c->out;
 }
 
-size_t td_conn_unsent(td_conn *c) { return c->out.len + uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp); }
+size_t td_conn_unsent(td_conn *c) {
+    size_t n = c->out.len + uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    return c->tls ? n + td_tls_wire(c->tls)->len : n;
+}
 
 void td_conn_want_drain(td_conn *c) { c->want_drain = 1; }
 
@@ -205,25 +213,26 @@ static void on_write(uv_write_t *req, int status) {
         c->send_deadline = 0; /* the heap entry goes when it fires */
     }
     check_drain(c);
-    if (c->out.len > 0)
+    if (c->out.len > 0 || (c->tls && td_tls_wire(c->tls)->len > 0))
         td_conn_flush(c);
 }
 
-/* After a partial try-write: queues the rest, the record owning c->out's
- * block and holding the referenced data. Returns 0 or a libuv error (the
- * connection is closing then; nothing is held). */
+/* After a partial try-write: queues the rest, the record owning the wire
+ * buffer's block and holding the referenced data. Returns 0 or a libuv
+ * error (the connection is closing then; nothing is held). */
 static int queue_rest(td_conn *c, size_t done, const char *data, size_t len, void (*release)(void *), void *ud) {
     td_write *w = malloc(sizeof *w);
     if (!w) {
         close_with(c, UV_ENOMEM);
         return UV_ENOMEM;
     }
+    td_buf *wire = wire_of(c);
     w->conn = c;
-    w->block = c->out;
+    w->block = *wire;
     c->out_epoch++;
     w->release = release;
     w->ud = ud;
-    c->out = (td_buf){0};
+    *wire = (td_buf){0};
     uv_buf_t b[2];
     int n = 0;
     size_t out_len = w->block.len;
@@ -246,13 +255,14 @@ static int queue_rest(td_conn *c, size_t done, const char *data, size_t len, voi
     return 0;
 }
 
-/* Tries to write out (and data, if any) now. Returns the bytes taken, or a
- * libuv error other than EAGAIN (the caller closes). */
+/* Tries to write the wire buffer (and data, if any) now. Returns the bytes
+ * taken, or a libuv error other than EAGAIN (the caller closes). */
 static ssize_t try_write(td_conn *c, const char *data, size_t len) {
     uv_buf_t b[2];
     unsigned n = 0;
-    if (c->out.len)
-        b[n++] = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    td_buf *wire = wire_of(c);
+    if (wire->len)
+        b[n++] = uv_buf_init(wire->data, (unsigned)wire->len);
     if (len)
         b[n++] = uv_buf_init((char *)data, (unsigned)len);
     int rc = uv_try_write((uv_stream_t *)&c->tcp, b, n);
@@ -264,9 +274,10 @@ static ssize_t try_write(td_conn *c, const char *data, size_t len) {
 /* Everything left: the block goes back, so a connection between writes
  * holds none (taking it again is a pointer off the pool's stack). */
 static void all_written(td_conn *c) {
-    c->out.len = 0;
+    td_buf *wire = wire_of(c);
+    wire->len = 0;
     c->out_epoch++;
-    td_buf_pool_give(&td_conn_tp(c)->out_pool, &c->out);
+    td_buf_pool_give(&td_conn_tp(c)->out_pool, wire);
     /* No write callback will come to say it drained: say it now. */
     check_drain(c);
 }
@@ -278,13 +289,32 @@ static void flushing(td_conn *c) {
         td_list_remove(&c->plink);
 }
 
+/* TLS: the output, encrypted into the wire buffer (once the handshake is
+ * done: until then it waits). Returns 0, or an error (c is closing). */
+static int encrypt_out(td_conn *c) {
+    if (c->out.len == 0 || !td_tls_established(c->tls))
+        return 0;
+    int rc = td_tls_write(c->tls, c->out.data, c->out.len);
+    c->out.len = 0;
+    c->out_epoch++;
+    td_buf_pool_give(&td_conn_tp(c)->out_pool, &c->out);
+    if (rc < 0)
+        close_with(c, rc);
+    return rc;
+}
+
 void td_conn_flush(td_conn *c) {
     flushing(c);
-    if (c->closing || c->out.len == 0)
+    if (c->closing)
         return;
-    /* One write in flight at a time: what comes meanwhile gathers in out
-     * and leaves in one piece when that write ends (on_write). A write per
-     * small answer would each hold a whole output block. */
+    if (c->tls && encrypt_out(c) < 0)
+        return;
+    td_buf *wire = wire_of(c);
+    if (wire->len == 0)
+        return;
+    /* One write in flight at a time: what comes meanwhile gathers in the
+     * wire buffer and leaves in one piece when that write ends (on_write).
+     * A write per small answer would each hold a whole output block. */
     if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0)
         return;
     ssize_t n = try_write(c, NULL, 0);
@@ -292,7 +322,7 @@ void td_conn_flush(td_conn *c) {
         close_with(c, (int)n);
         return;
     }
-    if ((size_t)n == c->out.len) {
+    if ((size_t)n == wire->len) {
         all_written(c);
         return;
     }
@@ -302,6 +332,24 @@ void td_conn_flush(td_conn *c) {
 int td_conn_write_ref(td_conn *c, const char *data, size_t len, void (*release)(void *ud), void *ud) {
     if (c->closing)
         return TD_ECLOSED;
+    if (c->tls) {
+        /* Encrypting is a copy: the data is free at once. */
+        int rc = 0;
+        if (td_tls_established(c->tls)) {
+            if (encrypt_out(c) < 0)
+                return TD_ECLOSED;
+            rc = td_tls_write(c->tls, data, len);
+            c->out_epoch++;
+        } else {
+            rc = td_conn_out(c, len) ? td_buf_append(&c->out, data, len) : UV_ENOMEM;
+        }
+        if (rc < 0) {
+            close_with(c, rc);
+            return rc;
+        }
+        td_conn_flush(c);
+        return c->closing ? TD_ECLOSED : 0;
+    }
     flushing(c);
     ssize_t n = try_write(c, data, len);
     if (n < 0) {
@@ -385,6 +433,116 @@ void td_conn_resume_reading(td_conn *c) {
     }
 }
 
+/* ---- TLS ---------------------------------------------------------------- */
+
+/* The handshake failed. A server logs it (at info: bad clients are
+ * common, and each would otherwise be an error line) and closes; a client's
+ * protocol hears it in on_connect. */
+static void tls_failed(td_conn *c) {
+    if (!td_tls_is_client(c->tls)) {
+        char peer[64] = "?";
+        td_conn_peer(c, peer, sizeof peer);
+        td_log(TD_LOG_INFO, "tls: handshake with %s failed: %s", peer, td_tls_error(c->tls));
+        td_conn_close(c);
+        return;
+    }
+    c->close_reason = TD_ETLS;
+    td_conn_pause_reading(c);
+    c->ops->on_connect(c, TD_ETLS);
+    td_conn_close(c);
+}
+
+/* Drives the handshake with what has arrived. 1 when it is done, 0 when it
+ * waits for more, -1 when it failed (c is closed). */
+static int tls_handshake(td_conn *c) {
+    int rc = td_tls_handshake(c->tls);
+    if (rc == 0)
+        return 0;
+    if (rc < 0) {
+        td_conn_flush(c); /* the alert that says why, if the socket takes it */
+        tls_failed(c);
+        return -1;
+    }
+    /* Output the protocol gave during the handshake can go now (a TLS 1.2
+     * resumption ends without the server writing anything to carry it). */
+    if (c->out.len > 0)
+        c->want_flush = 1;
+    if (td_tls_is_client(c->tls))
+        c->ops->on_connect(c, 0);
+    return c->closed ? -1 : 1;
+}
+
+/* Not a TLS handshake record: a plain HTTP request, most likely. */
+static void tls_refuse_plain(td_conn *c, const char *reply, size_t len) {
+    if (reply && td_buf_append(td_tls_wire(c->tls), reply, len) == 0) {
+        td_conn_end(c);
+        return;
+    }
+    td_conn_close(c);
+}
+
+/* Ciphertext arrived: the handshake, then plaintext for the protocol,
+ * gathered into the transport's plaintext buffer between calls. */
+static void tls_read(td_conn *c, const char *data, size_t len) {
+    td_transport *tp = td_conn_tp(c);
+    td_tls *t = c->tls;
+    if (td_tls_fresh(t) && (unsigned char)data[0] != 0x16) { /* 0x16: a handshake record */
+        size_t n;
+        const char *reply = td_tls_refusal(t, &n);
+        tls_refuse_plain(c, reply, n);
+        return;
+    }
+    td_tls_input(t, data, len);
+    if (!td_tls_established(t) && tls_handshake(c) <= 0)
+        return;
+    if (!tp->plain && !(tp->plain = malloc(TD_CONN_READ_BUFFER))) {
+        close_with(c, UV_ENOMEM);
+        return;
+    }
+    for (;;) {
+        size_t got = 0;
+        ssize_t n = 0;
+        while (got < TD_CONN_READ_BUFFER && (n = td_tls_read(t, tp->plain + got, TD_CONN_READ_BUFFER - got)) > 0)
+            got += (size_t)n;
+        if (got > 0)
+            c->ops->on_data(c, tp->plain, got);
+        if (c->closed || c->ending)
+            return;
+        if (n > 0)
+            continue; /* the buffer filled up: there may be more */
+        if (n < 0) {
+            if (n != UV_EOF) {
+                char peer[64] = "?";
+                td_conn_peer(c, peer, sizeof peer);
+                td_log(TD_LOG_INFO, "tls: connection with %s failed: %s", peer, td_tls_error(t));
+            }
+            td_conn_pause_reading(c);
+            c->ops->on_eof(c, n == UV_EOF ? UV_EOF : UV_ECONNRESET);
+        }
+        return;
+    }
+}
+
+int td_conn_start_tls(td_conn *c, td_tls *t) {
+    if (c->tls || c->closing || (c->connected && td_conn_unsent(c) > 0)) {
+        td_tls_free(t);
+        return c->closing ? TD_ECLOSED : UV_EBUSY;
+    }
+    c->tls = t;
+    if (!c->connected)
+        return 0; /* on_connected starts the handshake */
+    td_conn_resume_reading(c);
+    if (td_tls_handshake(t) < 0) {
+        c->tls = NULL;
+        td_tls_free(t);
+        return TD_ETLS;
+    }
+    td_conn_flush(c);
+    return c->closing ? TD_ECLOSED : 0;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
     td_conn *c = td_container_of(stream, td_conn, tcp);
     td_transport *tp = td_conn_tp(c);
@@ -397,6 +555,27 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         return;
     }
     enter(tp);
+    if (c->tls && (nread > 0 || !td_tls_established(c->tls))) {
+        if (nread > 0) {
+            tls_read(c, buf->base, (size_t)nread);
+            td_tls_input(c->tls, NULL, 0); /* the buffer is the transport's again */
+        } else if (td_tls_is_client(c->tls)) {
+            td_conn_pause_reading(c);
+            if (nread == UV_EOF) {
+                td_tls_set_error(c->tls, "the peer closed the connection during the handshake");
+                nread = TD_ETLS;
+            }
+            c->close_reason = (int16_t)nread;
+            c->ops->on_connect(c, (int)nread);
+            td_conn_close(c);
+        } else {
+            td_conn_close(c); /* gone before the handshake: nothing to tell */
+        }
+        leave(tp);
+        if (!c->closing && (c->want_flush || (c->tls && td_tls_wire(c->tls)->len > 0)))
+            td_conn_flush(c);
+        return;
+    }
     if (nread < 0) {
         td_conn_pause_reading(c);
         c->ops->on_eof(c, nread == UV_ENOBUFS ? UV_ENOMEM : (int)nread);
@@ -438,6 +617,7 @@ static void on_closed(uv_handle_t *h) {
     td_transport *tp = td_conn_tp(c);
     int accepted = c->accepted;
     td_buf_pool_give(&tp->out_pool, &c->out);
+    td_tls_free(c->tls);
     slot_give(tp, c);
     tp->nconns--;
     free(c);
@@ -509,6 +689,8 @@ void td_conn_end(td_conn *c) {
     c->want_drain = 0;
     c->io_deadline = 0;
     rekey(c);
+    if (c->tls && td_tls_established(c->tls) && encrypt_out(c) == 0)
+        td_tls_close_notify(c->tls); /* after the last output, before the FIN */
     td_conn_flush(c);
     if (c->closing)
         return;
@@ -566,6 +748,15 @@ static int adopt(td_listener *l, int fd) {
     }
     c->connected = 1;
     uv_tcp_nodelay(&c->tcp, 1);
+    if (l->tls) {
+        if (!(c->tls = td_tls_accept(l->tls, &tp->out_pool))) {
+            td_log(TD_LOG_ERROR, "out of memory accepting a TLS connection");
+            c->closed = 1;
+            close_with(c, 0);
+            return -1;
+        }
+        td_tls_set_refusal(c->tls, l->plain_reply, l->plain_reply_len);
+    }
     td_conn_resume_reading(c);
     enter(tp);
     l->on_open(l, c);
@@ -728,7 +919,17 @@ int td_listener_port(td_listener *l) {
     return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
 }
 
+void td_listener_set_tls(td_listener *l, td_tls_server *s, const char *plain_reply, size_t len) {
+    if (s)
+        td_tls_server_ref(s);
+    td_tls_server_unref(l->tls);
+    l->tls = s;
+    l->plain_reply = plain_reply;
+    l->plain_reply_len = len;
+}
+
 void td_listener_close(td_listener *l, void (*on_closed_cb)(td_listener *l)) {
+    td_listener_set_tls(l, NULL, NULL, 0); /* connections keep their own reference */
     if (!l->open) {
         if (on_closed_cb)
             on_closed_cb(l);
@@ -755,9 +956,18 @@ static void on_connected(uv_connect_t *req, int status) {
         uv_tcp_nodelay(&c->tcp, 1);
     }
     enter(td_conn_tp(c));
-    c->ops->on_connect(c, status);
+    if (status == 0 && c->tls) {
+        /* The protocol hears of the connection when the handshake is done. */
+        td_conn_resume_reading(c);
+        if (tls_handshake(c) < 0) {
+            leave(td_conn_tp(c));
+            return;
+        }
+    } else {
+        c->ops->on_connect(c, status);
+    }
     leave(td_conn_tp(c));
-    if (c->want_flush)
+    if (!c->closing && (c->want_flush || (c->tls && td_tls_wire(c->tls)->len > 0)))
         td_conn_flush(c);
 }
 
@@ -832,6 +1042,8 @@ void td_transport_close(td_transport *tp) {
 }
 
 void td_transport_destroy(td_transport *tp) {
+    free(tp->plain);
+    tp->plain = NULL;
     free(tp->slots);
     tp->slots = NULL;
     tp->nslots = 0;

@@ -8,8 +8,17 @@
  *
  * Protocols: each connection carries a pointer to its own table of
  * callbacks (td_conn_ops), so a connection can change protocol in place
- * (HTTP, then raw frames after an upgrade) and a layer can later sit under
- * any protocol by wrapping reads and writes here.
+ * (HTTP, then raw frames after an upgrade).
+ *
+ * TLS sits under any protocol, here: a connection with a td_tls (tls.h)
+ * gives its protocol plaintext in on_data and takes plaintext in its output
+ * buffer; the transport feeds ciphertext to the engine and writes the
+ * engine's wire buffer. A listener given certificates (td_listener_set_tls)
+ * accepts TLS connections; a connection this side opens gets its td_tls
+ * before connecting (td_conn_start_tls), or later to upgrade (STARTTLS).
+ * For a client, on_connect comes when the handshake is done (or failed:
+ * TD_ETLS, the reason in td_tls_error). One read may bring several pieces
+ * of plaintext, also after the protocol paused reading during that read.
  *
  * Ownership:
  * - The transport owns every td_conn's memory. td_conn_close (or the end of
@@ -43,6 +52,8 @@
 typedef struct td_transport td_transport;
 typedef struct td_listener td_listener;
 typedef struct td_conn td_conn;
+struct td_tls;
+struct td_tls_server;
 
 typedef struct td_conn_ops {
     /* on_drain comes once unsent output is down to this many bytes. */
@@ -58,7 +69,9 @@ typedef struct td_conn_ops {
     void (*on_drain)(td_conn *c);
     /* After td_conn_defer: the loop turn is ending (before output leaves). */
     void (*on_deferred)(td_conn *c);
-    /* After td_conn_connect: 0 or a libuv error. */
+    /* After td_conn_connect: 0 or a libuv error; with TLS, when the
+     * handshake is done (0) or failed (TD_ETLS). After td_conn_start_tls
+     * on an open connection: the same, for the upgrade. */
     void (*on_connect)(td_conn *c, int status);
     /* The connection stopped being usable (a close or an end began): drop
      * every pointer to it. Once; no callback follows. c->close_reason says
@@ -81,7 +94,8 @@ struct td_conn {
     uint32_t send_timeout_ms; /* 0: none */
     uint64_t io_deadline;     /* 0: none */
     uint64_t send_deadline;   /* 0: nothing queued, or no send timeout */
-    td_buf out;
+    td_buf out;          /* output: plaintext under TLS */
+    struct td_tls *tls;  /* NULL: plain */
     uint32_t out_epoch; /* bumped whenever out's bytes leave for the socket */
     int16_t close_reason;
     /* The protocol's own state, where a struct of its own would cost a
@@ -113,6 +127,11 @@ struct td_listener {
     /* A connection was accepted and reads are on. */
     void (*on_open)(td_listener *l, td_conn *c);
     td_list wlink; /* tp->waiting while max_conns holds it back */
+    struct td_tls_server *tls; /* a reference: accepted connections speak TLS */
+    /* Written as it is, then the connection ends, when a TLS listener's
+     * client sends something other than a TLS handshake (an HTTP request). */
+    const char *plain_reply;
+    size_t plain_reply_len;
     uv_timer_t retry; /* after EMFILE */
     unsigned open : 1;     /* its handles are open */
     unsigned polling : 1;  /* the poll handle watches the socket */
@@ -150,6 +169,7 @@ struct td_transport {
     void (*on_empty)(td_transport *tp);
     void *data;
     unsigned handles_open : 1;
+    char *plain; /* TLS: decrypted input, TD_CONN_READ_BUFFER bytes, made on first use */
     char rbuf[TD_CONN_READ_BUFFER]; /* shared: protocols take what they need at once */
 };
 
@@ -176,6 +196,10 @@ int td_listener_open(td_listener *l, td_transport *tp, const char *host, int por
                      size_t conn_size, void (*on_open)(td_listener *l, td_conn *c), void *owner);
 /* The bound port, or -1. */
 int td_listener_port(td_listener *l);
+/* Connections accepted from now on speak TLS with s's certificates (the
+ * listener takes a reference; NULL: plain again). plain_reply: see
+ * td_listener; it must outlive the listener. */
+void td_listener_set_tls(td_listener *l, struct td_tls_server *s, const char *plain_reply, size_t len);
 /* Stops listening; connections carry on. l's memory is the caller's again
  * when on_closed runs (at once if l never opened; NULL: nobody needs to
  * know, l lives on in its owner). Once per td_listener_open, unless
@@ -187,6 +211,12 @@ void td_listener_close(td_listener *l, void (*on_closed)(td_listener *l));
  * this call). NULL and *err on failure. */
 td_conn *td_conn_connect(td_transport *tp, const struct sockaddr *addr, const td_conn_ops *ops, size_t conn_size,
                          void *owner, int *err);
+
+/* TLS on a client connection, which takes t: before on_connect (from
+ * td_conn_connect), or on an open connection with no output pending
+ * (STARTTLS), when on_connect follows the handshake (never inside this
+ * call). 0, or an error (t is freed; the connection carries on plain). */
+int td_conn_start_tls(td_conn *c, struct td_tls *t);
 
 /* The transport c belongs to (one per loop). */
 static inline td_transport *td_conn_tp(const td_conn *c) { return c->tcp.loop->data; }

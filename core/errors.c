@@ -21,6 +21,8 @@ const char *td_err_name(int code) {
         return "bad argument";
     case TD_EPROTO:
         return "invalid response";
+    case TD_ETLS:
+        return "tls: failed";
     case UV_ECONNREFUSED:
         return "connection refused";
     case UV_ENOENT:

@@ -14,6 +14,7 @@ enum {
     TD_ETOOLARGE = -5003, /* a size limit was exceeded */
     TD_EBADARG = -5004,   /* a value that cannot be sent, e.g. CR/LF in a header */
     TD_EPROTO = -5005,    /* the peer broke the protocol (an invalid HTTP response) */
+    TD_ETLS = -5006,      /* TLS failed: the reason is the connection's (td_tls_error) */
 };
 
 /* A short lower-case name for code: "closed", "timeout", "too large",

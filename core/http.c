@@ -741,6 +741,28 @@ int td_http_server_listen(td_http_server *hs, const char *host, int port) {
                             hs);
 }
 
+/* What a client that speaks plain HTTP to the HTTPS port gets (as nginx
+ * does), so that the mistake is plain to whoever made it. */
+#define PLAIN_TO_TLS_BODY "This port speaks HTTPS: the request came as plain HTTP\n"
+_Static_assert(sizeof PLAIN_TO_TLS_BODY - 1 == 55, "the Content-Length below");
+static const char plain_to_tls[] = "HTTP/1.1 400 Bad Request\r\n"
+                                   "Content-Type: text/plain\r\n"
+                                   "Content-Length: 55\r\n"
+                                   "Connection: close\r\n"
+                                   "\r\n" PLAIN_TO_TLS_BODY;
+
+int td_http_server_listen_tls(td_http_server *hs, const char *host, int port, struct td_tls_server *tls) {
+    int rc = td_listener_open(&hs->tls_listener, hs->tp, host, port, &td_http__ops, sizeof(td_http_conn),
+                              http_on_open, hs);
+    if (rc == 0)
+        td_http_server_set_tls(hs, tls);
+    return rc;
+}
+
+void td_http_server_set_tls(td_http_server *hs, struct td_tls_server *tls) {
+    td_listener_set_tls(&hs->tls_listener, tls, plain_to_tls, sizeof plain_to_tls - 1);
+}
+
 void td_http_server_destroy(td_http_server *hs) {
     while (hs->nspare > 0) {
         td_http_req *rq = hs->spare[--hs->nspare];
@@ -764,6 +786,7 @@ static void drain_one(td_conn *c, void *ud) {
 void td_http_server_drain(td_http_server *hs) {
     hs->draining = 1;
     td_listener_close(&hs->listener, NULL);
+    td_listener_close(&hs->tls_listener, NULL);
     td_transport_foreach(hs->tp, drain_one, hs);
 }
 

@@ -111,7 +111,8 @@ typedef struct td_http_waiter {
 
 struct td_http_server {
     td_transport *tp;
-    td_listener listener;
+    td_listener listener;     /* plain HTTP */
+    td_listener tls_listener; /* HTTPS */
     td_http_config cfg;
     td_http_request_cb on_request;
     td_http_over_cb on_over;
@@ -187,7 +188,13 @@ int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_conf
 /* Returns 0 or a libuv error; td_http_server_drain closes the listener
  * either way. */
 int td_http_server_listen(td_http_server *hs, const char *host, int port);
+/* The same for HTTPS with tls's certificates (a reference is taken). */
+int td_http_server_listen_tls(td_http_server *hs, const char *host, int port, struct td_tls_server *tls);
+/* New HTTPS connections use tls from now on (a reload renewed them). */
+void td_http_server_set_tls(td_http_server *hs, struct td_tls_server *tls);
+/* The bound ports, or -1. */
 static inline int td_http_server_port(td_http_server *hs) { return td_listener_port(&hs->listener); }
+static inline int td_http_server_tls_port(td_http_server *hs) { return td_listener_port(&hs->tls_listener); }
 /* After the transport closed and the loop ran its close callbacks. */
 void td_http_server_destroy(td_http_server *hs);
 /* Stops accepting, closes idle connections at once, and lets live requests

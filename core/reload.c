@@ -48,6 +48,8 @@ struct td_reload {
     uint64_t started;
     const char *why;
     int closing;
+    void (*on_reload)(void *ud);
+    void *on_reload_ud;
 };
 
 static void start_attempt(td_reload *r, const char *why);
@@ -90,6 +92,8 @@ static void start_attempt(td_reload *r, const char *why) {
         td_log(TD_LOG_ERROR, "reload: out of memory");
         return;
     }
+    if (!r->first && r->on_reload)
+        r->on_reload(r->on_reload_ud);
     t->data = r;
     t->silent = 1;
     t->label = "the app's top level";
@@ -289,6 +293,11 @@ int td_reload_first(td_reload *r, char *err, size_t size) {
         return -1;
     }
     return 0;
+}
+
+void td_reload_on_reload(td_reload *r, void (*fn)(void *ud), void *ud) {
+    r->on_reload = fn;
+    r->on_reload_ud = ud;
 }
 
 void td_reload_arm(td_reload *r) { uv_signal_start(&r->sighup, on_sighup, SIGHUP); }

@@ -26,6 +26,9 @@ void td_reload_open_api(lua_State *L, td_reload *r);
 /* Loads generation 1, running the loop until it is done. Returns 0, or -1
  * with a one-line message in err. */
 int td_reload_first(td_reload *r, char *err, size_t size);
+/* fn runs as each reload begins (not the first load): what else the app
+ * rereads (its certificates). */
+void td_reload_on_reload(td_reload *r, void (*fn)(void *ud), void *ud);
 /* Starts watching for edits and SIGHUP (after the server listens). */
 void td_reload_arm(td_reload *r);
 /* Stops watching and reloading (shutdown); an attempt in flight may end. */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "errors.h"
+#include "tls.h"
 
 /* Unconsumed input past which reading pauses until someone asks. */
 #define TD_SOCK_MAX_BUFFERED (256 * 1024)
@@ -180,6 +181,17 @@ void td_sock_write(td_sock *s, const char *data, size_t len, uint64_t timeout_ms
         finish(s, 0);
     else
         td_conn_want_drain(&s->conn);
+}
+
+void td_sock_starttls(td_sock *s, struct td_tls *t, uint64_t timeout_ms, td_sock_cb cb, void *ud) {
+    arm(s, TD_SOCK_CONNECT, timeout_ms, cb, ud);
+    int rc = TD_ECLOSED;
+    if (td_sock_usable(s))
+        rc = td_conn_start_tls(&s->conn, t);
+    else
+        td_tls_free(t);
+    if (rc != 0 && s->op == TD_SOCK_CONNECT)
+        finish(s, rc);
 }
 
 void td_sock_cancel(td_sock *s) {

@@ -54,6 +54,10 @@ static inline td_sock *td_sock_find(td_transport *tp, uint32_t slot, uint32_t se
  * the connection cannot start. */
 td_sock *td_sock_connect(td_transport *tp, const struct sockaddr *addr, uint64_t timeout_ms, td_sock_cb cb,
                          void *ud, int *err);
+/* Upgrades an open socket to TLS (STARTTLS), which takes t: cb follows the
+ * handshake (0, TD_ETLS with the reason in td_tls_error, TD_ETIMEOUT,
+ * TD_ECLOSED), maybe inside this call when it cannot start. */
+void td_sock_starttls(td_sock *s, struct td_tls *t, uint64_t timeout_ms, td_sock_cb cb, void *ud);
 /* Listens on ip:port; each accepted socket goes to on_open. */
 int td_sock_listen(td_listener *l, td_transport *tp, const char *ip, int port,
                    void (*on_open)(td_listener *l, td_conn *c));

@@ -1,8 +1,11 @@
 -- An HTTP/1.1 client: local http = require "tendril.http"
 --
 -- http.get(url [, opts]) and http.request{ method, url, headers, body,
--- timeout, connect_timeout, read_timeout, max_redirects, stream } return
--- { status =, headers =, body = } (header names lower-case), or nil, err.
+-- timeout, connect_timeout, read_timeout, max_redirects, stream, verify,
+-- ca_file } return { status =, headers =, body = } (header names
+-- lower-case), or nil, err. https:// URLs verify the server's certificate
+-- (against the system's store, or ca_file) and host name unless
+-- verify = false.
 -- Connections are kept alive in tendril.tcp's pools; a request that fails
 -- on a reused connection before any byte of the answer came back is sent
 -- once more on a new one (the server had closed the idle connection).
@@ -33,8 +36,8 @@ local function parse_url(url)
         return nil, "invalid url"
     end
     scheme = lower(scheme)
-    if scheme ~= "http" then
-        return nil, "unsupported scheme " .. scheme .. " (http only)"
+    if scheme ~= "http" and scheme ~= "https" then
+        return nil, "unsupported scheme " .. scheme .. " (http and https only)"
     end
     local authority, target = match(rest, "^([^/?#]*)(.*)$")
     target = gsub(target, "#.*$", "")
@@ -51,11 +54,11 @@ local function parse_url(url)
     if not host or host == "" then
         return nil, "invalid url"
     end
-    port = tonumber(port) or 80
+    port = tonumber(port) or (scheme == "https" and 443 or 80)
     if port < 1 or port > 65535 then
         return nil, "invalid url"
     end
-    return { host = host, port = port, target = target, authority = authority }
+    return { scheme = scheme, host = host, port = port, target = target, authority = authority }
 end
 
 -- Parsed URLs, kept: a service calls the same few URLs again and again.
@@ -82,7 +85,8 @@ local function cached_url(url)
     return u
 end
 
---- Splits an http:// URL. Returns { host, port, target, authority } or nil, err.
+--- Splits an http:// or https:// URL. Returns { scheme, host, port, target,
+--- authority } or nil, err.
 _M.parse_url = parse_url
 
 -- Where a redirect's Location points, relative to the URL that gave it.
@@ -92,12 +96,12 @@ local function join_url(base, location)
     end
     local b = _M.parse_url(base)
     if sub(location, 1, 2) == "//" then
-        return "http:" .. location
+        return b.scheme .. ":" .. location
     elseif sub(location, 1, 1) == "/" then
-        return "http://" .. b.authority .. location
+        return b.scheme .. "://" .. b.authority .. location
     end
     local dir = match(b.target, "^([^?]*/)") or "/"
-    return "http://" .. b.authority .. dir .. location
+    return b.scheme .. "://" .. b.authority .. dir .. location
 end
 
 -- Control bytes shown as escapes, for a message.
@@ -226,7 +230,12 @@ end
 local function exchange(method, u, headers, body, opts, retried)
     local timeout = opts.timeout or DEFAULT_TIMEOUT
     local read_timeout = opts.read_timeout or timeout
-    local sock, err = tcp.connect(u.host, u.port, opts)
+    local copts = opts
+    if u.scheme == "https" then
+        copts = { tls = true, verify = opts.verify, ca_file = opts.ca_file, alpn = "http/1.1", timeout = opts.timeout,
+            connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout }
+    end
+    local sock, err = tcp.connect(u.host, u.port, copts)
     if not sock then
         return nil, err
     end
@@ -291,6 +300,12 @@ local function request(req, fname)
         if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0 or v == math.huge) then
             error(fname .. ": expected " .. k .. " to be a finite number >= 0, got " .. printable(tostring(v)), 3)
         end
+    end
+    if req.verify ~= nil and type(req.verify) ~= "boolean" then
+        error(fname .. ": expected verify to be true or false, got " .. type(req.verify), 3)
+    end
+    if req.ca_file ~= nil and (type(req.ca_file) ~= "string" or find(req.ca_file, "\0", 1, true)) then
+        error(fname .. ": expected ca_file to be a file name, got " .. printable(tostring(req.ca_file)), 3)
     end
     check_request(fname, method, req.headers)
     method = method:upper()

@@ -21,7 +21,7 @@ local new_table = require "table.new"
 local yield, running = coroutine.yield, coroutine.running
 
 local req_headers, req_remote, req_body = core.req_headers, core.req_remote, core.req_body
-local req_deadline = core.req_deadline
+local req_deadline, req_tls = core.req_deadline, core.req_tls
 local res_send, res_room, res_fail, res_head_sent = core.res_send, core.res_room, core.res_fail, core.res_head_sent
 local log = core.log
 
@@ -79,6 +79,29 @@ function getters.remote_addr(self)
     local a = req_remote(self[1], self[2])
     rawset(self, "remote_addr", a or false)
     return a
+end
+
+-- "https" on a TLS connection, else "http".
+function getters.scheme(self)
+    local s = req_tls(self[1], self[2]) and "https" or "http"
+    rawset(self, "scheme", s)
+    return s
+end
+
+-- { version =, cipher =, server_name = } on a TLS connection, else nil
+-- (not kept, so that it reads nil each time: the scheme is).
+function getters.tls(self)
+    if rawget(self, "scheme") == "http" then
+        return nil
+    end
+    local version, cipher, server_name = req_tls(self[1], self[2])
+    if not version then
+        rawset(self, "scheme", "http")
+        return nil
+    end
+    local t = { version = version, cipher = cipher, server_name = server_name }
+    rawset(self, "tls", t)
+    return t
 end
 
 local req_methods = {}

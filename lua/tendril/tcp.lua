@@ -13,7 +13,7 @@ local type, error, tostring, setmetatable, remove, xpcall = type, error, tostrin
 local find = string.find
 local sock_connect, sock_send, sock_receive = core.sock_connect, core.sock_send, core.sock_receive
 local sock_settimeout, sock_close, sock_usable = core.sock_settimeout, core.sock_close, core.sock_usable
-local sock_pool, sock_unpool = core.sock_pool, core.sock_unpool
+local sock_pool, sock_unpool, sock_starttls = core.sock_pool, core.sock_unpool, core.sock_starttls
 
 local DEFAULT_TIMEOUT = tendril.DEFAULT_TIMEOUT
 local DEFAULT_POOL_IDLE = 60
@@ -24,7 +24,7 @@ local _M = {}
 local methods = {}
 core.socket_mt.__index = methods
 
-local pools = {} -- "host:port" -> idle sockets, oldest first
+local pools = {} -- "host:port" (and the TLS options) -> idle sockets, oldest first
 local weak = { __mode = "k" }
 local pool_key = setmetatable({}, weak) -- socket -> "host:port" (client sockets)
 local reuses = setmetatable({}, weak)   -- socket -> times taken from a pool
@@ -33,6 +33,34 @@ local function check_timeout(fname, t)
     if t ~= nil and (type(t) ~= "number" or t < 0) then
         error(fname .. ": a timeout is a number of seconds >= 0, got " .. tostring(t), 3)
     end
+end
+
+-- TLS options: { tls =, server_name =, verify =, ca_file = }, checked;
+-- misuse raises at the caller of fname (level 3 from here).
+local function check_tls(fname, o)
+    if o.server_name ~= nil and type(o.server_name) ~= "string" then
+        error(fname .. ": server_name must be a string, got " .. type(o.server_name), 3)
+    end
+    if o.verify ~= nil and type(o.verify) ~= "boolean" then
+        error(fname .. ": verify must be true or false, got " .. type(o.verify), 3)
+    end
+    if o.ca_file ~= nil and type(o.ca_file) ~= "string" then
+        error(fname .. ": ca_file must be a file name, got " .. type(o.ca_file), 3)
+    end
+    if (o.server_name and find(o.server_name, "\0", 1, true)) or (o.ca_file and find(o.ca_file, "\0", 1, true)) then
+        error(fname .. ": server_name and ca_file must not hold a NUL byte", 3)
+    end
+end
+
+-- The pool of a connection: its address and everything that makes a TLS
+-- connection what it is (a connection verified for one name is not one
+-- for another).
+local function key_of(host, port, o, server_name)
+    if not o.tls then
+        return host .. ":" .. port
+    end
+    return host .. ":" .. port .. "|tls|" .. server_name .. "|" .. (o.verify == false and "0" or "1") .. "|"
+        .. (o.ca_file or "") .. "|" .. (o.alpn or "")
 end
 
 local function take_pooled(key)
@@ -50,7 +78,10 @@ end
 --- Connects to host:port, trying each address the name resolves to in turn;
 --- a pooled idle connection to the same host and port is used first.
 --- opts: timeout (connecting and each read or write, default 60 s),
---- connect_timeout, read_timeout. Returns a socket, or nil, err.
+--- connect_timeout, read_timeout; tls = true speaks TLS, verifying the
+--- certificate against the system's store (or ca_file) and its name
+--- against server_name (default: host), unless verify = false. Returns a
+--- socket, or nil, err ("tls: certificate verify failed: ...").
 function _M.connect(host, port, opts)
     if type(host) ~= "string" then
         error("tcp.connect: expected a host name, got " .. type(host), 2)
@@ -65,9 +96,13 @@ function _M.connect(host, port, opts)
     check_timeout("tcp.connect", opts.timeout)
     check_timeout("tcp.connect", opts.connect_timeout)
     check_timeout("tcp.connect", opts.read_timeout)
+    if opts.tls then
+        check_tls("tcp.connect", opts)
+    end
     local timeout = opts.timeout or DEFAULT_TIMEOUT
     local read_timeout = opts.read_timeout or timeout
-    local key = host .. ":" .. port
+    local server_name = opts.server_name or host
+    local key = key_of(host, port, opts, server_name)
     local s = take_pooled(key)
     if s then
         sock_settimeout(s, read_timeout)
@@ -78,8 +113,10 @@ function _M.connect(host, port, opts)
     if not addrs then
         return nil, err
     end
+    local tls = opts.tls and true or false
     for i = 1, #addrs do
-        s, err = sock_connect(addrs[i], port, opts.connect_timeout or timeout)
+        s, err = sock_connect(addrs[i], port, opts.connect_timeout or timeout, tls, server_name,
+            opts.verify ~= false, opts.ca_file, opts.alpn)
         if s then
             sock_settimeout(s, read_timeout)
             pool_key[s] = key
@@ -104,6 +141,26 @@ end
 --- everything until the peer closes ("*a"). On failure: nil, err, partial.
 function methods.receive(self, pattern)
     return sock_receive(self, pattern)
+end
+
+--- Upgrades the connection to TLS (after a protocol's STARTTLS): opts as
+--- tcp.connect's (server_name defaults to the host connected to). true, or
+--- nil, err; a failed handshake closes the socket.
+function methods.starttls(self, opts)
+    if opts ~= nil and type(opts) ~= "table" then
+        error("sock:starttls: expected an options table, got " .. type(opts), 2)
+    end
+    opts = opts or {}
+    check_tls("sock:starttls", opts)
+    local key = pool_key[self]
+    local server_name = opts.server_name or (key and key:match("^(.*):%d+$"))
+    local ok, err = sock_starttls(self, server_name, opts.verify ~= false, opts.ca_file, opts.alpn)
+    if ok and key then
+        local host, port = key:match("^(.*):(%d+)$")
+        local o = { tls = true, verify = opts.verify, ca_file = opts.ca_file, alpn = opts.alpn }
+        pool_key[self] = key_of(host, port, o, server_name or host)
+    end
+    return ok, err
 end
 
 --- Sets the timeout (seconds) of each later send and receive.
@@ -163,8 +220,9 @@ end
 
 --- Serves a TCP service: handler(sock) runs in its own coroutine for each
 --- connection, which closes when the handler returns. Call it from the
---- app's top level. opts.timeout: each read and write (default 60 s).
---- Returns the port listened on, or nil, err.
+--- app's top level. opts.timeout: each read and write (default 60 s);
+--- opts.tls = { cert = FILE, key = FILE } serves TLS (a reload rereads
+--- them). Returns the port listened on, or nil, err.
 function _M.listen(host, port, handler, opts)
     if type(host) ~= "string" then
         error("tcp.listen: expected a host, got " .. type(host), 2)
@@ -180,6 +238,15 @@ function _M.listen(host, port, handler, opts)
     end
     opts = opts or {}
     check_timeout("tcp.listen", opts.timeout)
+    local tls = opts.tls
+    if tls ~= nil then
+        if type(tls) ~= "table" or type(tls.cert) ~= "string" or type(tls.key) ~= "string" then
+            error("tcp.listen: tls must be { cert = FILE, key = FILE }", 2)
+        end
+        if find(tls.cert, "\0", 1, true) or find(tls.key, "\0", 1, true) then
+            error("tcp.listen: a tls file name holds a NUL byte", 2)
+        end
+    end
     local addrs, err = tendril.resolve(host)
     if not addrs then
         return nil, err
@@ -198,7 +265,7 @@ function _M.listen(host, port, handler, opts)
             core.log("error", "tcp.listen " .. host .. ":" .. port .. ": " .. e)
         end
     end
-    return core.tcp_listen(addrs[1], port, session, opts.timeout or DEFAULT_TIMEOUT)
+    return core.tcp_listen(addrs[1], port, session, opts.timeout or DEFAULT_TIMEOUT, tls and tls.cert, tls and tls.key)
 end
 
 return _M

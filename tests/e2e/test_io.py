@@ -316,7 +316,7 @@ class IoTest(TestCase):
         self.assertEqual(self.body("/refused?port=%d" % port), "error: connection refused")
 
     def test_bad_urls(self):
-        self.assertEqual(self.body("/badurl"), "nil unsupported scheme ftp (http only) | nil invalid url")
+        self.assertEqual(self.body("/badurl"), "nil unsupported scheme ftp (http and https only) | nil invalid url")
 
     def test_read_timeout(self):
         start = time.monotonic()

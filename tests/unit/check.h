@@ -40,6 +40,12 @@ static int check_count;
         }                                                                                             \
     } while (0)
 
+#define CHECK_STR(got, lit)                                                                          \
+    do {                                                                                             \
+        const char *check_s_ = (got);                                                                \
+        CHECK_EQ_MEM(check_s_ ? check_s_ : "(null)", strlen(check_s_ ? check_s_ : "(null)"), lit);   \
+    } while (0)
+
 static inline int check_result(const char *name) {
     fprintf(stderr, "%s: %d checks, %d failed\n", name, check_count, check_failures);
     return check_failures ? 1 : 0;
