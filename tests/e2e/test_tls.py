@@ -24,9 +24,13 @@ LOCAL_SANS = ["DNS:localhost", "IP:127.0.0.1"]
 
 # The server side: what a handler sees of the connection.
 INFO_APP = r'''
+local tendril = require "tendril"
 return function(req)
     local p = req.path
-    if p == "/redirect" then
+    if p == "/slow" then
+        tendril.sleep(tonumber(req.query.s))
+        return "slept"
+    elseif p == "/redirect" then
         return 302, { Location = req.query.to }, ""
     elseif p == "/big" then
         return string.rep("0123456789abcdef", tonumber(req.query.n) / 16)
@@ -615,6 +619,7 @@ class RenewalTest(PkiTestCase):
 
 # The client side: tendril.http and tendril.tcp in handlers.
 CLIENT_APP = r'''
+local tendril = require "tendril"
 local http = require "tendril.http"
 local tcp = require "tendril.tcp"
 local CA, UP = os.getenv("CA"), os.getenv("UP")
@@ -681,8 +686,26 @@ function routes.starttls(req)
     s:close()
     return table.concat({ tostring(l1), tostring(l2), tostring(ok), tostring(l3 or rerr) }, "|")
 end
-function routes.burst()
-    return show(http.get(UP .. "/", { ca_file = CA }))
+function routes.burst(req)
+    return show(http.get(UP .. "/slow?s=" .. req.query.s, { ca_file = CA }))
+end
+function routes.fanout(req)
+    -- n GETs at once from one handler, each in its own thread
+    local n, threads, counts, out = tonumber(req.query.n), {}, {}, {}
+    for i = 1, n do
+        threads[i] = tendril.spawn(function()
+            local res, err = http.get(UP .. "/slow?s=" .. req.query.s, { ca_file = CA })
+            return res and (res.status .. " " .. res.body) or err
+        end)
+    end
+    for i = 1, n do
+        local ok, v = threads[i]:join()
+        local k = ok and tostring(v) or ("raised " .. tostring(v))
+        counts[k] = (counts[k] or 0) + 1
+    end
+    for k, c in pairs(counts) do out[#out + 1] = c .. " x " .. k end
+    table.sort(out)
+    return table.concat(out, ", ")
 end
 
 return function(req)
@@ -827,15 +850,33 @@ class ClientTest(PkiTestCase):
         self.assertEqual(self.body("/starttls?port=%d&sn=localhost&verify=0" % s),
                          "220 hello|220 go|true|PONG TLSv1.3 localhost")
 
-    def test_concurrent_https_gets_leave_no_descriptor(self):
+    # 1000 GETs at once (fewer under the sanitizers, where each is slower);
+    # the upstream holds each answer a moment so that they overlap.
+    BURST = 200 if SANITIZED else 1000
+
+    def assert_descriptors_back(self, fds_before, up_fds_before):
+        # The client pool keeps at most 64 idle connections (and the
+        # upstream their other ends); everything else is closed.
+        self.assertTrue(poll(lambda: self.server.open_fds() <= fds_before + 64, 10),
+                        "%d fds before, %d after" % (fds_before, self.server.open_fds()))
+        self.assertTrue(poll(lambda: self.up.open_fds() <= up_fds_before + 64, 10),
+                        "upstream: %d fds before, %d after" % (up_fds_before, self.up.open_fds()))
+
+    def test_concurrent_https_gets_from_one_handler_leave_no_descriptor(self):
         fds_before, up_fds_before = self.server.open_fds(), self.up.open_fds()
-        n = 200 if SANITIZED else 1000
+        n = self.BURST
+        self.assertEqual(self.body("/fanout?n=%d&s=0.5" % n, timeout=120), "%d x 200 slept" % n)
+        self.assert_descriptors_back(fds_before, up_fds_before)
+
+    def test_concurrent_https_gets_one_per_request_leave_no_descriptor(self):
+        fds_before, up_fds_before = self.server.open_fds(), self.up.open_fds()
+        n = self.BURST
         results = [None] * n
 
         def one(i):
             try:
                 s = connect(self.port, timeout=120)
-                s.sendall(b"GET /burst HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                s.sendall(b"GET /burst?s=0.3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 results[i] = Reader(s, timeout=120).response().body
                 s.close()
             except Exception as e:  # noqa: BLE001 - recorded and asserted below
@@ -846,44 +887,37 @@ class ClientTest(PkiTestCase):
             t.start()
         for t in threads:
             t.join()
-        failures = [r for r in results if r != b"200 hello https"]
+        failures = [r for r in results if r != b"200 slept"]
         self.assertEqual(failures[:5], [], "%d of %d failed" % (len(failures), n))
-        # The client pool keeps at most 64 idle connections (and the
-        # upstream their other ends); everything else is closed.
-        self.assertTrue(poll(lambda: self.server.open_fds() <= fds_before + 64, 10),
-                        "%d fds before, %d after" % (fds_before, self.server.open_fds()))
-        self.assertTrue(poll(lambda: self.up.open_fds() <= up_fds_before + 64, 10),
-                        "upstream: %d fds before, %d after" % (up_fds_before, self.up.open_fds()))
+        self.assert_descriptors_back(fds_before, up_fds_before)
 
 
 class ClientTimeoutTest(PkiTestCase):
     """A server that accepts and never answers the handshake: the client's
-    timeout ends the wait. (A server of their own: these are the calls
-    whose wait ends by a timer in the middle of a handshake.)"""
+    timeout ends the wait. (A tendril per test: these are the calls whose
+    wait a timer ends in the middle of a handshake.)"""
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        p = cls.pki
         cls.py_hold = PyServer(mode="hold")
-        try:
-            cls.server = Server(CLIENT_APP, env={"CA": p.ca, "CERT": p.localhost.cert, "KEY": p.localhost.key,
-                                                 "UP": "https://localhost:1"}).start()
-        except BaseException:
-            cls.py_hold.close()
-            raise
-        cls.port = cls.server.port
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.server.stop()
         cls.py_hold.close()
         super().tearDownClass()
-        assert code == 0, "exit %d: %s" % (code, cls.server.stderr()[-3000:])
+
+    def setUp(self):
+        p = self.pki
+        self.server = Server(CLIENT_APP, env={"CA": p.ca, "CERT": p.localhost.cert, "KEY": p.localhost.key,
+                                              "UP": "https://localhost:1"}).start()
+        self.addCleanup(kill, self.server)
+        self.port = self.server.port
 
     def tearDown(self):
-        # The server lives on and serves.
+        # The server lives on, serves, and stops cleanly.
         self.assertEqual(get(self.port, "/echo_port").status, 200)
+        self.assertEqual(self.server.stop(), 0, self.server.stderr()[-3000:])
 
     def body(self, target):
         return get(self.port, target, timeout=30).body.decode()
