@@ -914,13 +914,23 @@ class ClientTimeoutTest(PkiTestCase):
         self.addCleanup(kill, self.server)
         self.port = self.server.port
 
+    def assert_alive(self):
+        code = self.server.proc.poll()
+        self.assertIsNone(code, "the server died (exit %s): %s" % (code, self.server.stderr()[-3000:]))
+
     def tearDown(self):
         # The server lives on, serves, and stops cleanly.
+        self.assert_alive()
         self.assertEqual(get(self.port, "/echo_port").status, 200)
         self.assertEqual(self.server.stop(), 0, self.server.stderr()[-3000:])
 
     def body(self, target):
-        return get(self.port, target, timeout=30).body.decode()
+        try:
+            return get(self.port, target, timeout=30).body.decode()
+        except (OSError, EOFError):
+            time.sleep(0.2)
+            self.assert_alive()
+            raise
 
     def test_http_get_handshake_timeout(self):
         url = quote("https://127.0.0.1:%d/" % self.py_hold.port, safe="")
