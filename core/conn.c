@@ -655,6 +655,8 @@ static void close_with(td_conn *c, int reason) {
     if (!c->closed && reason)
         c->close_reason = (int16_t)reason; /* a protocol may have said why already */
     notify_closed(c);
+    if (c->closing)
+        return; /* what on_close ran closed it already (a closer's own close) */
     c->io_deadline = c->send_deadline = 0;
     rekey_exact(c); /* both deadlines are 0: out of the heap */
     unlink_pending(c);

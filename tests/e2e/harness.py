@@ -21,6 +21,9 @@ BIN = os.environ.get("TENDRIL_BIN") or os.path.join(
 SANITIZED = os.environ.get("TENDRIL_SANITIZED") == "1"
 SLOW = 3.0 if SANITIZED else 1.0
 
+# `listening on http://HOST:PORT`, or https:// for a TLS listener.
+LISTENING = re.compile(r"^listening on (https?)://.+:(\d+)$")
+
 SANITIZER_REPORT = re.compile(
     r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:|SUMMARY: (Address|Undefined|Leak)")
 
@@ -66,7 +69,8 @@ class Server:
         self.env = dict(os.environ, **(env or {}))
         self.cwd = cwd
         self.proc = None
-        self.port = None
+        self.port = None      # the plain HTTP listener's port
+        self.tls_port = None  # the TLS listener's (--tls-cert), see start()
         self.exit_code = None
         self.stdout_path = os.path.join(self.dir, "stdout")
         self.stderr_path = os.path.join(self.dir, "stderr")
@@ -75,22 +79,33 @@ class Server:
         cmd = self.prefix + [BIN, "serve", self.app_path, "--port", "0"] + self.args
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=self.env, cwd=self.cwd)
-        line = poll(self._listening_line, 10)
-        if not line:
+        ports = poll(self._listening_ports, 10)
+        if not ports:
             self.proc.kill()
             self.proc.wait()
             raise AssertionError("server did not start: %s" % self.stderr())
-        self.port = int(line.rsplit(":", 1)[1])
+        self.port = ports.get("http")
+        self.tls_port = ports.get("https")
         return self
 
-    def _listening_line(self):
+    def _expected_schemes(self):
+        """The listeners the arguments ask for: with --tls-cert the --port
+        listener speaks TLS, unless --tls-port gives TLS its own."""
+        if "--tls-cert" not in self.args:
+            return {"http"}
+        return {"http", "https"} if "--tls-port" in self.args else {"https"}
+
+    def _listening_ports(self):
+        """{scheme: port} once every expected `listening on` line is out."""
         if self.proc.poll() is not None:
             raise AssertionError("server exited with %s: %s" % (self.proc.returncode, self.stderr()))
+        ports = {}
         with open(self.stdout_path) as f:
             for line in f:
-                if line.startswith("listening on http://"):
-                    return line.strip()
-        return None
+                m = LISTENING.match(line)
+                if m and line.endswith("\n"):
+                    ports.setdefault(m.group(1), int(m.group(2)))
+        return ports if set(ports) >= self._expected_schemes() else None
 
     def stdout(self):
         with open(self.stdout_path, errors="replace") as f:

@@ -276,6 +276,39 @@ static void test_deferred(void) {
     CHECK_EQ_INT(tp.nconns, 0);
 }
 
+/* A protocol whose on_close closes the connection again (a waiter woken
+ * by the close calls close on what it holds): one close only. */
+static void t_close_again(td_conn *c) {
+    ev.closes++;
+    td_conn_close(c);
+}
+
+static void test_close_inside_on_close(void) {
+    static const td_conn_ops again_ops = {
+        .on_data = t_data,
+        .on_eof = t_eof,
+        .on_timeout = t_timeout,
+        .on_drain = t_drain,
+        .on_deferred = t_deferred,
+        .on_connect = t_connect,
+        .on_close = t_close_again,
+    };
+    memset(&ev, 0, sizeof ev);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", port, &a);
+    int err = 0;
+    td_conn *c = td_conn_connect(&tp, (struct sockaddr *)&a, &again_ops, sizeof(td_conn), NULL, &err);
+    CHECK(c != NULL);
+    RUN_UNTIL(ev.connects == 1 && ev.opened == 1);
+    td_conn_set_deadline(c, 20); /* closed from the deadline's callback */
+    /* The server side reads the end and closes too. */
+    RUN_UNTIL(ev.timeouts == 1 && ev.eofs == 1 && ev.closes == 2);
+    settle();
+    CHECK_EQ_INT(ev.timeouts, 1);
+    CHECK_EQ_INT(ev.closes, 2); /* each side's on_close once */
+    CHECK_EQ_INT(tp.nconns, 0);
+}
+
 int main(void) {
     uv_loop_init(&loop);
     td_transport_init(&tp, &loop, 0);
@@ -290,6 +323,7 @@ int main(void) {
     test_connect_failures();
     test_accept_limit();
     test_deferred();
+    test_close_inside_on_close();
     CHECK_EQ_INT(ev.depth, 0); /* every enter had its leave (they may nest) */
     td_listener_close(&listener, NULL);
     td_transport_close(&tp);
