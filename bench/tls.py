@@ -18,6 +18,7 @@ and is pinned to core 0; the load tools run on core 1. Workloads:
 Every load run is bounded in seconds; traffic goes to 127.0.0.1 only.
 """
 import argparse
+import datetime
 import json
 import os
 import re
@@ -220,6 +221,14 @@ def check_load_tools(tendril_bin):
     return out
 
 
+def commit():
+    try:
+        return subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except OSError:
+        return None
+
+
 def measure_all(tendril_bin, duration, runs, log=sys.stderr):
     """Round-robin over runs; returns medians per peer and the tool check."""
     results = {"servers": {p: [] for p in SERVERS}, "clients": {p: [] for p in CLIENTS}}
@@ -248,7 +257,8 @@ def measure_all(tendril_bin, duration, runs, log=sys.stderr):
                     results[kind][peer].append(r)
     finally:
         stop(up_master)
-    merged = {"check": check, "runs": runs, "duration": duration, "raw": results}
+    merged = {"check": check, "runs": runs, "duration": duration, "raw": results,
+              "date": datetime.date.today().isoformat(), "commit": commit()}
     for kind in ("servers", "clients"):
         merged[kind] = {}
         for peer, rs in results[kind].items():
@@ -287,6 +297,9 @@ def section(res):
         return v
 
     lines = ["## TLS\n"]
+    lines.append("Measured on %s with tendril at commit %s by `bench/tls.py` (alone: `scripts/bench --tls-only "
+                 "[--runs N] [--duration S]`; `scripts/bench` runs it too).\n" % (
+                     res.get("date", "?"), res.get("commit") or "?"))
     lines.append(
         "Every server uses one self-signed ECDSA P-256 certificate (`bench/peers/make-cert.sh`) and is "
         "pinned to core 0, the load tools to core 1; medians of %d run(s), %d s per load run, the servers' "
@@ -297,7 +310,10 @@ def section(res):
             "%s %s" % (p, get(p, "tls") or "–") for p in SERVERS)))
     lines.append(
         "- **Keep-alive**: `wrk -t1 -c50` over HTTPS, `GET /` (hello). CPU µs per request: the change "
-        "of utime+stime in `/proc/PID/stat` (nginx: its worker) over the run, divided by the requests.\n"
+        "of utime+stime in `/proc/PID/stat` (nginx: its worker) over the run, divided by the requests. "
+        "wrk spends about as much per request over TLS as the servers do, so it can fill core 1 before a "
+        "server fills core 0 (see the busy columns): then req/s is wrk's limit, and CPU µs per request "
+        "is what tells the servers apart.\n"
         "- **Full handshakes**: `ab -f TLS1.3 -c50`, one request per connection. ab makes a new SSL object "
         "for every connection and never sets a session on it, so it offers no ticket and every connection "
         "is a full handshake; wrk with `Connection: close` would not do: it keeps its SSL object and "
@@ -307,8 +323,8 @@ def section(res):
         "- **Idle memory**: `bench/peers/idle-tls-conns.py`: %d TLS connections, one request each, held; "
         "the growth of the server's resident memory per connection, on a fresh process.\n"
         "- **One HTTPS GET per request** (`/proxy-tls`, `wrk -t1 -c50` over plain HTTP to the handler): "
-        "each makes one pooled keep-alive GET to `https://127.0.0.1:PORT/`, a static nginx-tls pinned "
-        "to core 1 with wrk (core 0 stays the handler's alone; the upstream's CPU per request is "
+        "each makes one pooled keep-alive GET to `https://127.0.0.1:PORT/`, a static nginx-tls moved "
+        "to core 1 with wrk (`taskset -a -cp 1` after its start) (core 0 stays the handler's alone; the upstream's CPU per request is "
         "shown). Tendril verifies the certificate (`ca_file`), Node.js's agent does not "
         "(`rejectUnauthorized: false`), which costs nothing after the pooled handshakes.\n" % IDLE_CONNS)
 
