@@ -64,6 +64,8 @@ void td_api_http_client_open(lua_State *L, td_vm *vm, td_transport *tp);
 void td_api_thread_open(lua_State *L, td_vm *vm);
 /* tendril.resolve. */
 void td_api_dns_open(lua_State *L, td_vm *vm);
+/* tls_trust: a verifying client's trust store, loaded off the loop. */
+void td_api_tls_open(lua_State *L, td_vm *vm);
 /* fs.read, fs.write, fs.stat. */
 void td_api_fs_open(lua_State *L, td_vm *vm);
 /* tendril.run. */

@@ -280,54 +280,91 @@ void td_tls_server_unref(td_tls_server *s) {
     free(s);
 }
 
-/* Client contexts by CA file ("" for the system store): loading a store
- * costs milliseconds, a handshake should not pay it. */
+/* Client contexts by trust: a CA file, "" for the system's store, or
+ * NO_TRUST for connections that verify nothing. Loading a store costs tens
+ * of milliseconds (the system's), so a handshake must not pay it and the
+ * loop should not wait for it: td_tls_trust_load runs on a worker thread. */
 #define CLIENT_CONTEXTS 8
+#define NO_TRUST "\001"
 static struct {
-    char *ca_file;
+    char *key;
     SSL_CTX *ctx;
 } clients[CLIENT_CONTEXTS];
 static size_t next_evicted;
 
-static SSL_CTX *client_context(const char *ca_file, char *err, size_t errsize) {
-    const char *key = ca_file ? ca_file : "";
+static const char *trust_key(const char *ca_file) { return ca_file ? ca_file : ""; }
+
+static SSL_CTX *cached_context(const char *key) {
     for (size_t i = 0; i < CLIENT_CONTEXTS; i++)
-        if (clients[i].ctx && strcmp(clients[i].ca_file, key) == 0)
+        if (clients[i].ctx && strcmp(clients[i].key, key) == 0)
             return clients[i].ctx;
-    if (ca_file && readable(ca_file, err, errsize, "CA file") != 0)
+    return NULL;
+}
+
+/* Thread-safe: touches no shared state but OpenSSL's. */
+static SSL_CTX *load_context(const char *key, char *err, size_t errsize) {
+    int system = key[0] == '\0', none = strcmp(key, NO_TRUST) == 0;
+    if (!system && !none && readable(key, err, errsize, "CA file") != 0)
         return NULL;
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    char *name = strdup(key);
-    if (!ctx || !name) {
+    if (!ctx) {
         snprintf(err, errsize, "out of memory");
-        SSL_CTX_free(ctx);
-        free(name);
         ERR_clear_error();
         return NULL;
     }
     common_options(ctx);
-    int ok = ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) : SSL_CTX_set_default_verify_paths(ctx);
+    int ok = none ? 1 : system ? SSL_CTX_set_default_verify_paths(ctx) : SSL_CTX_load_verify_locations(ctx, key, NULL);
     if (ok != 1) {
-        snprintf(err, errsize, "cannot load the CA file %s: %s", ca_file ? ca_file : "(system)", queued_reason());
+        snprintf(err, errsize, "cannot load the CA file %s: %s", system ? "(the system's)" : key, queued_reason());
         SSL_CTX_free(ctx);
-        free(name);
         return NULL;
+    }
+    return ctx;
+}
+
+/* Keeps ctx (taken) under key, unless one is kept already. */
+static SSL_CTX *keep_context(const char *key, SSL_CTX *ctx) {
+    SSL_CTX *old = cached_context(key);
+    char *name = old ? NULL : strdup(key);
+    if (old || !name) {
+        free(name);
+        SSL_CTX_free(ctx);
+        return old;
     }
     size_t i = next_evicted;
     next_evicted = (next_evicted + 1) % CLIENT_CONTEXTS;
     SSL_CTX_free(clients[i].ctx); /* connections hold their own reference */
-    free(clients[i].ca_file);
+    free(clients[i].key);
     clients[i].ctx = ctx;
-    clients[i].ca_file = name;
+    clients[i].key = name;
     return ctx;
+}
+
+static SSL_CTX *client_context(const char *key, char *err, size_t errsize) {
+    SSL_CTX *ctx = cached_context(key);
+    if (ctx)
+        return ctx;
+    ctx = load_context(key, err, errsize);
+    return ctx ? keep_context(key, ctx) : NULL;
+}
+
+int td_tls_trust_ready(const char *ca_file) { return cached_context(trust_key(ca_file)) != NULL; }
+
+void *td_tls_trust_load(const char *ca_file, char *err, size_t errsize) {
+    return load_context(trust_key(ca_file), err, errsize);
+}
+
+void td_tls_trust_keep(const char *ca_file, void *ctx) {
+    if (ctx)
+        keep_context(trust_key(ca_file), ctx);
 }
 
 void td_tls_shutdown(void) {
     for (size_t i = 0; i < CLIENT_CONTEXTS; i++) {
         SSL_CTX_free(clients[i].ctx);
-        free(clients[i].ca_file);
+        free(clients[i].key);
         clients[i].ctx = NULL;
-        clients[i].ca_file = NULL;
+        clients[i].key = NULL;
     }
     BIO_meth_free(bio_method);
     bio_method = NULL;
@@ -375,7 +412,8 @@ td_tls *td_tls_connect(const char *server_name, int verify, const char *ca_file,
         snprintf(err, errsize, "out of memory");
         return NULL;
     }
-    SSL_CTX *ctx = client_context(ca_file, err, errsize);
+    /* Verifying nothing needs no trust store at all. */
+    SSL_CTX *ctx = client_context(verify ? trust_key(ca_file) : NO_TRUST, err, errsize);
     if (!ctx)
         return NULL;
     td_tls *t = tls_new(ctx, pool);

@@ -62,6 +62,16 @@ td_tls *td_tls_accept(td_tls_server *s, td_buf_pool *pool);
 td_tls *td_tls_connect(const char *server_name, int verify, const char *ca_file, const char *alpn, td_buf_pool *pool,
                        char *err, size_t errsize);
 
+/* The trust a verifying client needs: the store of ca_file (NULL: the
+ * system's). td_tls_connect loads it when it is not kept yet, but loading
+ * takes tens of milliseconds (the system's store): a caller on the loop
+ * asks td_tls_trust_ready, loads on a worker thread (td_tls_trust_load: an
+ * opaque context, or NULL and why) and keeps the result on the loop thread
+ * (td_tls_trust_keep takes it; a context kept meanwhile wins). */
+int td_tls_trust_ready(const char *ca_file);
+void *td_tls_trust_load(const char *ca_file, char *err, size_t errsize);
+void td_tls_trust_keep(const char *ca_file, void *ctx);
+
 /* ---- one connection ---- */
 void td_tls_free(td_tls *t);
 /* Server side: what the transport sends unencrypted to a client whose first

@@ -14,6 +14,7 @@ local find = string.find
 local sock_connect, sock_send, sock_receive = core.sock_connect, core.sock_send, core.sock_receive
 local sock_settimeout, sock_close, sock_usable = core.sock_settimeout, core.sock_close, core.sock_usable
 local sock_pool, sock_unpool, sock_starttls = core.sock_pool, core.sock_unpool, core.sock_starttls
+local tls_trust = core.tls_trust
 
 local DEFAULT_TIMEOUT = tendril.DEFAULT_TIMEOUT
 local DEFAULT_POOL_IDLE = 60
@@ -114,6 +115,14 @@ function _M.connect(host, port, opts)
         return nil, err
     end
     local tls = opts.tls and true or false
+    -- The trust store loads once, off the loop (the system's takes tens of
+    -- milliseconds); after that this is a lookup.
+    if tls and opts.verify ~= false then
+        local ok, e = tls_trust(opts.ca_file)
+        if not ok then
+            return nil, e
+        end
+    end
     for i = 1, #addrs do
         s, err = sock_connect(addrs[i], port, opts.connect_timeout or timeout, tls, server_name,
             opts.verify ~= false, opts.ca_file, opts.alpn)
@@ -154,6 +163,12 @@ function methods.starttls(self, opts)
     check_tls("sock:starttls", opts)
     local key = pool_key[self]
     local server_name = opts.server_name or (key and key:match("^(.*):%d+$"))
+    if opts.verify ~= false then
+        local ok, e = tls_trust(opts.ca_file)
+        if not ok then
+            return nil, e
+        end
+    end
     local ok, err = sock_starttls(self, server_name, opts.verify ~= false, opts.ca_file, opts.alpn)
     if ok and key then
         local host, port = key:match("^(.*):(%d+)$")

@@ -14,9 +14,10 @@ import tempfile
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
-from harness import (BIN, SANITIZED, Reader, Server, TestCase, connect, deadline, get, main, poll,
+from harness import (BIN, SANITIZED, SLOW, Reader, Server, TestCase, connect, deadline, get, main, poll,
                      recv_until_close)
 from tlsfixture import SYSTEM_PYTHON, Pki, openssl, peer_der, peer_serial, tls_connect
 
@@ -890,6 +891,36 @@ class ClientTest(PkiTestCase):
         failures = [r for r in results if r != b"200 slept"]
         self.assertEqual(failures[:5], [], "%d of %d failed" % (len(failures), n))
         self.assert_descriptors_back(fds_before, up_fds_before)
+
+
+class TrustStoreTest(PkiTestCase):
+    """The system's trust store takes tens of milliseconds to load: the
+    first verifying calls wait for it on a worker thread, not on the loop,
+    so the stall guard has nothing to say, and calls that come meanwhile
+    share the one load."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.py_ok = PyServer(cls.pki.localhost)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.py_ok.close()
+        super().tearDownClass()
+
+    def test_the_first_verifying_calls_do_not_stall_the_loop(self):
+        p = self.pki
+        server = Server(CLIENT_APP, args=["--stall-warn-ms", str(int(20 * SLOW))],
+                        env={"CA": p.ca, "CERT": p.localhost.cert, "KEY": p.localhost.key,
+                             "UP": "https://localhost:1"}).start()
+        self.addCleanup(kill, server)
+        url = "/get?url=" + quote("https://localhost:%d/" % self.py_ok.port, safe="")
+        with ThreadPoolExecutor(5) as pool:
+            bodies = list(pool.map(lambda _: get(server.port, url, timeout=30).body.decode(), range(5)))
+        self.assertEqual(bodies, ["nil tls: certificate verify failed: unable to get local issuer certificate"] * 5)
+        self.assertEqual(server.stop(), 0, server.stderr()[-3000:])
+        self.assertNotIn("stall", server.stderr())
 
 
 class ClientTimeoutTest(PkiTestCase):
