@@ -232,6 +232,9 @@ static int sock_starttls(lua_State *L) {
     if (s->conn.tls)
         return luaL_error(L, "sock:starttls: the socket speaks TLS already");
     if (s->in.len > 0) {
+        /* Bytes before the handshake (injected by whoever sits between, or
+         * the peer's mistake): the socket cannot be trusted any more. */
+        td_sock_close(s);
         lua_pushnil(L);
         lua_pushliteral(L, "tls: the peer sent data before the handshake");
         return 2;
@@ -574,10 +577,16 @@ static int tcp_listen(lua_State *L) {
         uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&addr) != 0)
         return luaL_error(L, "tcp.listen: '%s' is not an IP address", ip);
     td_tls_server *tls = NULL;
-    if (cert && key) {
-        char err[600];
-        if (!(tls = td_tls_server_new(&cert, &key, 1, 0, err, sizeof err)))
-            return push_tls_error(L, err);
+    char err[600];
+    if (cert && key && !(tls = td_tls_server_new(&cert, &key, 1, 0, err, sizeof err))) {
+        /* A reload's bad certificate: a listener taken over keeps its
+         * handler and its old certificates (as the HTTPS listener does). */
+        for (td_list *pos = listeners.next; port != 0 && pos != &listeners; pos = pos->next) {
+            listener *old = td_container_of(pos, listener, link);
+            if (same_addr(&old->addr, &addr))
+                old->claimed = 1;
+        }
+        return push_tls_error(L, err);
     }
     /* Port 0 asks for a new port: only an explicit port is taken over. */
     td_list *pos;

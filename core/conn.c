@@ -39,6 +39,39 @@ static void close_with(td_conn *c, int reason);
  * ciphertext (the output is plaintext then). */
 static inline td_buf *wire_of(td_conn *c) { return c->tls ? td_tls_wire(c->tls) : &c->out; }
 
+/* TLS: plaintext waiting to be encrypted, in order, ahead of c->out:
+ * output given by reference (released once encrypted), and output blocks
+ * that were in c->out when such a reference came. It is encrypted a slice
+ * at a time as the wire buffer empties, so a large body costs neither a
+ * second copy of itself nor one long stall of the loop. */
+#define TD_TLS_SLICE (64 * 1024)
+/* Unsent output past which a TLS connection stops reading: what the peer's
+ * own records make us send (alerts, key updates) must stay bounded when it
+ * does not read. */
+#define TD_TLS_READ_BOUND (1024 * 1024)
+
+typedef struct tls_piece {
+    struct tls_piece *next;
+    const char *data;
+    size_t len, off;
+    void (*release)(void *ud); /* NULL: data is block's */
+    void *ud;
+    td_buf block;
+    unsigned in_call : 1; /* td_conn_write_ref has not returned yet */
+    unsigned done : 1;    /* ... and it was all encrypted meanwhile */
+} tls_piece;
+
+typedef struct tls_queue {
+    tls_piece *head, *tail;
+    size_t bytes; /* not yet encrypted */
+} tls_queue;
+
+static inline tls_queue *queue_of(td_conn *c) { return c->tls ? *td_tls_user(c->tls) : NULL; }
+static inline size_t queued(td_conn *c) {
+    tls_queue *q = queue_of(c);
+    return q ? q->bytes : 0;
+}
+
 static inline void enter(td_transport *tp) {
     if (tp->enter)
         tp->enter(tp->hook_ud);
@@ -180,7 +213,7 @@ td_buf *td_conn_out(td_conn *c, size_t extra) {
 
 size_t td_conn_unsent(td_conn *c) {
     size_t n = c->out.len + uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
-    return c->tls ? n + td_tls_wire(c->tls)->len : n;
+    return c->tls ? n + td_tls_wire(c->tls)->len + queued(c) : n;
 }
 
 void td_conn_want_drain(td_conn *c) { c->want_drain = 1; }
@@ -191,6 +224,16 @@ static void check_drain(td_conn *c) {
         enter(td_conn_tp(c));
         c->ops->on_drain(c);
         leave(td_conn_tp(c));
+    }
+}
+
+/* TLS: the peer took enough of what it made us send: read again (if the
+ * protocol wants to). */
+static void unthrottle(td_conn *c) {
+    if (c->throttled && !c->closing && td_conn_unsent(c) <= TD_TLS_READ_BOUND / 2) {
+        c->throttled = 0;
+        if (c->read_wanted)
+            td_conn_resume_reading(c);
     }
 }
 
@@ -213,8 +256,9 @@ static void on_write(uv_write_t *req, int status) {
         c->send_deadline = 0; /* the heap entry goes when it fires */
     }
     check_drain(c);
-    if (c->out.len > 0 || (c->tls && td_tls_wire(c->tls)->len > 0))
+    if (c->out.len > 0 || (c->tls && (td_tls_wire(c->tls)->len > 0 || queued(c) > 0 || c->ending)))
         td_conn_flush(c);
+    unthrottle(c);
 }
 
 /* After a partial try-write: queues the rest, the record owning the wire
@@ -289,67 +333,149 @@ static void flushing(td_conn *c) {
         td_list_remove(&c->plink);
 }
 
-/* TLS: the output, encrypted into the wire buffer (once the handshake is
- * done: until then it waits). Returns 0, or an error (c is closing). */
-static int encrypt_out(td_conn *c) {
-    if (c->out.len == 0 || !td_tls_established(c->tls))
+/* A queued piece is all encrypted (or the connection went): its data is
+ * the owner's again. */
+static void piece_done(td_conn *c, tls_piece *p) {
+    if (p->in_call) {
+        p->done = 1; /* td_conn_write_ref frees it and says "taken at once" */
+        return;
+    }
+    if (p->release)
+        p->release(p->ud);
+    td_buf_pool_give(&td_conn_tp(c)->out_pool, &p->block);
+    free(p);
+}
+
+static void start_shutdown(td_conn *c);
+
+/* TLS: encrypts into the wire buffer, in order, the queued pieces and then
+ * the output, until the wire holds a slice (once the handshake is done:
+ * until then everything waits). At a graceful end, close_notify follows
+ * the last byte and the half-close follows it. Returns 0, or an error
+ * (c is closing). */
+static int tls_fill(td_conn *c) {
+    td_tls *t = c->tls;
+    if (!td_tls_established(t))
         return 0;
-    int rc = td_tls_write(c->tls, c->out.data, c->out.len);
-    c->out.len = 0;
-    c->out_epoch++;
-    td_buf_pool_give(&td_conn_tp(c)->out_pool, &c->out);
-    if (rc < 0)
-        close_with(c, rc);
-    return rc;
+    td_buf *wire = td_tls_wire(t);
+    tls_queue *q = queue_of(c);
+    while (wire->len < TD_TLS_SLICE) {
+        tls_piece *p = q ? q->head : NULL;
+        int rc = 0;
+        if (p) {
+            size_t n = p->len - p->off < TD_TLS_SLICE ? p->len - p->off : TD_TLS_SLICE;
+            rc = td_tls_write(t, p->data + p->off, n);
+            p->off += n;
+            q->bytes -= n;
+            if (p->off == p->len) {
+                q->head = p->next;
+                if (!q->head)
+                    q->tail = NULL;
+                piece_done(c, p);
+            }
+        } else if (c->out.len > 0) {
+            rc = td_tls_write(t, c->out.data, c->out.len);
+            c->out.len = 0;
+            td_buf_pool_give(&td_conn_tp(c)->out_pool, &c->out);
+        } else {
+            if (c->ending)
+                td_tls_close_notify(t); /* once */
+            break;
+        }
+        c->out_epoch++;
+        if (rc < 0) {
+            close_with(c, rc);
+            return rc;
+        }
+    }
+    return 0;
 }
 
 void td_conn_flush(td_conn *c) {
     flushing(c);
-    if (c->closing)
-        return;
-    if (c->tls && encrypt_out(c) < 0)
-        return;
-    td_buf *wire = wire_of(c);
-    if (wire->len == 0)
-        return;
-    /* One write in flight at a time: what comes meanwhile gathers in the
-     * wire buffer and leaves in one piece when that write ends (on_write).
-     * A write per small answer would each hold a whole output block. */
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0)
-        return;
-    ssize_t n = try_write(c, NULL, 0);
-    if (n < 0) {
-        close_with(c, (int)n);
-        return;
-    }
-    if ((size_t)n == wire->len) {
+    for (;;) {
+        if (c->closing)
+            return;
+        if (c->tls && tls_fill(c) < 0)
+            return;
+        td_buf *wire = wire_of(c);
+        /* One write in flight at a time: what comes meanwhile gathers in
+         * the wire buffer and leaves in one piece when that write ends
+         * (on_write). A write per small answer would each hold a whole
+         * output block. */
+        if (wire->len == 0 || uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > 0)
+            break;
+        ssize_t n = try_write(c, NULL, 0);
+        if (n < 0) {
+            close_with(c, (int)n);
+            return;
+        }
+        if ((size_t)n < wire->len) {
+            queue_rest(c, (size_t)n, NULL, 0, NULL, NULL);
+            break;
+        }
         all_written(c);
-        return;
+        if (!c->tls)
+            return;
+        unthrottle(c);
+        /* TLS: more may wait to be encrypted now that the wire is empty. */
     }
-    queue_rest(c, (size_t)n, NULL, 0, NULL, NULL);
+    /* A TLS end half-closes once everything, close_notify last, is with
+     * libuv (which runs the shutdown after its queued writes). */
+    if (c->tls && c->ending && !c->closing && td_tls_wire(c->tls)->len == 0 &&
+        (!td_tls_established(c->tls) || (queued(c) == 0 && c->out.len == 0)))
+        start_shutdown(c);
+}
+
+/* TLS: the reference joins the queue (after what c->out holds, which
+ * becomes a piece of its own), to be encrypted a slice at a time. */
+static int tls_write_ref(td_conn *c, const char *data, size_t len, void (*release)(void *ud), void *ud) {
+    tls_queue *q = queue_of(c);
+    tls_piece *p = calloc(1, sizeof *p), *before = NULL;
+    if (!q && (q = calloc(1, sizeof *q)) != NULL)
+        *td_tls_user(c->tls) = q;
+    if (c->out.len > 0 && (before = calloc(1, sizeof *before)) != NULL) {
+        before->block = c->out;
+        before->data = before->block.data;
+        before->len = before->block.len;
+        c->out = (td_buf){0};
+    }
+    if (!q || !p || (c->out.len > 0 && !before)) {
+        if (before) {
+            td_buf_pool_give(&td_conn_tp(c)->out_pool, &before->block);
+            free(before);
+        }
+        free(p);
+        close_with(c, UV_ENOMEM);
+        return UV_ENOMEM;
+    }
+    p->data = data;
+    p->len = len;
+    p->release = release;
+    p->ud = ud;
+    p->in_call = 1;
+    for (tls_piece *x = before ? before : p; x; x = x == before ? p : NULL) {
+        if (q->tail)
+            q->tail->next = x;
+        else
+            q->head = x;
+        q->tail = x;
+        q->bytes += x->len;
+    }
+    td_conn_flush(c);
+    if (p->done) {
+        free(p);
+        return c->closing ? TD_ECLOSED : 0;
+    }
+    p->in_call = 0;
+    return 1; /* released once encrypted, or when the connection's memory goes */
 }
 
 int td_conn_write_ref(td_conn *c, const char *data, size_t len, void (*release)(void *ud), void *ud) {
     if (c->closing)
         return TD_ECLOSED;
-    if (c->tls) {
-        /* Encrypting is a copy: the data is free at once. */
-        int rc = 0;
-        if (td_tls_established(c->tls)) {
-            if (encrypt_out(c) < 0)
-                return TD_ECLOSED;
-            rc = td_tls_write(c->tls, data, len);
-            c->out_epoch++;
-        } else {
-            rc = td_conn_out(c, len) ? td_buf_append(&c->out, data, len) : UV_ENOMEM;
-        }
-        if (rc < 0) {
-            close_with(c, rc);
-            return rc;
-        }
-        td_conn_flush(c);
-        return c->closing ? TD_ECLOSED : 0;
-    }
+    if (c->tls)
+        return tls_write_ref(c, data, len, release, ud);
     flushing(c);
     ssize_t n = try_write(c, data, len);
     if (n < 0) {
@@ -420,6 +546,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 }
 
 void td_conn_pause_reading(td_conn *c) {
+    c->read_wanted = 0;
     if (c->reading && !c->closing) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = 0;
@@ -427,6 +554,9 @@ void td_conn_pause_reading(td_conn *c) {
 }
 
 void td_conn_resume_reading(td_conn *c) {
+    c->read_wanted = 1;
+    if (c->throttled)
+        return; /* once the peer has read what it made us send */
     if (!c->reading && !c->closing && c->connected) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
             c->reading = 1;
@@ -518,8 +648,16 @@ static void tls_read(td_conn *c, const char *data, size_t len) {
             }
             td_conn_pause_reading(c);
             c->ops->on_eof(c, n == UV_EOF ? UV_EOF : UV_ECONNRESET);
+            return;
         }
-        return;
+        break;
+    }
+    /* Records that make us answer (key updates, alerts) from a peer that
+     * does not read: stop reading until it takes what it made us send. */
+    if (c->reading && td_conn_unsent(c) > TD_TLS_READ_BOUND) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+        c->throttled = 1;
     }
 }
 
@@ -617,6 +755,13 @@ static void on_closed(uv_handle_t *h) {
     td_transport *tp = td_conn_tp(c);
     int accepted = c->accepted;
     td_buf_pool_give(&tp->out_pool, &c->out);
+    tls_queue *q = queue_of(c);
+    while (q && q->head) {
+        tls_piece *p = q->head;
+        q->head = p->next;
+        piece_done(c, p); /* references go back to their owners */
+    }
+    free(q);
     td_tls_free(c->tls);
     slot_give(tp, c);
     tp->nconns--;
@@ -691,11 +836,16 @@ void td_conn_end(td_conn *c) {
     c->want_drain = 0;
     c->io_deadline = 0;
     rekey(c);
-    if (c->tls && td_tls_established(c->tls) && encrypt_out(c) == 0)
-        td_tls_close_notify(c->tls); /* after the last output, before the FIN */
+    /* Under TLS the flush half-closes once the last byte is encrypted. */
     td_conn_flush(c);
-    if (c->closing)
+    if (!c->tls)
+        start_shutdown(c);
+}
+
+static void start_shutdown(td_conn *c) {
+    if (c->closing || c->shutdown_sent)
         return;
+    c->shutdown_sent = 1;
     uv_shutdown_t *req = malloc(sizeof *req);
     if (!req) {
         td_conn_close(c);

@@ -111,6 +111,9 @@ struct td_conn {
     unsigned reading : 1;
     unsigned want_drain : 1;
     unsigned connected : 1;
+    unsigned read_wanted : 1;   /* the protocol wants to read (its last pause or resume) */
+    unsigned throttled : 1;     /* TLS: reading stopped until the peer takes what it made us send */
+    unsigned shutdown_sent : 1; /* the half-close of a graceful end was asked */
 };
 
 /* A listener accepts with its own accept4 loop on a uv_poll_t: libuv's

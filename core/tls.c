@@ -33,11 +33,13 @@ struct td_tls {
     size_t in_len;
     const char *refusal;
     size_t refusal_len;
+    void *user;
     char *err;
     unsigned client : 1;
     unsigned established : 1;
     unsigned fresh : 1;
     unsigned verify : 1;
+    unsigned notified : 1;
 };
 
 static size_t live;
@@ -181,26 +183,52 @@ static int select_certificate(SSL *ssl, int *alert, void *arg) {
     return SSL_TLSEXT_ERR_OK;
 }
 
-static int readable(const char *path, char *err, size_t errsize, const char *what) {
+/* 0, or -1 and why (the file cannot be opened, or is a directory). With
+ * encrypted set, also whether it holds an encrypted PEM key. */
+static int readable(const char *path, char *err, size_t errsize, const char *what, int *encrypted) {
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, errsize, "cannot read the %s %s: %s", what, path, strerror(errno));
         return -1;
     }
+    char buf[4096];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    int failed = ferror(f);
+    int e = errno;
     fclose(f);
+    if (failed) {
+        snprintf(err, errsize, "cannot read the %s %s: %s", what, path, strerror(e));
+        return -1;
+    }
+    buf[n] = '\0';
+    if (encrypted)
+        *encrypted = strstr(buf, "ENCRYPTED") != NULL;
     return 0;
+}
+
+/* A key with a passphrase would make OpenSSL ask on the terminal, blocking
+ * the loop: tendril takes keys without one. */
+static int no_passphrase(char *buf, int size, int rwflag, void *ud) {
+    (void)buf, (void)size, (void)rwflag, (void)ud;
+    return -1;
 }
 
 static SSL_CTX *server_context(td_tls_server *s, const char *cert, const char *key, int alpn_http, char *err,
                                size_t errsize) {
-    if (readable(cert, err, errsize, "certificate") != 0 || readable(key, err, errsize, "key") != 0)
+    int encrypted = 0;
+    if (readable(cert, err, errsize, "certificate", NULL) != 0 || readable(key, err, errsize, "key", &encrypted) != 0)
         return NULL;
+    if (encrypted) {
+        snprintf(err, errsize, "the key %s is encrypted: tendril needs it without a passphrase", key);
+        return NULL;
+    }
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
         snprintf(err, errsize, "cannot make a TLS context: %s", queued_reason());
         return NULL;
     }
     common_options(ctx);
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         snprintf(err, errsize, "cannot load the certificate %s: %s", cert, queued_reason());
         goto fail;
@@ -304,7 +332,7 @@ static SSL_CTX *cached_context(const char *key) {
 /* Thread-safe: touches no shared state but OpenSSL's. */
 static SSL_CTX *load_context(const char *key, char *err, size_t errsize) {
     int system = key[0] == '\0', none = strcmp(key, NO_TRUST) == 0;
-    if (!system && !none && readable(key, err, errsize, "CA file") != 0)
+    if (!system && !none && readable(key, err, errsize, "CA file", NULL) != 0)
         return NULL;
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx) {
@@ -421,6 +449,12 @@ td_tls *td_tls_connect(const char *server_name, int verify, const char *ca_file,
         snprintf(err, errsize, "out of memory");
         return NULL;
     }
+    if (verify && (!server_name || !*server_name)) {
+        /* Verifying a chain without a name proves nothing about the peer. */
+        snprintf(err, errsize, "a server name is needed to verify the certificate (or verify = false)");
+        td_tls_free(t);
+        return NULL;
+    }
     t->client = 1;
     t->verify = verify ? 1 : 0;
     SSL_set_connect_state(t->ssl);
@@ -533,9 +567,14 @@ int td_tls_write(td_tls *t, const char *data, size_t len) {
 }
 
 void td_tls_close_notify(td_tls *t) {
-    if (t->established && SSL_shutdown(t->ssl) < 0)
+    if (!t->established || t->notified)
+        return;
+    t->notified = 1;
+    if (SSL_shutdown(t->ssl) < 0)
         ERR_clear_error();
 }
+
+void **td_tls_user(td_tls *t) { return &t->user; }
 
 int td_tls_established(const td_tls *t) { return t->established; }
 int td_tls_is_client(const td_tls *t) { return t->client; }

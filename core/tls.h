@@ -92,8 +92,12 @@ int td_tls_handshake(td_tls *t);
 ssize_t td_tls_read(td_tls *t, char *buf, size_t cap);
 /* Encrypts all of data into the wire buffer (after the handshake). */
 int td_tls_write(td_tls *t, const char *data, size_t len);
-/* Adds a close_notify alert to the wire buffer (after the handshake). */
+/* Adds a close_notify alert to the wire buffer (after the handshake;
+ * once). */
 void td_tls_close_notify(td_tls *t);
+/* A pointer the transport keeps with the connection's TLS state (its queue
+ * of output still to encrypt); td_tls_free leaves it alone. */
+void **td_tls_user(td_tls *t);
 
 int td_tls_established(const td_tls *t);
 int td_tls_is_client(const td_tls *t);

@@ -39,8 +39,12 @@ end
 -- TLS options: { tls =, server_name =, verify =, ca_file = }, checked;
 -- misuse raises at the caller of fname (level 3 from here).
 local function check_tls(fname, o)
-    if o.server_name ~= nil and type(o.server_name) ~= "string" then
-        error(fname .. ": server_name must be a string, got " .. type(o.server_name), 3)
+    if o.server_name ~= nil and (type(o.server_name) ~= "string" or o.server_name == "") then
+        error(fname .. ": server_name must be a host name, got " .. (o.server_name == "" and "\"\""
+            or type(o.server_name)), 3)
+    end
+    if o.alpn ~= nil and type(o.alpn) ~= "string" then
+        error(fname .. ": alpn must be a protocol name, got " .. type(o.alpn), 3)
     end
     if o.verify ~= nil and type(o.verify) ~= "boolean" then
         error(fname .. ": verify must be true or false, got " .. type(o.verify), 3)
@@ -152,9 +156,10 @@ function methods.receive(self, pattern)
     return sock_receive(self, pattern)
 end
 
---- Upgrades the connection to TLS (after a protocol's STARTTLS): opts as
---- tcp.connect's (server_name defaults to the host connected to). true, or
---- nil, err; a failed handshake closes the socket.
+--- Upgrades the connection to TLS (after a protocol's STARTTLS), this side
+--- being the TLS client: opts as tcp.connect's (server_name defaults to the
+--- host connected to; a tcp.listen socket has none). true, or nil, err; a
+--- failure closes the socket.
 function methods.starttls(self, opts)
     if opts ~= nil and type(opts) ~= "table" then
         error("sock:starttls: expected an options table, got " .. type(opts), 2)
@@ -163,6 +168,9 @@ function methods.starttls(self, opts)
     check_tls("sock:starttls", opts)
     local key = pool_key[self]
     local server_name = opts.server_name or (key and key:match("^(.*):%d+$"))
+    if opts.verify ~= false and not server_name then
+        error("sock:starttls: a server_name is needed to verify the certificate (or verify = false)", 2)
+    end
     if opts.verify ~= false then
         local ok, e = tls_trust(opts.ca_file)
         if not ok then

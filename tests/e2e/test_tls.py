@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from harness import (BIN, SANITIZED, SLOW, Reader, Server, TestCase, connect, deadline, get, main, poll,
                      recv_until_close)
-from tlsfixture import SYSTEM_PYTHON, Pki, openssl, peer_der, peer_serial, tls_connect
+from tlsfixture import SYSTEM_PYTHON, Pki, must, openssl, peer_der, peer_serial, tls_connect
 
 LOCAL_SANS = ["DNS:localhost", "IP:127.0.0.1"]
 
@@ -523,7 +523,15 @@ class StartFailureTest(PkiTestCase):
         r = self.serve("--tls-cert", self.pki.localhost.cert, "--tls-key", garbage)
         self.assert_one_line(r, garbage)
         r = self.serve("--tls-cert", self.pki.dir, "--tls-key", self.pki.localhost.key)  # a directory
-        self.assert_one_line(r, self.pki.dir)
+        self.assert_one_line(r, self.pki.dir, pattern="directory")
+
+    def test_encrypted_key(self):
+        # OpenSSL would ask for the passphrase on the terminal (and block
+        # the loop at a reload): refused with one line instead.
+        enc = os.path.join(self.pki.dir, "encrypted.key")
+        must(openssl("pkey", "-in", self.pki.localhost.key, "-aes256", "-passout", "pass:secret", "-out", enc))
+        r = self.serve("--tls-cert", self.pki.localhost.cert, "--tls-key", enc)
+        self.assert_one_line(r, enc, pattern="encrypted")
 
     def test_key_that_does_not_match(self):
         p = self.pki
@@ -717,6 +725,48 @@ end
 '''
 
 
+TCP_TLS_APP = r'''
+local tcp = require "tendril.tcp"
+-- The result is not asserted: a reload whose certificate is bad must
+-- leave the listener serving with the old one.
+local port, err = tcp.listen("127.0.0.1", tonumber(os.getenv("TCP_PORT")), function(sock)
+    sock:send("echo " .. tostring(sock:receive()) .. "\n")
+end, { tls = { cert = os.getenv("CERT"), key = os.getenv("KEY") } })
+if not port then
+    io.stderr:write("tcp.listen: ", err, "\n")
+end
+return function() return "ok" end
+'''
+
+
+class TcpListenRenewalTest(PkiTestCase):
+    def test_a_bad_certificate_at_reload_keeps_the_listener_and_the_old_one(self):
+        p = self.pki
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            tcp_port = probe.getsockname()[1]
+        srv = Server(TCP_TLS_APP)
+        cert, key = os.path.join(srv.dir, "s.crt"), os.path.join(srv.dir, "s.key")
+        p.localhost.install(cert, key)
+        srv.env = dict(srv.env or {}, TCP_PORT=str(tcp_port), CERT=cert, KEY=key)
+        srv.start()
+        self.addCleanup(kill, srv)
+
+        def echo():
+            with tls_connect(tcp_port, ca=p.ca) as s:
+                s.sendall(b"hi\n")
+                return s.recv(100)
+
+        self.assertEqual(echo(), b"echo hi\n")
+        with open(key, "w") as f, open(p.other.key) as other:
+            f.write(other.read())  # the wrong key for the certificate
+        srv.proc.send_signal(signal.SIGHUP)
+        self.assertTrue(poll(lambda: "does not match" in srv.stderr(), 5), srv.stderr()[-2000:])
+        self.assertEqual(echo(), b"echo hi\n")
+        self.assertEqual(peer_serial(tcp_port, "localhost"), p.localhost.serial)
+        self.assertEqual(srv.stop(), 0, srv.stderr()[-3000:])
+
+
 class ClientTest(PkiTestCase):
     @classmethod
     def setUpClass(cls):
@@ -796,6 +846,13 @@ class ClientTest(PkiTestCase):
         # An address that is not among the certificate's names.
         self.assertEqual(self.fetch("https://127.0.0.1:%d/" % self.py_other.port, ca=1),
                          "nil tls: host name mismatch")
+
+    def test_an_empty_server_name_is_misuse(self):
+        # An empty name would verify the chain and no name at all.
+        r = get(self.port, "/tcp?port=%d&sn=&ca=1" % self.up.tls_port, timeout=30)
+        self.assertEqual(r.status, 500)
+        self.assertTrue(poll(lambda: 'tcp.connect: server_name must be a host name, got ""' in self.server.stderr(),
+                             deadline(5)), self.server.stderr()[-2000:])
 
     def test_verify_false_opts_out(self):
         self.assertEqual(self.fetch("https://localhost:%d/" % self.py_self.port, verify=0),
@@ -891,6 +948,50 @@ class ClientTest(PkiTestCase):
         failures = [r for r in results if r != b"200 slept"]
         self.assertEqual(failures[:5], [], "%d of %d failed" % (len(failures), n))
         self.assert_descriptors_back(fds_before, up_fds_before)
+
+
+BIG_APP = r'''
+local big = string.rep("0123456789abcdef", 1024 * 1024) -- 16 MiB
+return function(req)
+    return big
+end
+'''
+
+
+class SlowReaderTest(PkiTestCase):
+    """A large body to HTTPS clients that do not read yet: it is encrypted
+    a slice at a time as each client reads, so memory does not grow by a
+    copy of the body per client, and the loop never waits for a whole
+    body's encryption."""
+
+    def test_large_bodies_to_slow_readers(self):
+        p = self.pki
+        server = Server(BIG_APP, args=["--tls-port", "0", "--tls-cert", p.localhost.cert, "--tls-key",
+                                       p.localhost.key, "--stall-warn-ms", str(int(100 * SLOW))]).start()
+        self.addCleanup(kill, server)
+        before = server.rss_kib()
+        clients = []
+        for _ in range(6):
+            s = tls_connect(server.tls_port, ca=p.ca)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            s.recv(1)  # the answer has started
+            clients.append(s)
+        time.sleep(1)
+        grown = server.rss_kib() - before
+        if not SANITIZED:
+            # Whole copies would be 6 x 16 MiB (and as much again of ciphertext).
+            self.assertLess(grown, 24 * 1024, "RSS grew by %d KiB" % grown)
+        for s in clients:
+            got = 1
+            while True:
+                data = s.recv(1 << 20)
+                got += len(data)
+                if not data or got >= 16 * 1024 * 1024 + 64:
+                    break
+            self.assertGreater(got, 16 * 1024 * 1024)
+            s.close()
+        self.assertEqual(server.stop(), 0, server.stderr()[-3000:])
+        self.assertNotIn("stall: GET", server.stderr())
 
 
 class TrustStoreTest(PkiTestCase):

@@ -11,8 +11,12 @@
 #include "errors.h"
 #include "tls.h"
 
+#include <openssl/ssl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static uv_loop_t loop;
@@ -23,6 +27,7 @@ static char dir[] = "/tmp/td-test-tls-XXXXXX";
 static char cert[256], key[256];
 
 #define TOTAL (1024 * 1024)
+#define LARGE (8 * 1024 * 1024)
 
 static struct {
     int opened, connects, connect_status, eofs, eof_err, closes;
@@ -170,6 +175,105 @@ static void test_echo_a_megabyte(void) {
     CHECK_EQ_INT(ev.closes, 1);
 }
 
+static void count_release(void *ud) { (*(int *)ud)++; }
+
+/* A reference larger than the socket takes is held, encrypted a slice at a
+ * time as the peer reads (the wire buffer stays small), and released once. */
+static void test_large_reference_is_encrypted_in_slices(void) {
+    memset(&ev, 0, sizeof ev);
+    td_conn *c = dial(tls_port);
+    CHECK_EQ_INT(td_conn_start_tls(c, client_tls("localhost")), 0);
+    RUN_UNTIL(ev.connects == 1);
+    CHECK_EQ_INT(ev.connect_status, 0);
+    int released = 0;
+    /* Small output before and after the reference keeps its place. */
+    td_buf *out = td_conn_out(c, 10);
+    memcpy(out->data, big, 10);
+    out->len = 10;
+    CHECK_EQ_INT(td_conn_write_ref(c, big + 10, LARGE - 20, count_release, &released), 1);
+    out = td_conn_out(c, 10);
+    memcpy(out->data + out->len, big + LARGE - 10, 10);
+    out->len += 10;
+    CHECK_EQ_INT(released, 0);
+    size_t most = 0;
+    for (int i = 0; i < 20000 && ev.client_got < LARGE; i++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        if (td_tls_wire(c->tls)->len > most)
+            most = td_tls_wire(c->tls)->len;
+        if (ev.client_got < LARGE)
+            uv_sleep(1);
+    }
+    CHECK_EQ_INT(ev.client_got, LARGE);
+    CHECK_EQ_INT(ev.mismatch, 0);
+    CHECK_EQ_INT(released, 1);
+    CHECK(most <= 80 * 1024); /* a slice (64 KiB) and its records' overhead */
+    td_conn_close(c);
+    RUN_UNTIL(ev.closes == 1);
+}
+
+/* A child process: a TLS 1.3 client that sends key updates asking for ours
+ * as fast as it can and never reads. */
+static void key_update_flood(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096; /* the kernel must not absorb what the server sends */
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", tls_port, &a);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        _exit(2);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    if (SSL_connect(ssl) != 1)
+        _exit(3);
+    for (int i = 0; i < 400000; i++) {
+        if (SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED) != 1 || SSL_do_handshake(ssl) != 1)
+            _exit(0); /* the server stopped reading: the socket filled up, or it closed */
+    }
+    _exit(0);
+}
+
+/* What a peer's records make us send stays bounded when the peer never
+ * reads: reading stops past a mark until it takes some. */
+static void test_a_peer_that_never_reads_is_throttled(void) {
+    memset(&ev, 0, sizeof ev);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0)
+        key_update_flood();
+    RUN_UNTIL(ev.opened == 1);
+    td_conn *s = ev.server;
+    uv_os_fd_t fd;
+    int small = 4096;
+    CHECK_EQ_INT(uv_fileno((uv_handle_t *)&s->tcp, &fd), 0);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    size_t most = 0;
+    /* Until the mark is reached (generous: the sanitizer build is slow),
+     * then one more second to see that it holds. */
+    uint64_t end = uv_hrtime() + 20000000000ull, reached = 0;
+    int exited = 0, status = 0;
+    while (uv_hrtime() < end && !exited && ev.closes == 0) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        if (ev.closes == 0 && td_conn_unsent(s) > most)
+            most = td_conn_unsent(s);
+        if (!reached && most > 1024 * 1024) {
+            reached = uv_hrtime();
+            end = reached + 1000000000ull;
+        }
+        exited = waitpid(pid, &status, WNOHANG) == pid;
+        uv_sleep(1);
+    }
+    CHECK(most > 1024 * 1024);        /* it made us answer more than the kernel took */
+    CHECK(most < 2 * 1024 * 1024);    /* the mark (1 MiB) and what one read brings */
+    if (!exited) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    RUN_UNTIL(ev.closes == 1);
+    CHECK_EQ_INT(ev.closes, 1);
+}
+
 static void test_wrong_name_fails_the_handshake(void) {
     memset(&ev, 0, sizeof ev);
     td_conn *c = dial(tls_port);
@@ -226,8 +330,8 @@ int main(void) {
              "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout %s -out %s 2>/dev/null",
              key, cert);
     CHECK_EQ_INT(system(cmd), 0);
-    big = malloc(TOTAL);
-    for (size_t i = 0; i < TOTAL; i++)
+    big = malloc(LARGE);
+    for (size_t i = 0; i < LARGE; i++)
         big[i] = pattern(i);
 
     uv_loop_init(&loop);
@@ -252,6 +356,8 @@ int main(void) {
     CHECK(strstr(err, "does not match the certificate") != NULL);
 
     test_echo_a_megabyte();
+    test_large_reference_is_encrypted_in_slices();
+    test_a_peer_that_never_reads_is_throttled();
     test_wrong_name_fails_the_handshake();
     test_starttls_on_an_open_connection();
     test_plain_request_to_the_tls_port();
