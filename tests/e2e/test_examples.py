@@ -2,10 +2,12 @@
 import os
 import re
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 
-from harness import Server, TestCase, deadline, get, main, request
+from harness import BIN, Server, TestCase, deadline, get, main, request
 from upstream import Upstream
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -82,6 +84,29 @@ class ReadmeTest(TestCase):
             code = f.read()
         block = next(b for b in re.findall(r"```lua\n(.*?)```", text, re.S) if "fetch" in b or "upstream" in b)
         self.assertIn(block.strip(), code, "README's fetch-and-wait differs from examples/fetch-and-wait.lua")
+
+
+    def test_the_readme_https_block(self):
+        # Run as written, with the paths and ports moved out of the way.
+        with open(os.path.join(ROOT, "README.md")) as f:
+            text = f.read()
+        block = next(b for b in re.findall(r"```sh\n(.*?)```", text, re.S) if "--tls-cert" in b)
+        d = tempfile.mkdtemp(prefix="tendril-readme-https-")
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            b.bind(("127.0.0.1", 0))
+            plain, tls = a.getsockname()[1], b.getsockname()[1]
+        script = (block.replace("/tmp/tendril-", d + "/").replace("build/tendril", BIN)
+                  .replace("examples/", os.path.join(ROOT, "examples") + "/")
+                  .replace("8080", str(plain)).replace("8443", str(tls)))
+        # The server runs in the background: curl gets a moment, then both go.
+        script = script.replace("\ncurl ", "\nfor i in $(seq 1 50); do curl -s -o /dev/null -k https://localhost:%d/ && break; "
+                                "sleep 0.1; done\ncurl " % tls) + "\nkill %1\nwait\n"
+        r = subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, timeout=deadline(60))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The server's own lines, then curl's answer.
+        self.assertIn("listening on https://127.0.0.1:%d\n" % tls, r.stdout)
+        self.assertTrue(r.stdout.endswith("hello world\n"), r.stdout)
 
 
 if __name__ == "__main__":
