@@ -233,7 +233,10 @@ local function exchange(method, u, headers, body, opts, retried)
     local copts = opts
     if u.scheme == "https" then
         copts = { tls = true, verify = opts.verify, ca_file = opts.ca_file, alpn = "http/1.1", timeout = opts.timeout,
-            connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout }
+            connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout, fresh = retried }
+    elseif retried then
+        copts = { timeout = opts.timeout, connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout,
+            fresh = true }
     end
     local sock, err = tcp.connect(u.host, u.port, copts)
     if not sock then

@@ -108,7 +108,10 @@ function _M.connect(host, port, opts)
     local read_timeout = opts.read_timeout or timeout
     local server_name = opts.server_name or host
     local key = key_of(host, port, opts, server_name)
-    local s = take_pooled(key)
+    -- fresh (for tendril.http's retry): a new connection, whatever the pool
+    -- holds; idle connections often die together (the server's keep-alive
+    -- timeout), and the next pooled one may be as stale as the last.
+    local s = not opts.fresh and take_pooled(key)
     if s then
         sock_settimeout(s, read_timeout)
         return s

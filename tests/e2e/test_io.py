@@ -6,6 +6,7 @@ import socket
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from harness import BIN, Reader, Server, TestCase, connect, deadline, get, main, poll
 from upstream import Upstream
@@ -333,6 +334,18 @@ class IoTest(TestCase):
         # request arrives; the client retries on a new one.
         self.assertEqual(self.body("/get?p=/once"), "200 hello from upstream")
         self.assertEqual(self.up.connections - before, 2)
+
+    def test_the_retry_takes_a_new_connection_not_another_pooled_one(self):
+        # Idle connections often die together (the server's keep-alive
+        # timeout): two pooled connections, both stale; the retry must not
+        # take the second.
+        before = self.up.connections
+        with ThreadPoolExecutor(2) as pool:
+            slow = list(pool.map(lambda _: self.body("/get?p=/slow%3Fs=0.3"), range(2)))
+        self.assertEqual(slow, ["200 slow"] * 2)
+        self.assertEqual(self.up.connections - before, 2)
+        self.assertEqual(self.body("/get?p=/once"), "200 hello from upstream")
+        self.assertEqual(self.up.connections - before, 3)
 
     def test_tcp_echo_patterns(self):
         self.assertEqual(self.body("/echo"), "ping|ab|c|bye|nil|closed|")
