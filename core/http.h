@@ -31,6 +31,7 @@
 
 #include <llhttp.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "conn.h"
 
@@ -290,10 +291,25 @@ static inline void td_http_lower(char *p, size_t n) {
 }
 
 /* Lowers a field name in place; 0, or -1 when it holds white space or a
- * control byte (which llhttp 8 lets into a name). One pass for both. */
+ * control byte (which llhttp 8 lets into a name). One pass for both,
+ * eight bytes at a time (every request's names come through here). */
 static inline int td_http_lower_name(char *p, size_t n) {
-    unsigned bad = 0;
-    for (size_t i = 0; i < n; i++) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t bad8 = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        /* A byte below 0x21 (a byte of 0x80 or more is not one). */
+        bad8 |= (x - ones * 0x21) & ~x & highs;
+        /* Bytes from 'A' to 'Z' (7-bit sums, so no carry crosses a byte). */
+        uint64_t low7 = x & ~highs;
+        uint64_t upper = (low7 + ones * (0x80 - 'A')) & ~(low7 + ones * (0x80 - 'Z' - 1)) & ~x & highs;
+        x |= upper >> 2; /* 0x80 >> 2 is the case bit, 0x20 */
+        memcpy(p + i, &x, 8);
+    }
+    unsigned bad = bad8 != 0;
+    for (; i < n; i++) {
         unsigned char c = (unsigned char)p[i];
         bad |= c <= ' ';
         if ((unsigned)(c - 'A') < 26u)

@@ -200,7 +200,34 @@ static void test_reasons(void) {
     CHECK(strcmp(td_err_name(UV_EPIPE), "closed") == 0);
 }
 
+/* td_http_lower_name, eight bytes at a time, against a byte-at-a-time
+ * reference: every byte value at every position of names of every length
+ * up to 40. */
+static void test_lower_name(void) {
+    int wrong = 0;
+    unsigned seed = 1;
+    for (size_t n = 0; n <= 40; n++) {
+        for (int round = 0; round < 2000; round++) {
+            char a[48], want[48];
+            int want_bad = 0;
+            for (size_t i = 0; i < n; i++) {
+                seed = seed * 1103515245u + 12345u;
+                unsigned c = (seed >> 16) & 0xFF;
+                if (round % 3)
+                    c = 'A' + c % 58; /* mostly letters and what lies around them */
+                a[i] = (char)c;
+                want[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+                want_bad |= c <= ' ';
+            }
+            int bad = td_http_lower_name(a, n) != 0;
+            wrong += bad != want_bad || memcmp(a, want, n) != 0;
+        }
+    }
+    CHECK_EQ_INT(wrong, 0);
+}
+
 int main(void) {
+    test_lower_name();
     uv_loop_init(&loop);
     td_transport_init(&tp, &loop, 0);
     td_http_config cfg = {.max_header_bytes = 16384, .max_body_bytes = 1 << 20, .header_timeout_ms = 10000,
