@@ -160,15 +160,17 @@ static td_tls *new_client_tls(lua_State *L, int idx) {
     int verify = lua_toboolean(L, idx + 1);
     const char *ca_file = luaL_optstring(L, idx + 2, NULL);
     const char *alpn = luaL_optstring(L, idx + 3, NULL);
+    const char *session_key = luaL_optstring(L, idx + 4, NULL);
     char err[300];
-    td_tls *t = td_tls_connect(server_name, verify, ca_file, alpn, &transport->out_pool, err, sizeof err);
+    td_tls *t = td_tls_connect(server_name, verify, ca_file, alpn, session_key, &transport->out_pool, err, sizeof err);
     if (!t)
         push_tls_error(L, err);
     return t;
 }
 
-/* [-8, +1|2] sock_connect(ip, port, timeout [, tls, server_name, verify, ca_file, alpn])
- * -> socket | nil, err; yields. With tls, the socket comes after the handshake. */
+/* [-9, +1|2] sock_connect(ip, port, timeout [, tls, server_name, verify, ca_file, alpn, session_key])
+ * -> socket | nil, err; yields. With tls, the socket comes after the handshake;
+ * session_key: see td_tls_connect. */
 static int sock_connect(lua_State *L) {
     const char *ip = luaL_checkstring(L, 1);
     int port = (int)luaL_checkinteger(L, 2);

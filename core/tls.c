@@ -34,6 +34,7 @@ struct td_tls {
     const char *refusal;
     size_t refusal_len;
     void *user;
+    char *session_key; /* client: where its session is kept for the next connection */
     char *err;
     unsigned client : 1;
     unsigned established : 1;
@@ -329,6 +330,82 @@ static SSL_CTX *cached_context(const char *key) {
     return NULL;
 }
 
+/* ---- client sessions ----
+ *
+ * A new connection to a server this process spoke to resumes the last
+ * session it got there (a ticket): no certificate chain to send and verify,
+ * no signature. Sessions are kept per key (the caller's: the pool's key,
+ * which holds the name, port and trust), a few dozen at most, and each is
+ * used once (TLS 1.3 tickets are single-use; the resumed connection brings
+ * a new one). */
+#define CLIENT_SESSIONS 64
+static struct {
+    char *key;
+    SSL_SESSION *sess;
+    uint64_t used; /* when stored, for eviction */
+} sessions[CLIENT_SESSIONS];
+static uint64_t session_clock;
+
+static void drop_session(size_t i) {
+    SSL_SESSION_free(sessions[i].sess);
+    free(sessions[i].key);
+    sessions[i].sess = NULL;
+    sessions[i].key = NULL;
+}
+
+/* OpenSSL's callback for a session (or ticket) the client received: kept
+ * (the reference is ours: returns 1), replacing the key's older one. */
+/* Keeps sess (taking the reference: 1) under key, replacing the key's
+ * older session; 0 when it cannot. */
+static int keep_session(const char *key_wanted, SSL_SESSION *sess) {
+    if (!SSL_SESSION_is_resumable(sess))
+        return 0;
+    size_t slot = CLIENT_SESSIONS;
+    for (size_t i = 0; i < CLIENT_SESSIONS && slot == CLIENT_SESSIONS; i++)
+        if (sessions[i].key && strcmp(sessions[i].key, key_wanted) == 0)
+            slot = i; /* the key's older session gives way */
+    if (slot == CLIENT_SESSIONS) {
+        slot = 0;
+        for (size_t i = 0; i < CLIENT_SESSIONS; i++) {
+            if (!sessions[i].key) {
+                slot = i; /* a free one */
+                break;
+            }
+            if (sessions[i].used < sessions[slot].used)
+                slot = i; /* else the oldest */
+        }
+        char *key = strdup(key_wanted);
+        if (!key)
+            return 0;
+        drop_session(slot);
+        sessions[slot].key = key;
+    } else {
+        SSL_SESSION_free(sessions[slot].sess);
+    }
+    sessions[slot].sess = sess;
+    sessions[slot].used = ++session_clock;
+    return 1;
+}
+
+static int on_new_session(SSL *ssl, SSL_SESSION *sess) {
+    td_tls *t = SSL_get_app_data(ssl);
+    return t && t->session_key ? keep_session(t->session_key, sess) : 0;
+}
+
+/* The session kept for key, taken out of the cache (one use), or NULL. */
+static SSL_SESSION *take_session(const char *key) {
+    for (size_t i = 0; i < CLIENT_SESSIONS; i++) {
+        if (sessions[i].key && strcmp(sessions[i].key, key) == 0) {
+            SSL_SESSION *s = sessions[i].sess;
+            sessions[i].sess = NULL;
+            free(sessions[i].key);
+            sessions[i].key = NULL;
+            return s;
+        }
+    }
+    return NULL;
+}
+
 /* Thread-safe: touches no shared state but OpenSSL's. */
 static SSL_CTX *load_context(const char *key, char *err, size_t errsize) {
     int system = key[0] == '\0', none = strcmp(key, NO_TRUST) == 0;
@@ -341,6 +418,9 @@ static SSL_CTX *load_context(const char *key, char *err, size_t errsize) {
         return NULL;
     }
     common_options(ctx);
+    /* Sessions go to on_new_session, not to OpenSSL's own client cache. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, on_new_session);
     int ok = none ? 1 : system ? SSL_CTX_set_default_verify_paths(ctx) : SSL_CTX_load_verify_locations(ctx, key, NULL);
     if (ok != 1) {
         snprintf(err, errsize, "cannot load the CA file %s: %s", system ? "(the system's)" : key, queued_reason());
@@ -396,6 +476,8 @@ void td_tls_shutdown(void) {
     }
     BIO_meth_free(bio_method);
     bio_method = NULL;
+    for (size_t i = 0; i < CLIENT_SESSIONS; i++)
+        drop_session(i);
 }
 
 /* ---- connections ---- */
@@ -434,8 +516,8 @@ static int is_ip(const char *name) {
     return inet_pton(AF_INET, name, buf) == 1 || inet_pton(AF_INET6, name, buf) == 1;
 }
 
-td_tls *td_tls_connect(const char *server_name, int verify, const char *ca_file, const char *alpn, td_buf_pool *pool,
-                       char *err, size_t errsize) {
+td_tls *td_tls_connect(const char *server_name, int verify, const char *ca_file, const char *alpn,
+                       const char *session_key, td_buf_pool *pool, char *err, size_t errsize) {
     if (init_bio_method() != 0) {
         snprintf(err, errsize, "out of memory");
         return NULL;
@@ -485,16 +567,37 @@ td_tls *td_tls_connect(const char *server_name, int verify, const char *ca_file,
         td_tls_free(t);
         return NULL;
     }
+    if (session_key && *session_key) {
+        if (!(t->session_key = strdup(session_key))) {
+            snprintf(err, errsize, "out of memory");
+            td_tls_free(t);
+            return NULL;
+        }
+        SSL_set_app_data(t->ssl, t);
+        SSL_SESSION *sess = take_session(session_key);
+        if (sess) {
+            if (SSL_set_session(t->ssl, sess) != 1)
+                ERR_clear_error(); /* a full handshake then */
+            SSL_SESSION_free(sess);
+        }
+    }
     return t;
 }
 
 void td_tls_free(td_tls *t) {
     if (!t)
         return;
+    /* Freeing a connection that sent no close_notify would mark its session
+     * (the last ticket, kept for the next connection) not resumable; since
+     * TLS 1.1 an unclean close no longer forbids resumption. A failure
+     * (a fatal alert) has marked it already. */
+    if (t->client && t->established && !t->err)
+        SSL_set_shutdown(t->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
     SSL_free(t->ssl); /* frees the BIO */
     td_tls_server_unref(t->server);
     td_buf_pool_give(t->pool, &t->wire);
     free(t->err);
+    free(t->session_key);
     free(t);
     live--;
 }
@@ -525,6 +628,13 @@ int td_tls_handshake(td_tls *t) {
     int rc = SSL_do_handshake(t->ssl);
     if (rc == 1) {
         t->established = 1;
+        /* Before TLS 1.3 a session serves many connections, and a resumed
+         * one brings no new session to on_new_session: keep it again. */
+        if (t->client && t->session_key && SSL_version(t->ssl) < TLS1_3_VERSION) {
+            SSL_SESSION *sess = SSL_get1_session(t->ssl);
+            if (sess && !keep_session(t->session_key, sess))
+                SSL_SESSION_free(sess);
+        }
         /* The handshake's buffers are gone; the server reference is only
          * needed for SNI, which is over. */
         td_tls_server_unref(t->server);

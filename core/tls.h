@@ -57,10 +57,13 @@ td_tls *td_tls_accept(td_tls_server *s, td_buf_pool *pool);
  * address) and checked against the certificate when verify is set (an IP
  * address against the certificate's IP addresses); the certificate is
  * verified against ca_file, or the system's store when ca_file is NULL.
- * alpn: a protocol to offer, or NULL. NULL and a reason in err when the CA
- * file cannot be loaded or memory ran out. */
-td_tls *td_tls_connect(const char *server_name, int verify, const char *ca_file, const char *alpn, td_buf_pool *pool,
-                       char *err, size_t errsize);
+ * alpn: a protocol to offer, or NULL. session_key (NULL: none) names where
+ * the session goes for the next connection with the same key to resume
+ * (it must say everything that makes two connections alike: address,
+ * name, trust); a session kept under it is resumed now. NULL and a reason
+ * in err when the CA file cannot be loaded or memory ran out. */
+td_tls *td_tls_connect(const char *server_name, int verify, const char *ca_file, const char *alpn,
+                       const char *session_key, td_buf_pool *pool, char *err, size_t errsize);
 
 /* The trust a verifying client needs: the store of ca_file (NULL: the
  * system's). td_tls_connect loads it when it is not kept yet, but loading

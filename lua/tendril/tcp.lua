@@ -131,8 +131,10 @@ function _M.connect(host, port, opts)
         end
     end
     for i = 1, #addrs do
+        -- The pool's key says what makes two connections alike: a session
+        -- kept under it resumes the next one's handshake.
         s, err = sock_connect(addrs[i], port, opts.connect_timeout or timeout, tls, server_name,
-            opts.verify ~= false, opts.ca_file, opts.alpn)
+            opts.verify ~= false, opts.ca_file, opts.alpn, tls and key or nil)
         if s then
             sock_settimeout(s, read_timeout)
             pool_key[s] = key

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from harness import (BIN, SANITIZED, SLOW, Reader, Server, TestCase, connect, deadline, get, main, poll,
                      recv_until_close)
-from tlsfixture import SYSTEM_PYTHON, Pki, must, openssl, peer_der, peer_serial, tls_connect
+from tlsfixture import OPENSSL, SYSTEM_PYTHON, Pki, must, openssl, peer_der, peer_serial, tls_connect
 
 LOCAL_SANS = ["DNS:localhost", "IP:127.0.0.1"]
 
@@ -1022,6 +1022,38 @@ class TrustStoreTest(PkiTestCase):
         self.assertEqual(bodies, ["nil tls: certificate verify failed: unable to get local issuer certificate"] * 5)
         self.assertEqual(server.stop(), 0, server.stderr()[-3000:])
         self.assertNotIn("stall", server.stderr())
+
+
+class ClientResumptionTest(PkiTestCase):
+    """A new connection to a server the process spoke to resumes the last
+    session (a ticket): openssl s_server -www reports it per connection,
+    and closes each after its answer, so every GET is a new connection."""
+
+    def fetch_three(self, *version):
+        p = self.pki
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        s_server = subprocess.Popen([OPENSSL, "s_server", "-www", "-accept", str(port), "-cert", p.localhost.cert,
+                                     "-key", p.localhost.key] + list(version),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(s_server.wait)
+        self.addCleanup(s_server.kill)
+        self.assertTrue(poll(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 5))
+        server = Server(CLIENT_APP, env={"CA": p.ca, "CERT": p.localhost.cert, "KEY": p.localhost.key,
+                                         "UP": "https://localhost:1"}).start()
+        self.addCleanup(kill, server)
+        url = "/get?url=" + quote("https://localhost:%d/" % port, safe="") + "&ca=1"
+        pages = [get(server.port, url, timeout=30).body.decode() for _ in range(3)]
+        self.assertEqual(server.stop(), 0, server.stderr()[-3000:])
+        return [re.search(r"\n(New|Reused), (TLSv1\.[23])", page).groups() for page in pages]
+
+    def test_tls13_tickets(self):
+        self.assertEqual(self.fetch_three(), [("New", "TLSv1.3"), ("Reused", "TLSv1.3"), ("Reused", "TLSv1.3")])
+
+    def test_tls12(self):
+        self.assertEqual(self.fetch_three("-tls1_2"),
+                         [("New", "TLSv1.2"), ("Reused", "TLSv1.2"), ("Reused", "TLSv1.2")])
 
 
 class ClientTimeoutTest(PkiTestCase):

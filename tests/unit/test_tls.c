@@ -139,7 +139,7 @@ static td_conn *dial(int port) {
 
 static td_tls *client_tls(const char *name) {
     char err[256] = "";
-    td_tls *t = td_tls_connect(name, 1, cert, NULL, &tp.out_pool, err, sizeof err);
+    td_tls *t = td_tls_connect(name, 1, cert, NULL, NULL, &tp.out_pool, err, sizeof err);
     CHECK(t != NULL);
     return t;
 }
