@@ -353,8 +353,6 @@ static void drop_session(size_t i) {
     sessions[i].key = NULL;
 }
 
-/* OpenSSL's callback for a session (or ticket) the client received: kept
- * (the reference is ours: returns 1), replacing the key's older one. */
 /* Keeps sess (taking the reference: 1) under key, replacing the key's
  * older session; 0 when it cannot. */
 static int keep_session(const char *key_wanted, SSL_SESSION *sess) {
@@ -387,6 +385,8 @@ static int keep_session(const char *key_wanted, SSL_SESSION *sess) {
     return 1;
 }
 
+/* OpenSSL's callback for a session (or ticket) the client received: kept
+ * under the connection's key (returning 1 keeps OpenSSL's reference). */
 static int on_new_session(SSL *ssl, SSL_SESSION *sess) {
     td_tls *t = SSL_get_app_data(ssl);
     return t && t->session_key ? keep_session(t->session_key, sess) : 0;

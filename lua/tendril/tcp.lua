@@ -60,12 +60,16 @@ end
 -- The pool of a connection: its address and everything that makes a TLS
 -- connection what it is (a connection verified for one name is not one
 -- for another).
+-- Each field that a caller chooses is length-prefixed, so that no two
+-- different sets of options can spell the same key (a session resumed or a
+-- connection pooled under it skips verification).
 local function key_of(host, port, o, server_name)
     if not o.tls then
         return host .. ":" .. port
     end
-    return host .. ":" .. port .. "|tls|" .. server_name .. "|" .. (o.verify == false and "0" or "1") .. "|"
-        .. (o.ca_file or "") .. "|" .. (o.alpn or "")
+    local ca, alpn = o.ca_file or "", o.alpn or ""
+    return host .. ":" .. port .. "|tls|" .. (o.verify == false and "0" or "1") .. "|" .. #server_name .. ":"
+        .. server_name .. #ca .. ":" .. ca .. #alpn .. ":" .. alpn
 end
 
 local function take_pooled(key)

@@ -649,6 +649,8 @@ local function opts(q)
     if q.verify == "0" then o.verify = false end
     if q.t then o.timeout = tonumber(q.t) end
     if q.max then o.max_redirects = tonumber(q.max) end
+    if q.cafile then o.ca_file = q.cafile end
+    if q.alpn then o.alpn = q.alpn end
     return o
 end
 
@@ -1029,13 +1031,13 @@ class ClientResumptionTest(PkiTestCase):
     session (a ticket): openssl s_server -www reports it per connection,
     and closes each after its answer, so every GET is a new connection."""
 
-    def fetch_three(self, *version):
+    def s_server(self, *args):
         p = self.pki
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         s_server = subprocess.Popen([OPENSSL, "s_server", "-www", "-accept", str(port), "-cert", p.localhost.cert,
-                                     "-key", p.localhost.key] + list(version),
+                                     "-key", p.localhost.key] + list(args),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.addCleanup(s_server.wait)
         self.addCleanup(s_server.kill)
@@ -1043,6 +1045,22 @@ class ClientResumptionTest(PkiTestCase):
         server = Server(CLIENT_APP, env={"CA": p.ca, "CERT": p.localhost.cert, "KEY": p.localhost.key,
                                          "UP": "https://localhost:1"}).start()
         self.addCleanup(kill, server)
+        return port, server
+
+    def test_options_that_differ_never_share_a_session(self):
+        # A session made without verifying must not serve a connection that
+        # verifies, however its options are spelled (a key made by gluing
+        # the fields with "|" once let these two meet).
+        port, server = self.s_server()
+        unverified = get(server.port, "/tcp?port=%d&sn=localhost&verify=0&cafile=1&alpn=%%7C" % port,
+                         timeout=30).body.decode()
+        self.assertIn("New, TLSv1.3", unverified)
+        verified = get(server.port, "/tcp?port=%d&sn=localhost%%7C0" % port, timeout=30).body.decode()
+        self.assertRegex(verified, r"^nil tls: ")
+        self.assertEqual(server.stop(), 0, server.stderr()[-3000:])
+
+    def fetch_three(self, *version):
+        port, server = self.s_server(*version)
         url = "/get?url=" + quote("https://localhost:%d/" % port, safe="") + "&ca=1"
         pages = [get(server.port, url, timeout=30).body.decode() for _ in range(3)]
         self.assertEqual(server.stop(), 0, server.stderr()[-3000:])
