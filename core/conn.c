@@ -66,6 +66,9 @@ typedef struct tls_queue {
     size_t bytes; /* not yet encrypted */
 } tls_queue;
 
+/* Output is buffered (or under TLS, ciphertext the handshake made). */
+static inline int output_waiting(td_conn *c) { return c->want_flush || (c->tls && td_tls_wire(c->tls)->len > 0); }
+
 static inline tls_queue *queue_of(td_conn *c) { return c->tls ? *td_tls_user(c->tls) : NULL; }
 static inline size_t queued(td_conn *c) {
     tls_queue *q = queue_of(c);
@@ -429,39 +432,36 @@ void td_conn_flush(td_conn *c) {
 
 /* TLS: the reference joins the queue (after what c->out holds, which
  * becomes a piece of its own), to be encrypted a slice at a time. */
+static void enqueue(tls_queue *q, tls_piece *p) {
+    if (q->tail)
+        q->tail->next = p;
+    else
+        q->head = p;
+    q->tail = p;
+    q->bytes += p->len;
+}
+
 static int tls_write_ref(td_conn *c, const char *data, size_t len, void (*release)(void *ud), void *ud) {
     tls_queue *q = queue_of(c);
-    tls_piece *p = calloc(1, sizeof *p), *before = NULL;
     if (!q && (q = calloc(1, sizeof *q)) != NULL)
         *td_tls_user(c->tls) = q;
-    if (c->out.len > 0 && (before = calloc(1, sizeof *before)) != NULL) {
+    tls_piece *p = calloc(1, sizeof *p);
+    tls_piece *before = c->out.len > 0 ? calloc(1, sizeof *before) : NULL;
+    if (!q || !p || (c->out.len > 0 && !before)) {
+        free(p);
+        free(before);
+        close_with(c, UV_ENOMEM);
+        return UV_ENOMEM;
+    }
+    if (before) { /* what the output holds goes first, as it is */
         before->block = c->out;
         before->data = before->block.data;
         before->len = before->block.len;
         c->out = (td_buf){0};
+        enqueue(q, before);
     }
-    if (!q || !p || (c->out.len > 0 && !before)) {
-        if (before) {
-            td_buf_pool_give(&td_conn_tp(c)->out_pool, &before->block);
-            free(before);
-        }
-        free(p);
-        close_with(c, UV_ENOMEM);
-        return UV_ENOMEM;
-    }
-    p->data = data;
-    p->len = len;
-    p->release = release;
-    p->ud = ud;
-    p->in_call = 1;
-    for (tls_piece *x = before ? before : p; x; x = x == before ? p : NULL) {
-        if (q->tail)
-            q->tail->next = x;
-        else
-            q->head = x;
-        q->tail = x;
-        q->bytes += x->len;
-    }
+    *p = (tls_piece){.data = data, .len = len, .release = release, .ud = ud, .in_call = 1};
+    enqueue(q, p);
     td_conn_flush(c);
     if (p->done) {
         free(p);
@@ -710,7 +710,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
             td_conn_close(c); /* gone before the handshake: nothing to tell */
         }
         leave(tp);
-        if (!c->closing && (c->want_flush || (c->tls && td_tls_wire(c->tls)->len > 0)))
+        if (!c->closing && output_waiting(c))
             td_conn_flush(c);
         return;
     }
@@ -1119,7 +1119,7 @@ static void on_connected(uv_connect_t *req, int status) {
         c->ops->on_connect(c, status);
     }
     leave(td_conn_tp(c));
-    if (!c->closing && (c->want_flush || (c->tls && td_tls_wire(c->tls)->len > 0)))
+    if (!c->closing && output_waiting(c))
         td_conn_flush(c);
 }
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import textwrap
+import threading
 import time
 import unittest
 import warnings
@@ -316,6 +317,28 @@ def get(port, target="/", **kw):
     r, rd = request(port, target=target, **kw)
     rd.sock.close()
     return r
+
+
+def burst(port, target, n, timeout=60):
+    """n clients at once, one GET of target each on its own connection
+    (Connection: close); the bodies, or the repr of what went wrong."""
+    results = [None] * n
+
+    def one(i):
+        try:
+            s = connect(port, timeout=timeout)
+            s.sendall(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            results[i] = Reader(s, timeout=timeout).response().body
+            s.close()
+        except Exception as e:  # noqa: BLE001 - the caller asserts on it
+            results[i] = repr(e).encode()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 class TestCase(unittest.TestCase):

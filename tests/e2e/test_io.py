@@ -8,7 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from harness import BIN, Reader, Server, TestCase, connect, deadline, get, main, poll
+from harness import BIN, Server, TestCase, burst, connect, deadline, get, main, poll
 from upstream import Upstream
 
 APP = r'''
@@ -457,22 +457,7 @@ class IoTest(TestCase):
     def test_thousand_concurrent_upstream_gets(self):
         fds_before = self.server.open_fds()
         n = 1000
-        results = [None] * n
-
-        def one(i):
-            try:
-                s = connect(self.port, timeout=60)
-                s.sendall(b"GET /burst HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                results[i] = Reader(s, timeout=60).response().body
-                s.close()
-            except Exception as e:  # noqa: BLE001 - recorded and asserted below
-                results[i] = repr(e).encode()
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = burst(self.port, "/burst", n)
         failures = [r for r in results if r != b"200 upstream two"]
         self.assertEqual(failures, [], "%d of %d failed" % (len(failures), n))
         # Once the burst is over the upstream pool keeps at most 64 idle

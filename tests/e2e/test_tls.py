@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
-from harness import (BIN, SANITIZED, SLOW, Reader, Server, TestCase, connect, deadline, get, main, poll,
+from harness import (BIN, SANITIZED, SLOW, Reader, Server, TestCase, burst, connect, deadline, get, main, poll,
                      recv_until_close)
 from tlsfixture import OPENSSL, SYSTEM_PYTHON, Pki, must, openssl, peer_der, peer_serial, tls_connect
 
@@ -931,22 +931,7 @@ class ClientTest(PkiTestCase):
     def test_concurrent_https_gets_one_per_request_leave_no_descriptor(self):
         fds_before, up_fds_before = self.server.open_fds(), self.up.open_fds()
         n = self.BURST
-        results = [None] * n
-
-        def one(i):
-            try:
-                s = connect(self.port, timeout=120)
-                s.sendall(b"GET /burst?s=0.3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                results[i] = Reader(s, timeout=120).response().body
-                s.close()
-            except Exception as e:  # noqa: BLE001 - recorded and asserted below
-                results[i] = repr(e).encode()
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = burst(self.port, "/burst?s=0.3", n, timeout=120)
         failures = [r for r in results if r != b"200 slept"]
         self.assertEqual(failures[:5], [], "%d of %d failed" % (len(failures), n))
         self.assert_descriptors_back(fds_before, up_fds_before)

@@ -146,12 +146,18 @@ static td_tls *client_tls(const char *name) {
 
 static char *big;
 
-static void test_echo_a_megabyte(void) {
-    memset(&ev, 0, sizeof ev);
+/* A verified TLS connection to the listener, its handshake done. */
+static td_conn *tls_dial(void) {
     td_conn *c = dial(tls_port);
     CHECK_EQ_INT(td_conn_start_tls(c, client_tls("localhost")), 0);
     RUN_UNTIL(ev.connects == 1);
     CHECK_EQ_INT(ev.connect_status, 0);
+    return c;
+}
+
+static void test_echo_a_megabyte(void) {
+    memset(&ev, 0, sizeof ev);
+    td_conn *c = tls_dial();
     CHECK(td_tls_established(c->tls));
     CHECK_STR(td_tls_version(c->tls), "TLSv1.3");
     /* Half in small copied pieces, half by reference (encrypted at once:
@@ -181,10 +187,7 @@ static void count_release(void *ud) { (*(int *)ud)++; }
  * time as the peer reads (the wire buffer stays small), and released once. */
 static void test_large_reference_is_encrypted_in_slices(void) {
     memset(&ev, 0, sizeof ev);
-    td_conn *c = dial(tls_port);
-    CHECK_EQ_INT(td_conn_start_tls(c, client_tls("localhost")), 0);
-    RUN_UNTIL(ev.connects == 1);
-    CHECK_EQ_INT(ev.connect_status, 0);
+    td_conn *c = tls_dial();
     int released = 0;
     /* Small output before and after the reference keeps its place. */
     td_buf *out = td_conn_out(c, 10);
