@@ -11,6 +11,7 @@
 -- once more on a new one (the server had closed the idle connection).
 local core = require "tendril.core"
 local tcp = require "tendril.tcp"
+local tcp_open = tcp._open
 local tendril = require "tendril"
 
 local type, error, tostring, tonumber, pairs, concat = type, error, tostring, tonumber, pairs, table.concat
@@ -230,15 +231,8 @@ end
 local function exchange(method, u, headers, body, opts, retried)
     local timeout = opts.timeout or DEFAULT_TIMEOUT
     local read_timeout = opts.read_timeout or timeout
-    local copts = opts
-    if u.scheme == "https" then
-        copts = { tls = true, verify = opts.verify, ca_file = opts.ca_file, alpn = "http/1.1", timeout = opts.timeout,
-            connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout, fresh = retried }
-    elseif retried then
-        copts = { timeout = opts.timeout, connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout,
-            fresh = true }
-    end
-    local sock, err = tcp.connect(u.host, u.port, copts)
+    local https = u.scheme == "https"
+    local sock, err = tcp_open(u.host, u.port, opts, https, nil, https and "http/1.1" or nil, retried)
     if not sock then
         return nil, err
     end

@@ -63,13 +63,13 @@ end
 -- Each field that a caller chooses is length-prefixed, so that no two
 -- different sets of options can spell the same key (a session resumed or a
 -- connection pooled under it skips verification).
-local function key_of(host, port, o, server_name)
-    if not o.tls then
+local function key_of(host, port, tls, verify, server_name, ca_file, alpn)
+    if not tls then
         return host .. ":" .. port
     end
-    local ca, alpn = o.ca_file or "", o.alpn or ""
-    return host .. ":" .. port .. "|tls|" .. (o.verify == false and "0" or "1") .. "|" .. #server_name .. ":"
-        .. server_name .. #ca .. ":" .. ca .. #alpn .. ":" .. alpn
+    local ca, protos = ca_file or "", alpn or ""
+    return host .. ":" .. port .. "|tls|" .. (verify and "1" or "0") .. "|" .. #server_name .. ":" .. server_name
+        .. #ca .. ":" .. ca .. #protos .. ":" .. protos
 end
 
 local function take_pooled(key)
@@ -83,6 +83,53 @@ local function take_pooled(key)
     end
     return nil
 end
+
+-- Connects (the checks done): opts gives the timeouts and, with tls, verify
+-- and ca_file; server_name, alpn and fresh come apart, so that a caller such
+-- as tendril.http passes its user's options without letting others in.
+-- fresh: a new connection whatever the pool holds (tendril.http's retry:
+-- idle connections often die together, at the server's keep-alive timeout,
+-- and the next pooled one may be as stale as the last).
+local function open(host, port, opts, tls, server_name, alpn, fresh)
+    local timeout = opts.timeout or DEFAULT_TIMEOUT
+    local read_timeout = opts.read_timeout or timeout
+    local verify = opts.verify ~= false
+    server_name = server_name or host
+    local key = key_of(host, port, tls, verify, server_name, opts.ca_file, alpn)
+    local s = not fresh and take_pooled(key)
+    if s then
+        sock_settimeout(s, read_timeout)
+        return s
+    end
+    -- looked up at each call: a script may wrap tendril.resolve
+    local addrs, err = tendril.resolve(host)
+    if not addrs then
+        return nil, err
+    end
+    -- The trust store loads once, off the loop (the system's takes tens of
+    -- milliseconds); after that this is a lookup.
+    if tls and verify then
+        local ok, e = tls_trust(opts.ca_file)
+        if not ok then
+            return nil, e
+        end
+    end
+    for i = 1, #addrs do
+        -- The pool's key says what makes two connections alike: a session
+        -- kept under it resumes the next one's handshake.
+        s, err = sock_connect(addrs[i], port, opts.connect_timeout or timeout, tls, server_name, verify,
+            opts.ca_file, alpn, tls and key or nil)
+        if s then
+            sock_settimeout(s, read_timeout)
+            pool_key[s] = key
+            return s
+        end
+    end
+    return nil, err
+end
+
+--- For tendril.http: open without the checks (it made its own).
+_M._open = open
 
 --- Connects to host:port, trying each address the name resolves to in turn;
 --- a pooled idle connection to the same host and port is used first.
@@ -105,47 +152,12 @@ function _M.connect(host, port, opts)
     check_timeout("tcp.connect", opts.timeout)
     check_timeout("tcp.connect", opts.connect_timeout)
     check_timeout("tcp.connect", opts.read_timeout)
-    if opts.tls then
+    local tls = opts.tls and true or false
+    if tls then
         check_tls("tcp.connect", opts)
     end
-    local timeout = opts.timeout or DEFAULT_TIMEOUT
-    local read_timeout = opts.read_timeout or timeout
-    local server_name = opts.server_name or host
-    local key = key_of(host, port, opts, server_name)
-    -- fresh (for tendril.http's retry): a new connection, whatever the pool
-    -- holds; idle connections often die together (the server's keep-alive
-    -- timeout), and the next pooled one may be as stale as the last.
-    local s = not opts.fresh and take_pooled(key)
-    if s then
-        sock_settimeout(s, read_timeout)
-        return s
-    end
-    -- looked up at each call: a script may wrap tendril.resolve
-    local addrs, err = tendril.resolve(host)
-    if not addrs then
-        return nil, err
-    end
-    local tls = opts.tls and true or false
-    -- The trust store loads once, off the loop (the system's takes tens of
-    -- milliseconds); after that this is a lookup.
-    if tls and opts.verify ~= false then
-        local ok, e = tls_trust(opts.ca_file)
-        if not ok then
-            return nil, e
-        end
-    end
-    for i = 1, #addrs do
-        -- The pool's key says what makes two connections alike: a session
-        -- kept under it resumes the next one's handshake.
-        s, err = sock_connect(addrs[i], port, opts.connect_timeout or timeout, tls, server_name,
-            opts.verify ~= false, opts.ca_file, opts.alpn, tls and key or nil)
-        if s then
-            sock_settimeout(s, read_timeout)
-            pool_key[s] = key
-            return s
-        end
-    end
-    return nil, err
+    local s, err = open(host, port, opts, tls, opts.server_name, opts.alpn, false)
+    return s, err
 end
 
 --- Sends all of data: the number of bytes, or nil, err.
@@ -189,8 +201,7 @@ function methods.starttls(self, opts)
     local ok, err = sock_starttls(self, server_name, opts.verify ~= false, opts.ca_file, opts.alpn)
     if ok and key then
         local host, port = key:match("^(.*):(%d+)$")
-        local o = { tls = true, verify = opts.verify, ca_file = opts.ca_file, alpn = opts.alpn }
-        pool_key[self] = key_of(host, port, o, server_name or host)
+        pool_key[self] = key_of(host, port, true, opts.verify ~= false, server_name or host, opts.ca_file, opts.alpn)
     end
     return ok, err
 end
