@@ -249,6 +249,8 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         return usage_error("%s", "--tls-cert and --tls-key come in pairs: one key for each certificate");
     if (cfg->tls_port >= 0 && cfg->ntls_certs == 0)
         return usage_error("%s", "--tls-port needs a certificate: --tls-cert FILE --tls-key FILE");
+    if (cfg->tls_port > 0 && cfg->tls_port == cfg->port)
+        return usage_error("%s", "--tls-port must differ from --port (without --tls-port, --port itself speaks HTTPS)");
     if (!cfg->app_path)
         return usage_error("%s", "missing the app script: tendril serve APP.lua");
     return TD_CLI_RUN;

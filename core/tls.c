@@ -76,7 +76,9 @@ static int failed(td_tls *t, int ssl_error) {
         set_error(t, "certificate verify failed: %s", X509_verify_cert_error_string(v));
     } else {
         const char *r = queued_reason();
-        if (r)
+        if (r && t->client && strcmp(r, "wrong version number") == 0)
+            set_error(t, "%s", "wrong version number (the server does not seem to speak TLS)");
+        else if (r)
             set_error(t, "%s", r);
         else if (ssl_error == SSL_ERROR_SYSCALL)
             set_error(t, "%s", "unexpected end of the handshake");

@@ -849,6 +849,10 @@ class ClientTest(PkiTestCase):
         self.assertEqual(self.fetch("https://127.0.0.1:%d/" % self.py_other.port, ca=1),
                          "nil tls: host name mismatch")
 
+    def test_https_to_a_plain_port_says_so(self):
+        self.assertEqual(self.fetch("https://127.0.0.1:%d/" % self.up.port, ca=1),
+                         "nil tls: wrong version number (the server does not seem to speak TLS)")
+
     def test_an_empty_server_name_is_misuse(self):
         # An empty name would verify the chain and no name at all.
         r = get(self.port, "/tcp?port=%d&sn=&ca=1" % self.up.tls_port, timeout=30)

@@ -133,8 +133,39 @@ static void test_refusals(void) {
     }
 }
 
+static void test_tls_options(void) {
+    td_config cfg;
+    const char *ok[] = {"tendril", "serve", "a.lua", "--tls-cert", "a.pem", "--tls-key", "a.key",
+                        "--tls-cert=b.pem", "--tls-key=b.key", "--tls-port", "8443"};
+    CHECK_EQ_INT(parse(&cfg, (int)(sizeof ok / sizeof ok[0]), ok), TD_CLI_RUN);
+    CHECK_EQ_INT(cfg.ntls_certs, 2);
+    CHECK_EQ_INT(cfg.ntls_keys, 2);
+    CHECK(strcmp(cfg.tls_certs[1], "b.pem") == 0 && strcmp(cfg.tls_keys[0], "a.key") == 0);
+    CHECK_EQ_INT(cfg.tls_port, 8443);
+    const char *alone[] = {"tendril", "serve", "a.lua", "--tls-cert", "a.pem", "--tls-key", "a.key"};
+    CHECK_EQ_INT(parse(&cfg, 7, alone), TD_CLI_RUN);
+    CHECK_EQ_INT(cfg.tls_port, -1); /* --port speaks HTTPS */
+    const char *cases[][9] = {
+        {"tendril", "serve", "a.lua", "--tls-cert", "a.pem", NULL},
+        {"tendril", "serve", "a.lua", "--tls-port", "8443", NULL},
+        {"tendril", "serve", "a.lua", "--tls-cert", "a.pem", "--tls-key", "a.key", "--tls-port=8080", NULL},
+        {"tendril", "serve", "a.lua", "--tls-cert", "a.pem", "--tls-key", "a.key", "--tls-port=70000", NULL},
+        {"tendril", "serve", "a.lua", "--tls-cert", "", "--tls-key", "a.key", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int argc = 0;
+        while (argc < 9 && cases[i][argc])
+            argc++;
+        int rc = parse(&cfg, argc, cases[i]);
+        if (rc != TD_CLI_USAGE)
+            fprintf(stderr, "tls case %zu was accepted\n", i);
+        CHECK_EQ_INT(rc, TD_CLI_USAGE);
+    }
+}
+
 int main(void) {
     test_defaults();
+    test_tls_options();
     test_every_option();
     test_refusals();
     test_messages();
