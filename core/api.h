@@ -77,6 +77,24 @@ void td_api_coroutine_open(lua_State *L, td_vm *vm);
 void td_api_push_headers(lua_State *L, const char *text, const td_http_header *h, size_t n);
 /* The td_http_request_cb that runs a request in a pooled task; ud is the vm. */
 void td_api_http_dispatch(td_http_conn *hc, void *ud);
+/* Output to a client of TD_API_WRITE_BY_REF bytes or more is written from
+ * the Lua string itself (td_conn_write_ref), which a registry reference
+ * keeps alive: td_api_ref_string takes it (the string at idx) and gives the
+ * ud for td_api_release_ref, the release callback. */
+#define TD_API_WRITE_BY_REF 16384
+void *td_api_ref_string(lua_State *L, int idx);
+void td_api_release_ref(void *ud);
+/* After a write that did not hold the string after all (it returned 0 or
+ * failed). */
+void td_api_unref_string(lua_State *L, void *ud);
+
+/* WebSockets (api_websocket.c). */
+void td_api_websocket_open(lua_State *L, td_vm *vm, td_http_server *hs);
+/* Shutdown: every WebSocket gets close 1001. */
+void td_api_websocket_drain(void);
+/* WebSockets open now. */
+size_t td_api_websocket_count(void);
+
 /* The td_http_over_cb: closes or kills the request's scope. */
 void td_api_http_over(td_http_conn *hc, int status, void *ud);
 

@@ -11,7 +11,7 @@
  *
  * Output: a handler's write waits (res_room) while more than the
  * high-water mark is unsent, before the chunk is taken; a chunk of
- * TD_WRITE_BY_REF bytes or more is not copied but written from the Lua
+ * TD_API_WRITE_BY_REF bytes or more is not copied but written from the Lua
  * string, which a registry reference keeps alive until libuv is done. */
 #include <lauxlib.h>
 #include <stdio.h>
@@ -22,8 +22,6 @@
 
 #include "api.h"
 #include "errors.h"
-
-#define TD_WRITE_BY_REF 16384
 
 typedef struct http_wait {
     td_wait wait;
@@ -342,21 +340,27 @@ static int send_head(lua_State *L, td_http_conn *hc, int status, int headers_idx
     return rc;
 }
 
-/* libuv is done with a chunk written by reference. */
-static void release_chunk(void *ud) {
+void *td_api_ref_string(lua_State *L, int idx) {
+    lua_pushvalue(L, idx);
+    return (void *)(intptr_t)luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* libuv is done with a string written by reference. */
+void td_api_release_ref(void *ud) {
     if (main_L)
         luaL_unref(main_L, LUA_REGISTRYINDEX, (int)(intptr_t)ud);
 }
 
+void td_api_unref_string(lua_State *L, void *ud) { luaL_unref(L, LUA_REGISTRYINDEX, (int)(intptr_t)ud); }
+
 /* Writes the string at idx, by reference when it is large. */
 static int write_chunk(lua_State *L, td_http_conn *hc, int idx, const char *chunk, size_t len) {
-    if (len < TD_WRITE_BY_REF)
+    if (len < TD_API_WRITE_BY_REF)
         return td_http_write(hc, chunk, len);
-    lua_pushvalue(L, idx);
-    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    int rc = td_http_write_ref(hc, chunk, len, release_chunk, (void *)(intptr_t)ref);
+    void *ref = td_api_ref_string(L, idx);
+    int rc = td_http_write_ref(hc, chunk, len, td_api_release_ref, ref);
     if (rc != 1)
-        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        td_api_unref_string(L, ref);
     return rc < 0 ? rc : 0;
 }
 

@@ -72,6 +72,7 @@ static void open_core(td_app *app) {
     td_api_fs_open(L, app->vm);
     td_api_process_open(L, app->vm);
     td_api_coroutine_open(L, app->vm);
+    td_api_websocket_open(L, app->vm, app->hs);
     lua_setfield(L, -2, "tendril.core");
     lua_pop(L, 2);
 }
@@ -203,6 +204,7 @@ static void on_stop_signal(td_app *app, int signum) {
     app->stopping = 1;
     td_log(TD_LOG_NOTICE, "%s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
     td_http_server_drain(app->hs);
+    td_api_websocket_drain();
     td_api_tcp_close_listeners();
     td_sock_close_pooled();
     td_reload_stop(app->reload);

@@ -790,6 +790,33 @@ void td_http_server_drain(td_http_server *hs) {
     td_transport_foreach(hs->tp, drain_one, hs);
 }
 
+int td_http_upgrade(td_http_conn *hc, const char *upgrade, const char *lines, size_t len, td_buf *rest) {
+    td_http_req *rq = hc->rq;
+    if (!td_http_is_live(hc) || rq->head_sent)
+        return TD_ECLOSED;
+    if (!rq->message_complete || rq->body_status != 0)
+        return TD_EBADARG;
+    td_buf *out = td_conn_out(&hc->conn, 96 + strlen(upgrade) + len);
+    if (!out)
+        return UV_ENOMEM;
+    td_buf_printf(out, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n", upgrade);
+    td_buf_append(out, lines, len);
+    td_buf_append(out, "\r\n", 2);
+    rq->status = 101;
+    rq->head_sent = 1;
+    td_http__access_log(hc);
+    td_http__request_over(hc, 0);
+    wake(hc, &rq->drain_waiters, TD_ECLOSED);
+    *rest = rq->pending;
+    rq->pending = (td_buf){0};
+    rq_detach(hc);
+    td_http__server(hc)->nconns--;
+    hc->conn.proto_state = 0;
+    hc->conn.proto_flags = 0;
+    hc->conn.owner = NULL;
+    return 0;
+}
+
 /* ---- request accessors ---- */
 
 const char *td_http_method(const td_http_conn *hc) {

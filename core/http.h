@@ -252,6 +252,16 @@ void td_http_response_end(td_http_conn *hc);
 /* The handler failed: a 500 if no byte of its answer has left yet (a head
  * still in the output buffer is taken back), else the connection closes. */
 void td_http_fail(td_http_conn *hc);
+/* Switches the live request's connection to another protocol: writes
+ * the 101 head ("Upgrade: <upgrade>", "Connection: Upgrade", then `lines`,
+ * each "Name: value\r\n", which the caller vouches for), ends the request
+ * (status 0: the layer above took what it keeps of it first) and lets go
+ * of the connection: its request state is freed, input that came after
+ * the head is moved to *rest (the caller's), and the server no longer
+ * counts or finds it. The caller sets the connection's ops and owner at
+ * once. TD_ECLOSED when the request is not live or its head went;
+ * TD_EBADARG while a request body is still arriving. */
+int td_http_upgrade(td_http_conn *hc, const char *upgrade, const char *lines, size_t len, td_buf *rest);
 /* The body written is shorter than the Content-Length the handler set. */
 int td_http_short(const td_http_conn *hc);
 

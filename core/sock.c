@@ -118,6 +118,20 @@ static void sock_on_close(td_conn *c) {
     s->owner_free = NULL;
 }
 
+void td_sock_release(td_sock *s, td_buf *rest) {
+    if (s->pooled) {
+        s->pooled = 0;
+        td_list_remove(&s->pool_link);
+    }
+    *rest = s->in;
+    s->in = (td_buf){0};
+    if (s->owner_free)
+        s->owner_free(s->owner_data);
+    s->owner_data = NULL;
+    s->owner_free = NULL;
+    td_conn_clear_deadline(&s->conn);
+}
+
 /* A send returns once the kernel has all of it: drain means empty. */
 static const td_conn_ops sock_ops = {
     .low_water = 0,

@@ -78,6 +78,12 @@ void td_sock_pool(td_sock *s, uint64_t idle_ms);
 int td_sock_unpool(td_sock *s);
 /* Closes every pooled socket (shutdown: idle connections hold nothing). */
 void td_sock_close_pooled(void);
+/* Hands the connection over to another protocol (a WebSocket after its
+ * handshake): input not yet consumed moves to *rest (the caller's), the
+ * owner data is freed, and the caller sets the connection's ops and owner
+ * at once, so that the socket's handle stops finding it. No operation may
+ * be waiting. */
+void td_sock_release(td_sock *s, td_buf *rest);
 static inline void td_sock_close(td_sock *s) { td_conn_close(&s->conn); }
 static inline int td_sock_usable(const td_sock *s) { return s->conn.connected && !s->conn.closed; }
 

@@ -26,7 +26,12 @@ local POOL_SIZE = 64
 
 local _M = {}
 
-local function parse_url(url)
+-- schemes: the default port of each scheme allowed (http and https unless
+-- given), and what the error names.
+local HTTP_SCHEMES = { http = 80, https = 443, _names = "http and https" }
+
+local function parse_url(url, schemes)
+    schemes = schemes or HTTP_SCHEMES
     -- Spaces and control bytes would end the request line or start a
     -- header of the caller's choosing.
     if find(url, "[%z\1-\32\127]") then
@@ -37,8 +42,8 @@ local function parse_url(url)
         return nil, "invalid url"
     end
     scheme = lower(scheme)
-    if scheme ~= "http" and scheme ~= "https" then
-        return nil, "unsupported scheme " .. scheme .. " (http and https only)"
+    if scheme == "_names" or not schemes[scheme] then
+        return nil, "unsupported scheme " .. scheme .. " (" .. schemes._names .. " only)"
     end
     local authority, target = match(rest, "^([^/?#]*)(.*)$")
     target = gsub(target, "#.*$", "")
@@ -55,7 +60,7 @@ local function parse_url(url)
     if not host or host == "" then
         return nil, "invalid url"
     end
-    port = tonumber(port) or (scheme == "https" and 443 or 80)
+    port = tonumber(port) or schemes[scheme]
     if port < 1 or port > 65535 then
         return nil, "invalid url"
     end

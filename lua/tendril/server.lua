@@ -432,6 +432,11 @@ local function serve(me, conn, serial, method, target, version)
         log("error", describe(req) .. ": " .. a)
         res_fail(conn, serial)
     end
+    -- What outlives the response ends with the handler (a WebSocket).
+    local after = res._after
+    if after then
+        after()
+    end
     unpin(gen)
 end
 

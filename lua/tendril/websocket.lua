@@ -1,0 +1,381 @@
+-- WebSockets (RFC 6455): local websocket = require "tendril.websocket"
+--
+-- websocket.upgrade(req, res [, opts]) turns a request into a WebSocket;
+-- websocket.connect(url [, opts]) opens one to a server. Both return the
+-- same object: ws:recv, ws:send, ws:ping, ws:close. The frames, pings,
+-- the closing handshake and the limits are handled in C (core/ws_conn.c);
+-- the handshake's policy is here.
+local core = require "tendril.core"
+local http = require "tendril.http"
+local tcp = require "tendril.tcp"
+
+local type, error, tostring, setmetatable, tonumber, pairs = type, error, tostring, setmetatable, tonumber, pairs
+local find, lower, gmatch, match, format = string.find, string.lower, string.gmatch, string.match, string.format
+local concat = table.concat
+
+local ws_upgrade, ws_client, ws_recv, ws_send, ws_close, ws_accept, ws_key = core.ws_upgrade, core.ws_client,
+    core.ws_recv, core.ws_send, core.ws_close, core.ws_accept, core.ws_key
+
+local TEXT, BINARY, PING = 1, 2, 9
+local DEFAULT_MAX_MESSAGE = 1024 * 1024
+local DEFAULT_PING_INTERVAL = 30
+local DEFAULT_CLOSE_TIMEOUT = 5
+
+local _M = {}
+
+local methods = {}
+local mt = { __index = methods }
+
+---------------------------------------------------------------- options
+
+local function check_seconds(fname, name, v)
+    if v ~= nil and v ~= false and (type(v) ~= "number" or v < 0 or v ~= v) then
+        error(fname .. ": opts." .. name .. " must be a number of seconds >= 0, got " .. tostring(v), 3)
+    end
+end
+
+local function check_list(fname, name, v)
+    if v == nil then
+        return
+    end
+    if type(v) ~= "table" then
+        error(fname .. ": opts." .. name .. " must be an array of strings, got " .. type(v), 3)
+    end
+    for i = 1, #v do
+        if type(v[i]) ~= "string" then
+            error(fname .. ": opts." .. name .. "[" .. i .. "] must be a string, got " .. type(v[i]), 3)
+        end
+    end
+end
+
+-- The options both sides share, checked; returns the C arguments.
+local function limits(fname, opts)
+    local max = opts.max_message_bytes
+    if max ~= nil and (type(max) ~= "number" or max < 1 or max % 1 ~= 0) then
+        error(fname .. ": opts.max_message_bytes must be a whole number of bytes >= 1, got " .. tostring(max), 3)
+    end
+    check_seconds(fname, "idle_timeout", opts.idle_timeout)
+    check_seconds(fname, "ping_interval", opts.ping_interval)
+    check_seconds(fname, "close_timeout", opts.close_timeout)
+    local ping = opts.ping_interval
+    if ping == nil then
+        ping = DEFAULT_PING_INTERVAL
+    end
+    return max or DEFAULT_MAX_MESSAGE, opts.idle_timeout or 0, ping or 0, opts.close_timeout or DEFAULT_CLOSE_TIMEOUT
+end
+
+-- The tokens of a comma-separated header value, lower-cased unless keep_case.
+local function tokens(value, keep_case)
+    local t = {}
+    if value then
+        for tok in gmatch(value, "[^,]+") do
+            tok = match(tok, "^%s*(.-)%s*$")
+            if tok ~= "" then
+                t[#t + 1] = keep_case and tok or lower(tok)
+            end
+        end
+    end
+    return t
+end
+
+local function has_token(value, want)
+    local t = tokens(value)
+    for i = 1, #t do
+        if t[i] == want then
+            return true
+        end
+    end
+    return false
+end
+
+local function wrap(u, protocol)
+    return setmetatable({ _u = u, protocol = protocol }, mt)
+end
+
+---------------------------------------------------------------- the server
+
+-- A bad handshake: answered here, and the reason returned.
+local function refuse(res, status, reason, extra)
+    res:status(status)
+    res:header("Content-Type", "text/plain")
+    if extra then
+        res:header("Sec-WebSocket-Version", "13")
+    end
+    res:finish("WebSocket handshake refused: " .. reason .. "\n")
+    return nil, reason
+end
+
+local KEY_PATTERN = "^[A-Za-z0-9+/][A-Za-z0-9+/][A-Za-z0-9+/]*==$"
+
+--- Completes the handshake of a WebSocket request and returns the
+--- WebSocket, or answers 400 (426 for another version, 403 for an origin
+--- not allowed) and returns nil, reason. opts: protocols (the
+--- subprotocols this side speaks: the first the client offers is chosen,
+--- ws.protocol), origins (the Origin values allowed), max_message_bytes
+--- (default 1 MiB), idle_timeout, ping_interval (default 30 s; false:
+--- none), close_timeout (default 5 s).
+function _M.upgrade(req, res, opts)
+    if type(req) ~= "table" or type(res) ~= "table" then
+        error("websocket.upgrade: expected the handler's req and res", 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("websocket.upgrade: expected an options table, got " .. type(opts), 2)
+    end
+    opts = opts or {}
+    check_list("websocket.upgrade", "protocols", opts.protocols)
+    check_list("websocket.upgrade", "origins", opts.origins)
+    local max, idle, ping, close_timeout = limits("websocket.upgrade", opts)
+    if res._done or res:head_sent() then
+        error("websocket.upgrade: the response was sent already", 2)
+    end
+    local h = req.headers
+    if req.method ~= "GET" then
+        return refuse(res, 400, "the method is " .. tostring(req.method) .. ", not GET")
+    end
+    if req.version ~= "1.1" then
+        return refuse(res, 400, "HTTP/" .. tostring(req.version) .. " (a WebSocket needs HTTP/1.1)")
+    end
+    if not has_token(h.upgrade, "websocket") then
+        return refuse(res, 400, "no Upgrade: websocket")
+    end
+    if not has_token(h.connection, "upgrade") then
+        return refuse(res, 400, "no Connection: upgrade")
+    end
+    if h["sec-websocket-version"] ~= "13" then
+        return refuse(res, 426, "Sec-WebSocket-Version is not 13", true)
+    end
+    local key = h["sec-websocket-key"]
+    if not key or #key ~= 24 or not find(key, KEY_PATTERN) then
+        return refuse(res, 400, "no valid Sec-WebSocket-Key")
+    end
+    if opts.origins then
+        local origin, allowed = h.origin, false
+        for i = 1, #opts.origins do
+            if origin == opts.origins[i] then
+                allowed = true
+                break
+            end
+        end
+        if not allowed then
+            return refuse(res, 403, "origin " .. tostring(origin) .. " is not allowed")
+        end
+    end
+    local lines = { "Sec-WebSocket-Accept: ", ws_accept(key), "\r\n" }
+    local protocol
+    if opts.protocols then
+        local offered = tokens(h["sec-websocket-protocol"], true)
+        for i = 1, #offered do
+            for j = 1, #opts.protocols do
+                if offered[i] == opts.protocols[j] then
+                    protocol = offered[i]
+                    break
+                end
+            end
+            if protocol then
+                break
+            end
+        end
+        if protocol then
+            lines[#lines + 1] = "Sec-WebSocket-Protocol: " .. protocol .. "\r\n"
+        end
+    end
+    local u, err = ws_upgrade(req[1], req[2], concat(lines), max, idle, ping, close_timeout)
+    if not u then
+        return nil, err
+    end
+    res._done, res._sent = true, true
+    local ws = wrap(u, protocol)
+    -- When the handler returns, its WebSocket closes (the server driver
+    -- runs this).
+    res._after = function()
+        ws_close(u, 1000, "", false)
+    end
+    return ws
+end
+
+---------------------------------------------------------------- the client
+
+local WS_SCHEMES = { ws = 80, wss = 443, _names = "ws and wss" }
+
+-- The response head, line by line: status and lower-cased headers.
+local function read_head(sock)
+    local line, err = sock:receive("*l")
+    if not line then
+        return nil, err
+    end
+    local status = tonumber(match(line, "^HTTP/1%.1 (%d%d%d)"))
+    if not status then
+        return nil, "not an HTTP/1.1 response"
+    end
+    local headers = {}
+    for _ = 1, 100 do
+        line, err = sock:receive("*l")
+        if not line then
+            return nil, err
+        end
+        if line == "" then
+            return status, headers
+        end
+        local name, value = match(line, "^([^:%s]+):%s*(.-)%s*$")
+        if not name then
+            return nil, "an invalid header line"
+        end
+        name = lower(name)
+        headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
+    end
+    return nil, "too many header lines"
+end
+
+--- Opens a WebSocket to a ws:// or wss:// URL. opts: headers (extra
+--- request headers), protocols (offered, in order of preference),
+--- origin, timeout (connecting and the handshake, default 60 s), the TLS
+--- options of tcp.connect (verify, ca_file, server_name) and the limits of
+--- websocket.upgrade. Returns the WebSocket, or nil, err.
+function _M.connect(url, opts)
+    if type(url) ~= "string" then
+        error("websocket.connect: expected a ws:// or wss:// URL, got " .. type(url), 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("websocket.connect: expected an options table, got " .. type(opts), 2)
+    end
+    opts = opts or {}
+    check_list("websocket.connect", "protocols", opts.protocols)
+    check_seconds("websocket.connect", "timeout", opts.timeout)
+    if opts.headers ~= nil and type(opts.headers) ~= "table" then
+        error("websocket.connect: opts.headers must be a table, got " .. type(opts.headers), 2)
+    end
+    local max, idle, ping, close_timeout = limits("websocket.connect", opts)
+    local u, err = http.parse_url(url, WS_SCHEMES)
+    if not u then
+        return nil, err
+    end
+    local tls = u.scheme == "wss"
+    local sock
+    sock, err = tcp._open(u.host, u.port, { timeout = opts.timeout, verify = opts.verify, ca_file = opts.ca_file },
+        tls, opts.server_name, tls and "http/1.1" or nil, true)
+    if not sock then
+        return nil, err
+    end
+    local key = ws_key()
+    local lines = {
+        "GET ", u.target, " HTTP/1.1\r\nHost: ", u.authority,
+        "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ", key,
+        "\r\nSec-WebSocket-Version: 13\r\n",
+    }
+    if opts.protocols and #opts.protocols > 0 then
+        lines[#lines + 1] = "Sec-WebSocket-Protocol: " .. concat(opts.protocols, ", ") .. "\r\n"
+    end
+    if opts.origin then
+        lines[#lines + 1] = "Origin: " .. tostring(opts.origin) .. "\r\n"
+    end
+    for name, value in pairs(opts.headers or {}) do
+        name, value = tostring(name), tostring(value)
+        if find(name, "[^%w!#$%%&'*+%-%.^_`|~]") or find(value, "[\r\n%z]") then
+            sock:close()
+            error("websocket.connect: header '" .. name .. "' is not a valid name and value", 2)
+        end
+        lines[#lines + 1] = name .. ": " .. value .. "\r\n"
+    end
+    lines[#lines + 1] = "\r\n"
+    local ok
+    ok, err = sock:send(concat(lines))
+    if not ok then
+        sock:close()
+        return nil, err
+    end
+    local status, h = read_head(sock)
+    if not status then
+        sock:close()
+        return nil, "websocket handshake: " .. tostring(h)
+    end
+    local fail
+    if status ~= 101 then
+        fail = format("the server answered %d, not 101", status)
+    elseif not has_token(h.upgrade, "websocket") or not has_token(h.connection, "upgrade") then
+        fail = "the server did not switch to websocket"
+    elseif h["sec-websocket-accept"] ~= ws_accept(key) then
+        fail = "a wrong Sec-WebSocket-Accept"
+    elseif h["sec-websocket-extensions"] then
+        fail = "an extension that was not offered"
+    end
+    local protocol = h["sec-websocket-protocol"]
+    if not fail and protocol then
+        fail = "a subprotocol that was not offered"
+        for i = 1, #(opts.protocols or {}) do
+            if opts.protocols[i] == protocol then
+                fail = nil
+            end
+        end
+    end
+    if fail then
+        sock:close()
+        return nil, "websocket handshake: " .. fail
+    end
+    local w
+    w, err = ws_client(sock, max, idle, ping, close_timeout)
+    if not w then
+        sock:close()
+        return nil, err
+    end
+    return wrap(w, protocol)
+end
+
+---------------------------------------------------------------- the object
+
+--- The next message: data, "text" | "binary"; nil, "timeout" after
+--- `timeout` seconds (the WebSocket stays usable; without one it waits as
+--- long as the connection lives); nil, "closed", code, reason at the end.
+function methods.recv(self, timeout)
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
+        error("ws:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
+    end
+    return ws_recv(self._u, timeout)
+end
+
+--- Sends a message: a text one unless kind is "binary". Waits while the
+--- peer is slower than the sender. true, or nil, "closed".
+function methods.send(self, data, kind)
+    local td = type(data)
+    if td == "number" then
+        data = tostring(data)
+    elseif td ~= "string" then
+        error("ws:send: expected a string, got " .. td, 2)
+    end
+    local op = TEXT
+    if kind == "binary" then
+        op = BINARY
+    elseif kind ~= nil and kind ~= "text" then
+        error("ws:send: the kind is \"text\" or \"binary\", got " .. tostring(kind), 2)
+    end
+    local u = self._u
+    local ok, err = ws_send(u, data, op)
+    while ok == false do -- it waited for room
+        ok, err = ws_send(u, data, op)
+    end
+    return ok, err
+end
+
+--- Sends a ping (its data at most 125 bytes); the pong is not reported.
+function methods.ping(self, data)
+    data = data or ""
+    if type(data) ~= "string" or #data > 125 then
+        error("ws:ping: the data is a string of at most 125 bytes", 2)
+    end
+    return ws_send(self._u, data, PING)
+end
+
+--- Runs the closing handshake: sends a close (code default 1000, reason at
+--- most 123 bytes), waits for the peer's (at most close_timeout), then the
+--- connection closes. true, or nil, "closed" if it had ended already.
+function methods.close(self, code, reason)
+    if code ~= nil and (type(code) ~= "number" or code % 1 ~= 0
+        or not (code == 1000 or (code >= 3000 and code <= 4999))) then
+        error("ws:close: a close code is 1000 or from 3000 to 4999, got " .. tostring(code), 2)
+    end
+    if reason ~= nil and (type(reason) ~= "string" or #reason > 123) then
+        error("ws:close: the reason is a string of at most 123 bytes", 2)
+    end
+    return ws_close(self._u, code or 1000, reason or "", true)
+end
+
+return _M
