@@ -447,6 +447,18 @@ static int req_deadline(lua_State *L) {
     return 0;
 }
 
+/* [-2, +0] req_stream(slot, serial): the response is an endless stream
+ * (Server-Sent Events): no deadline, and a shutdown ends it. */
+static int req_stream(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return 0;
+    td_http_mark_stream(hc);
+    if (hc->rq->user)
+        td_vm_scope_deadline(hc->rq->user, 0);
+    return 0;
+}
+
 /* [-2, +0] res_fail(slot, serial): the handler raised. */
 static int res_fail(lua_State *L) {
     td_http_conn *hc = live_conn(L);
@@ -477,7 +489,7 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
         {"req_headers", req_headers},     {"req_remote", req_remote},
         {"req_body", req_body},     {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
-        {"req_deadline", req_deadline}, {"req_tls", req_tls}, {NULL, NULL},
+        {"req_deadline", req_deadline}, {"req_tls", req_tls}, {"req_stream", req_stream}, {NULL, NULL},
     };
     server = hs;
     request_timeout_ms = timeout_ms;

@@ -3,8 +3,9 @@
  * coroutine's load, a DNS lookup already in flight).
  *
  * An event ("tendril.event" userdata) is set once; waiting on a set event
- * returns at once. Each waiter owns a record with a timer and a registry
- * reference to the event, so the event outlives its waiters. */
+ * returns at once. Each waiter owns a record with a registry reference to
+ * the event, so the event outlives its waiters, and a timer when it has a
+ * timeout. */
 #include <lauxlib.h>
 #include <stdlib.h>
 
@@ -20,20 +21,23 @@ typedef struct event {
 
 typedef struct event_wait {
     td_wait wait;
-    uv_timer_t timer;
     td_list link;
     td_vm *vm;
     int event_ref;
+    uv_timer_t *timer; /* NULL: no timeout (a subscriber can wait for ever without one) */
 } event_wait;
 
-static void free_wait(uv_handle_t *h) { free(h->data); }
+static void free_timer(uv_handle_t *h) { free(h); }
 
-/* Detaches the waiter from its event and starts freeing it. */
+/* Detaches the waiter from its event and frees it. */
 static void drop_waiter(event_wait *w) {
     td_list_remove(&w->link);
-    uv_timer_stop(&w->timer);
     luaL_unref(td_vm_state(w->vm), LUA_REGISTRYINDEX, w->event_ref);
-    uv_close((uv_handle_t *)&w->timer, free_wait);
+    if (w->timer) {
+        uv_timer_stop(w->timer);
+        uv_close((uv_handle_t *)w->timer, free_timer);
+    }
+    free(w);
 }
 
 static void wake(event_wait *w, int status) {
@@ -62,11 +66,13 @@ static int event_new(lua_State *L) {
     return 1;
 }
 
-/* [-2, +1|2] event_wait(event, timeout) -> true | nil, "timeout"; may yield */
+/* [-2, +1] event_wait(event, timeout | nil) -> true | nil, "timeout"; may
+ * yield (without a timeout, until the event is set). */
 static int event_wait_lua(lua_State *L) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
     event *ev = luaL_checkudata(L, 1, EVENT_MT);
-    double timeout = luaL_checknumber(L, 2);
+    int forever = lua_isnoneornil(L, 2);
+    double timeout = forever ? 0 : luaL_checknumber(L, 2);
     if (ev->set) {
         lua_pushboolean(L, 1);
         return 1;
@@ -75,17 +81,24 @@ static int event_wait_lua(lua_State *L) {
     if (!t)
         return 2;
     event_wait *w = malloc(sizeof *w);
-    if (!w)
+    uv_timer_t *timer = forever ? NULL : malloc(sizeof *timer);
+    if (!w || (!forever && !timer)) {
+        free(w);
+        free(timer);
         return luaL_error(L, "wait: out of memory");
+    }
     w->vm = vm;
+    w->timer = timer;
     lua_pushvalue(L, 1);
     w->event_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    uv_timer_init(td_vm_loop(vm), &w->timer);
-    w->timer.data = w;
     td_list_push_back(&ev->waiters, &w->link);
     td_vm_wait_begin(t, &w->wait, cancel_event_wait, 0);
-    double ms = timeout > 0 ? timeout * 1000.0 : 0;
-    uv_timer_start(&w->timer, on_wait_timeout, ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms, 0);
+    if (timer) {
+        uv_timer_init(td_vm_loop(vm), timer);
+        timer->data = w;
+        double ms = timeout > 0 ? timeout * 1000.0 : 0;
+        uv_timer_start(timer, on_wait_timeout, ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms, 0);
+    }
     return lua_yield(L, 0);
 }
 

@@ -257,7 +257,7 @@ void td_http__request_over(td_http_conn *hc, int status) {
     if (!td_http_is_live(hc))
         return;
     td_http_server *hs = td_http__server(hc);
-    hc->conn.proto_flags &= (uint8_t)~TD_HTTP_F_LIVE;
+    hc->conn.proto_flags &= (uint8_t)~(TD_HTTP_F_LIVE | TD_HTTP_F_STREAM);
     td_conn_bump(&hc->conn);
     hs->live--;
     if (hs->on_over)
@@ -773,11 +773,30 @@ void td_http_server_destroy(td_http_server *hs) {
     hs->spare = NULL;
 }
 
-/* Idle connections close at once; the others finish their request. */
+/* An endless response: its body ends here, and its request is over as if
+ * the client had gone (its tasks' waits end). */
+static void end_stream(td_http_conn *hc) {
+    td_http_req *rq = hc->rq;
+    if (rq->head_sent && rq->chunked && !rq->no_body) {
+        td_buf *out = td_conn_out(&hc->conn, 5);
+        if (out)
+            td_buf_append(out, "0\r\n\r\n", 5);
+    }
+    td_http__access_log(hc);
+    td_http__request_over(hc, TD_ECLOSED);
+    td_conn_end(&hc->conn);
+}
+
+/* Idle connections close at once; streams end; the others finish their
+ * request. */
 static void drain_one(td_conn *c, void *ud) {
     td_http_conn *hc = (td_http_conn *)c;
     if (c->owner != ud || c->closed)
         return;
+    if (td_http_is_live(hc) && (c->proto_flags & TD_HTTP_F_STREAM)) {
+        end_stream(hc);
+        return;
+    }
     int idle = hc->conn.proto_state == TD_HTTP_IDLE || (hc->conn.proto_state == TD_HTTP_HEAD && (!hc->rq || hc->rq->head_bytes == 0));
     if (idle && !td_http_is_live(hc) && (!hc->rq || hc->rq->pending.len == 0))
         td_conn_close(c);

@@ -175,6 +175,7 @@ struct td_http_req {
 enum {
     TD_HTTP_F_LIVE = 1,          /* a request's response has not ended */
     TD_HTTP_F_WAITING_DRAIN = 2, /* pipelined input waits for output to drain */
+    TD_HTTP_F_STREAM = 4,        /* an endless response (an event stream): a drain ends it */
 };
 
 struct td_http_conn {
@@ -199,7 +200,9 @@ static inline int td_http_server_tls_port(td_http_server *hs) { return td_listen
 /* After the transport closed and the loop ran its close callbacks. */
 void td_http_server_destroy(td_http_server *hs);
 /* Stops accepting, closes idle connections at once, and lets live requests
- * finish; their responses carry Connection: close. */
+ * finish; their responses carry Connection: close. A stream's response
+ * (td_http_mark_stream) is ended here: a chunked body gets its last chunk,
+ * and the request is over with TD_ECLOSED, so that its waits end. */
 void td_http_server_drain(td_http_server *hs);
 /* The server's connections open now. */
 static inline size_t td_http_server_conns(const td_http_server *hs) { return hs->nconns; }
@@ -223,6 +226,10 @@ int td_http_body(td_http_conn *hc, const char **data, size_t *len);
 void td_http_wait_body(td_http_conn *hc, td_http_waiter *w);
 /* Unlinks a waiter that will not be called after all. */
 static inline void td_http_unwait(td_http_waiter *w) { td_list_remove(&w->link); }
+
+/* The live request's response is a stream that only its client or a
+ * drain ends (Server-Sent Events). */
+static inline void td_http_mark_stream(td_http_conn *hc) { hc->conn.proto_flags |= TD_HTTP_F_STREAM; }
 
 /* ---- the response ---- */
 /* Starts the head. Returns 0, or TD_ECLOSED if the head went already. */

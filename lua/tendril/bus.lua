@@ -1,0 +1,162 @@
+-- Publish/subscribe inside the process: local bus = require "tendril.bus"
+--
+-- bus.publish(topic, message) hands the message to every subscriber of the
+-- topic and returns how many it reached; bus.subscribe(topic) returns a
+-- subscription whose recv waits for the next one. The bus is runtime state,
+-- outside the code generations: a subscription made by the code before a
+-- reload still gets what the new code publishes.
+--
+-- Memory is bounded per subscriber: one that falls more than max_queue
+-- messages behind (default 1000) is dropped, and its recv says "overflow".
+-- A subscription nobody holds any more is collected (the topics hold them
+-- weakly); sub:close() ends one at once.
+local core = require "tendril.core"
+
+local type, error, tostring, setmetatable, next, pairs = type, error, tostring, setmetatable, next, pairs
+local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
+
+local DEFAULT_MAX_QUEUE = 1000
+
+local _M = {}
+
+local topics = {} -- topic -> { [subscription] = true }, weak keys
+local weak_keys = { __mode = "k" }
+
+local sub_methods = {}
+local sub_mt = { __index = sub_methods }
+
+local function check_topic(fname, topic)
+    if type(topic) ~= "string" then
+        error(fname .. ": a topic is a string, got " .. type(topic), 3)
+    end
+end
+
+local function leave(sub)
+    local subs = topics[sub.topic]
+    if subs then
+        subs[sub] = nil
+        if next(subs) == nil then
+            topics[sub.topic] = nil
+        end
+    end
+end
+
+-- Ends a subscription: its waiter (if any) wakes and sees why.
+local function finish(sub, why)
+    if sub.ended then
+        return
+    end
+    sub.ended = why
+    leave(sub)
+    sub.q, sub.head, sub.tail = nil, 1, 0
+    local ev = sub.ev
+    if ev then
+        sub.ev = nil
+        event_set(ev)
+    end
+end
+
+--- Publishes message (any Lua value) to topic. Returns the number of
+--- subscribers it reached.
+function _M.publish(topic, message)
+    check_topic("bus.publish", topic)
+    if message == nil then
+        error("bus.publish: a message cannot be nil", 2)
+    end
+    local subs = topics[topic]
+    if not subs then
+        return 0
+    end
+    local n = 0
+    for sub in pairs(subs) do
+        local tail = sub.tail + 1
+        if tail - sub.head >= sub.max then
+            finish(sub, "overflow")
+        else
+            sub.tail = tail
+            sub.q[tail] = message
+            n = n + 1
+            local ev = sub.ev
+            if ev then
+                sub.ev = nil
+                event_set(ev)
+            end
+        end
+    end
+    return n
+end
+
+--- Subscribes to topic. opts.max_queue: messages it may fall behind before
+--- it is dropped (default 1000).
+function _M.subscribe(topic, opts)
+    check_topic("bus.subscribe", topic)
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bus.subscribe: expected an options table, got " .. type(opts), 2)
+    end
+    local max = opts and opts.max_queue or DEFAULT_MAX_QUEUE
+    if type(max) ~= "number" or max < 1 or max % 1 ~= 0 then
+        error("bus.subscribe: opts.max_queue must be a whole number >= 1, got " .. tostring(max), 2)
+    end
+    local sub = setmetatable({ topic = topic, q = {}, head = 1, tail = 0, max = max }, sub_mt)
+    local subs = topics[topic]
+    if not subs then
+        subs = setmetatable({}, weak_keys)
+        topics[topic] = subs
+    end
+    subs[sub] = true
+    return sub
+end
+
+--- The next message; nil, "timeout" after timeout seconds (none: waits as
+--- long as it takes); nil, "closed" after sub:close(); nil, "overflow" once
+--- it fell max_queue messages behind.
+function sub_methods.recv(self, timeout)
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
+        error("sub:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
+    end
+    while true do
+        if self.ended then
+            return nil, self.ended
+        end
+        local head = self.head
+        if head <= self.tail then
+            local q = self.q
+            local m = q[head]
+            q[head] = nil
+            if head == self.tail then
+                self.head, self.tail = 1, 0 -- empty: the array starts again
+            else
+                self.head = head + 1
+            end
+            return m
+        end
+        local ev = self.ev
+        if not ev then
+            ev = event_new()
+            self.ev = ev
+        end
+        local ok, err = event_wait(ev, timeout)
+        if not ok then
+            return nil, err
+        end
+    end
+end
+
+--- Ends the subscription: nothing more comes; a recv waiting returns nil,
+--- "closed".
+function sub_methods.close(self)
+    finish(self, "closed")
+    return true
+end
+
+--- Subscribers of topic now.
+function _M.count(topic)
+    check_topic("bus.count", topic)
+    local n = 0
+    for _ in pairs(topics[topic] or {}) do
+        n = n + 1
+    end
+    return n
+end
+
+return _M
