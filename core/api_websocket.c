@@ -179,13 +179,17 @@ static uint64_t opt_ms(lua_State *L, int idx) {
     return s > 0 ? (s > 1e9 ? (uint64_t)1e12 : (uint64_t)(s * 1000.0 + 0.5)) : 0;
 }
 
-/* Options at idx..idx+3: max_message bytes, idle timeout, ping interval
- * and close timeout in seconds (0: none). */
+/* Options at idx..idx+4: max_message bytes, idle timeout, ping interval
+ * and close timeout in seconds (0: none), the window bits of
+ * permessage-deflate (0: not negotiated). */
 static void read_config(lua_State *L, int idx, td_ws_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
     cfg->max_message = (uint64_t)luaL_checknumber(L, idx);
     cfg->idle_timeout_ms = opt_ms(L, idx + 1);
     cfg->ping_interval_ms = opt_ms(L, idx + 2);
     cfg->close_timeout_ms = opt_ms(L, idx + 3);
+    int bits = (int)luaL_optinteger(L, idx + 4, 0);
+    cfg->deflate_bits = (uint8_t)(bits >= 9 && bits <= 15 ? bits : 0);
 }
 
 static void opened(ws_ud *u) {
@@ -193,8 +197,8 @@ static void opened(ws_ud *u) {
     nopen++;
 }
 
-/* [-7, +1|2] ws_upgrade(slot, serial, lines, max_message, idle, ping,
- * close_timeout) -> websocket | nil, err. The handshake was checked (in
+/* [-8, +1|2] ws_upgrade(slot, serial, lines, max_message, idle, ping,
+ * close_timeout, deflate_bits) -> websocket | nil, err. The handshake was checked (in
  * Lua); lines are the 101's own header lines. */
 static int ws_upgrade(lua_State *L) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
@@ -226,7 +230,7 @@ static int ws_upgrade(lua_State *L) {
     return 1;
 }
 
-/* [-6, +1|2] ws_client(socket, max_message, idle, ping, close_timeout)
+/* [-7, +1|2] ws_client(socket, max_message, idle, ping, close_timeout, deflate_bits)
  * -> websocket | nil, err: a client socket whose handshake is done speaks
  * WebSocket from now on (the socket object is closed for Lua). */
 static int ws_client(lua_State *L) {
@@ -290,11 +294,11 @@ static int ws_send(lua_State *L) {
     int rc;
     if (len >= TD_API_WRITE_BY_REF) {
         void *ref = td_api_ref_string(L, 2);
-        rc = td_ws_conn_send(&u->w, opcode, 0, data, len, td_api_release_ref, ref);
+        rc = td_ws_conn_send(&u->w, opcode, data, len, td_api_release_ref, ref);
         if (rc != 1)
             td_api_unref_string(L, ref);
     } else {
-        rc = td_ws_conn_send(&u->w, opcode, 0, data, len, NULL, NULL);
+        rc = td_ws_conn_send(&u->w, opcode, data, len, NULL, NULL);
     }
     if (rc < 0)
         return td_api_fail(L, rc);
@@ -371,6 +375,8 @@ void td_api_websocket_drain(void) {
 }
 
 size_t td_api_websocket_count(void) { return nopen; }
+
+void td_api_websocket_teardown(void) { td_ws_conn_shutdown(); }
 
 void td_api_websocket_open(lua_State *L, td_vm *vm, td_http_server *hs) {
     static const luaL_Reg funcs[] = {

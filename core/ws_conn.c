@@ -10,6 +10,7 @@
 
 #include "errors.h"
 #include "log.h"
+#include "ws_deflate.h"
 
 static const td_conn_ops ws_ops;
 
@@ -64,11 +65,12 @@ static int mask_key(uint8_t key[4]) {
     return 0;
 }
 
-int td_ws_conn_send(td_ws_conn *w, int opcode, int rsv, const char *data, size_t len, void (*release)(void *ud),
-                    void *ud) {
+/* The compressed form of what is sent, and of a message received. */
+static td_buf scratch;
+
+static int send_frame(td_ws_conn *w, int opcode, int rsv, const char *data, size_t len, void (*release)(void *ud),
+                      void *ud) {
     td_conn *c = w->c;
-    if (!c || c->closed || w->state != TD_WS_OPEN)
-        return TD_ECLOSED;
     uint8_t key[4];
     if (w->client && mask_key(key) != 0)
         return UV_ENOMEM;
@@ -88,12 +90,28 @@ int td_ws_conn_send(td_ws_conn *w, int opcode, int rsv, const char *data, size_t
     return 0;
 }
 
+int td_ws_conn_send(td_ws_conn *w, int opcode, const char *data, size_t len, void (*release)(void *ud), void *ud) {
+    if (!w->c || w->c->closed || w->state != TD_WS_OPEN)
+        return TD_ECLOSED;
+    if (w->cfg.deflate_bits && opcode < TD_WS_CLOSE && len >= TD_WS_DEFLATE_MIN) {
+        if (td_ws_deflate(data, len, w->cfg.deflate_bits, &scratch) != 0)
+            return UV_ENOMEM;
+        /* Sent compressed only when that is shorter (RFC 7692 lets each
+         * message choose). */
+        if (scratch.len < len) {
+            int rc = send_frame(w, opcode, 4, scratch.data, scratch.len, NULL, NULL);
+            if (scratch.cap > 65536)
+                td_buf_free(&scratch);
+            return rc;
+        }
+    }
+    return send_frame(w, opcode, 0, data, len, release, ud);
+}
+
 /* A control frame of ours (a pong, a ping, a close), whatever the state. */
 static void send_control(td_ws_conn *w, int opcode, const char *data, size_t len) {
-    uint8_t state = w->state;
-    w->state = TD_WS_OPEN;
-    td_ws_conn_send(w, opcode, 0, data, len, NULL, NULL);
-    w->state = state;
+    if (w->c && !w->c->closed)
+        send_frame(w, opcode, 0, data, len, NULL, NULL);
 }
 
 static void send_close(td_ws_conn *w, int code, const char *reason, size_t len) {
@@ -160,17 +178,18 @@ void td_ws_conn_close(td_ws_conn *w, int code, const char *reason, size_t len) {
 
 /* ---- input ---- */
 
-static void enqueue(td_ws_conn *w) {
-    td_ws_msg *m = malloc(sizeof *m + w->msg.len);
+/* The message assembled (data, len: w->msg or its decompressed form). */
+static void enqueue(td_ws_conn *w, const char *data, size_t len) {
+    td_ws_msg *m = malloc(sizeof *m + len);
     if (!m) {
         fail(w, 1011, "out of memory");
         return;
     }
     m->next = NULL;
-    m->len = w->msg.len;
+    m->len = len;
     m->opcode = w->msg_op;
-    if (w->msg.len)
-        memcpy(m->data, w->msg.data, w->msg.len);
+    if (len)
+        memcpy(m->data, data, len);
     /* A large message's buffer goes; a small one's is kept for the next. */
     if (w->msg.cap > 4096)
         td_buf_free(&w->msg);
@@ -272,7 +291,12 @@ static int frame_begins(td_ws_conn *w) {
             return -1;
         }
         w->msg_op = f->opcode;
+        w->msg_deflated = (f->rsv & 4) != 0;
         td_ws_utf8_init(&w->utf8);
+    }
+    if (f->opcode == TD_WS_CONTINUATION && (f->rsv & 4)) {
+        fail(w, TD_WS_PROTOCOL, "RSV1 on a continuation frame");
+        return -1;
     }
     if (w->msg.len + f->len > w->cfg.max_message) {
         fail(w, TD_WS_TOO_BIG, "message too big");
@@ -302,7 +326,7 @@ static int take_payload(td_ws_conn *w, const char *data, size_t n) {
         if (f->masked)
             td_ws_unmask(dst, n, f->mask, w->f_got);
         w->msg.len += n;
-        if (w->msg_op == TD_WS_TEXT && td_ws_utf8_feed(&w->utf8, dst, n) != 0) {
+        if (w->msg_op == TD_WS_TEXT && !w->msg_deflated && td_ws_utf8_feed(&w->utf8, dst, n) != 0) {
             fail(w, TD_WS_INVALID_DATA, "text that is not UTF-8");
             return -1;
         }
@@ -319,12 +343,29 @@ static void frame_done(td_ws_conn *w) {
     }
     if (!w->f.fin)
         return;
+    const char *data = w->msg.data;
+    size_t len = w->msg.len;
+    if (w->msg_deflated && w->state == TD_WS_OPEN) {
+        int rc = td_ws_inflate(data, len, w->cfg.max_message, &scratch);
+        if (rc != 0) {
+            fail(w, rc == TD_ETOOLARGE ? TD_WS_TOO_BIG : rc == TD_EPROTO ? TD_WS_INVALID_DATA : 1011,
+                 rc == TD_ETOOLARGE ? "message too big" : rc == TD_EPROTO ? "invalid compressed data" : "out of memory");
+            return;
+        }
+        data = scratch.data, len = scratch.len;
+        if (w->msg_op == TD_WS_TEXT && td_ws_utf8_feed(&w->utf8, (const uint8_t *)data, len) != 0) {
+            fail(w, TD_WS_INVALID_DATA, "text that is not UTF-8");
+            return;
+        }
+    }
     if (w->msg_op == TD_WS_TEXT && !td_ws_utf8_complete(&w->utf8)) {
         fail(w, TD_WS_INVALID_DATA, "text that is not UTF-8");
         return;
     }
     if (w->state == TD_WS_OPEN) {
-        enqueue(w);
+        enqueue(w, data, len);
+        if (scratch.cap > 65536)
+            td_buf_free(&scratch);
     } else {
         w->msg.len = 0; /* we are closing: nobody will read it */
         w->msg_op = 0;
@@ -479,7 +520,7 @@ void td_ws_conn_attach(td_ws_conn *w, td_conn *c, int client, const td_ws_config
     w->cfg = *cfg;
     w->client = (uint8_t)(client != 0);
     w->rules.max_payload = cfg->max_message;
-    w->rules.rsv_allowed = 0;
+    w->rules.rsv_allowed = cfg->deflate_bits ? 4 : 0; /* RSV1: compressed */
     w->rules.want_masked = (uint8_t)!client;
     w->state = TD_WS_OPEN;
     w->close_code = 1006;
@@ -504,6 +545,11 @@ void td_ws_conn_abort(td_ws_conn *w) {
         return;
     w->hooks = &none;
     td_conn_close(w->c);
+}
+
+void td_ws_conn_shutdown(void) {
+    td_buf_free(&scratch);
+    td_ws_deflate_shutdown();
 }
 
 void td_ws_conn_free(td_ws_conn *w) {

@@ -3,7 +3,8 @@
  * handshake (a socket's connection). It reads frames with the codec of
  * ws.h, reassembles messages and queues them for the layer above, answers
  * pings at once, runs the closing handshake, watches for dead peers
- * (idle timeout, pings) and writes frames (masked on a client). No Lua.
+ * (idle timeout, pings) and writes frames (masked on a client), with
+ * permessage-deflate when it was negotiated (ws_deflate.h). No Lua.
  *
  * Ownership:
  * - A td_ws_conn is its owner's memory (the API layer keeps it in a Lua
@@ -48,6 +49,9 @@ typedef struct td_ws_config {
     uint64_t idle_timeout_ms;  /* no frame from the peer for this long: closed (0: never) */
     uint64_t ping_interval_ms; /* a ping after this long without a frame; no answer by the next: closed (0: none) */
     uint64_t close_timeout_ms; /* after our close frame, the peer's close is awaited this long */
+    /* permessage-deflate was negotiated: the window bits of what we
+     * compress (9 to 15); 0: no compression. */
+    uint8_t deflate_bits;
 } td_ws_config;
 
 typedef struct td_ws_hooks {
@@ -82,6 +86,7 @@ struct td_ws_conn {
     uint8_t hdr_len;            /* header bytes kept from an earlier read */
     uint8_t in_frame;           /* the header is parsed, its payload comes */
     uint8_t msg_op;             /* the data message being assembled, 0: none */
+    uint8_t msg_deflated;       /* ... and it is compressed (RSV1 on its first frame) */
     uint8_t state;              /* td_ws_state */
     uint8_t client;             /* frames we send are masked */
     uint8_t ping_out;           /* a ping of ours is unanswered (no frame came since) */
@@ -115,13 +120,13 @@ td_ws_msg *td_ws_conn_next(td_ws_conn *w);
  * came, we failed the connection, or it is gone. */
 static inline int td_ws_conn_ended(const td_ws_conn *w) { return w->state == TD_WS_DONE || !w->c; }
 
-/* A frame: opcode and payload (a whole message; rsv as in td_ws_frame).
- * Copied (and masked on a client) unless `release` is given, when a
- * server's payload is written by reference (td_conn_write_ref: 0 when it
- * left at once, 1 when release(ud) will run). TD_ECLOSED once our close
- * frame went or the connection is gone. */
-int td_ws_conn_send(td_ws_conn *w, int opcode, int rsv, const char *data, size_t len, void (*release)(void *ud),
-                    void *ud);
+/* A frame: opcode and payload (a whole message), compressed when
+ * permessage-deflate was negotiated and it is worth it. Copied (and masked
+ * on a client) unless `release` is given, when a server's uncompressed
+ * payload is written by reference (td_conn_write_ref: 0 when it left at
+ * once, 1 when release(ud) will run). TD_ECLOSED once our close frame went
+ * or the connection is gone. */
+int td_ws_conn_send(td_ws_conn *w, int opcode, const char *data, size_t len, void (*release)(void *ud), void *ud);
 /* Bytes not yet handed to the kernel. */
 static inline size_t td_ws_conn_unsent(td_ws_conn *w) { return w->c ? td_conn_unsent(w->c) : 0; }
 /* One on_drain once unsent output is down to TD_WS_LOW_WATER. */
@@ -138,5 +143,7 @@ void td_ws_conn_abort(td_ws_conn *w);
 /* Frees what w holds (after the connection is gone): queued messages,
  * buffers. */
 void td_ws_conn_free(td_ws_conn *w);
+/* Frees what the process keeps for every connection (teardown). */
+void td_ws_conn_shutdown(void);
 
 #endif

@@ -144,8 +144,8 @@ function _M.open(req, res, opts)
         end
         tendril.spawn(function()
             while true do
-                local stopped, err = event_wait(stop, keepalive)
-                if stopped or err ~= "timeout" or not stream:comment() then
+                local stopped, why = event_wait(stop, keepalive)
+                if stopped or why ~= "timeout" or not stream:comment() then
                     return
                 end
             end

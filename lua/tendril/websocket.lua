@@ -88,6 +88,105 @@ local function has_token(value, want)
     return false
 end
 
+---------------------------------------------------------------- permessage-deflate
+
+-- The parameters of one extension in a Sec-WebSocket-Extensions value:
+-- name, { lower-case parameter = value or true }, or nil when malformed or
+-- a parameter repeats.
+local function parse_extension(text)
+    local name, rest = match(text, "^%s*([%w!#$%%&'*+%-%.^_`|~]+)%s*(.-)%s*$")
+    if not name then
+        return nil
+    end
+    local params = {}
+    for p in gmatch(rest, "[^;]+") do
+        local k, v = match(p, "^%s*([%w_%-]+)%s*=%s*\"?([^\"]-)\"?%s*$")
+        if not k then
+            k = match(p, "^%s*([%w_%-]+)%s*$")
+            v = true
+        end
+        if not k then
+            if match(p, "^%s*$") then
+                k = nil
+            else
+                return nil
+            end
+        end
+        if k then
+            k = lower(k)
+            if params[k] ~= nil then
+                return nil
+            end
+            params[k] = v
+        end
+    end
+    return lower(name), params
+end
+
+local function window_bits(v, min)
+    local n = v ~= true and tonumber(v)
+    return n and n % 1 == 0 and n >= min and n <= 15 and n or nil
+end
+
+-- The first permessage-deflate offer this side can accept: the response's
+-- value and the window bits of what we send. No context takeover either
+-- way: a server may ask for both (RFC 7692, 7.1.1).
+local function accept_deflate(value)
+    if not value then
+        return nil
+    end
+    for offer in gmatch(value, "[^,]+") do
+        local name, params = parse_extension(offer)
+        if name == "permessage-deflate" then
+            local ok, bits = true, 15
+            for k, v in pairs(params) do
+                if k == "server_no_context_takeover" or k == "client_no_context_takeover" then
+                    ok = ok and v == true
+                elseif k == "server_max_window_bits" then
+                    -- zlib cannot make a window of 8 bits: that offer is declined.
+                    bits = window_bits(v, 9)
+                    ok = ok and bits ~= nil
+                elseif k == "client_max_window_bits" then
+                    ok = ok and (v == true or window_bits(v, 8) ~= nil)
+                else
+                    ok = false
+                end
+            end
+            if ok then
+                local resp = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+                if params.server_max_window_bits then
+                    resp = resp .. "; server_max_window_bits=" .. bits
+                end
+                return resp, bits
+            end
+        end
+    end
+    return nil
+end
+
+local DEFLATE_OFFER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+
+-- The server's answer to DEFLATE_OFFER: 15 (the bits we send with), false
+-- when it declined, or nil, why when it answered what was not offered.
+local function deflate_answer(value)
+    if not value then
+        return false
+    end
+    local name, params = parse_extension(value)
+    if name ~= "permessage-deflate" or find(value, ",", 1, true) then
+        return nil, "an extension that was not offered"
+    end
+    for k, v in pairs(params) do
+        if (k ~= "server_no_context_takeover" and k ~= "client_no_context_takeover") or v ~= true then
+            return nil, "a permessage-deflate parameter that was not offered (" .. k .. ")"
+        end
+    end
+    if not params.server_no_context_takeover then
+        return nil, "permessage-deflate with the server's context takeover"
+    end
+    return 15
+end
+
 local function wrap(u, protocol)
     return setmetatable({ _u = u, protocol = protocol }, mt)
 end
@@ -113,7 +212,8 @@ local KEY_PATTERN = "^[A-Za-z0-9+/][A-Za-z0-9+/][A-Za-z0-9+/]*==$"
 --- subprotocols this side speaks: the first the client offers is chosen,
 --- ws.protocol), origins (the Origin values allowed), max_message_bytes
 --- (default 1 MiB), idle_timeout, ping_interval (default 30 s; false:
---- none), close_timeout (default 5 s).
+--- none), close_timeout (default 5 s), compress (permessage-deflate when
+--- the client offers it).
 function _M.upgrade(req, res, opts)
     if type(req) ~= "table" or type(res) ~= "table" then
         error("websocket.upgrade: expected the handler's req and res", 2)
@@ -179,7 +279,15 @@ function _M.upgrade(req, res, opts)
             lines[#lines + 1] = "Sec-WebSocket-Protocol: " .. protocol .. "\r\n"
         end
     end
-    local u, err = ws_upgrade(req[1], req[2], concat(lines), max, idle, ping, close_timeout)
+    local deflate_bits = 0
+    if opts.compress then
+        local ext, bits = accept_deflate(h["sec-websocket-extensions"])
+        if ext then
+            lines[#lines + 1] = "Sec-WebSocket-Extensions: " .. ext .. "\r\n"
+            deflate_bits = bits
+        end
+    end
+    local u, err = ws_upgrade(req[1], req[2], concat(lines), max, idle, ping, close_timeout, deflate_bits)
     if not u then
         return nil, err
     end
@@ -229,8 +337,9 @@ end
 --- Opens a WebSocket to a ws:// or wss:// URL. opts: headers (extra
 --- request headers), protocols (offered, in order of preference),
 --- origin, timeout (connecting and the handshake, default 60 s), the TLS
---- options of tcp.connect (verify, ca_file, server_name) and the limits of
---- websocket.upgrade. Returns the WebSocket, or nil, err.
+--- options of tcp.connect (verify, ca_file, server_name), compress (offer
+--- permessage-deflate) and the limits of websocket.upgrade. Returns the
+--- WebSocket, or nil, err.
 function _M.connect(url, opts)
     if type(url) ~= "string" then
         error("websocket.connect: expected a ws:// or wss:// URL, got " .. type(url), 2)
@@ -268,6 +377,9 @@ function _M.connect(url, opts)
     if opts.origin then
         lines[#lines + 1] = "Origin: " .. tostring(opts.origin) .. "\r\n"
     end
+    if opts.compress then
+        lines[#lines + 1] = "Sec-WebSocket-Extensions: " .. DEFLATE_OFFER .. "\r\n"
+    end
     for name, value in pairs(opts.headers or {}) do
         name, value = tostring(name), tostring(value)
         if find(name, "[^%w!#$%%&'*+%-%.^_`|~]") or find(value, "[\r\n%z]") then
@@ -295,8 +407,14 @@ function _M.connect(url, opts)
         fail = "the server did not switch to websocket"
     elseif h["sec-websocket-accept"] ~= ws_accept(key) then
         fail = "a wrong Sec-WebSocket-Accept"
-    elseif h["sec-websocket-extensions"] then
-        fail = "an extension that was not offered"
+    end
+    local deflate_bits
+    if not fail then
+        if opts.compress then
+            deflate_bits, fail = deflate_answer(h["sec-websocket-extensions"])
+        elseif h["sec-websocket-extensions"] then
+            fail = "an extension that was not offered"
+        end
     end
     local protocol = h["sec-websocket-protocol"]
     if not fail and protocol then
@@ -312,7 +430,7 @@ function _M.connect(url, opts)
         return nil, "websocket handshake: " .. fail
     end
     local w
-    w, err = ws_client(sock, max, idle, ping, close_timeout)
+    w, err = ws_client(sock, max, idle, ping, close_timeout, deflate_bits or 0)
     if not w then
         sock:close()
         return nil, err
