@@ -61,6 +61,42 @@ class ExamplesTest(TestCase):
                 self.assertEqual(s.recv(100), b"direct\n")
 
 
+    def test_clock_sse_ticks_and_resumes_from_last_event_id(self):
+        with Server(app_path=example("clock-sse.lua")) as srv:
+            r = subprocess.run(["curl", "-sN", "-i", "--max-time", str(deadline(2.5)), "-H", "Last-Event-ID: 41",
+                                "http://127.0.0.1:%d/" % srv.port], capture_output=True, timeout=deadline(30))
+            out = r.stdout.decode().replace("\r\n", "\n")
+            self.assertIn("content-type: text/event-stream", out.lower())
+            self.assertIn("cache-control: no-cache", out.lower())
+            self.assertIn("\n\nretry: 2000\n\n", out)
+            ticks = re.findall(r"event: tick\nid: (\d+)\ndata: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n\n", out)
+            self.assertGreaterEqual(len(ticks), 2, out)
+            self.assertEqual(ticks, [str(42 + i) for i in range(len(ticks))])
+
+    def test_chat_in_a_real_browser(self):
+        """Headless Chromium loads the chat page, which sends three messages
+        over its WebSocket, sees them come back, and gets them again through
+        an EventSource (closed after three events, or virtual time would
+        never end)."""
+        with Server(app_path=example("chat/app.lua")) as srv:
+            profile = tempfile.mkdtemp(prefix="tendril-chromium-")
+            r = subprocess.run(
+                ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--user-data-dir=" + profile, "--virtual-time-budget=%d" % int(deadline(10) * 1000),
+                 "--dump-dom", "http://127.0.0.1:%d/?selftest=browser" % srv.port],
+                capture_output=True, timeout=deadline(120))
+            dom = r.stdout.decode()
+            self.assertIn('<p id="result">ws: browser 1, browser 2, browser 3 | '
+                          'sse: browser 1, browser 2, browser 3</p>', dom, r.stderr.decode()[-2000:])
+            self.assertIn('<p id="status">connected</p>', dom)
+            # A reader who came later gets the conversation so far.
+            r = subprocess.run(["curl", "-sN", "--max-time", str(deadline(1.5)), "http://127.0.0.1:%d/events" % srv.port],
+                               capture_output=True, timeout=deadline(30))
+            self.assertEqual(re.findall(r"data: (.*)\n", r.stdout.decode()),
+                             ["browser 1", "browser 2", "browser 3"])
+
+
 class ReadmeTest(TestCase):
     """The README's handler runs as written."""
 
