@@ -40,6 +40,7 @@ typedef struct ws_wait {
 } ws_wait;
 
 static td_http_server *server;
+static td_vm *the_vm;
 static td_list all; /* ws_ud.w.link: every open WebSocket */
 static size_t nopen;
 
@@ -368,10 +369,14 @@ static int ws_key(lua_State *L) {
 void td_api_websocket_drain(void) {
     td_list *pos, *tmp;
     static const char why[] = "server shutting down";
+    /* Closes can end connections (a write fails): the tasks they wake run
+     * after the loop, not inside it. */
+    td_vm_hold(the_vm);
     td_list_foreach_safe(pos, tmp, &all) {
         td_ws_conn *w = td_container_of(pos, td_ws_conn, link);
         td_ws_conn_close(w, TD_WS_GOING_AWAY, why, sizeof why - 1);
     }
+    td_vm_release(the_vm);
 }
 
 size_t td_api_websocket_count(void) { return nopen; }
@@ -384,6 +389,7 @@ void td_api_websocket_open(lua_State *L, td_vm *vm, td_http_server *hs) {
         {"ws_close", ws_close},     {"ws_accept", ws_accept}, {"ws_key", ws_key},   {NULL, NULL},
     };
     server = hs;
+    the_vm = vm;
     td_list_init(&all);
     nopen = 0;
     luaL_newmetatable(L, WS_MT);

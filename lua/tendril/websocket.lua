@@ -15,6 +15,8 @@ local concat = table.concat
 
 local ws_upgrade, ws_client, ws_recv, ws_send, ws_close, ws_accept, ws_key = core.ws_upgrade, core.ws_client,
     core.ws_recv, core.ws_send, core.ws_close, core.ws_accept, core.ws_key
+local req_header = core.req_header
+local rawget = rawget
 
 local TEXT, BINARY, PING = 1, 2, 9
 local DEFAULT_MAX_MESSAGE = 1024 * 1024
@@ -228,7 +230,16 @@ function _M.upgrade(req, res, opts)
     if res._done or res:head_sent() then
         error("websocket.upgrade: the response was sent already", 2)
     end
-    local h = req.headers
+    -- The few headers the handshake needs, without the table of them all
+    -- (a handler that did not read req.headers keeps none for its life).
+    local h = rawget(req, "headers")
+    if not h then
+        h = {}
+        h.upgrade, h.connection, h["sec-websocket-version"], h["sec-websocket-key"], h.origin,
+            h["sec-websocket-protocol"], h["sec-websocket-extensions"] = req_header(req[1], req[2], "upgrade",
+                "connection", "sec-websocket-version", "sec-websocket-key", "origin", "sec-websocket-protocol",
+                "sec-websocket-extensions")
+    end
     if req.method ~= "GET" then
         return refuse(res, 400, "the method is " .. tostring(req.method) .. ", not GET")
     end

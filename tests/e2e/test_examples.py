@@ -113,6 +113,34 @@ class ReadmeTest(TestCase):
             r = request(srv.port, "POST", "/", body=b'{"a":1}')[0]
             self.assertEqual((r.status, r.header("content-type"), r.body), (201, "application/json", b'{"a":1}'))
 
+    def test_the_readme_real_time_block(self):
+        from wsclient import Client, frame
+        with open(os.path.join(ROOT, "README.md")) as f:
+            text = f.read()
+        block = next(b for b in re.findall(r"```lua\n(.*?)```", text, re.S) if "websocket.upgrade" in b)
+        with Server(block) as srv:
+            c = Client(srv.port, "/echo")
+            self.assertEqual(c.status, 101)
+            c.send(frame(0x1, b"hello"))
+            self.assertEqual(c.read_frame(), (True, 0, 0x1, b"hello"))
+            c.send(frame(0x8, b"\x03\xe8"))
+            self.assertEqual(c.close_code(), 1000)
+            c.close()
+            curl = subprocess.Popen(["curl", "-sN", "--max-time", str(deadline(10)),
+                                     "http://127.0.0.1:%d/news" % srv.port], stdout=subprocess.PIPE)
+            reached = None
+            end = time.monotonic() + deadline(10)
+            while reached != b"reached 1\n" and time.monotonic() < end:
+                reached = get(srv.port, "/publish?text=two%0Alines").body
+                time.sleep(0.05)
+            self.assertEqual(reached, b"reached 1\n")
+            line = b""
+            while not line.endswith(b"\n\n"):
+                line += curl.stdout.read(1)
+            curl.kill()
+            curl.wait()
+            self.assertEqual(line, b"event: news\ndata: two\ndata: lines\n\n")
+
     def test_the_readme_fetch_and_wait_is_the_example(self):
         with open(os.path.join(ROOT, "README.md")) as f:
             text = f.read()
