@@ -432,10 +432,11 @@ local function serve(me, conn, serial, method, target, version)
         log("error", describe(req) .. ": " .. a)
         res_fail(conn, serial)
     end
-    -- What outlives the response ends with the handler (a WebSocket).
+    -- What outlives the response ends with the handler (a WebSocket, an
+    -- event stream's keep-alive).
     local after = res._after
     if after then
-        after()
+        after:_finish()
     end
     unpin(gen)
 end

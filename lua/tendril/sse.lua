@@ -100,6 +100,11 @@ function methods.comment(self, text)
     return self:_write(concat(lines) .. "\n")
 end
 
+-- The handler returned: the keep-alive thread stops.
+function methods._finish(self)
+    event_set(self._stop)
+end
+
 -- After the handler returned the stream is over, as for the client.
 function methods._write(self, text)
     local res = self._res
@@ -136,12 +141,11 @@ function _M.open(req, res, opts)
     end
     local stream = setmetatable({ _res = res, last_id = req.headers["last-event-id"] }, mt)
     if keepalive then
-        -- A thread of the request: it ends with the handler (res._after)
-        -- or when the client leaves.
+        -- A thread of the request: it ends with the handler (the driver
+        -- calls res._after:_finish()) or when the client leaves.
         local stop = event_new()
-        res._after = function()
-            event_set(stop)
-        end
+        stream._stop = stop
+        res._after = stream
         tendril.spawn(function()
             while true do
                 local stopped, why = event_wait(stop, keepalive)

@@ -25,8 +25,21 @@ local DEFAULT_CLOSE_TIMEOUT = 5
 
 local _M = {}
 
+-- A WebSocket is the userdata that holds its state in C (nothing more per
+-- connection: ten thousand idle ones should cost little); ws.protocol is
+-- kept aside, for those that chose one.
 local methods = {}
-local mt = { __index = methods }
+local protocols = setmetatable({}, { __mode = "k" })
+core.websocket_mt.__index = function(self, k)
+    local m = methods[k]
+    if m ~= nil then
+        return m
+    end
+    if k == "protocol" then
+        return protocols[self]
+    end
+    return nil
+end
 
 ---------------------------------------------------------------- options
 
@@ -190,7 +203,10 @@ local function deflate_answer(value)
 end
 
 local function wrap(u, protocol)
-    return setmetatable({ _u = u, protocol = protocol }, mt)
+    if protocol then
+        protocols[u] = protocol
+    end
+    return u
 end
 
 ---------------------------------------------------------------- the server
@@ -302,14 +318,10 @@ function _M.upgrade(req, res, opts)
     if not u then
         return nil, err
     end
-    res._done, res._sent = true, true
-    local ws = wrap(u, protocol)
-    -- When the handler returns, its WebSocket closes (the server driver
-    -- runs this).
-    res._after = function()
-        ws_close(u, 1000, "", false)
-    end
-    return ws
+    -- When the handler returns, its WebSocket closes: the server driver
+    -- calls res._after:_finish().
+    res._done, res._after = true, u
+    return wrap(u, protocol)
 end
 
 ---------------------------------------------------------------- the client
@@ -458,7 +470,7 @@ function methods.recv(self, timeout)
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
         error("ws:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
     end
-    return ws_recv(self._u, timeout)
+    return ws_recv(self, timeout)
 end
 
 --- Sends a message: a text one unless kind is "binary". Waits while the
@@ -476,10 +488,9 @@ function methods.send(self, data, kind)
     elseif kind ~= nil and kind ~= "text" then
         error("ws:send: the kind is \"text\" or \"binary\", got " .. tostring(kind), 2)
     end
-    local u = self._u
-    local ok, err = ws_send(u, data, op)
+    local ok, err = ws_send(self, data, op)
     while ok == false do -- it waited for room
-        ok, err = ws_send(u, data, op)
+        ok, err = ws_send(self, data, op)
     end
     return ok, err
 end
@@ -490,7 +501,7 @@ function methods.ping(self, data)
     if type(data) ~= "string" or #data > 125 then
         error("ws:ping: the data is a string of at most 125 bytes", 2)
     end
-    return ws_send(self._u, data, PING)
+    return ws_send(self, data, PING)
 end
 
 --- Runs the closing handshake: sends a close (code default 1000, reason at
@@ -504,7 +515,12 @@ function methods.close(self, code, reason)
     if reason ~= nil and (type(reason) ~= "string" or #reason > 123) then
         error("ws:close: the reason is a string of at most 123 bytes", 2)
     end
-    return ws_close(self._u, code or 1000, reason or "", true)
+    return ws_close(self, code or 1000, reason or "", true)
+end
+
+-- The handler returned (see upgrade): close, without waiting.
+function methods._finish(self)
+    ws_close(self, 1000, "", false)
 end
 
 return _M
