@@ -93,10 +93,14 @@ local function tokens(value, keep_case)
     return t
 end
 
+-- Whether a comma-separated header value holds the token (any case),
+-- without making a table per header.
 local function has_token(value, want)
-    local t = tokens(value)
-    for i = 1, #t do
-        if t[i] == want then
+    if not value then
+        return false
+    end
+    for tok in gmatch(value, "[^,]+") do
+        if lower(match(tok, "^%s*(.-)%s*$")) == want then
             return true
         end
     end
@@ -248,13 +252,16 @@ function _M.upgrade(req, res, opts)
     end
     -- The few headers the handshake needs, without the table of them all
     -- (a handler that did not read req.headers keeps none for its life).
+    local upgrade, connection, version, key, origin, offered_protocols, extensions
     local h = rawget(req, "headers")
-    if not h then
-        h = {}
-        h.upgrade, h.connection, h["sec-websocket-version"], h["sec-websocket-key"], h.origin,
-            h["sec-websocket-protocol"], h["sec-websocket-extensions"] = req_header(req[1], req[2], "upgrade",
-                "connection", "sec-websocket-version", "sec-websocket-key", "origin", "sec-websocket-protocol",
-                "sec-websocket-extensions")
+    if h then
+        upgrade, connection, version, key, origin, offered_protocols, extensions = h.upgrade, h.connection,
+            h["sec-websocket-version"], h["sec-websocket-key"], h.origin, h["sec-websocket-protocol"],
+            h["sec-websocket-extensions"]
+    else
+        upgrade, connection, version, key, origin, offered_protocols, extensions = req_header(req[1], req[2],
+            "upgrade", "connection", "sec-websocket-version", "sec-websocket-key", "origin",
+            "sec-websocket-protocol", "sec-websocket-extensions")
     end
     if req.method ~= "GET" then
         return refuse(res, 400, "the method is " .. tostring(req.method) .. ", not GET")
@@ -262,21 +269,20 @@ function _M.upgrade(req, res, opts)
     if req.version ~= "1.1" then
         return refuse(res, 400, "HTTP/" .. tostring(req.version) .. " (a WebSocket needs HTTP/1.1)")
     end
-    if not has_token(h.upgrade, "websocket") then
+    if not has_token(upgrade, "websocket") then
         return refuse(res, 400, "no Upgrade: websocket")
     end
-    if not has_token(h.connection, "upgrade") then
+    if not has_token(connection, "upgrade") then
         return refuse(res, 400, "no Connection: upgrade")
     end
-    if h["sec-websocket-version"] ~= "13" then
+    if version ~= "13" then
         return refuse(res, 426, "Sec-WebSocket-Version is not 13", true)
     end
-    local key = h["sec-websocket-key"]
     if not key or #key ~= 24 or not find(key, KEY_PATTERN) then
         return refuse(res, 400, "no valid Sec-WebSocket-Key")
     end
     if opts.origins then
-        local origin, allowed = h.origin, false
+        local allowed = false
         for i = 1, #opts.origins do
             if origin == opts.origins[i] then
                 allowed = true
@@ -290,7 +296,7 @@ function _M.upgrade(req, res, opts)
     local lines = { "Sec-WebSocket-Accept: ", ws_accept(key), "\r\n" }
     local protocol
     if opts.protocols then
-        local offered = tokens(h["sec-websocket-protocol"], true)
+        local offered = tokens(offered_protocols, true)
         for i = 1, #offered do
             for j = 1, #opts.protocols do
                 if offered[i] == opts.protocols[j] then
@@ -308,7 +314,7 @@ function _M.upgrade(req, res, opts)
     end
     local deflate_bits = 0
     if opts.compress then
-        local ext, bits = accept_deflate(h["sec-websocket-extensions"])
+        local ext, bits = accept_deflate(extensions)
         if ext then
             lines[#lines + 1] = "Sec-WebSocket-Extensions: " .. ext .. "\r\n"
             deflate_bits = bits
