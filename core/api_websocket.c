@@ -116,18 +116,23 @@ static void wake(ws_ud *u, int for_end, int gone) {
 
 static void on_drain(td_ws_conn *w) { wake(ud_of(w), 0, 0); }
 
-static void on_gone(td_ws_conn *w) {
-    ws_ud *u = ud_of(w);
-    td_list_remove(&w->link);
-    nopen--;
-    wake(u, 0, 1);
-    wake(u, 1, 1);
+/* The WebSocket's fate is over for the threads its handler spawned. */
+static void end_scope(ws_ud *u) {
     td_scope *scope = u->scope;
     if (scope) {
         u->scope = NULL;
         scope->ref = NULL;
         td_vm_scope_kill(scope, TD_ECLOSED);
     }
+}
+
+static void on_gone(td_ws_conn *w) {
+    ws_ud *u = ud_of(w);
+    td_list_remove(&w->link);
+    nopen--;
+    wake(u, 0, 1);
+    wake(u, 1, 1);
+    end_scope(u);
 }
 
 static const td_ws_hooks hooks = {
@@ -312,14 +317,17 @@ static int ws_send(lua_State *L) {
     return 1;
 }
 
-/* [-4, +1|2] ws_close(ws, code | nil, reason, wait) -> true | nil, "closed":
- * starts the closing handshake; with `wait`, waits for its end. */
+/* [-5, +1|2] ws_close(ws, code | nil, reason, wait, finish) -> true | nil,
+ * "closed": starts the closing handshake; with `wait`, waits for its end.
+ * `finish`: the handler returned, and the threads it spawned end too. */
 static int ws_close(lua_State *L) {
     ws_ud *u = check_ws(L);
     int code = (int)luaL_optinteger(L, 2, 0);
     size_t len;
     const char *reason = luaL_optlstring(L, 3, "", &len);
     int wait = lua_toboolean(L, 4);
+    if (lua_toboolean(L, 5))
+        end_scope(u);
     if (!u->w.c)
         return td_api_fail(L, TD_ECLOSED);
     int was_open = u->w.state == TD_WS_OPEN;
@@ -340,12 +348,7 @@ static int ws_gc(lua_State *L) {
         nopen--;
         td_ws_conn_abort(&u->w);
     }
-    td_scope *scope = u->scope;
-    if (scope) {
-        u->scope = NULL;
-        scope->ref = NULL;
-        td_vm_scope_kill(scope, TD_ECLOSED);
-    }
+    end_scope(u);
     td_ws_conn_free(&u->w);
     return 0;
 }

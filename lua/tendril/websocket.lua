@@ -524,9 +524,10 @@ function methods.close(self, code, reason)
     return ws_close(self, code or 1000, reason or "", true)
 end
 
--- The handler returned (see upgrade): close, without waiting.
+-- The handler returned (see upgrade): close without waiting, and end the
+-- threads it spawned.
 function methods._finish(self)
-    ws_close(self, 1000, "", false)
+    ws_close(self, 1000, "", false, true)
 end
 
 return _M
