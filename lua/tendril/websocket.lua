@@ -320,10 +320,17 @@ function _M.upgrade(req, res, opts)
             deflate_bits = bits
         end
     end
+    -- What the connection knows is read now: after the switch the request
+    -- is over (its head is gone).
+    if req.scheme == "https" then
+        local _ = req.tls
+    end
+    local _ = req.remote_addr
     local u, err = ws_upgrade(req[1], req[2], concat(lines), max, idle, ping, close_timeout, deflate_bits)
     if not u then
         return nil, err
     end
+    req[2] = false -- upgraded: req.headers says why it has none now
     -- When the handler returns, its WebSocket closes: the server driver
     -- calls res._after:_finish().
     res._done, res._after = true, u
