@@ -149,7 +149,7 @@ def measure(peer, tendril_bin, duration, nm):
         echo(port, nm, 1)  # warm-up (JIT, caches)
         r["echo"] = clean(worker, echo, port, nm, duration)
         rss_kb(worker)  # still there
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # OSError: /proc/PID/stat is gone with the process
         raise RuntimeError("%s; the end of its log (%s): %s" % (e, log_path(peer), log_tail(peer)))
     finally:
         stop(master)
@@ -254,6 +254,13 @@ def section(res, note=None):
             DESCRIPTIONS[p], fmt(e.get("rps")), fmt(e.get("errors")), fmt(e.get("cpu_us"), digits=1),
             fmt(e.get("server_core_pct"), "%"), fmt(e.get("load_core_pct"), "%"),
             fmt(i.get("bytes_per_conn")), "–" if i.get("conns") is None else "%d" % i["conns"]))
+
+    failed = [(p, [x["error"] for x in rs if "error" in x]) for p, rs in
+              ((p, ((res.get("raw") or {}).get("servers") or {}).get(p) or []) for p in PEERS)]
+    for p, errs in failed:
+        if errs:
+            lines.append("\n%s: %d of %d runs failed, left out of the medians and ratios; the first: %s" % (
+                DESCRIPTIONS[p], len(errs), res["runs"], errs[0].replace("\n", " ").replace("|", "/")))
 
     lines.append("\n### tendril against Node.js + ws\n")
     lines.append("Ratios are tendril / Node.js within each run, the median over the runs (range in brackets). "
