@@ -14,6 +14,7 @@ local find, gsub, gmatch = string.find, string.gsub, string.gmatch
 local concat = table.concat
 local event_new, event_wait, event_set, req_stream = core.event_new, core.event_wait, core.event_set,
     core.req_stream
+local req_header, rawget = core.req_header, rawget
 
 local _M = {}
 
@@ -139,7 +140,15 @@ function _M.open(req, res, opts)
     if not ok then
         return nil, err
     end
-    local stream = setmetatable({ _res = res, last_id = req.headers["last-event-id"] }, mt)
+    -- One header, without the table of them all (a stream lives long).
+    local h = rawget(req, "headers")
+    local last_id
+    if h then
+        last_id = h["last-event-id"]
+    else
+        last_id = req_header(req[1], req[2], "last-event-id")
+    end
+    local stream = setmetatable({ _res = res, last_id = last_id }, mt)
     if keepalive then
         -- A thread of the request: it ends with the handler (the driver
         -- calls res._after:_finish()) or when the client leaves.
