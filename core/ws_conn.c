@@ -234,7 +234,8 @@ td_ws_msg *td_ws_conn_next(td_ws_conn *w) {
     w->queued -= m->len + 64;
     if (w->paused && w->queued <= w->cfg.max_message / 2 && w->c) {
         w->paused = 0;
-        td_conn_resume_reading(w->c);
+        if (!w->throttled)
+            td_conn_resume_reading(w->c);
     }
     return m;
 }
@@ -446,8 +447,15 @@ static void ws_on_data(td_conn *c, const char *data, size_t len) {
     w->last_input = uv_now(c->tcp.loop);
     w->ping_out = 0;
     feed(w, data, len);
+    if (c->closed)
+        return;
     if (w->cfg.idle_timeout_ms || w->cfg.ping_interval_ms)
         arm(w);
+    if (!w->throttled && td_conn_unsent(c) > TD_WS_HIGH_WATER) {
+        w->throttled = 1;
+        td_conn_pause_reading(c);
+        td_conn_want_drain(c);
+    }
 }
 
 static void ws_on_deferred(td_conn *c) { (void)c; }
@@ -492,6 +500,11 @@ static void ws_on_timeout(td_conn *c) {
 
 static void ws_on_drain(td_conn *c) {
     td_ws_conn *w = ws_of(c);
+    if (w->throttled) {
+        w->throttled = 0;
+        if (!w->paused)
+            td_conn_resume_reading(c);
+    }
     if (!w->want_drain)
         return;
     w->want_drain = 0;

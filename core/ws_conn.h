@@ -20,7 +20,10 @@
  * Bounds: a message is at most max_message bytes (else close 1009); the
  * queue of complete messages holds about one max_message: past it reading
  * pauses until the owner takes messages, so a peer that sends faster than
- * the handler reads is slowed by TCP, not buffered. */
+ * the handler reads is slowed by TCP, not buffered. Reading also pauses
+ * while more than TD_WS_HIGH_WATER is unsent, until the peer took it down
+ * to the low mark: pings from a peer that never reads its pongs cost a
+ * bounded output, not memory without end. */
 #ifndef TD_WS_CONN_H
 #define TD_WS_CONN_H
 
@@ -103,6 +106,7 @@ struct td_ws_conn {
     unsigned client : 1;       /* frames we send are masked */
     unsigned ping_out : 1;     /* a ping of ours is unanswered (no frame came since) */
     unsigned paused : 1;       /* reading stopped: the queue is full */
+    unsigned throttled : 1;    /* reading stopped: the peer does not take what we owe it (pongs) */
     unsigned ended : 1;        /* the owner heard the end (on_message after the end) */
     unsigned want_drain : 1;
 };
