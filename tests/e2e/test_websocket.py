@@ -16,7 +16,6 @@ import socket
 import subprocess
 import threading
 import time
-import unittest
 
 from harness import (STATS_FILES, Reader, Server, ServerTestCase, TestCase, assert_nothing_left, connect, deadline,
                      get, main, poll, request)

@@ -146,7 +146,8 @@ class WsClient:
             elif n == 127:
                 n = struct.unpack("!Q", self._take(8))[0]
             masked = bool(b1 & 0x80)
-            key = self._take(4) if masked else None
+            if masked:
+                self._take(4)  # a server must not mask: refused below
             payload = self._take(n)
         except ConnectionResetError as e:
             raise EOFError("connection reset") from e
