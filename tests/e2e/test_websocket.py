@@ -197,7 +197,7 @@ routes["/flood"] = function(req, res)
         sent = sent + 1
     end
     report(req, "sent " .. sent)
-    echo(ws, req)
+    if sent == n then echo(ws, req) end
 end
 
 -- The handler pings first (the client sees the ping, the handler no pong).
@@ -247,7 +247,7 @@ end
 -- answers what it saw.
 routes["/client"] = function(req)
     local q = req.query
-    local opts = { timeout = 10, ping_interval = false }
+    local opts = { timeout = tonumber(q.timeout or "10"), ping_interval = false }
     if q.protocols then
         opts.protocols = {}
         for p in q.protocols:gmatch("[^,]+") do opts.protocols[#opts.protocols + 1] = p end
@@ -1659,6 +1659,16 @@ class ClientTest(WsTestCase):
         keys = [k for _, k, _, _ in srv.frames]
         self.assertEqual(len(set(keys)), 3, "masking keys repeat: %r" % keys)
 
+    def test_handshake_timeout_returns_nil_err(self):
+        lsock = socket.socket()
+        self.addCleanup(lsock.close)
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(1)  # accepts (in the kernel), never answers
+        start = time.monotonic()
+        out = self.client("ws://127.0.0.1:%d/silent" % lsock.getsockname()[1], timeout="0.5")
+        self.assertRegex(out, r"^connect: nil websocket handshake: .*timeout")
+        self.assertLess(time.monotonic() - start, deadline(10))
+
     def test_wrong_accept_value_returns_nil_err(self):
         srv = RawWsServer(accept_value="AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
         self.addCleanup(srv.close)
@@ -1755,6 +1765,51 @@ class ShutdownTest(TestCase):
             self.assertEqual(srv.wait(), 0, srv.stderr()[-3000:])
             srv.assert_clean()
             srv.assert_nothing_left_at_exit()
+
+
+class MemoryBoundsTest(WsTestCase):
+    """A client that sends without reading what comes back is slowed down
+    by TCP: the server does not buffer answers without bound."""
+
+    def flood(self, c, chunk, count):
+        """Sends chunk up to count times; how many went before the sends
+        blocked (count when they never did)."""
+        c.sock.settimeout(deadline(3))
+        for i in range(count):
+            try:
+                c.sock.sendall(chunk)
+            except socket.timeout:
+                return i
+        return count
+
+    def test_echo_flood_without_reading(self):
+        c, _ = self.open("/echo")
+        rss0 = self.server.rss_kib()
+        sent = self.flood(c, frame(BINARY, b"e" * (256 * 1024)), 200)  # 50 MiB
+        grown = self.server.rss_kib() - rss0
+        self.assertLess(sent, 200, "50 MiB of echoes went to a client that reads nothing")
+        self.assertLess(grown, 24 * 1024, "the server grew by %d KiB" % grown)
+
+    def test_ping_flood_without_reading_pongs(self):
+        """400,000 pings (52 MB, each owed a pong) from a client that reads
+        nothing: the pongs must not pile up in the server."""
+        c, _ = self.open("/echo")
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        rss0 = self.server.rss_kib()
+        sent = self.flood(c, frame(PING, b"p" * 125) * 1000, 400)
+        grown = self.server.rss_kib() - rss0
+        self.assertLess(grown, 24 * 1024, "the server grew by %d KiB after %d000 pings" % (grown, sent))
+        self.assertLess(sent, 400, "52 MB of pings were taken from a client that reads no pong")
+
+    def test_client_leaving_while_the_handler_waits_to_send(self):
+        c, cid = self.open("/flood?n=200&size=%d" % MIB)
+        op, data = c.read_message(timeout=30)
+        self.assertEqual((op, data[:8]), (BINARY, b"00000001"))
+        c.close()
+        line = self.report(cid, timeout=20)
+        self.assertRegex(line, r"^sent \d+$")
+        self.assertLess(int(line.split()[1]), 200)
+        assert_nothing_left(self, self.port)
 
 
 class HttpTimeoutsTest(WsTestCase):
