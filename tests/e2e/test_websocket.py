@@ -166,6 +166,19 @@ routes["/threads"] = function(req, res)
     end)
 end
 
+-- The handler returns at once; its thread waits on.
+routes["/spawn-return"] = function(req, res)
+    local ws = upgrade(req, res, { ping_interval = false })
+    if not ws then return end
+    tendril.spawn(function()
+        local ok, err = tendril.sleep(30)
+        local s1, s2 = ws:send("from the thread")
+        report(req, "sleep=" .. tostring(ok) .. " " .. tostring(err) .. " send=" .. tostring(s1) .. " " ..
+            tostring(s2))
+    end)
+    ws:send("ready")
+end
+
 -- A second task that calls recv while one waits raises.
 routes["/two-recv"] = function(req, res)
     local ws = upgrade(req, res, { ping_interval = false })
@@ -1765,6 +1778,29 @@ class ShutdownTest(TestCase):
             self.assertEqual(srv.wait(), 0, srv.stderr()[-3000:])
             srv.assert_clean()
             srv.assert_nothing_left_at_exit()
+
+
+class ThreadAfterHandlerTest(TestCase):
+    """Its own server: a thread left waiting would fail the teardown of a
+    shared one."""
+
+    def test_threads_share_the_websocket_fate_after_the_handler_returned(self):
+        """The handler returns (close 1000); when the closing handshake is
+        over, the thread it spawned sees its sleep end with nil, "closed"."""
+        with Server(APP, files=STATS_FILES) as srv:
+            c = WsClient.open(srv.port, "/spawn-return?id=sr")
+            self.addCleanup(c.close)
+            self.assertEqual(c.read_message(), (TEXT, b"ready"))
+            f = c.read_frame()
+            self.assertEqual((f.opcode, f.code), (CLOSE, 1000))
+            c.send(frame(CLOSE, close_payload(1000)))
+            self.assertTrue(c.closed(10))
+
+            def reported():
+                body = get(srv.port, "/report?id=sr").body
+                return body if body != b"nil" else None
+            self.assertEqual(poll(reported, 10), b"sleep=nil closed send=nil closed",
+                             "the thread still waits after its WebSocket ended")
 
 
 class MemoryBoundsTest(WsTestCase):
