@@ -275,8 +275,11 @@ routes["/client"] = function(req)
     end
     local out = { "protocol=" .. tostring(ws.protocol) }
     if q.first then -- the peer speaks first
-        local d, k = ws:recv(10)
-        out[#out + 1] = "first=" .. tostring(k) .. ":" .. tostring(d)
+        local d, k, code = ws:recv(10)
+        out[#out + 1] = "first=" .. tostring(k) .. ":" .. tostring(d or code)
+        if not d then
+            return table.concat(out, " ")
+        end
     end
     local text = q.text or "hello from tendril"
     local ok, serr = ws:send(text)
@@ -1458,6 +1461,12 @@ import websockets
 signal.alarm(int(sys.argv[1]))  # bounded whatever happens
 
 async def handler(ws, path):
+    if path == "/pinger":
+        pong = await ws.ping(b"from the server")
+        await asyncio.wait_for(pong, 10)
+        await ws.send("pong came")
+    elif path == "/fragments":
+        await ws.send(["frag1 ", "frag2 ", "frag3"])
     if path.startswith("/info"):
         h = ws.request_headers
         await ws.send(json.dumps({"subprotocol": ws.subprotocol, "origin": h.get("Origin"),
@@ -1490,7 +1499,7 @@ class RawWsServer:
     """A one-connection WebSocket server in this process, to look at the
     client's bytes: it records each frame's mask bit and key."""
 
-    def __init__(self, accept_value=None, extra_headers=""):
+    def __init__(self, accept_value=None, extra_headers="", first=b""):
         self.lsock = socket.socket()
         self.lsock.bind(("127.0.0.1", 0))
         self.lsock.listen(1)
@@ -1498,6 +1507,7 @@ class RawWsServer:
         self.port = self.lsock.getsockname()[1]
         self.accept_value = accept_value
         self.extra_headers = extra_headers
+        self.first = first  # bytes sent right after the 101
         self.frames = []  # (masked, key, opcode, payload)
         self.request = None
         self.error = None
@@ -1524,6 +1534,7 @@ class RawWsServer:
             if self.accept_value:
                 s.close()
                 return
+            s.sendall(self.first)
 
             def take(n):
                 nonlocal buf
@@ -1636,6 +1647,40 @@ class ClientTest(WsTestCase):
                                 "host": "127.0.0.1:%d" % self.peer_port, "path": "/info?a=1"})
         self.assertIn("close=true", out)
         self.assertEqual(self.peer_line(), "closed /info?a=1 4002 'client done'")
+
+    def test_client_answers_pings(self):
+        out = self.client("ws://127.0.0.1:%d/pinger" % self.peer_port, first="1")
+        self.assertTrue(out.startswith("protocol=nil first=text:pong came send=true echo=text:hello"), out)
+        self.assertEqual(self.peer_line(), "closed /pinger 4002 'client done'")
+
+    def test_client_reassembles_fragments(self):
+        out = self.client("ws://127.0.0.1:%d/fragments" % self.peer_port, first="1")
+        self.assertTrue(out.startswith("protocol=nil first=text:frag1 frag2 frag3 send=true"), out)
+        self.assertEqual(self.peer_line(), "closed /fragments 4002 'client done'")
+
+    def test_client_fails_on_invalid_utf8_with_1007(self):
+        srv = RawWsServer(first=frame(TEXT, b"bad \xc0\xaf", masked=False))
+        self.addCleanup(srv.close)
+        out = self.client("ws://127.0.0.1:%d/raw" % srv.port, first="1")
+        self.assertEqual(out, "protocol=nil first=closed:1007")
+        srv.thread.join(deadline(20))
+        self.assertEqual([(op, m, p[:2]) for m, _, op, p in srv.frames], [(CLOSE, True, b"\x03\xef")])
+
+    def test_client_fails_on_a_masked_server_frame_with_1002(self):
+        srv = RawWsServer(first=frame(TEXT, b"masked by a server"))
+        self.addCleanup(srv.close)
+        out = self.client("ws://127.0.0.1:%d/raw" % srv.port, first="1")
+        self.assertEqual(out, "protocol=nil first=closed:1002")
+        srv.thread.join(deadline(20))
+        self.assertEqual([(op, m, p[:2]) for m, _, op, p in srv.frames], [(CLOSE, True, b"\x03\xea")])
+
+    def test_client_sees_the_server_close_code(self):
+        srv = RawWsServer(first=frame(CLOSE, close_payload(4321, "server says bye"), masked=False))
+        self.addCleanup(srv.close)
+        out = self.client("ws://127.0.0.1:%d/raw" % srv.port, first="1")
+        self.assertEqual(out, "protocol=nil first=closed:4321")
+        srv.thread.join(deadline(20))
+        self.assertEqual([(op, m, p[:2]) for m, _, op, p in srv.frames], [(CLOSE, True, b"\x10\xe1")])
 
     def test_refused_handshake_returns_nil_err(self):
         out = self.client("ws://127.0.0.1:%d/deny" % self.peer_port)
