@@ -221,6 +221,15 @@ routes["/bus"] = function(req)
     return table.concat(out, "\n")
 end
 
+-- A subscriber with keepalive comments, waiting in sub:recv.
+routes["/ka-sub"] = function(req, res)
+    local sub = bus.subscribe(req.query.topic)
+    local stream = sse.open(req, res, { keepalive = 0.1 })
+    stream:send{ data = "subscribed" }
+    local m, err = sub:recv()
+    report(req, "recv=" .. tostring(m) .. " " .. tostring(err))
+end
+
 routes["/gen"] = function() return tostring(tendril.generation()) end
 routes["/version"] = function() return VERSION end
 routes["/report"] = function(req) return tostring(reports[req.query.id]) end
@@ -392,6 +401,28 @@ class SseTest(RealtimeCase):
         self.assertNotIn("data:", c.body(), "comments came only after the handler's event")
         self.assertEqual(c.finish(), 0)
 
+    def test_http_1_0_stream_ends_with_the_connection(self):
+        code, head, body = curl(self.url("/events"), "--http1.0")
+        self.assertEqual(code, 0)
+        self.assertNotIn("chunked", head.lower())
+        self.assertEqual(parse_sse(body)[0][-1], {"data": "last"})
+
+    def test_client_leaving_a_keepalive_subscriber(self):
+        """The handler waits in sub:recv, its keepalive thread writes
+        comments: the client leaving ends both."""
+        s = connect(self.port)
+        s.sendall(b"GET /ka-sub?topic=ka&id=ka HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(deadline(10))
+        got = b""
+        while got.count(b":\n\n") < 2:  # two keepalive comments
+            b = s.recv(4096)
+            self.assertTrue(b)
+            got += b
+        self.assertIn(b"data: subscribed\n\n", got)
+        s.close()
+        self.assertEqual(self.report("ka"), "recv=nil closed")
+        assert_nothing_left(self, self.port)
+
     def test_last_event_id(self):
         _, _, body = curl(self.url("/last-id"), "-H", "Last-Event-ID: 41")
         self.assertEqual(parse_sse(body)[0], [{"data": "last_id=41"}])
@@ -449,6 +480,9 @@ class SseShutdownTest(TestCase):
             subscriber = Curl(url + "/sub?topic=shutdown")
             for c in streams + [subscriber]:
                 self.addCleanup(c.kill)
+            ws = WsClient.open(srv.port, "/ws-sub?topic=shutdown")
+            self.addCleanup(ws.close)
+            self.assertEqual(ws.read_message(), (TEXT, b"subscribed"))
             for c in streams:
                 self.assertTrue(c.wait_for("tick 2"), c.text())
             self.assertTrue(subscriber.wait_for("data: subscribed"), subscriber.text())
@@ -459,6 +493,10 @@ class SseShutdownTest(TestCase):
                 self.assertEqual(c.finish(), 0, c.text()[-500:])
             for c in streams:
                 self.assertTrue(c.body().endswith("\n\n"), c.body()[-200:])
+            f = ws.read_frame()
+            self.assertEqual((f.opcode, f.code), (CLOSE, 1001))
+            ws.send(frame(CLOSE, close_payload(1001)))
+            self.assertTrue(ws.closed(10))
             self.assertEqual(srv.wait(), 0, srv.stderr()[-3000:])
             srv.assert_clean()
             srv.assert_nothing_left_at_exit()
