@@ -298,6 +298,15 @@ routes["/client"] = function(req)
     return table.concat(out, " ")
 end
 
+-- A client WebSocket waiting in recv (for SIGTERM).
+routes["/client-wait"] = function(req)
+    local ws, err = websocket.connect(req.query.url, { ping_interval = false })
+    if not ws then return "connect: " .. tostring(err) end
+    report(req, "connected")
+    local d, k, code, reason = ws:recv()
+    return "recv " .. tostring(d) .. " " .. tostring(k) .. " " .. tostring(code) .. " " .. tostring(reason)
+end
+
 routes["/report"] = function(req)
     return tostring(reports[req.query.id])
 end
@@ -1907,6 +1916,40 @@ class HttpTimeoutsTest(WsTestCase):
         c.send(frame(CLOSE, close_payload(1000)))
         self.expect_close(c, 1000)
         self.assert_report(cid, "closed 1000 ")
+
+
+class ClientShutdownTest(TestCase):
+    def test_sigterm_closes_client_websockets_with_1001(self):
+        """A handler's websocket.connect session is a WebSocket too: SIGTERM
+        closes it with 1001 and the server exits 0."""
+        peer = subprocess.Popen([SYSTEM_PYTHON, "-c", WS_SERVER, str(int(deadline(120)))], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: peer.poll() is None and peer.kill())
+        line = peer.stdout.readline()
+        self.assertTrue(line.startswith("PORT "), peer.stderr.read() if not line else line)
+        url = "ws://127.0.0.1:%d/echo" % int(line.split()[1])
+        with Server(APP, files=STATS_FILES) as srv:
+            answer = {}
+
+            def call():
+                from urllib.parse import urlencode
+                try:
+                    answer["body"] = get(srv.port, "/client-wait?" + urlencode({"id": "cw", "url": url}),
+                                         timeout=60).body
+                except Exception as e:  # noqa: BLE001 - asserted below
+                    answer["body"] = repr(e)
+            t = threading.Thread(target=call)
+            t.start()
+            self.assertTrue(poll(lambda: get(srv.port, "/report?id=cw").body == b"connected", 10))
+            srv.signal(signal.SIGTERM)
+            t.join(deadline(30))
+            self.assertEqual(answer.get("body"), b"recv nil closed 1001 server shutting down")
+            self.assertEqual(srv.wait(), 0, srv.stderr()[-3000:])
+            srv.assert_clean()
+            srv.assert_nothing_left_at_exit()
+        peer.stdin.close()
+        self.assertEqual(peer.stdout.readline().strip(), "closed /echo 1001 'server shutting down'")
+        peer.wait(deadline(20))
 
 
 class NothingLeftTest(WsTestCase):
