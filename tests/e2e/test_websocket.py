@@ -1405,6 +1405,28 @@ async def main(mode, url):
                 await asyncio.wait_for(ws.recv(), 60)
             except websockets.ConnectionClosed:
                 out["closed"] = [ws.close_code, ws.close_reason]
+    elif mode == "concurrent":
+        # n clients at once, 30 messages each (text and binary, 0 to 70000
+        # bytes), then a normal close.
+        import random
+
+        async def one(i):
+            rnd = random.Random(i)
+            async with websockets.connect(url, max_size=None, ping_interval=None) as ws:
+                for j in range(30):
+                    n = rnd.choice([0, 1, 100, 5000, 70000])
+                    if j % 2:
+                        m = (bytes(rnd.getrandbits(8) for _ in range(256)) * (n // 256 + 1))[:n]
+                    else:
+                        m = ("c%d-%d;" % (i, j) * (n // 4 + 1))[:n]
+                    await ws.send(m)
+                    if await ws.recv() != m:
+                        return "mismatch %d %d" % (i, j)
+                await ws.close()
+                return ws.close_code
+        res = await asyncio.gather(*[one(i) for i in range(int(sys.argv[3]))], return_exceptions=True)
+        out["closed_1000"] = sum(1 for r in res if r == 1000)
+        out["other"] = [repr(r) for r in res if r != 1000][:5]
     print(json.dumps(out), flush=True)
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
@@ -1451,6 +1473,11 @@ class WebsocketsLibraryTest(WsTestCase):
     def test_pings_answered_by_the_library_keep_it_alive(self):
         out = run_ws_client("ping-interval", self.url("/ping"), "%g" % deadline(2))
         self.assertEqual(out["echo"], "still here")
+
+    def test_200_concurrent_clients(self):
+        out = run_ws_client("concurrent", self.url("/default"), "200", timeout=120)
+        self.assertEqual(out, {"closed_1000": 200, "other": []})
+        assert_nothing_left(self, self.port)
 
     def test_too_big_is_1009(self):
         cid = new_id("lib")
