@@ -70,6 +70,14 @@ routes["/echo"] = function(req, res)
     if ws then echo(ws, req) end
 end
 
+-- The handler waits before it upgrades: what the client sent meanwhile
+-- waits for it.
+routes["/late-upgrade"] = function(req, res)
+    tendril.sleep(0.3)
+    local ws = upgrade(req, res, { ping_interval = false })
+    if ws then echo(ws, req) end
+end
+
 -- Every option at its default.
 routes["/default"] = function(req, res)
     local ws = upgrade(req, res)
@@ -630,6 +638,13 @@ class FramingTest(WsTestCase):
         self.assertEqual([(f.opcode, f.payload) for f in got if f.opcode != PONG],
                          [(TEXT, b"early one"), (BINARY, b"\x00early two")])
         self.assertEqual([(f.opcode, f.payload) for f in got if f.opcode == PONG], [(PONG, b"early ping")])
+
+    def test_a_megabyte_pipelined_behind_the_handshake(self):
+        for path in ("/echo", "/late-upgrade"):
+            msgs = [os.urandom(10000) for _ in range(100)] + [os.urandom(200000)]
+            c, _ = self.open(path, pipelined=b"".join(frame(BINARY, m) for m in msgs))
+            for i, m in enumerate(msgs):
+                self.assertEqual(c.read_message(), (BINARY, m), "%s message %d" % (path, i))
 
     def test_close_pipelined_behind_the_handshake(self):
         c, cid = self.open(pipelined=frame(CLOSE, close_payload(1000, "at once")))
