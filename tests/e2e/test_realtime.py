@@ -186,6 +186,23 @@ routes["/bus"] = function(req)
         end
         add("recv", table.concat(got, ","))
         add("again", sub:recv(0.1))
+    elseif what == "one-of-two" then
+        -- A fast subscriber beside a slow one: only the slow one is dropped.
+        local fast = bus.subscribe("two-" .. id, { max_queue = 2 })
+        local slow = bus.subscribe("two-" .. id, { max_queue = 2 })
+        local counts, got = {}, {}
+        for i = 1, 5 do
+            counts[i] = tostring(bus.publish("two-" .. id, "m" .. i))
+            got[i] = tostring(fast:recv(0.1))
+        end
+        add("counts", table.concat(counts, ","))
+        add("fast", table.concat(got, ","))
+        local m, err
+        for _ = 1, 3 do -- what was queued may come first; then the end
+            m, err = slow:recv(0.1)
+            if not m then break end
+        end
+        add("slow", err)
     elseif what == "full" then
         local sub = bus.subscribe("f-" .. id, { max_queue = 3 })
         for i = 1, 3 do bus.publish("f-" .. id, "m" .. i) end
@@ -531,6 +548,13 @@ class BusTest(RealtimeCase):
         self.assertEqual(out[0], "counts 1,1,1,0,0")
         self.assertRegex(out[1], r"^recv (m1,(m2,(m3,)?)?)?overflow$")
         self.assertEqual(out[2:], ["again nil overflow"])
+
+    def test_overflow_drops_only_the_slow_subscriber(self):
+        self.assertEqual(self.bus_case("one-of-two"), [
+            "counts 2,2,1,1,1",
+            "fast m1,m2,m3,m4,m5",
+            "slow overflow",
+        ])
 
     def test_max_queue_messages_may_wait(self):
         self.assertEqual(self.bus_case("full"), [
