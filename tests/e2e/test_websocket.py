@@ -646,6 +646,30 @@ class FramingTest(WsTestCase):
             for i, m in enumerate(msgs):
                 self.assertEqual(c.read_message(), (BINARY, m), "%s message %d" % (path, i))
 
+    def test_frames_written_right_behind_the_handshake_keep_their_order(self):
+        """The handshake with the first frames, the rest in writes that
+        follow at once (as a client that does not wait for the 101 does):
+        every message comes back, in order. Twenty times: whatever arrives
+        while the connection switches to WebSocket must come after what
+        came with the handshake."""
+        for trial in range(20):
+            msgs = [os.urandom(1000) for _ in range(200)]
+            data = b"".join(frame(BINARY, m) for m in msgs)
+            key = new_key()
+            s = connect(self.port)
+            self.addCleanup(s.close)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(handshake_request("/echo", key=key) + data[:5000])
+            for i in range(5000, len(data), 5000):
+                s.sendall(data[i:i + 5000])
+            rd = Reader(s)
+            r = rd.response()
+            self.assertEqual((r.status, r.header("sec-websocket-accept")), (101, accept_for(key)))
+            c = WsClient(s, rd, r)
+            for i, m in enumerate(msgs):
+                self.assertEqual(c.read_message(), (BINARY, m), "trial %d, message %d" % (trial, i))
+            s.close()
+
     def test_close_pipelined_behind_the_handshake(self):
         c, cid = self.open(pipelined=frame(CLOSE, close_payload(1000, "at once")))
         self.expect_close(c, 1000)
