@@ -306,6 +306,27 @@ routes["/client"] = function(req)
     return table.concat(out, " ")
 end
 
+-- A client that reads ?n messages and tells whether they came in order
+-- (each starts with its number, "%05d").
+routes["/client-count"] = function(req)
+    local ws, err = websocket.connect(req.query.url, { ping_interval = false, timeout = 10 })
+    if not ws then return "connect: " .. tostring(err) end
+    local n, bytes, bad = tonumber(req.query.n), 0, nil
+    for i = 1, n do
+        local d, k, code = ws:recv(10)
+        if not d then
+            bad = bad or string.format("message %d: %s %s", i, tostring(k), tostring(code))
+            break
+        end
+        if d:sub(1, 5) ~= string.format("%05d", i) then
+            bad = bad or string.format("message %d starts with %q", i, d:sub(1, 5))
+        end
+        bytes = bytes + #d
+    end
+    ws:close()
+    return bad or string.format("%d messages in order, %d bytes", n, bytes)
+end
+
 -- A client WebSocket waiting in recv (for SIGTERM).
 routes["/client-wait"] = function(req)
     local ws, err = websocket.connect(req.query.url, { ping_interval = false })
@@ -1572,7 +1593,7 @@ class RawWsServer:
     """A one-connection WebSocket server in this process, to look at the
     client's bytes: it records each frame's mask bit and key."""
 
-    def __init__(self, accept_value=None, extra_headers="", first=b""):
+    def __init__(self, accept_value=None, extra_headers="", first=b"", with_101=False):
         self.lsock = socket.socket()
         self.lsock.bind(("127.0.0.1", 0))
         self.lsock.listen(1)
@@ -1581,6 +1602,7 @@ class RawWsServer:
         self.accept_value = accept_value
         self.extra_headers = extra_headers
         self.first = first  # bytes sent right after the 101
+        self.with_101 = with_101  # in the same write as the 101
         self.frames = []  # (masked, key, opcode, payload)
         self.request = None
         self.error = None
@@ -1601,9 +1623,14 @@ class RawWsServer:
             self.request = head.decode()
             key = [ln.split(":", 1)[1].strip() for ln in self.request.split("\r\n")
                    if ln.lower().startswith("sec-websocket-key:")][0]
-            s.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                       "Sec-WebSocket-Accept: %s\r\n%s\r\n" % (self.accept_value or accept_for(key),
-                                                              self.extra_headers)).encode())
+            head = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    "Sec-WebSocket-Accept: %s\r\n%s\r\n" % (self.accept_value or accept_for(key),
+                                                           self.extra_headers)).encode()
+            if self.with_101:
+                s.sendall(head + self.first)
+                self.first = b""
+            else:
+                s.sendall(head)
             if self.accept_value:
                 s.close()
                 return
@@ -1754,6 +1781,19 @@ class ClientTest(WsTestCase):
         self.assertEqual(out, "protocol=nil first=closed:4321")
         srv.thread.join(deadline(20))
         self.assertEqual([(op, m, p[:2]) for m, _, op, p in srv.frames], [(CLOSE, True, b"\x10\xe1")])
+
+    def test_client_frames_right_behind_the_101_keep_their_order(self):
+        """A server that sends its first frames at once, in the write of its
+        101 or right after it: the client gets every message, in order."""
+        from urllib.parse import urlencode
+        for trial in range(10):
+            msgs = [b"%05d" % i + os.urandom(995) for i in range(1, 201)]
+            srv = RawWsServer(first=b"".join(frame(BINARY, m, masked=False) for m in msgs), with_101=trial % 2 == 0)
+            self.addCleanup(srv.close)
+            body = get(self.port, "/client-count?" + urlencode({"url": "ws://127.0.0.1:%d/raw" % srv.port,
+                                                                  "n": 200}), timeout=60).body.decode()
+            self.assertEqual(body, "200 messages in order, 200000 bytes", "trial %d" % trial)
+            srv.close()
 
     def test_refused_handshake_returns_nil_err(self):
         out = self.client("ws://127.0.0.1:%d/deny" % self.peer_port)
