@@ -3,9 +3,11 @@
 it from core 1 with ab and wrk, and writes docs/benchmarks.md.
 
 usage: bench/run.py [--peers tendril,nginx-lua,node,eventlet,nginx] [--runs N]
-                    [--duration S] [--out PATH] [--no-tls]
-The TLS section comes from bench/tls.py (also runnable alone), unless --no-tls
-or tendril is not among the peers.
+                    [--duration S] [--out PATH] [--no-tls] [--no-ws]
+The TLS section comes from bench/tls.py and the WebSocket section from
+bench/ws.py (each also runnable alone), unless --no-tls or --no-ws, or
+tendril is not among the peers. The WebSocket runs are short: there are at
+least 3 of them whatever --runs says.
 Every load run is bounded in requests or seconds; traffic goes to 127.0.0.1 only.
 """
 import argparse
@@ -377,6 +379,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--no-tls", action="store_true", help="skip the TLS workloads (bench/tls.py)")
+    ap.add_argument("--no-ws", action="store_true", help="skip the WebSocket workloads (bench/ws.py)")
     ap.add_argument("--no-stall-cost", action="store_true",
                     help="skip the on/off comparisons of the stall guard and file watching")
     args = ap.parse_args()
@@ -414,6 +417,11 @@ def main():
         import tls  # bench/tls.py: the TLS workloads and their section
         tls_results = tls.measure_all(args.tendril, args.duration, args.runs)
         extra.append(tls.section(tls_results).strip())
+    ws_results = None
+    if "tendril" in peers and not args.no_ws:
+        import ws  # bench/ws.py: the WebSocket workloads and their section
+        ws_results = ws.measure_all(args.tendril, args.duration, max(args.runs, 3))
+        extra.append(ws.section(ws_results).strip())
     for name in ("benchmarks-slowloris.md", "benchmarks-extra.md"):
         extra_path = os.path.join(ROOT, "docs", name)
         if os.path.exists(extra_path):
@@ -421,7 +429,7 @@ def main():
     write_report(args.out, results, args.runs, args.duration, extra, stall)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(results, tls=tls_results) if tls_results else results, f, indent=1)
+            json.dump(dict(results, tls=tls_results, ws=ws_results), f, indent=1)
     print("bench: wrote %s" % args.out, file=sys.stderr)
 
 

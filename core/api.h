@@ -94,6 +94,8 @@ void td_api_websocket_open(lua_State *L, td_vm *vm, td_http_server *hs);
 void td_api_websocket_drain(void);
 /* WebSockets open now. */
 size_t td_api_websocket_count(void);
+/* After the Lua state closed: what every WebSocket shares (zlib streams). */
+void td_api_websocket_teardown(void);
 
 /* The td_http_over_cb: closes or kills the request's scope. */
 void td_api_http_over(td_http_conn *hc, int status, void *ud);

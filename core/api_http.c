@@ -241,6 +241,40 @@ static int req_headers(lua_State *L) {
     return 1;
 }
 
+/* [-(2+n), +n] req_header(slot, serial, name...) -> value | nil, ... for
+ * each lower-case name (repeated fields joined with ", "), without making
+ * the table of every header (a WebSocket handshake reads a few and then
+ * lives long). */
+static int req_header(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    int n = lua_gettop(L) - 2;
+    if (!hc)
+        return 0;
+    const td_http_fields *f = &hc->rq->fields;
+    const td_http_header *h = td_http_fields_at(f);
+    size_t count = td_http_fields_count(f);
+    luaL_checkstack(L, n, "req_header");
+    for (int i = 3; i <= n + 2; i++) {
+        size_t nlen;
+        const char *name = luaL_checklstring(L, i, &nlen);
+        luaL_Buffer b;
+        int found = 0;
+        luaL_buffinit(L, &b);
+        for (size_t j = 0; j < count; j++) {
+            if (h[j].name_len != nlen || memcmp(f->text.data + h[j].name, name, nlen) != 0)
+                continue;
+            if (found++)
+                luaL_addlstring(&b, ", ", 2);
+            luaL_addlstring(&b, f->text.data + h[j].value, h[j].value_len);
+        }
+        if (found)
+            luaL_pushresult(&b);
+        else
+            lua_pushnil(L);
+    }
+    return n;
+}
+
 /* [-2, +1] req_remote(slot, serial) -> address | nil */
 static int req_remote(lua_State *L) {
     td_http_conn *hc = live_conn(L);
@@ -489,7 +523,7 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
         {"req_headers", req_headers},     {"req_remote", req_remote},
         {"req_body", req_body},     {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
-        {"req_deadline", req_deadline}, {"req_tls", req_tls}, {"req_stream", req_stream}, {NULL, NULL},
+        {"req_deadline", req_deadline}, {"req_tls", req_tls}, {"req_stream", req_stream}, {"req_header", req_header}, {NULL, NULL},
     };
     server = hs;
     request_timeout_ms = timeout_ms;

@@ -26,7 +26,6 @@
 
 typedef struct ws_ud {
     td_ws_conn w;
-    td_vm *vm;
     td_scope *scope;    /* the request's fate (server side), or NULL */
     td_wait rwait;      /* the task in recv */
     td_list waits;      /* ws_wait: senders waiting for room, closers waiting for the end */
@@ -40,7 +39,10 @@ typedef struct ws_wait {
 } ws_wait;
 
 static td_http_server *server;
+static td_vm *the_vm;
 static td_list all; /* ws_ud.w.link: every open WebSocket */
+
+static inline ws_ud *ud_of(td_ws_conn *w) { return td_container_of(w, ws_ud, w); }
 static size_t nopen;
 
 /* ---- results ---- */
@@ -58,7 +60,7 @@ static int push_next(lua_State *L, ws_ud *u) {
     lua_pushnil(L);
     lua_pushstring(L, td_err_name(TD_ECLOSED));
     lua_pushinteger(L, u->w.close_code);
-    lua_pushlstring(L, u->w.close_reason.data ? u->w.close_reason.data : "", u->w.close_reason.len);
+    lua_pushlstring(L, u->w.reason ? u->w.reason : "", u->w.reason_len);
     return 4;
 }
 
@@ -70,7 +72,7 @@ static void end_recv(ws_ud *u) {
 /* ---- hooks (inside transport callbacks: resumes are posted) ---- */
 
 static void on_message(td_ws_conn *w) {
-    ws_ud *u = w->data;
+    ws_ud *u = ud_of(w);
     if (!u->receiving)
         return;
     end_recv(u);
@@ -80,7 +82,7 @@ static void on_message(td_ws_conn *w) {
 }
 
 static void on_recv_timeout(td_ws_conn *w) {
-    ws_ud *u = w->data;
+    ws_ud *u = ud_of(w);
     if (!u->receiving)
         return;
     end_recv(u);
@@ -112,20 +114,25 @@ static void wake(ws_ud *u, int for_end, int gone) {
     }
 }
 
-static void on_drain(td_ws_conn *w) { wake(w->data, 0, 0); }
+static void on_drain(td_ws_conn *w) { wake(ud_of(w), 0, 0); }
 
-static void on_gone(td_ws_conn *w) {
-    ws_ud *u = w->data;
-    td_list_remove(&w->link);
-    nopen--;
-    wake(u, 0, 1);
-    wake(u, 1, 1);
+/* The WebSocket's fate is over for the threads its handler spawned. */
+static void end_scope(ws_ud *u) {
     td_scope *scope = u->scope;
     if (scope) {
         u->scope = NULL;
         scope->ref = NULL;
         td_vm_scope_kill(scope, TD_ECLOSED);
     }
+}
+
+static void on_gone(td_ws_conn *w) {
+    ws_ud *u = ud_of(w);
+    td_list_remove(&w->link);
+    nopen--;
+    wake(u, 0, 1);
+    wake(u, 1, 1);
+    end_scope(u);
 }
 
 static const td_ws_hooks hooks = {
@@ -162,11 +169,9 @@ static int wait_for(lua_State *L, ws_ud *u, int for_end, const char *fname) {
 
 /* ---- making one ---- */
 
-static ws_ud *new_ud(lua_State *L, td_vm *vm) {
+static ws_ud *new_ud(lua_State *L) {
     ws_ud *u = lua_newuserdata(L, sizeof *u);
     memset(u, 0, sizeof *u);
-    u->vm = vm;
-    u->w.data = u;
     td_list_init(&u->w.link);
     td_list_init(&u->waits);
     luaL_getmetatable(L, WS_MT);
@@ -179,13 +184,23 @@ static uint64_t opt_ms(lua_State *L, int idx) {
     return s > 0 ? (s > 1e9 ? (uint64_t)1e12 : (uint64_t)(s * 1000.0 + 0.5)) : 0;
 }
 
-/* Options at idx..idx+3: max_message bytes, idle timeout, ping interval
- * and close timeout in seconds (0: none). */
+/* The same, at most some 49 days (the config's 32 bits). */
+static uint32_t opt_ms32(lua_State *L, int idx) {
+    uint64_t ms = opt_ms(L, idx);
+    return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+}
+
+/* Options at idx..idx+4: max_message bytes, idle timeout, ping interval
+ * and close timeout in seconds (0: none), the window bits of
+ * permessage-deflate (0: not negotiated). */
 static void read_config(lua_State *L, int idx, td_ws_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
     cfg->max_message = (uint64_t)luaL_checknumber(L, idx);
-    cfg->idle_timeout_ms = opt_ms(L, idx + 1);
-    cfg->ping_interval_ms = opt_ms(L, idx + 2);
-    cfg->close_timeout_ms = opt_ms(L, idx + 3);
+    cfg->idle_timeout_ms = opt_ms32(L, idx + 1);
+    cfg->ping_interval_ms = opt_ms32(L, idx + 2);
+    cfg->close_timeout_ms = opt_ms32(L, idx + 3);
+    int bits = (int)luaL_optinteger(L, idx + 4, 0);
+    cfg->deflate_bits = (uint8_t)(bits >= 9 && bits <= 15 ? bits : 0);
 }
 
 static void opened(ws_ud *u) {
@@ -193,11 +208,10 @@ static void opened(ws_ud *u) {
     nopen++;
 }
 
-/* [-7, +1|2] ws_upgrade(slot, serial, lines, max_message, idle, ping,
- * close_timeout) -> websocket | nil, err. The handshake was checked (in
+/* [-8, +1|2] ws_upgrade(slot, serial, lines, max_message, idle, ping,
+ * close_timeout, deflate_bits) -> websocket | nil, err. The handshake was checked (in
  * Lua); lines are the 101's own header lines. */
 static int ws_upgrade(lua_State *L) {
-    td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
     td_http_conn *hc = td_http_find(server, (uint32_t)luaL_checkinteger(L, 1), (uint32_t)luaL_checkinteger(L, 2));
     size_t len;
     const char *lines = luaL_checklstring(L, 3, &len);
@@ -205,7 +219,7 @@ static int ws_upgrade(lua_State *L) {
     read_config(L, 4, &cfg);
     if (!hc)
         return td_api_fail(L, TD_ECLOSED);
-    ws_ud *u = new_ud(L, vm);
+    ws_ud *u = new_ud(L);
     td_scope *scope = hc->rq->user;
     td_buf rest = {0};
     hc->rq->user = NULL; /* kept by the WebSocket, not ended with the request */
@@ -221,27 +235,28 @@ static int ws_upgrade(lua_State *L) {
         u->scope = scope;
         scope->ref = (void **)&u->scope;
     }
-    td_ws_conn_attach(&u->w, &hc->conn, 0, &cfg, &hooks, &rest);
     opened(u);
+    td_ws_conn_attach(&u->w, &hc->conn, 0, &cfg, &hooks, &rest);
+    td_buf_free(&rest);
     return 1;
 }
 
-/* [-6, +1|2] ws_client(socket, max_message, idle, ping, close_timeout)
+/* [-7, +1|2] ws_client(socket, max_message, idle, ping, close_timeout, deflate_bits)
  * -> websocket | nil, err: a client socket whose handshake is done speaks
  * WebSocket from now on (the socket object is closed for Lua). */
 static int ws_client(lua_State *L) {
-    td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
     td_api_socket *so = luaL_checkudata(L, 1, "tendril.socket");
     td_ws_config cfg;
     read_config(L, 2, &cfg);
     td_sock *s = td_sock_find(server->tp, so->slot, so->serial);
     if (!s || !td_sock_usable(s) || s->op != TD_SOCK_IDLE || s->read_end)
         return td_api_fail(L, TD_ECLOSED);
-    ws_ud *u = new_ud(L, vm);
+    ws_ud *u = new_ud(L);
     td_buf rest;
     td_sock_release(s, &rest);
-    td_ws_conn_attach(&u->w, &s->conn, 1, &cfg, &hooks, &rest);
     opened(u);
+    td_ws_conn_attach(&u->w, &s->conn, 1, &cfg, &hooks, &rest);
+    td_buf_free(&rest);
     return 1;
 }
 
@@ -290,11 +305,11 @@ static int ws_send(lua_State *L) {
     int rc;
     if (len >= TD_API_WRITE_BY_REF) {
         void *ref = td_api_ref_string(L, 2);
-        rc = td_ws_conn_send(&u->w, opcode, 0, data, len, td_api_release_ref, ref);
+        rc = td_ws_conn_send(&u->w, opcode, data, len, td_api_release_ref, ref);
         if (rc != 1)
             td_api_unref_string(L, ref);
     } else {
-        rc = td_ws_conn_send(&u->w, opcode, 0, data, len, NULL, NULL);
+        rc = td_ws_conn_send(&u->w, opcode, data, len, NULL, NULL);
     }
     if (rc < 0)
         return td_api_fail(L, rc);
@@ -302,14 +317,17 @@ static int ws_send(lua_State *L) {
     return 1;
 }
 
-/* [-4, +1|2] ws_close(ws, code | nil, reason, wait) -> true | nil, "closed":
- * starts the closing handshake; with `wait`, waits for its end. */
+/* [-5, +1|2] ws_close(ws, code | nil, reason, wait, finish) -> true | nil,
+ * "closed": starts the closing handshake; with `wait`, waits for its end.
+ * `finish`: the handler returned, and the threads it spawned end too. */
 static int ws_close(lua_State *L) {
     ws_ud *u = check_ws(L);
     int code = (int)luaL_optinteger(L, 2, 0);
     size_t len;
     const char *reason = luaL_optlstring(L, 3, "", &len);
     int wait = lua_toboolean(L, 4);
+    if (lua_toboolean(L, 5))
+        end_scope(u);
     if (!u->w.c)
         return td_api_fail(L, TD_ECLOSED);
     int was_open = u->w.state == TD_WS_OPEN;
@@ -330,12 +348,7 @@ static int ws_gc(lua_State *L) {
         nopen--;
         td_ws_conn_abort(&u->w);
     }
-    td_scope *scope = u->scope;
-    if (scope) {
-        u->scope = NULL;
-        scope->ref = NULL;
-        td_vm_scope_kill(scope, TD_ECLOSED);
-    }
+    end_scope(u);
     td_ws_conn_free(&u->w);
     return 0;
 }
@@ -364,13 +377,19 @@ static int ws_key(lua_State *L) {
 void td_api_websocket_drain(void) {
     td_list *pos, *tmp;
     static const char why[] = "server shutting down";
+    /* Closes can end connections (a write fails): the tasks they wake run
+     * after the loop, not inside it. */
+    td_vm_hold(the_vm);
     td_list_foreach_safe(pos, tmp, &all) {
         td_ws_conn *w = td_container_of(pos, td_ws_conn, link);
         td_ws_conn_close(w, TD_WS_GOING_AWAY, why, sizeof why - 1);
     }
+    td_vm_release(the_vm);
 }
 
 size_t td_api_websocket_count(void) { return nopen; }
+
+void td_api_websocket_teardown(void) { td_ws_conn_shutdown(); }
 
 void td_api_websocket_open(lua_State *L, td_vm *vm, td_http_server *hs) {
     static const luaL_Reg funcs[] = {
@@ -378,12 +397,13 @@ void td_api_websocket_open(lua_State *L, td_vm *vm, td_http_server *hs) {
         {"ws_close", ws_close},     {"ws_accept", ws_accept}, {"ws_key", ws_key},   {NULL, NULL},
     };
     server = hs;
+    the_vm = vm;
     td_list_init(&all);
     nopen = 0;
     luaL_newmetatable(L, WS_MT);
     lua_pushcfunction(L, ws_gc);
     lua_setfield(L, -2, "__gc");
-    lua_pop(L, 1);
+    lua_setfield(L, -2, "websocket_mt"); /* tendril.websocket sets __index */
     lua_pushlightuserdata(L, vm);
     luaL_setfuncs(L, funcs, 1);
 }

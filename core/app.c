@@ -449,6 +449,7 @@ int td_app_run(const td_config *cfg) {
     }
     td_http_server_drain(app.hs); /* closes the listener */
     td_transport_close(app.tp);
+    td_api_websocket_teardown();
     close_handle((uv_handle_t *)&app.stop_async);
     close_handle((uv_handle_t *)&app.sigusr1);
     close_handle((uv_handle_t *)&app.shutdown_timer);

@@ -199,16 +199,45 @@ static void unlink_pending(td_conn *c) {
         c->want_defer = 0;
         td_conn_tp(c)->ndeferred--;
     }
+    if (c->want_flush)
+        td_conn_tp(c)->nflush--;
     c->want_flush = 0;
     td_list_remove(&c->plink);
 }
 
+/* Output waiting for the turn's end holds an output block per connection.
+ * A fan-out (one message to thousands of WebSockets or event streams in
+ * one run of Lua) would hold thousands at once: past TD_FLUSH_EARLY the
+ * output waiting is written now, and the blocks go back to the pool as the
+ * fan-out goes. (skip: the connection asking, whose output comes next.) */
+#define TD_FLUSH_EARLY 64
+
+static void flush_early(td_transport *tp, td_conn *skip) {
+    td_list batch;
+    enter(tp);
+    td_list_init(&batch);
+    td_list_splice(&tp->pending, &batch);
+    while (!td_list_empty(&batch)) {
+        td_conn *c = td_container_of(batch.next, td_conn, plink);
+        td_list_remove(&c->plink);
+        if (c->want_defer || c == skip)
+            link_pending(c);
+        if (c->want_flush && c != skip)
+            td_conn_flush(c);
+    }
+    leave(tp);
+}
+
 td_buf *td_conn_out(td_conn *c, size_t extra) {
     td_transport *tp = td_conn_tp(c);
+    if (!c->want_flush && tp->nflush >= TD_FLUSH_EARLY)
+        flush_early(tp, c);
     if (!c->out.data && td_buf_pool_take(&tp->out_pool, &c->out) != 0)
         return NULL;
     if (td_buf_reserve(&c->out, extra) != 0)
         return NULL;
+    if (!c->want_flush)
+        tp->nflush++;
     c->want_flush = 1;
     link_pending(c);
     return &c->out;
@@ -331,6 +360,8 @@ static void all_written(td_conn *c) {
 
 /* Output is being written: c stays pending only for deferred work. */
 static void flushing(td_conn *c) {
+    if (c->want_flush)
+        td_conn_tp(c)->nflush--;
     c->want_flush = 0;
     if (!c->want_defer)
         td_list_remove(&c->plink);
@@ -595,8 +626,10 @@ static int tls_handshake(td_conn *c) {
     }
     /* Output the protocol gave during the handshake can go now (a TLS 1.2
      * resumption ends without the server writing anything to carry it). */
-    if (c->out.len > 0)
+    if (c->out.len > 0 && !c->want_flush) {
         c->want_flush = 1;
+        td_conn_tp(c)->nflush++;
+    }
     if (td_tls_is_client(c->tls))
         c->ops->on_connect(c, 0);
     return c->closed ? -1 : 1;

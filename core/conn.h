@@ -155,6 +155,7 @@ struct td_transport {
     td_deadlines deadlines; /* every connection's td_conn.timer */
     td_list pending;    /* td_conn.plink */
     size_t ndeferred;   /* of those, the ones with want_defer */
+    size_t nflush;      /* ... and those with want_flush */
     td_list waiting;    /* listeners held back by max_conns */
     size_t nconns;      /* open, both kinds */
     size_t peak;        /* the most open since the owner last reset it */

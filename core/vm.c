@@ -703,8 +703,12 @@ void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms, uint64_t shutdown_m
 }
 
 void td_vm_collect(td_vm *vm) {
-    if (vm->depth == 0 && !vm->closing)
+    /* Twice: what has a finalizer (a WebSocket, a socket) is finalized by
+     * one cycle and freed only by the next. */
+    if (vm->depth == 0 && !vm->closing) {
         full_collect(vm);
+        full_collect(vm);
+    }
     td_lalloc_drain(vm->alloc);
 }
 

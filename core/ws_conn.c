@@ -10,10 +10,19 @@
 
 #include "errors.h"
 #include "log.h"
+#include "ws_deflate.h"
 
 static const td_conn_ops ws_ops;
 
 static inline td_ws_conn *ws_of(td_conn *c) { return c->owner; }
+
+/* What this side accepts: masked frames from a client, RSV1 once
+ * permessage-deflate was agreed. */
+static inline td_ws_rules rules_of(const td_ws_conn *w) {
+    return (td_ws_rules){.max_payload = w->cfg.max_message,
+                         .rsv_allowed = (uint8_t)(w->cfg.deflate_bits ? 4 : 0),
+                         .want_masked = (uint8_t)!w->client};
+}
 static inline uint64_t now_of(td_ws_conn *w) { return uv_now(w->c->tcp.loop); }
 
 /* ---- deadlines ---- */
@@ -64,11 +73,12 @@ static int mask_key(uint8_t key[4]) {
     return 0;
 }
 
-int td_ws_conn_send(td_ws_conn *w, int opcode, int rsv, const char *data, size_t len, void (*release)(void *ud),
-                    void *ud) {
+/* The compressed form of what is sent, and of a message received. */
+static td_buf scratch;
+
+static int send_frame(td_ws_conn *w, int opcode, int rsv, const char *data, size_t len, void (*release)(void *ud),
+                      void *ud) {
     td_conn *c = w->c;
-    if (!c || c->closed || w->state != TD_WS_OPEN)
-        return TD_ECLOSED;
     uint8_t key[4];
     if (w->client && mask_key(key) != 0)
         return UV_ENOMEM;
@@ -88,12 +98,28 @@ int td_ws_conn_send(td_ws_conn *w, int opcode, int rsv, const char *data, size_t
     return 0;
 }
 
+int td_ws_conn_send(td_ws_conn *w, int opcode, const char *data, size_t len, void (*release)(void *ud), void *ud) {
+    if (!w->c || w->c->closed || w->state != TD_WS_OPEN)
+        return TD_ECLOSED;
+    if (w->cfg.deflate_bits && opcode < TD_WS_CLOSE && len >= TD_WS_DEFLATE_MIN) {
+        if (td_ws_deflate(data, len, w->cfg.deflate_bits, &scratch) != 0)
+            return UV_ENOMEM;
+        /* Sent compressed only when that is shorter (RFC 7692 lets each
+         * message choose). */
+        if (scratch.len < len) {
+            int rc = send_frame(w, opcode, 4, scratch.data, scratch.len, NULL, NULL);
+            if (scratch.cap > 65536)
+                td_buf_free(&scratch);
+            return rc;
+        }
+    }
+    return send_frame(w, opcode, 0, data, len, release, ud);
+}
+
 /* A control frame of ours (a pong, a ping, a close), whatever the state. */
 static void send_control(td_ws_conn *w, int opcode, const char *data, size_t len) {
-    uint8_t state = w->state;
-    w->state = TD_WS_OPEN;
-    td_ws_conn_send(w, opcode, 0, data, len, NULL, NULL);
-    w->state = state;
+    if (w->c && !w->c->closed)
+        send_frame(w, opcode, 0, data, len, NULL, NULL);
 }
 
 static void send_close(td_ws_conn *w, int code, const char *reason, size_t len) {
@@ -121,8 +147,15 @@ void td_ws_conn_want_drain(td_ws_conn *w) {
 
 static void set_reason(td_ws_conn *w, int code, const char *reason, size_t len) {
     w->close_code = (uint16_t)code;
-    w->close_reason.len = 0;
-    td_buf_append(&w->close_reason, reason, len);
+    free(w->reason);
+    w->reason = NULL;
+    w->reason_len = 0;
+    if (len > 123)
+        len = 123;
+    if (len && (w->reason = malloc(len))) {
+        memcpy(w->reason, reason, len);
+        w->reason_len = (uint8_t)len;
+    }
 }
 
 /* Tells the owner once that no more messages come. */
@@ -160,17 +193,18 @@ void td_ws_conn_close(td_ws_conn *w, int code, const char *reason, size_t len) {
 
 /* ---- input ---- */
 
-static void enqueue(td_ws_conn *w) {
-    td_ws_msg *m = malloc(sizeof *m + w->msg.len);
+/* The message assembled (data, len: w->msg or its decompressed form). */
+static void enqueue(td_ws_conn *w, const char *data, size_t len) {
+    td_ws_msg *m = malloc(sizeof *m + len);
     if (!m) {
         fail(w, 1011, "out of memory");
         return;
     }
     m->next = NULL;
-    m->len = w->msg.len;
+    m->len = len;
     m->opcode = w->msg_op;
-    if (w->msg.len)
-        memcpy(m->data, w->msg.data, w->msg.len);
+    if (len)
+        memcpy(m->data, data, len);
     /* A large message's buffer goes; a small one's is kept for the next. */
     if (w->msg.cap > 4096)
         td_buf_free(&w->msg);
@@ -213,8 +247,8 @@ static int valid_code(unsigned code) {
 }
 
 static void on_close_frame(td_ws_conn *w) {
-    const uint8_t *p = (const uint8_t *)w->ctl.data;
-    size_t n = w->ctl.len;
+    const uint8_t *p = w->ctl;
+    size_t n = w->ctl_len;
     if (n == 1) {
         fail(w, TD_WS_PROTOCOL, "a close frame of one byte");
         return;
@@ -245,7 +279,7 @@ static void on_control(td_ws_conn *w) {
     switch (w->f.opcode) {
     case TD_WS_PING:
         if (w->state == TD_WS_OPEN)
-            send_control(w, TD_WS_PONG, w->ctl.data, w->ctl.len);
+            send_control(w, TD_WS_PONG, (const char *)w->ctl, w->ctl_len);
         break;
     case TD_WS_PONG:
         break; /* any frame proves the peer alive */
@@ -253,7 +287,9 @@ static void on_control(td_ws_conn *w) {
         on_close_frame(w);
         break;
     }
-    w->ctl.len = 0;
+    free(w->ctl);
+    w->ctl = NULL;
+    w->ctl_len = 0;
 }
 
 /* The header of a frame, parsed: the rules of message sequence. */
@@ -272,7 +308,12 @@ static int frame_begins(td_ws_conn *w) {
             return -1;
         }
         w->msg_op = f->opcode;
+        w->msg_deflated = (f->rsv & 4) != 0;
         td_ws_utf8_init(&w->utf8);
+    }
+    if (f->opcode == TD_WS_CONTINUATION && (f->rsv & 4)) {
+        fail(w, TD_WS_PROTOCOL, "RSV1 on a continuation frame");
+        return -1;
     }
     if (w->msg.len + f->len > w->cfg.max_message) {
         fail(w, TD_WS_TOO_BIG, "message too big");
@@ -289,20 +330,23 @@ static int frame_begins(td_ws_conn *w) {
 static int take_payload(td_ws_conn *w, const char *data, size_t n) {
     td_ws_frame *f = &w->f;
     if (f->opcode >= TD_WS_CLOSE) {
-        size_t at = w->ctl.len;
-        if (td_buf_append(&w->ctl, data, n) != 0) {
+        /* n fits: a control frame is at most 125 bytes (td_ws_parse_header). */
+        if (!w->ctl && !(w->ctl = malloc(125))) {
             fail(w, 1011, "out of memory");
             return -1;
         }
+        uint8_t *dst = w->ctl + w->ctl_len;
+        memcpy(dst, data, n);
+        w->ctl_len = (uint8_t)(w->ctl_len + n);
         if (f->masked)
-            td_ws_unmask((uint8_t *)w->ctl.data + at, n, f->mask, w->f_got);
+            td_ws_unmask(dst, n, f->mask, w->f_got);
     } else {
         uint8_t *dst = (uint8_t *)w->msg.data + w->msg.len;
         memcpy(dst, data, n);
         if (f->masked)
             td_ws_unmask(dst, n, f->mask, w->f_got);
         w->msg.len += n;
-        if (w->msg_op == TD_WS_TEXT && td_ws_utf8_feed(&w->utf8, dst, n) != 0) {
+        if (w->msg_op == TD_WS_TEXT && !w->msg_deflated && td_ws_utf8_feed(&w->utf8, dst, n) != 0) {
             fail(w, TD_WS_INVALID_DATA, "text that is not UTF-8");
             return -1;
         }
@@ -319,12 +363,29 @@ static void frame_done(td_ws_conn *w) {
     }
     if (!w->f.fin)
         return;
+    const char *data = w->msg.data;
+    size_t len = w->msg.len;
+    if (w->msg_deflated && w->state == TD_WS_OPEN) {
+        int rc = td_ws_inflate(data, len, w->cfg.max_message, &scratch);
+        if (rc != 0) {
+            fail(w, rc == TD_ETOOLARGE ? TD_WS_TOO_BIG : rc == TD_EPROTO ? TD_WS_INVALID_DATA : 1011,
+                 rc == TD_ETOOLARGE ? "message too big" : rc == TD_EPROTO ? "invalid compressed data" : "out of memory");
+            return;
+        }
+        data = scratch.data, len = scratch.len;
+        if (w->msg_op == TD_WS_TEXT && td_ws_utf8_feed(&w->utf8, (const uint8_t *)data, len) != 0) {
+            fail(w, TD_WS_INVALID_DATA, "text that is not UTF-8");
+            return;
+        }
+    }
     if (w->msg_op == TD_WS_TEXT && !td_ws_utf8_complete(&w->utf8)) {
         fail(w, TD_WS_INVALID_DATA, "text that is not UTF-8");
         return;
     }
     if (w->state == TD_WS_OPEN) {
-        enqueue(w);
+        enqueue(w, data, len);
+        if (scratch.cap > 65536)
+            td_buf_free(&scratch);
     } else {
         w->msg.len = 0; /* we are closing: nobody will read it */
         w->msg_op = 0;
@@ -332,12 +393,13 @@ static void frame_done(td_ws_conn *w) {
 }
 
 static void feed(td_ws_conn *w, const char *data, size_t len) {
+    td_ws_rules rules = rules_of(w);
     while (len > 0 && w->c && !w->c->closed && w->state != TD_WS_DONE) {
         if (!w->in_frame) {
             int rc;
             size_t used;
             if (w->hdr_len == 0) {
-                rc = td_ws_parse_header((const uint8_t *)data, len, &w->rules, &w->f);
+                rc = td_ws_parse_header((const uint8_t *)data, len, &rules, &w->f);
                 if (rc == 0) {
                     memcpy(w->hdr, data, len); /* len < TD_WS_MAX_HEADER here */
                     w->hdr_len = (uint8_t)len;
@@ -347,7 +409,7 @@ static void feed(td_ws_conn *w, const char *data, size_t len) {
             } else {
                 size_t room = TD_WS_MAX_HEADER - w->hdr_len, n = len < room ? len : room;
                 memcpy(w->hdr + w->hdr_len, data, n);
-                rc = td_ws_parse_header(w->hdr, w->hdr_len + n, &w->rules, &w->f);
+                rc = td_ws_parse_header(w->hdr, w->hdr_len + n, &rules, &w->f);
                 if (rc == 0) {
                     w->hdr_len = (uint8_t)(w->hdr_len + n);
                     return;
@@ -388,14 +450,7 @@ static void ws_on_data(td_conn *c, const char *data, size_t len) {
         arm(w);
 }
 
-static void ws_on_deferred(td_conn *c) {
-    td_ws_conn *w = ws_of(c);
-    td_buf in = w->backlog;
-    w->backlog = (td_buf){0};
-    if (in.len)
-        ws_on_data(c, in.data, in.len);
-    td_buf_free(&in);
-}
+static void ws_on_deferred(td_conn *c) { (void)c; }
 
 /* The peer's TCP end: a closing handshake that ends well ended already; any
  * other end is abnormal (1006). */
@@ -473,14 +528,11 @@ static const td_conn_ops ws_ops = {
 };
 
 void td_ws_conn_attach(td_ws_conn *w, td_conn *c, int client, const td_ws_config *cfg, const td_ws_hooks *hooks,
-                       td_buf *rest) {
+                       const td_buf *rest) {
     w->c = c;
     w->hooks = hooks;
     w->cfg = *cfg;
-    w->client = (uint8_t)(client != 0);
-    w->rules.max_payload = cfg->max_message;
-    w->rules.rsv_allowed = 0;
-    w->rules.want_masked = (uint8_t)!client;
+    w->client = client != 0;
     w->state = TD_WS_OPEN;
     w->close_code = 1006;
     w->last_input = uv_now(c->tcp.loop);
@@ -489,13 +541,9 @@ void td_ws_conn_attach(td_ws_conn *w, td_conn *c, int client, const td_ws_config
     c->proto_state = c->proto_flags = 0;
     td_conn_clear_deadline(c);
     arm(w);
-    if (rest) {
-        w->backlog = *rest;
-        *rest = (td_buf){0};
-        if (w->backlog.len)
-            td_conn_defer(c);
-    }
     td_conn_resume_reading(c);
+    if (rest && rest->len)
+        ws_on_data(c, rest->data, rest->len);
 }
 
 void td_ws_conn_abort(td_ws_conn *w) {
@@ -506,12 +554,18 @@ void td_ws_conn_abort(td_ws_conn *w) {
     td_conn_close(w->c);
 }
 
+void td_ws_conn_shutdown(void) {
+    td_buf_free(&scratch);
+    td_ws_deflate_shutdown();
+}
+
 void td_ws_conn_free(td_ws_conn *w) {
     td_ws_msg *m;
     while ((m = td_ws_conn_next(w)))
         free(m);
     td_buf_free(&w->msg);
-    td_buf_free(&w->ctl);
-    td_buf_free(&w->backlog);
-    td_buf_free(&w->close_reason);
+    free(w->ctl);
+    w->ctl = NULL;
+    free(w->reason);
+    w->reason = NULL;
 }

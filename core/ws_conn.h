@@ -3,7 +3,8 @@
  * handshake (a socket's connection). It reads frames with the codec of
  * ws.h, reassembles messages and queues them for the layer above, answers
  * pings at once, runs the closing handshake, watches for dead peers
- * (idle timeout, pings) and writes frames (masked on a client). No Lua.
+ * (idle timeout, pings) and writes frames (masked on a client), with
+ * permessage-deflate when it was negotiated (ws_deflate.h). No Lua.
  *
  * Ownership:
  * - A td_ws_conn is its owner's memory (the API layer keeps it in a Lua
@@ -45,9 +46,12 @@ typedef struct td_ws_msg {
 
 typedef struct td_ws_config {
     uint64_t max_message;      /* bytes */
-    uint64_t idle_timeout_ms;  /* no frame from the peer for this long: closed (0: never) */
-    uint64_t ping_interval_ms; /* a ping after this long without a frame; no answer by the next: closed (0: none) */
-    uint64_t close_timeout_ms; /* after our close frame, the peer's close is awaited this long */
+    uint32_t idle_timeout_ms;  /* no frame from the peer for this long: closed (0: never) */
+    uint32_t ping_interval_ms; /* a ping after this long without a frame; no answer by the next: closed (0: none) */
+    uint32_t close_timeout_ms; /* after our close frame, the peer's close is awaited this long */
+    /* permessage-deflate was negotiated: the window bits of what we
+     * compress (9 to 15); 0: no compression. */
+    uint8_t deflate_bits;
 } td_ws_config;
 
 typedef struct td_ws_hooks {
@@ -68,46 +72,48 @@ enum td_ws_state {
     TD_WS_DONE,           /* the closing handshake is over, or the connection failed */
 };
 
+/* Kept small: ten thousand idle WebSockets hold one each. Buffers exist
+ * only while something is in them. */
 struct td_ws_conn {
     td_conn *c; /* NULL once the connection is gone */
     const td_ws_hooks *hooks;
-    void *data; /* the owner's */
     td_list link; /* the owner's list of open WebSockets */
     td_ws_config cfg;
-    td_ws_rules rules;
-    /* The frame being read. */
-    td_ws_frame f;
-    uint64_t f_got;             /* its payload bytes so far */
-    uint8_t hdr[TD_WS_MAX_HEADER];
-    uint8_t hdr_len;            /* header bytes kept from an earlier read */
-    uint8_t in_frame;           /* the header is parsed, its payload comes */
-    uint8_t msg_op;             /* the data message being assembled, 0: none */
-    uint8_t state;              /* td_ws_state */
-    uint8_t client;             /* frames we send are masked */
-    uint8_t ping_out;           /* a ping of ours is unanswered (no frame came since) */
-    uint8_t paused;             /* reading stopped: the queue is full */
-    uint8_t ended;              /* the owner heard the end (on_message after the end) */
-    uint8_t want_drain;
-    td_ws_utf8 utf8;
+    td_ws_frame f;   /* the frame being read */
+    uint64_t f_got;  /* its payload bytes so far */
     td_buf msg;      /* the data message so far, unmasked */
-    td_buf ctl;      /* the control frame's payload so far */
-    td_buf backlog;  /* input that came before the switch: read on the next turn */
     td_ws_msg *head, *tail;
     size_t queued; /* bytes in the queue */
     /* Deadlines, loop time; 0: none. */
     uint64_t last_input, recv_due, close_due;
+    uint8_t *ctl;  /* a control frame's payload so far (125 bytes, while one arrives) */
+    char *reason;  /* the close reason (see close_code), NULL: none */
     /* How the connection ended: the peer's close code (1005: none given),
      * or ours when we failed it (1002, 1007, 1009), 1006 when it broke. */
     uint16_t close_code;
-    td_buf close_reason;
+    uint8_t hdr[TD_WS_MAX_HEADER];
+    uint8_t hdr_len;    /* header bytes kept from an earlier read */
+    uint8_t ctl_len;
+    uint8_t reason_len;
+    uint8_t msg_op;     /* the data message being assembled, 0: none */
+    uint8_t state;      /* td_ws_state */
+    td_ws_utf8 utf8;
+    unsigned in_frame : 1;     /* the header is parsed, its payload comes */
+    unsigned msg_deflated : 1; /* the message is compressed (RSV1 on its first frame) */
+    unsigned client : 1;       /* frames we send are masked */
+    unsigned ping_out : 1;     /* a ping of ours is unanswered (no frame came since) */
+    unsigned paused : 1;       /* reading stopped: the queue is full */
+    unsigned ended : 1;        /* the owner heard the end (on_message after the end) */
+    unsigned want_drain : 1;
 };
 
-/* Switches c to the WebSocket protocol with w as its state (client: 1 on
- * the side that opened the connection). `rest` is input that came before
- * the switch (taken: the buffer is w's now); it is read late in this loop
- * turn. Not inside a callback of c's. */
+/* Switches c to the WebSocket protocol with w (zeroed by the owner) as its
+ * state (client: 1 on the side that opened the connection). `rest` is
+ * input that came before the switch: it is read now, so hooks may run (the
+ * owner must be ready for them); the buffer stays the caller's. Not inside
+ * a callback of c's. */
 void td_ws_conn_attach(td_ws_conn *w, td_conn *c, int client, const td_ws_config *cfg, const td_ws_hooks *hooks,
-                       td_buf *rest);
+                       const td_buf *rest);
 
 /* The next complete message, or NULL. The caller frees it. */
 td_ws_msg *td_ws_conn_next(td_ws_conn *w);
@@ -115,13 +121,13 @@ td_ws_msg *td_ws_conn_next(td_ws_conn *w);
  * came, we failed the connection, or it is gone. */
 static inline int td_ws_conn_ended(const td_ws_conn *w) { return w->state == TD_WS_DONE || !w->c; }
 
-/* A frame: opcode and payload (a whole message; rsv as in td_ws_frame).
- * Copied (and masked on a client) unless `release` is given, when a
- * server's payload is written by reference (td_conn_write_ref: 0 when it
- * left at once, 1 when release(ud) will run). TD_ECLOSED once our close
- * frame went or the connection is gone. */
-int td_ws_conn_send(td_ws_conn *w, int opcode, int rsv, const char *data, size_t len, void (*release)(void *ud),
-                    void *ud);
+/* A frame: opcode and payload (a whole message), compressed when
+ * permessage-deflate was negotiated and it is worth it. Copied (and masked
+ * on a client) unless `release` is given, when a server's uncompressed
+ * payload is written by reference (td_conn_write_ref: 0 when it left at
+ * once, 1 when release(ud) will run). TD_ECLOSED once our close frame went
+ * or the connection is gone. */
+int td_ws_conn_send(td_ws_conn *w, int opcode, const char *data, size_t len, void (*release)(void *ud), void *ud);
 /* Bytes not yet handed to the kernel. */
 static inline size_t td_ws_conn_unsent(td_ws_conn *w) { return w->c ? td_conn_unsent(w->c) : 0; }
 /* One on_drain once unsent output is down to TD_WS_LOW_WATER. */
@@ -138,5 +144,7 @@ void td_ws_conn_abort(td_ws_conn *w);
 /* Frees what w holds (after the connection is gone): queued messages,
  * buffers. */
 void td_ws_conn_free(td_ws_conn *w);
+/* Frees what the process keeps for every connection (teardown). */
+void td_ws_conn_shutdown(void);
 
 #endif

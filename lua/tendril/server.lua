@@ -61,6 +61,9 @@ function getters.query(self)
 end
 
 function getters.headers(self)
+    if self[2] == false then
+        error("req.headers: the request's head is gone after websocket.upgrade (read the headers before it)", 2)
+    end
     local h = req_headers(self[1], self[2]) or {}
     -- An absolute-form target's host replaces Host (RFC 9112 section 3.2.2).
     local host = rawget(self, "_target_host")
@@ -432,10 +435,11 @@ local function serve(me, conn, serial, method, target, version)
         log("error", describe(req) .. ": " .. a)
         res_fail(conn, serial)
     end
-    -- What outlives the response ends with the handler (a WebSocket).
+    -- What outlives the response ends with the handler (a WebSocket, an
+    -- event stream's keep-alive).
     local after = res._after
     if after then
-        after()
+        after:_finish()
     end
     unpin(gen)
 end

@@ -14,6 +14,7 @@ local find, gsub, gmatch = string.find, string.gsub, string.gmatch
 local concat = table.concat
 local event_new, event_wait, event_set, req_stream = core.event_new, core.event_wait, core.event_set,
     core.req_stream
+local req_header, rawget = core.req_header, rawget
 
 local _M = {}
 
@@ -100,6 +101,11 @@ function methods.comment(self, text)
     return self:_write(concat(lines) .. "\n")
 end
 
+-- The handler returned: the keep-alive thread stops.
+function methods._finish(self)
+    event_set(self._stop)
+end
+
 -- After the handler returned the stream is over, as for the client.
 function methods._write(self, text)
     local res = self._res
@@ -134,18 +140,25 @@ function _M.open(req, res, opts)
     if not ok then
         return nil, err
     end
-    local stream = setmetatable({ _res = res, last_id = req.headers["last-event-id"] }, mt)
+    -- One header, without the table of them all (a stream lives long).
+    local h = rawget(req, "headers")
+    local last_id
+    if h then
+        last_id = h["last-event-id"]
+    else
+        last_id = req_header(req[1], req[2], "last-event-id")
+    end
+    local stream = setmetatable({ _res = res, last_id = last_id }, mt)
     if keepalive then
-        -- A thread of the request: it ends with the handler (res._after)
-        -- or when the client leaves.
+        -- A thread of the request: it ends with the handler (the driver
+        -- calls res._after:_finish()) or when the client leaves.
         local stop = event_new()
-        res._after = function()
-            event_set(stop)
-        end
+        stream._stop = stop
+        res._after = stream
         tendril.spawn(function()
             while true do
-                local stopped, err = event_wait(stop, keepalive)
-                if stopped or err ~= "timeout" or not stream:comment() then
+                local stopped, why = event_wait(stop, keepalive)
+                if stopped or why ~= "timeout" or not stream:comment() then
                     return
                 end
             end

@@ -15,6 +15,8 @@ local concat = table.concat
 
 local ws_upgrade, ws_client, ws_recv, ws_send, ws_close, ws_accept, ws_key = core.ws_upgrade, core.ws_client,
     core.ws_recv, core.ws_send, core.ws_close, core.ws_accept, core.ws_key
+local req_header = core.req_header
+local rawget = rawget
 
 local TEXT, BINARY, PING = 1, 2, 9
 local DEFAULT_MAX_MESSAGE = 1024 * 1024
@@ -23,8 +25,21 @@ local DEFAULT_CLOSE_TIMEOUT = 5
 
 local _M = {}
 
+-- A WebSocket is the userdata that holds its state in C (nothing more per
+-- connection: ten thousand idle ones should cost little); ws.protocol is
+-- kept aside, for those that chose one.
 local methods = {}
-local mt = { __index = methods }
+local protocols = setmetatable({}, { __mode = "k" })
+core.websocket_mt.__index = function(self, k)
+    local m = methods[k]
+    if m ~= nil then
+        return m
+    end
+    if k == "protocol" then
+        return protocols[self]
+    end
+    return nil
+end
 
 ---------------------------------------------------------------- options
 
@@ -78,18 +93,124 @@ local function tokens(value, keep_case)
     return t
 end
 
+-- Whether a comma-separated header value holds the token (any case),
+-- without making a table per header.
 local function has_token(value, want)
-    local t = tokens(value)
-    for i = 1, #t do
-        if t[i] == want then
+    if not value then
+        return false
+    end
+    for tok in gmatch(value, "[^,]+") do
+        if lower(match(tok, "^%s*(.-)%s*$")) == want then
             return true
         end
     end
     return false
 end
 
+---------------------------------------------------------------- permessage-deflate
+
+-- The parameters of one extension in a Sec-WebSocket-Extensions value:
+-- name, { lower-case parameter = value or true }, or nil when malformed or
+-- a parameter repeats.
+local function parse_extension(text)
+    local name, rest = match(text, "^%s*([%w!#$%%&'*+%-%.^_`|~]+)%s*(.-)%s*$")
+    if not name then
+        return nil
+    end
+    local params = {}
+    for p in gmatch(rest, "[^;]+") do
+        local k, v = match(p, "^%s*([%w_%-]+)%s*=%s*\"?([^\"]-)\"?%s*$")
+        if not k then
+            k = match(p, "^%s*([%w_%-]+)%s*$")
+            v = true
+        end
+        if not k then
+            if match(p, "^%s*$") then
+                k = nil
+            else
+                return nil
+            end
+        end
+        if k then
+            k = lower(k)
+            if params[k] ~= nil then
+                return nil
+            end
+            params[k] = v
+        end
+    end
+    return lower(name), params
+end
+
+local function window_bits(v, min)
+    local n = v ~= true and tonumber(v)
+    return n and n % 1 == 0 and n >= min and n <= 15 and n or nil
+end
+
+-- The first permessage-deflate offer this side can accept: the response's
+-- value and the window bits of what we send. No context takeover either
+-- way: a server may ask for both (RFC 7692, 7.1.1).
+local function accept_deflate(value)
+    if not value then
+        return nil
+    end
+    for offer in gmatch(value, "[^,]+") do
+        local name, params = parse_extension(offer)
+        if name == "permessage-deflate" then
+            local ok, bits = true, 15
+            for k, v in pairs(params) do
+                if k == "server_no_context_takeover" or k == "client_no_context_takeover" then
+                    ok = ok and v == true
+                elseif k == "server_max_window_bits" then
+                    -- zlib cannot make a window of 8 bits: that offer is declined.
+                    bits = window_bits(v, 9)
+                    ok = ok and bits ~= nil
+                elseif k == "client_max_window_bits" then
+                    ok = ok and (v == true or window_bits(v, 8) ~= nil)
+                else
+                    ok = false
+                end
+            end
+            if ok then
+                local resp = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+                if params.server_max_window_bits then
+                    resp = resp .. "; server_max_window_bits=" .. bits
+                end
+                return resp, bits
+            end
+        end
+    end
+    return nil
+end
+
+local DEFLATE_OFFER = "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+
+-- The server's answer to DEFLATE_OFFER: 15 (the bits we send with), false
+-- when it declined, or nil, why when it answered what was not offered.
+local function deflate_answer(value)
+    if not value then
+        return false
+    end
+    local name, params = parse_extension(value)
+    if name ~= "permessage-deflate" or find(value, ",", 1, true) then
+        return nil, "an extension that was not offered"
+    end
+    for k, v in pairs(params) do
+        if (k ~= "server_no_context_takeover" and k ~= "client_no_context_takeover") or v ~= true then
+            return nil, "a permessage-deflate parameter that was not offered (" .. k .. ")"
+        end
+    end
+    if not params.server_no_context_takeover then
+        return nil, "permessage-deflate with the server's context takeover"
+    end
+    return 15
+end
+
 local function wrap(u, protocol)
-    return setmetatable({ _u = u, protocol = protocol }, mt)
+    if protocol then
+        protocols[u] = protocol
+    end
+    return u
 end
 
 ---------------------------------------------------------------- the server
@@ -113,7 +234,8 @@ local KEY_PATTERN = "^[A-Za-z0-9+/][A-Za-z0-9+/][A-Za-z0-9+/]*==$"
 --- subprotocols this side speaks: the first the client offers is chosen,
 --- ws.protocol), origins (the Origin values allowed), max_message_bytes
 --- (default 1 MiB), idle_timeout, ping_interval (default 30 s; false:
---- none), close_timeout (default 5 s).
+--- none), close_timeout (default 5 s), compress (permessage-deflate when
+--- the client offers it).
 function _M.upgrade(req, res, opts)
     if type(req) ~= "table" or type(res) ~= "table" then
         error("websocket.upgrade: expected the handler's req and res", 2)
@@ -128,28 +250,39 @@ function _M.upgrade(req, res, opts)
     if res._done or res:head_sent() then
         error("websocket.upgrade: the response was sent already", 2)
     end
-    local h = req.headers
+    -- The few headers the handshake needs, without the table of them all
+    -- (a handler that did not read req.headers keeps none for its life).
+    local upgrade, connection, version, key, origin, offered_protocols, extensions
+    local h = rawget(req, "headers")
+    if h then
+        upgrade, connection, version, key, origin, offered_protocols, extensions = h.upgrade, h.connection,
+            h["sec-websocket-version"], h["sec-websocket-key"], h.origin, h["sec-websocket-protocol"],
+            h["sec-websocket-extensions"]
+    else
+        upgrade, connection, version, key, origin, offered_protocols, extensions = req_header(req[1], req[2],
+            "upgrade", "connection", "sec-websocket-version", "sec-websocket-key", "origin",
+            "sec-websocket-protocol", "sec-websocket-extensions")
+    end
     if req.method ~= "GET" then
         return refuse(res, 400, "the method is " .. tostring(req.method) .. ", not GET")
     end
     if req.version ~= "1.1" then
         return refuse(res, 400, "HTTP/" .. tostring(req.version) .. " (a WebSocket needs HTTP/1.1)")
     end
-    if not has_token(h.upgrade, "websocket") then
+    if not has_token(upgrade, "websocket") then
         return refuse(res, 400, "no Upgrade: websocket")
     end
-    if not has_token(h.connection, "upgrade") then
+    if not has_token(connection, "upgrade") then
         return refuse(res, 400, "no Connection: upgrade")
     end
-    if h["sec-websocket-version"] ~= "13" then
+    if version ~= "13" then
         return refuse(res, 426, "Sec-WebSocket-Version is not 13", true)
     end
-    local key = h["sec-websocket-key"]
     if not key or #key ~= 24 or not find(key, KEY_PATTERN) then
         return refuse(res, 400, "no valid Sec-WebSocket-Key")
     end
     if opts.origins then
-        local origin, allowed = h.origin, false
+        local allowed = false
         for i = 1, #opts.origins do
             if origin == opts.origins[i] then
                 allowed = true
@@ -163,7 +296,7 @@ function _M.upgrade(req, res, opts)
     local lines = { "Sec-WebSocket-Accept: ", ws_accept(key), "\r\n" }
     local protocol
     if opts.protocols then
-        local offered = tokens(h["sec-websocket-protocol"], true)
+        local offered = tokens(offered_protocols, true)
         for i = 1, #offered do
             for j = 1, #opts.protocols do
                 if offered[i] == opts.protocols[j] then
@@ -179,18 +312,29 @@ function _M.upgrade(req, res, opts)
             lines[#lines + 1] = "Sec-WebSocket-Protocol: " .. protocol .. "\r\n"
         end
     end
-    local u, err = ws_upgrade(req[1], req[2], concat(lines), max, idle, ping, close_timeout)
+    local deflate_bits = 0
+    if opts.compress then
+        local ext, bits = accept_deflate(extensions)
+        if ext then
+            lines[#lines + 1] = "Sec-WebSocket-Extensions: " .. ext .. "\r\n"
+            deflate_bits = bits
+        end
+    end
+    -- What the connection knows is read now: after the switch the request
+    -- is over (its head is gone).
+    if req.scheme == "https" then
+        local _ = req.tls
+    end
+    local _ = req.remote_addr
+    local u, err = ws_upgrade(req[1], req[2], concat(lines), max, idle, ping, close_timeout, deflate_bits)
     if not u then
         return nil, err
     end
-    res._done, res._sent = true, true
-    local ws = wrap(u, protocol)
-    -- When the handler returns, its WebSocket closes (the server driver
-    -- runs this).
-    res._after = function()
-        ws_close(u, 1000, "", false)
-    end
-    return ws
+    req[2] = false -- upgraded: req.headers says why it has none now
+    -- When the handler returns, its WebSocket closes: the server driver
+    -- calls res._after:_finish().
+    res._done, res._after = true, u
+    return wrap(u, protocol)
 end
 
 ---------------------------------------------------------------- the client
@@ -229,8 +373,9 @@ end
 --- Opens a WebSocket to a ws:// or wss:// URL. opts: headers (extra
 --- request headers), protocols (offered, in order of preference),
 --- origin, timeout (connecting and the handshake, default 60 s), the TLS
---- options of tcp.connect (verify, ca_file, server_name) and the limits of
---- websocket.upgrade. Returns the WebSocket, or nil, err.
+--- options of tcp.connect (verify, ca_file, server_name), compress (offer
+--- permessage-deflate) and the limits of websocket.upgrade. Returns the
+--- WebSocket, or nil, err.
 function _M.connect(url, opts)
     if type(url) ~= "string" then
         error("websocket.connect: expected a ws:// or wss:// URL, got " .. type(url), 2)
@@ -268,6 +413,9 @@ function _M.connect(url, opts)
     if opts.origin then
         lines[#lines + 1] = "Origin: " .. tostring(opts.origin) .. "\r\n"
     end
+    if opts.compress then
+        lines[#lines + 1] = "Sec-WebSocket-Extensions: " .. DEFLATE_OFFER .. "\r\n"
+    end
     for name, value in pairs(opts.headers or {}) do
         name, value = tostring(name), tostring(value)
         if find(name, "[^%w!#$%%&'*+%-%.^_`|~]") or find(value, "[\r\n%z]") then
@@ -295,8 +443,14 @@ function _M.connect(url, opts)
         fail = "the server did not switch to websocket"
     elseif h["sec-websocket-accept"] ~= ws_accept(key) then
         fail = "a wrong Sec-WebSocket-Accept"
-    elseif h["sec-websocket-extensions"] then
-        fail = "an extension that was not offered"
+    end
+    local deflate_bits
+    if not fail then
+        if opts.compress then
+            deflate_bits, fail = deflate_answer(h["sec-websocket-extensions"])
+        elseif h["sec-websocket-extensions"] then
+            fail = "an extension that was not offered"
+        end
     end
     local protocol = h["sec-websocket-protocol"]
     if not fail and protocol then
@@ -312,7 +466,7 @@ function _M.connect(url, opts)
         return nil, "websocket handshake: " .. fail
     end
     local w
-    w, err = ws_client(sock, max, idle, ping, close_timeout)
+    w, err = ws_client(sock, max, idle, ping, close_timeout, deflate_bits or 0)
     if not w then
         sock:close()
         return nil, err
@@ -329,7 +483,7 @@ function methods.recv(self, timeout)
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
         error("ws:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
     end
-    return ws_recv(self._u, timeout)
+    return ws_recv(self, timeout)
 end
 
 --- Sends a message: a text one unless kind is "binary". Waits while the
@@ -347,10 +501,9 @@ function methods.send(self, data, kind)
     elseif kind ~= nil and kind ~= "text" then
         error("ws:send: the kind is \"text\" or \"binary\", got " .. tostring(kind), 2)
     end
-    local u = self._u
-    local ok, err = ws_send(u, data, op)
+    local ok, err = ws_send(self, data, op)
     while ok == false do -- it waited for room
-        ok, err = ws_send(u, data, op)
+        ok, err = ws_send(self, data, op)
     end
     return ok, err
 end
@@ -361,7 +514,7 @@ function methods.ping(self, data)
     if type(data) ~= "string" or #data > 125 then
         error("ws:ping: the data is a string of at most 125 bytes", 2)
     end
-    return ws_send(self._u, data, PING)
+    return ws_send(self, data, PING)
 end
 
 --- Runs the closing handshake: sends a close (code default 1000, reason at
@@ -375,7 +528,13 @@ function methods.close(self, code, reason)
     if reason ~= nil and (type(reason) ~= "string" or #reason > 123) then
         error("ws:close: the reason is a string of at most 123 bytes", 2)
     end
-    return ws_close(self._u, code or 1000, reason or "", true)
+    return ws_close(self, code or 1000, reason or "", true)
+end
+
+-- The handler returned (see upgrade): close without waiting, and end the
+-- threads it spawned.
+function methods._finish(self)
+    ws_close(self, 1000, "", false, true)
 end
 
 return _M

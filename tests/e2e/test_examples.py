@@ -61,6 +61,42 @@ class ExamplesTest(TestCase):
                 self.assertEqual(s.recv(100), b"direct\n")
 
 
+    def test_clock_sse_ticks_and_resumes_from_last_event_id(self):
+        with Server(app_path=example("clock-sse.lua")) as srv:
+            r = subprocess.run(["curl", "-sN", "-i", "--max-time", str(deadline(2.5)), "-H", "Last-Event-ID: 41",
+                                "http://127.0.0.1:%d/" % srv.port], capture_output=True, timeout=deadline(30))
+            out = r.stdout.decode().replace("\r\n", "\n")
+            self.assertIn("content-type: text/event-stream", out.lower())
+            self.assertIn("cache-control: no-cache", out.lower())
+            self.assertIn("\n\nretry: 2000\n\n", out)
+            ticks = re.findall(r"event: tick\nid: (\d+)\ndata: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n\n", out)
+            self.assertGreaterEqual(len(ticks), 2, out)
+            self.assertEqual(ticks, [str(42 + i) for i in range(len(ticks))])
+
+    def test_chat_in_a_real_browser(self):
+        """Headless Chromium loads the chat page, which sends three messages
+        over its WebSocket, sees them come back, and gets them again through
+        an EventSource (closed after three events, or virtual time would
+        never end)."""
+        with Server(app_path=example("chat/app.lua")) as srv:
+            profile = tempfile.mkdtemp(prefix="tendril-chromium-")
+            r = subprocess.run(
+                ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--user-data-dir=" + profile, "--virtual-time-budget=%d" % int(deadline(10) * 1000),
+                 "--dump-dom", "http://127.0.0.1:%d/?selftest=browser" % srv.port],
+                capture_output=True, timeout=deadline(120))
+            dom = r.stdout.decode()
+            self.assertIn('<p id="result">ws: browser 1, browser 2, browser 3 | '
+                          'sse: browser 1, browser 2, browser 3</p>', dom, r.stderr.decode()[-2000:])
+            self.assertIn('<p id="status">connected</p>', dom)
+            # A reader who came later gets the conversation so far.
+            r = subprocess.run(["curl", "-sN", "--max-time", str(deadline(1.5)), "http://127.0.0.1:%d/events" % srv.port],
+                               capture_output=True, timeout=deadline(30))
+            self.assertEqual(re.findall(r"data: (.*)\n", r.stdout.decode()),
+                             ["browser 1", "browser 2", "browser 3"])
+
+
 class ReadmeTest(TestCase):
     """The README's handler runs as written."""
 
@@ -76,6 +112,34 @@ class ReadmeTest(TestCase):
             self.assertEqual(get(srv.port, "/slow").body, b"done\n")
             r = request(srv.port, "POST", "/", body=b'{"a":1}')[0]
             self.assertEqual((r.status, r.header("content-type"), r.body), (201, "application/json", b'{"a":1}'))
+
+    def test_the_readme_real_time_block(self):
+        from wsclient import Client, frame
+        with open(os.path.join(ROOT, "README.md")) as f:
+            text = f.read()
+        block = next(b for b in re.findall(r"```lua\n(.*?)```", text, re.S) if "websocket.upgrade" in b)
+        with Server(block) as srv:
+            c = Client(srv.port, "/echo")
+            self.assertEqual(c.status, 101)
+            c.send(frame(0x1, b"hello"))
+            self.assertEqual(c.read_frame(), (True, 0, 0x1, b"hello"))
+            c.send(frame(0x8, b"\x03\xe8"))
+            self.assertEqual(c.close_code(), 1000)
+            c.close()
+            curl = subprocess.Popen(["curl", "-sN", "--max-time", str(deadline(10)),
+                                     "http://127.0.0.1:%d/news" % srv.port], stdout=subprocess.PIPE)
+            reached = None
+            end = time.monotonic() + deadline(10)
+            while reached != b"reached 1\n" and time.monotonic() < end:
+                reached = get(srv.port, "/publish?text=two%0Alines").body
+                time.sleep(0.05)
+            self.assertEqual(reached, b"reached 1\n")
+            line = b""
+            while not line.endswith(b"\n\n"):
+                line += curl.stdout.read(1)
+            curl.kill()
+            curl.wait()
+            self.assertEqual(line, b"event: news\ndata: two\ndata: lines\n\n")
 
     def test_the_readme_fetch_and_wait_is_the_example(self):
         with open(os.path.join(ROOT, "README.md")) as f:

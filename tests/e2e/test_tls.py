@@ -486,6 +486,71 @@ class TlsOnlyTest(PkiTestCase):
                 self.assertEqual(Reader(s).response().status, 400)
 
 
+class WssTest(PkiTestCase):
+    """WebSockets over TLS: the server's TLS port upgrades as the plain one
+    does; tendril's client speaks wss:// (verifying), as does Python's
+    websockets."""
+
+    APP = """
+        local websocket = require "tendril.websocket"
+        return function(req, res)
+            if req.path == "/client" then
+                local ws, err = websocket.connect("wss://localhost:" .. req.query.port .. "/ws",
+                    { ca_file = req.query.ca, compress = true })
+                if not ws then return "connect: " .. tostring(err) end
+                local big = string.rep("over tls ", 20000)
+                local out = {}
+                for _, m in ipairs({ "hello", big }) do
+                    ws:send(m)
+                    local got = ws:recv(10)
+                    out[#out + 1] = tostring(got == m)
+                end
+                out[#out + 1] = tostring(ws:close())
+                return table.concat(out, " ")
+            elseif req.path == "/untrusted" then
+                local ws, err = websocket.connect("wss://localhost:" .. req.query.port .. "/ws")
+                return tostring(ws) .. " " .. tostring(err)
+            end
+            local ws = websocket.upgrade(req, res, { compress = true })
+            if not ws then return end
+            while true do
+                local data, kind = ws:recv()
+                if not data then return end
+                ws:send(req.scheme .. ":" .. data, kind)
+            end
+        end
+    """
+
+    def test_wss_both_ways(self):
+        p = self.pki
+        app = self.APP.replace('ws:send(req.scheme .. ":" .. data, kind)', "ws:send(data, kind)")
+        with Server(app, args=["--tls-port", "0", "--tls-cert", p.localhost.cert, "--tls-key", p.localhost.key]) as srv:
+            r = get(srv.port, "/client?port=%d&ca=%s" % (srv.tls_port, p.ca))
+            self.assertEqual(r.body, b"true true true")
+            r = get(srv.port, "/untrusted?port=%d" % srv.tls_port)
+            self.assertRegex(r.body.decode(), r"^nil tls: certificate verify failed")
+
+    def test_python_websockets_over_tls(self):
+        p = self.pki
+        with Server(self.APP, args=["--tls-port", "0", "--tls-cert", p.localhost.cert,
+                                     "--tls-key", p.localhost.key]) as srv:
+            script = textwrap.dedent('''
+                import asyncio, ssl, sys, websockets
+                async def main():
+                    ctx = ssl.create_default_context(cafile=sys.argv[2])
+                    async with websockets.connect(sys.argv[1], ssl=ctx, max_size=None) as ws:
+                        for m in ["hi", "x" * 300000]:
+                            await ws.send(m)
+                            r = await ws.recv()
+                            print(len(r), r == "https:" + m)
+                asyncio.run(main())
+            ''')
+            r = subprocess.run([SYSTEM_PYTHON, "-c", script, "wss://localhost:%d/ws" % srv.tls_port, p.ca],
+                               capture_output=True, text=True, timeout=deadline(60))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout.split(), ["8", "True", "300006", "True"])
+
+
 class StartFailureTest(PkiTestCase):
     def serve(self, *tls_args):
         d = tempfile.mkdtemp(prefix="tendril-tls-start-")
