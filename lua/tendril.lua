@@ -2,6 +2,7 @@
 local core = require "tendril.core"
 local trace = require "tendril.traceback"
 local generation = require "tendril.generation"
+local owned = require "tendril.owned"
 
 local select, tostring, type, error, concat, unpack = select, tostring, type, error, table.concat, unpack
 local setmetatable, xpcall, pcall, pairs, next = setmetatable, xpcall, pcall, pairs, next
@@ -55,6 +56,7 @@ local function run_thread(th, gen, fn, ...)
         generation.pin(core.task_coroutine(), gen)
     end
     local res = pack(xpcall(fn, trace.handler, ...))
+    owned.release(core.task_coroutine())
     if gen then
         generation.unpin(gen)
     end

@@ -8,9 +8,12 @@
 --
 -- Memory is bounded per subscriber: one that falls more than max_queue
 -- messages behind (default 1000) is dropped, and its recv says "overflow".
--- A subscription nobody holds any more is collected (the topics hold them
--- weakly); sub:close() ends one at once.
+-- A subscription ends with sub:close(), or when the handler or thread that
+-- made it returns (tendril.owned); one made outside any task (at a
+-- module's top level) is collected when nobody holds it (the topics hold
+-- them weakly).
 local core = require "tendril.core"
+local owned = require "tendril.owned"
 
 local type, error, tostring, setmetatable, next, pairs = type, error, tostring, setmetatable, next, pairs
 local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
@@ -104,6 +107,8 @@ function _M.subscribe(topic, opts)
         topics[topic] = subs
     end
     subs[sub] = true
+    -- It ends with the handler or thread that made it.
+    owned.add(sub)
     return sub
 end
 

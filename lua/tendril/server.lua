@@ -29,6 +29,7 @@ local _M = {}
 
 local generation = require "tendril.generation"
 local pin, unpin, current_generation = generation.pin, generation.unpin, generation.current
+local release_owned = require("tendril.owned").release
 
 ---------------------------------------------------------------- req
 
@@ -441,6 +442,7 @@ local function serve(me, conn, serial, method, target, version)
     if after then
         after:_finish()
     end
+    release_owned(me)
     unpin(gen)
 end
 

@@ -1,0 +1,45 @@
+-- What ends with the task that made it: local owned = require "tendril.owned"
+--
+-- owned.add(obj) ties obj to the running task (a request's handler, a
+-- spawned thread); when the task's function returns or raises, its runner
+-- calls owned.release(co) and every object tied to it gets obj:close().
+-- A bus subscription made by a handler so ends with the handler, at once,
+-- not whenever the collector finds it unreachable.
+local core = require "tendril.core"
+
+local task_coroutine = core.task_coroutine
+
+local _M = {}
+
+-- coroutine -> array of objects; weak, so a coroutine that is gone takes
+-- its list along.
+local lists = setmetatable({}, { __mode = "k" })
+
+--- Ties obj (anything with a close method) to the running task; outside a
+--- task (a module's top level) it is left alone.
+function _M.add(obj)
+    local co = task_coroutine()
+    if not co then
+        return
+    end
+    local list = lists[co]
+    if not list then
+        list = {}
+        lists[co] = list
+    end
+    list[#list + 1] = obj
+end
+
+--- The task running on co has ended: close what it made.
+function _M.release(co)
+    local list = lists[co]
+    if not list then
+        return
+    end
+    lists[co] = nil
+    for i = 1, #list do
+        list[i]:close()
+    end
+end
+
+return _M
