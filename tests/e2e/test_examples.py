@@ -114,17 +114,17 @@ class ReadmeTest(TestCase):
             self.assertEqual((r.status, r.header("content-type"), r.body), (201, "application/json", b'{"a":1}'))
 
     def test_the_readme_real_time_block(self):
-        from wsclient import Client, frame
+        from wsproto import WsClient, frame
         with open(os.path.join(ROOT, "README.md")) as f:
             text = f.read()
         block = next(b for b in re.findall(r"```lua\n(.*?)```", text, re.S) if "websocket.upgrade" in b)
         with Server(block) as srv:
-            c = Client(srv.port, "/echo")
-            self.assertEqual(c.status, 101)
+            c = WsClient.open(srv.port, "/echo")
+            self.assertEqual(c.response.status, 101)
             c.send(frame(0x1, b"hello"))
-            self.assertEqual(c.read_frame(), (True, 0, 0x1, b"hello"))
+            self.assertEqual(c.read_frame().fields(), (True, 0, 0x1, b"hello"))
             c.send(frame(0x8, b"\x03\xe8"))
-            self.assertEqual(c.close_code(), 1000)
+            self.assertEqual(c.read_close(), 1000)
             c.close()
             curl = subprocess.Popen(["curl", "-sN", "--max-time", str(deadline(10)),
                                      "http://127.0.0.1:%d/news" % srv.port], stdout=subprocess.PIPE)

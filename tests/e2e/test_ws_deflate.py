@@ -4,7 +4,7 @@ compressed messages both ways, checked over raw frames with zlib."""
 import zlib
 
 from harness import ServerTestCase, main
-from wsclient import Client, frame
+from wsproto import WsClient, frame
 
 OFFER = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
 
@@ -47,24 +47,24 @@ class DeflateTest(ServerTestCase):
 
     def echo(self, c, opcode, payload, rsv=4):
         c.send(frame(opcode, payload, rsv=rsv))
-        return c.read_frame()
+        return c.read_frame().fields()
 
     def test_negotiated_without_context_takeover(self):
-        c = Client(self.port, headers=OFFER)
-        self.assertEqual(c.status, 101)
-        self.assertEqual(c.headers["sec-websocket-extensions"],
+        c = WsClient.open(self.port, headers=OFFER)
+        self.assertEqual(c.response.status, 101)
+        self.assertEqual(c.response.header("sec-websocket-extensions"),
                          "permessage-deflate; server_no_context_takeover; client_no_context_takeover")
         c.close()
 
     def test_not_negotiated_unless_offered_or_wanted(self):
-        c = Client(self.port)
-        self.assertNotIn("sec-websocket-extensions", c.headers)
+        c = WsClient.open(self.port)
+        self.assertIsNone(c.response.header("sec-websocket-extensions"))
         c.close()
-        c = Client(self.port, path="/plain", headers=OFFER)
-        self.assertNotIn("sec-websocket-extensions", c.headers)
+        c = WsClient.open(self.port, path="/plain", headers=OFFER)
+        self.assertIsNone(c.response.header("sec-websocket-extensions"))
         # Without the extension, RSV1 is a protocol error.
         c.send(frame(0x1, deflate(b"hello"), rsv=4))
-        self.assertEqual(c.close_code(), 1002)
+        self.assertEqual(c.read_close(), 1002)
         c.close()
 
     def test_offers_it_cannot_honour_are_declined(self):
@@ -76,13 +76,13 @@ class DeflateTest(ServerTestCase):
              "permessage-deflate; server_no_context_takeover; client_no_context_takeover; "
              "server_max_window_bits=10"),
         ]:
-            c = Client(self.port, headers={"Sec-WebSocket-Extensions": offer})
-            self.assertEqual(c.status, 101)
-            self.assertEqual(c.headers.get("sec-websocket-extensions"), want, offer)
+            c = WsClient.open(self.port, headers={"Sec-WebSocket-Extensions": offer})
+            self.assertEqual(c.response.status, 101)
+            self.assertEqual(c.response.header("sec-websocket-extensions"), want, offer)
             c.close()
 
     def test_compressed_both_ways(self):
-        c = Client(self.port, headers=OFFER)
+        c = WsClient.open(self.port, headers=OFFER)
         text = ("a compressible line of text. " * 2000).encode()
         fin, rsv, op, payload = self.echo(c, 0x1, deflate(text))
         self.assertEqual((fin, rsv, op), (True, 4, 0x1))
@@ -99,41 +99,41 @@ class DeflateTest(ServerTestCase):
         c.close()
 
     def test_fragmented_compressed_message(self):
-        c = Client(self.port, headers=OFFER)
+        c = WsClient.open(self.port, headers=OFFER)
         text = ("fragmented " * 500).encode()
         z = deflate(text)
         c.send(frame(0x1, z[:10], fin=False, rsv=4) + frame(0x9, b"p") + frame(0x0, z[10:20], fin=False)
                + frame(0x0, z[20:]))
-        self.assertEqual(c.read_frame(), (True, 0, 0xA, b"p"))
-        fin, rsv, op, payload = c.read_frame()
+        self.assertEqual(c.read_frame().fields(), (True, 0, 0xA, b"p"))
+        fin, rsv, op, payload = c.read_frame().fields()
         self.assertEqual(inflate(payload), text)
         c.close()
 
     def test_rsv1_on_a_continuation_is_a_protocol_error(self):
-        c = Client(self.port, headers=OFFER)
+        c = WsClient.open(self.port, headers=OFFER)
         z = deflate(b"x" * 300)
         c.send(frame(0x1, z[:5], fin=False, rsv=4) + frame(0x0, z[5:], rsv=4))
-        self.assertEqual(c.close_code(), 1002)
+        self.assertEqual(c.read_close(), 1002)
         c.close()
 
     def test_invalid_compressed_data_is_1007(self):
-        c = Client(self.port, headers=OFFER)
+        c = WsClient.open(self.port, headers=OFFER)
         c.send(frame(0x1, b"\xff\xff\xff\xff garbage", rsv=4))
-        self.assertEqual(c.close_code(), 1007)
+        self.assertEqual(c.read_close(), 1007)
         c.close()
 
     def test_invalid_utf8_after_inflating_is_1007(self):
-        c = Client(self.port, headers=OFFER)
+        c = WsClient.open(self.port, headers=OFFER)
         c.send(frame(0x1, deflate(b"ok \xc3\x28 not utf-8" * 10), rsv=4))
-        self.assertEqual(c.close_code(), 1007)
+        self.assertEqual(c.read_close(), 1007)
         c.close()
 
     def test_a_bomb_stops_at_max_message_bytes(self):
-        c = Client(self.port, headers=OFFER)
+        c = WsClient.open(self.port, headers=OFFER)
         bomb = deflate(b"\0" * 5000000)  # 5 MB of zeros in a few KB
         self.assertLess(len(bomb), 10000)
         c.send(frame(0x2, bomb, rsv=4))
-        self.assertEqual(c.close_code(), 1009)
+        self.assertEqual(c.read_close(), 1009)
         c.close()
 
     def test_tendrils_client_compresses_too(self):
@@ -141,7 +141,7 @@ class DeflateTest(ServerTestCase):
         self.assertEqual(get(self.port, "/client?port=%d" % self.port).body, b"true")
 
     def test_a_final_block_is_accepted(self):
-        c = Client(self.port, headers=OFFER)
+        c = WsClient.open(self.port, headers=OFFER)
         z = zlib.compressobj(6, zlib.DEFLATED, -15)
         data = z.compress(b"final block " * 20) + z.flush(zlib.Z_FINISH)
         fin, rsv, op, payload = self.echo(c, 0x1, data)

@@ -1,7 +1,7 @@
 """The request around a WebSocket: what a handler can still read of its
 request after the upgrade, and what ends with it."""
 from harness import ServerTestCase, get, main, poll
-from wsclient import Client, frame
+from wsproto import WsClient, frame
 
 
 class RequestAfterUpgradeTest(ServerTestCase):
@@ -25,18 +25,18 @@ class RequestAfterUpgradeTest(ServerTestCase):
     """
 
     def test_connection_fields_stay_and_headers_say_why_not(self):
-        c = Client(self.port, "/late", headers={"Cookie": "a=1"})
-        self.assertEqual(c.read_frame(), (True, 0, 0x1, b"ready"))
+        c = WsClient.open(self.port, "/late", headers={"Cookie": "a=1"})
+        self.assertEqual(c.read_frame().fields(), (True, 0, 0x1, b"ready"))
         text = get(self.port, "/seen").body.decode()
         self.assertRegex(text, r"^GET /late http 127\.0\.0\.1 nil false .*app\.lua:\d+: req\.headers: the "
                                r"request's head is gone after websocket\.upgrade \(read the headers before it\)$")
         c.send(frame(0x8, b"\x03\xe8"))
-        self.assertEqual(c.close_code(), 1000)
+        self.assertEqual(c.read_close(), 1000)
         c.close()
 
     def test_headers_read_before_the_upgrade_stay(self):
-        c = Client(self.port, "/early", headers={"Cookie": "a=1"})
-        self.assertEqual(c.read_frame(), (True, 0, 0x1, b"ready"))
+        c = WsClient.open(self.port, "/early", headers={"Cookie": "a=1"})
+        self.assertEqual(c.read_frame().fields(), (True, 0, 0x1, b"ready"))
         self.assertTrue(poll(lambda: "a=1 true" in get(self.port, "/seen").body.decode(), 5))
         c.close()
 

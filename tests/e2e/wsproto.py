@@ -75,6 +75,10 @@ class Frame:
     def reason(self):
         return self.payload[2:]
 
+    def fields(self):
+        """(fin, rsv, opcode, payload), for comparing a frame whole."""
+        return self.fin, self.rsv, self.opcode, self.payload
+
     def __repr__(self):
         p = self.payload if len(self.payload) <= 40 else self.payload[:40] + b"..."
         return "Frame(fin=%d rsv=%d op=%#x len=%d %r)" % (self.fin, self.rsv, self.opcode, len(self.payload), p)
@@ -166,6 +170,16 @@ class WsClient:
                 raise AssertionError("expected a continuation, got %r" % f)
             data += f.payload
         return op, data
+
+    def read_close(self, timeout=10):
+        """Reads up to the server's close frame (skipping anything before
+        it) and returns its code (None for an empty close), after checking
+        that the server then ends the TCP connection."""
+        while True:
+            f = self.read_frame(timeout)
+            if f.opcode == CLOSE:
+                assert self.closed(5), "the TCP connection did not end after the close frame"
+                return f.code
 
     def closed(self, timeout=5):
         """True when the server ends the TCP connection within timeout
