@@ -435,12 +435,12 @@ def section(res):
     return "\n".join(lines) + "\n"
 
 
-def splice(path, text):
-    """Replaces the "## TLS" section of path (up to the next "## " heading);
-    without one, puts it where bench/run.py does: before the sections it
-    embeds (slow clients, optimisations), or at the end."""
+def splice(path, text, heading="TLS"):
+    """Replaces the "## <heading>" section of path (up to the next "## "
+    heading); without one, puts it where bench/run.py does: before the
+    sections it embeds (slow clients, optimisations), or at the end."""
     old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    m = re.search(r"^## TLS\n.*?(?=^## |\Z)", old, flags=re.S | re.M) or \
+    m = re.search(r"^## " + re.escape(heading) + r"\n.*?(?=^## |\Z)", old, flags=re.S | re.M) or \
         re.search(r"^(?=## (Slow clients|Optimisations))", old, flags=re.M)
     new = old[:m.start()] + text + "\n" + old[m.end():] if m else old.rstrip("\n") + "\n\n" + text
     with open(path, "w") as f:

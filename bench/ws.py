@@ -37,7 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import PEER_LOGS, PEERS_DIR, ROOT, fmt, free_port, merge, start, stop  # noqa: E402
-from tls import ATTEMPTS, NOISY_PCT, clean, commit, paired, ratio, wait_quiet  # noqa: E402
+from tls import ATTEMPTS, NOISY_PCT, clean, commit, paired, ratio, splice, wait_quiet  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOAD_DIR = os.path.join(HERE, "load")
@@ -302,18 +302,6 @@ def section(res, note=None):
     return "\n".join(lines) + "\n"
 
 
-def splice(path, text):
-    """Replaces the "## WebSocket" section of path (up to the next "## "
-    heading); without one, puts it where bench/run.py does: before the
-    sections it embeds (slow clients, optimisations), or at the end."""
-    old = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    m = re.search(r"^## WebSocket\n.*?(?=^## |\Z)", old, flags=re.S | re.M) or \
-        re.search(r"^(?=## (Slow clients|Optimisations))", old, flags=re.M)
-    new = old[:m.start()] + text + "\n" + old[m.end():] if m else old.rstrip("\n") + "\n\n" + text
-    with open(path, "w") as f:
-        f.write(new.rstrip("\n") + "\n")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
@@ -325,7 +313,7 @@ def main():
     args = ap.parse_args()
     res = measure_all(args.tendril, args.duration, args.runs)
     print(json.dumps(res), file=sys.stderr)
-    splice(args.out, section(res, args.note))
+    splice(args.out, section(res, args.note), "WebSocket")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

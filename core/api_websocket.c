@@ -71,25 +71,20 @@ static void end_recv(ws_ud *u) {
 
 /* ---- hooks (inside transport callbacks: resumes are posted) ---- */
 
-static void on_message(td_ws_conn *w) {
-    ws_ud *u = ud_of(w);
+/* The receiving task wakes with the next message or the end (status 0),
+ * or nil, err. */
+static void wake_receiver(ws_ud *u, int status) {
     if (!u->receiving)
         return;
     end_recv(u);
     td_task *t = u->rwait.task;
     lua_State *co = td_vm_wait_end(&u->rwait);
-    td_vm_resume(t, push_next(co, u));
+    td_vm_resume(t, status ? td_api_fail(co, status) : push_next(co, u));
 }
 
-static void on_recv_timeout(td_ws_conn *w) {
-    ws_ud *u = ud_of(w);
-    if (!u->receiving)
-        return;
-    end_recv(u);
-    td_task *t = u->rwait.task;
-    lua_State *co = td_vm_wait_end(&u->rwait);
-    td_vm_resume(t, td_api_fail(co, TD_ETIMEOUT));
-}
+static void on_message(td_ws_conn *w) { wake_receiver(ud_of(w), 0); }
+
+static void on_recv_timeout(td_ws_conn *w) { wake_receiver(ud_of(w), TD_ETIMEOUT); }
 
 /* Wakes the waits of one kind: senders get false (try again) or nil,
  * "closed"; closers get true. */

@@ -212,9 +212,10 @@ static void unlink_pending(td_conn *c) {
  * fan-out goes. (skip: the connection asking, whose output comes next.) */
 #define TD_FLUSH_EARLY 64
 
-static void flush_early(td_transport *tp, td_conn *skip) {
+/* Writes the output waiting at the turn's end, but skip's; deferred work
+ * stays due. Works on a list of its own: a flush may link and unlink. */
+static void write_pending(td_transport *tp, td_conn *skip) {
     td_list batch;
-    enter(tp);
     td_list_init(&batch);
     td_list_splice(&tp->pending, &batch);
     while (!td_list_empty(&batch)) {
@@ -225,6 +226,11 @@ static void flush_early(td_transport *tp, td_conn *skip) {
         if (c->want_flush && c != skip)
             td_conn_flush(c);
     }
+}
+
+static void flush_early(td_transport *tp, td_conn *skip) {
+    enter(tp);
+    write_pending(tp, skip);
     leave(tp);
 }
 
@@ -553,16 +559,7 @@ static void on_turn(uv_prepare_t *p) {
                 c->ops->on_deferred(c);
             }
         }
-        td_list_init(&batch);
-        td_list_splice(&tp->pending, &batch);
-        while (!td_list_empty(&batch)) {
-            td_conn *c = td_container_of(batch.next, td_conn, plink);
-            td_list_remove(&c->plink);
-            if (c->want_defer)
-                link_pending(c); /* deferred meanwhile: the next round */
-            if (c->want_flush)
-                td_conn_flush(c);
-        }
+        write_pending(tp, NULL); /* what was deferred meanwhile: the next round */
         leave(tp);
     }
 }

@@ -44,6 +44,15 @@ local function leave(sub)
     end
 end
 
+-- The task waiting in sub:recv (if any) wakes.
+local function wake(sub)
+    local ev = sub.ev
+    if ev then
+        sub.ev = nil
+        event_set(ev)
+    end
+end
+
 -- Ends a subscription: its waiter (if any) wakes and sees why.
 local function finish(sub, why)
     if sub.ended then
@@ -52,11 +61,7 @@ local function finish(sub, why)
     sub.ended = why
     leave(sub)
     sub.q, sub.head, sub.tail = nil, 1, 0
-    local ev = sub.ev
-    if ev then
-        sub.ev = nil
-        event_set(ev)
-    end
+    wake(sub)
 end
 
 --- Publishes message (any Lua value) to topic. Returns the number of
@@ -79,11 +84,7 @@ function _M.publish(topic, message)
             sub.tail = tail
             sub.q[tail] = message
             n = n + 1
-            local ev = sub.ev
-            if ev then
-                sub.ev = nil
-                event_set(ev)
-            end
+            wake(sub)
         end
     end
     return n

@@ -1,10 +1,12 @@
 /* The conventions every harness shares (fuzz.h). */
 #include "fuzz.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 void (*fuzz_fail_context)(void);
 
@@ -79,4 +81,22 @@ size_t fuzz_cuts(uint32_t seed, size_t len, size_t *cuts, size_t max) {
         cuts[n++] = pos;
     }
     return n;
+}
+
+/* ---- a loopback client ---- */
+
+void fuzz_recv_all(int fd, td_buf *out, int *eof) {
+    char buf[65536];
+    while (!*eof) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            FUZZ_CHECK(td_buf_append(out, buf, (size_t)n) == 0, "out of memory");
+            continue;
+        }
+        if (n == 0 || errno == ECONNRESET)
+            *eof = 1;
+        else
+            FUZZ_CHECK(errno == EAGAIN || errno == EWOULDBLOCK, "recv: %s", strerror(errno));
+        return;
+    }
 }

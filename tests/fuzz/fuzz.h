@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "buf.h"
+
 /* libFuzzer's entry point, defined once per harness. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -54,5 +56,9 @@ static inline int fuzz_same(const char *a, size_t alen, const char *b, size_t bl
 
 /* A printable rendering of n bytes for messages (one static buffer). */
 const char *fuzz_show(const char *p, size_t n);
+
+/* Reads what has arrived on the non-blocking socket fd into out; *eof is
+ * set once the peer closed or reset the connection. */
+void fuzz_recv_all(int fd, td_buf *out, int *eof);
 
 #endif

@@ -9,6 +9,7 @@
 #define FUZZ_REF_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "buf.h"
 
@@ -77,5 +78,10 @@ long fuzz_ref_field(const char *p, size_t n, const char **name, size_t *nlen, co
 
 /* ASCII case-insensitive comparison of a span with a lower-case literal. */
 int fuzz_ref_is(const char *p, size_t n, const char *lit);
+
+/* 1 when p[0..n) is well-formed UTF-8 (RFC 3629), read a whole character
+ * at a time: its length from the lead byte's high bits, its code point,
+ * then the range checks (overlong forms, surrogates, past U+10FFFF). */
+int fuzz_ref_utf8(const uint8_t *p, size_t n);
 
 #endif

@@ -318,21 +318,7 @@ static void start(void) {
 }
 
 /* Reads what arrived for the client. */
-static void client_read(void) {
-    char buf[65536];
-    while (!client_eof) {
-        ssize_t n = recv(client, buf, sizeof buf, MSG_DONTWAIT);
-        if (n > 0) {
-            FUZZ_CHECK(td_buf_append(output, buf, (size_t)n) == 0, "out of memory");
-            continue;
-        }
-        if (n == 0 || errno == ECONNRESET)
-            client_eof = 1;
-        else
-            FUZZ_CHECK(errno == EAGAIN || errno == EWOULDBLOCK, "recv: %s", strerror(errno));
-        return;
-    }
-}
+static void client_read(void) { fuzz_recv_all(client, output, &client_eof); }
 
 static int queue_len(int fd, unsigned long what) {
     int n = 0;

@@ -14,32 +14,12 @@
 #include <stdlib.h>
 
 #include "fuzz.h"
+#include "fuzz_ref.h"
 #include "ws.h"
 
-/* 1 when p[0..n) is well-formed UTF-8. */
-static int ref_utf8(const uint8_t *p, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t b = p[i];
-        size_t len = b < 0x80 ? 1 : (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 0;
-        if (len == 0 || i + len > n)
-            return 0;
-        uint32_t cp = len == 1 ? b : len == 2 ? (b & 0x1Fu) : len == 3 ? (b & 0x0Fu) : (b & 0x07u);
-        for (size_t k = 1; k < len; k++) {
-            if ((p[i + k] & 0xC0) != 0x80)
-                return 0;
-            cp = cp << 6 | (p[i + k] & 0x3Fu);
-        }
-        static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
-        if (cp < min[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
 
 static void check_utf8(const uint8_t *p, size_t n, uint32_t seed) {
-    int want = ref_utf8(p, n);
+    int want = fuzz_ref_utf8(p, n);
     td_ws_utf8 u;
     td_ws_utf8_init(&u);
     int got = td_ws_utf8_feed(&u, p, n) == 0 && td_ws_utf8_complete(&u);

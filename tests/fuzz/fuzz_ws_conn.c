@@ -32,6 +32,7 @@
 #include "conn.h"
 #include "errors.h"
 #include "fuzz.h"
+#include "fuzz_ref.h"
 #include "ws.h"
 #include "ws_conn.h"
 
@@ -82,27 +83,6 @@ static void clear(outcome *o) {
 
 /* ---- the reference ---- */
 
-/* 1 when p[0..n) is well-formed UTF-8 (whole characters, RFC 3629). */
-static int ref_utf8(const uint8_t *p, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t b = p[i];
-        size_t len = b < 0x80 ? 1 : (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 0;
-        if (len == 0 || i + len > n)
-            return 0;
-        uint32_t cp = len == 1 ? b : len == 2 ? (b & 0x1Fu) : len == 3 ? (b & 0x0Fu) : (b & 0x07u);
-        for (size_t k = 1; k < len; k++) {
-            if ((p[i + k] & 0xC0) != 0x80)
-                return 0;
-            cp = cp << 6 | (p[i + k] & 0x3Fu);
-        }
-        static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
-        if (cp < min[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
 
 /* Whether the first n bytes of a text could still begin valid UTF-8: the
  * server checks a message as it comes, so a text frame already broken is
@@ -118,7 +98,7 @@ static int ref_utf8_prefix(const uint8_t *p, size_t n) {
         if (len == 0)
             return 0;
         if (i + len <= n) {
-            if (!ref_utf8(p + i, len))
+            if (!fuzz_ref_utf8(p + i, len))
                 return 0;
             i += len;
             continue;
@@ -279,7 +259,7 @@ static void reference(const uint8_t *p, size_t n, int deflate, uint64_t max, out
                 o->close_code = TD_WS_PROTOCOL;
             } else if (len >= 2 && !valid_close_code((unsigned)pl[0] << 8 | pl[1])) {
                 o->close_code = TD_WS_PROTOCOL;
-            } else if (len > 2 && !ref_utf8(pl + 2, len - 2)) {
+            } else if (len > 2 && !fuzz_ref_utf8(pl + 2, len - 2)) {
                 o->close_code = TD_WS_INVALID_DATA;
             } else {
                 o->close_code = len >= 2 ? ((int)pl[0] << 8 | pl[1]) : 0;
@@ -299,7 +279,7 @@ static void reference(const uint8_t *p, size_t n, int deflate, uint64_t max, out
                 d = inflated.data ? inflated.data : "";
                 dl = inflated.len;
             }
-            if (msg_op == 1 && !ref_utf8((const uint8_t *)d, dl)) {
+            if (msg_op == 1 && !fuzz_ref_utf8((const uint8_t *)d, dl)) {
                 free(pl);
                 o->close_code = TD_WS_INVALID_DATA;
                 break;
@@ -370,19 +350,7 @@ static void start(void) {
 static int client = -1, client_eof;
 static td_buf received;
 
-static void client_read(void) {
-    char buf[65536];
-    while (!client_eof) {
-        ssize_t n = recv(client, buf, sizeof buf, MSG_DONTWAIT);
-        if (n > 0) {
-            FUZZ_CHECK(td_buf_append(&received, buf, (size_t)n) == 0, "out of memory");
-            continue;
-        }
-        if (n == 0 || errno == ECONNRESET)
-            client_eof = 1;
-        return;
-    }
-}
+static void client_read(void) { fuzz_recv_all(client, &received, &client_eof); }
 
 static void turn(int i) {
     uv_run(&loop, UV_RUN_NOWAIT);
