@@ -481,8 +481,9 @@ static int req_deadline(lua_State *L) {
     return 0;
 }
 
-/* [-2, +0] req_stream(slot, serial): the response is an endless stream
- * (Server-Sent Events): no deadline, and a shutdown ends it. */
+/* [-2, +1] req_stream(slot, serial) -> draining: the response is an
+ * endless stream (Server-Sent Events): no deadline, and a shutdown ends
+ * it. true when the shutdown began already (the caller ends it at once). */
 static int req_stream(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
@@ -490,7 +491,8 @@ static int req_stream(lua_State *L) {
     td_http_mark_stream(hc);
     if (hc->rq->user)
         td_vm_scope_deadline(hc->rq->user, 0);
-    return 0;
+    lua_pushboolean(L, server->draining);
+    return 1;
 }
 
 /* [-2, +0] res_fail(slot, serial): the handler raised. */

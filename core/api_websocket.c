@@ -30,6 +30,7 @@ typedef struct ws_ud {
     td_wait rwait;      /* the task in recv */
     td_list waits;      /* ws_wait: senders waiting for room, closers waiting for the end */
     unsigned receiving : 1;
+    unsigned end_heard : 1; /* Lua was told the WebSocket ended ("closed") */
 } ws_ud;
 
 typedef struct ws_wait {
@@ -57,6 +58,7 @@ static int push_next(lua_State *L, ws_ud *u) {
         free(m);
         return 2;
     }
+    u->end_heard = 1;
     lua_pushnil(L);
     lua_pushstring(L, td_err_name(TD_ECLOSED));
     lua_pushinteger(L, u->w.close_code);
@@ -98,12 +100,14 @@ static void wake(ws_ud *u, int for_end, int gone) {
         td_task *t = ww->wait.task;
         lua_State *co = td_vm_wait_end(&ww->wait);
         int n = 1;
-        if (for_end)
+        if (for_end) {
             lua_pushboolean(co, 1);
-        else if (gone)
+        } else if (gone) {
+            u->end_heard = 1;
             n = td_api_fail(co, TD_ECLOSED);
-        else
+        } else {
             lua_pushboolean(co, 0);
+        }
         free(ww);
         td_vm_resume(t, n);
     }
@@ -111,13 +115,15 @@ static void wake(ws_ud *u, int for_end, int gone) {
 
 static void on_drain(td_ws_conn *w) { wake(ud_of(w), 0, 0); }
 
-/* The WebSocket's fate is over for the threads its handler spawned. */
-static void end_scope(ws_ud *u) {
+/* The WebSocket's fate is over for the threads its handler spawned. The
+ * handler goes on; if it waits for something else (the bus) without having
+ * heard of the end, that wait ends (interrupt). */
+static void end_scope(ws_ud *u, int interrupt) {
     td_scope *scope = u->scope;
     if (scope) {
         u->scope = NULL;
         scope->ref = NULL;
-        td_vm_scope_kill(scope, TD_ECLOSED);
+        td_vm_scope_kill_threads(scope, TD_ECLOSED, interrupt && !u->end_heard);
     }
 }
 
@@ -127,7 +133,7 @@ static void on_gone(td_ws_conn *w) {
     nopen--;
     wake(u, 0, 1);
     wake(u, 1, 1);
-    end_scope(u);
+    end_scope(u, 1);
 }
 
 static const td_ws_hooks hooks = {
@@ -233,6 +239,11 @@ static int ws_upgrade(lua_State *L) {
     opened(u);
     td_ws_conn_attach(&u->w, &hc->conn, 0, &cfg, &hooks, &rest);
     td_buf_free(&rest);
+    if (server->draining) {
+        /* Upgraded after the shutdown began: its close comes at once. */
+        static const char why[] = "server shutting down";
+        td_ws_conn_close(&u->w, TD_WS_GOING_AWAY, why, sizeof why - 1);
+    }
     return 1;
 }
 
@@ -256,6 +267,12 @@ static int ws_client(lua_State *L) {
 }
 
 static ws_ud *check_ws(lua_State *L) { return luaL_checkudata(L, 1, WS_MT); }
+
+/* [-0, +2] nil, "closed": Lua hears of the end. */
+static int closed(lua_State *L, ws_ud *u) {
+    u->end_heard = 1;
+    return td_api_fail(L, TD_ECLOSED);
+}
 
 /* [-2, +2|4] ws_recv(ws, timeout | nil) -> data, kind | nil, "timeout" |
  * nil, "closed", code, reason; may yield. */
@@ -289,11 +306,11 @@ static int ws_send(lua_State *L) {
         return luaL_error(L, "ws:send: opcode %d is not text, binary or ping", opcode);
     td_conn *c = u->w.c;
     if (!c || u->w.state != TD_WS_OPEN)
-        return td_api_fail(L, TD_ECLOSED);
+        return closed(L, u);
     if (opcode < TD_WS_CLOSE && td_ws_conn_unsent(&u->w) > TD_WS_HIGH_WATER) {
         td_conn_flush(c);
         if (!u->w.c)
-            return td_api_fail(L, TD_ECLOSED);
+            return closed(L, u);
         if (td_ws_conn_unsent(&u->w) > TD_WS_HIGH_WATER)
             return wait_for(L, u, 0, "ws:send");
     }
@@ -322,7 +339,7 @@ static int ws_close(lua_State *L) {
     const char *reason = luaL_optlstring(L, 3, "", &len);
     int wait = lua_toboolean(L, 4);
     if (lua_toboolean(L, 5))
-        end_scope(u);
+        end_scope(u, 0);
     if (!u->w.c)
         return td_api_fail(L, TD_ECLOSED);
     int was_open = u->w.state == TD_WS_OPEN;
@@ -343,9 +360,19 @@ static int ws_gc(lua_State *L) {
         nopen--;
         td_ws_conn_abort(&u->w);
     }
-    end_scope(u);
+    end_scope(u, 0);
     td_ws_conn_free(&u->w);
     return 0;
+}
+
+/* [-1, +1] ws_utf8(s) -> whether s is well-formed UTF-8 */
+static int ws_utf8(lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    td_ws_utf8 u;
+    td_ws_utf8_init(&u);
+    lua_pushboolean(L, td_ws_utf8_feed(&u, (const uint8_t *)s, len) == 0 && td_ws_utf8_complete(&u));
+    return 1;
 }
 
 /* [-1, +1] ws_accept(key) -> the Sec-WebSocket-Accept value */
@@ -370,13 +397,20 @@ static int ws_key(lua_State *L) {
 }
 
 void td_api_websocket_drain(void) {
-    td_list *pos, *tmp;
     static const char why[] = "server shutting down";
     /* Closes can end connections (a write fails): the tasks they wake run
      * after the loop, not inside it. */
     td_vm_hold(the_vm);
-    td_list_foreach_safe(pos, tmp, &all) {
-        td_ws_conn *w = td_container_of(pos, td_ws_conn, link);
+    /* A close may end other WebSockets (an early flush whose write fails:
+     * conn.c), which leave the list: take the first of those still to do
+     * each time, never a pointer kept across a close. */
+    td_list todo;
+    td_list_init(&todo);
+    td_list_splice(&all, &todo);
+    while (!td_list_empty(&todo)) {
+        td_ws_conn *w = td_container_of(todo.next, td_ws_conn, link);
+        td_list_remove(&w->link);
+        td_list_push_back(&all, &w->link);
         td_ws_conn_close(w, TD_WS_GOING_AWAY, why, sizeof why - 1);
     }
     td_vm_release(the_vm);
@@ -389,7 +423,7 @@ void td_api_websocket_teardown(void) { td_ws_conn_shutdown(); }
 void td_api_websocket_open(lua_State *L, td_vm *vm, td_http_server *hs) {
     static const luaL_Reg funcs[] = {
         {"ws_upgrade", ws_upgrade}, {"ws_client", ws_client}, {"ws_recv", ws_recv}, {"ws_send", ws_send},
-        {"ws_close", ws_close},     {"ws_accept", ws_accept}, {"ws_key", ws_key},   {NULL, NULL},
+        {"ws_close", ws_close},     {"ws_accept", ws_accept}, {"ws_key", ws_key},   {"ws_utf8", ws_utf8}, {NULL, NULL},
     };
     server = hs;
     the_vm = vm;

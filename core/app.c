@@ -203,8 +203,12 @@ static void on_stop_signal(td_app *app, int signum) {
     }
     app->stopping = 1;
     td_log(TD_LOG_NOTICE, "%s: shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    /* Ending streams and WebSockets wakes their tasks: they run after
+     * this, not inside the walks over the connections. */
+    td_vm_hold(app->vm);
     td_http_server_drain(app->hs);
     td_api_websocket_drain();
+    td_vm_release(app->vm);
     td_api_tcp_close_listeners();
     td_sock_close_pooled();
     td_reload_stop(app->reload);

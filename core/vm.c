@@ -661,6 +661,21 @@ void td_vm_scope_kill(td_scope *s, int code) {
     td_vm_release(vm);
 }
 
+void td_vm_scope_kill_threads(td_scope *s, int code, int interrupt_lead) {
+    if (!s || !s->open)
+        return;
+    td_task *lead = td_container_of(s, td_task, lead);
+    td_vm_hold(s->vm);
+    if (lead->scope == s) {
+        td_list_remove(&lead->scope_link);
+        lead->scope = NULL;
+        if (interrupt_lead)
+            cancel_wait(lead, code);
+    }
+    td_vm_scope_kill(s, code);
+    td_vm_release(s->vm);
+}
+
 void td_vm_scope_close(td_scope *s) {
     if (!s || !s->open)
         return;

@@ -198,6 +198,12 @@ void td_vm_scope_deadline(td_scope *s, uint64_t ms);
 void td_vm_scope_kill(td_scope *s, int code);
 /* The response is finished: the tasks run on, detached. */
 void td_vm_scope_close(td_scope *s);
+/* Like td_vm_scope_kill for the threads of the scope, but the task that
+ * leads it carries on, in no scope (a WebSocket ended: its handler goes on
+ * to what it does after the end, its threads end). interrupt_lead: the
+ * lead's current wait, if any, fails with code too (it had not heard of
+ * the end); its later waits do not. */
+void td_vm_scope_kill_threads(td_scope *s, int code, int interrupt_lead);
 /* A thread starts: it shares its spawner's fate (and doom). */
 void td_vm_task_inherit(td_task *child, td_task *parent);
 

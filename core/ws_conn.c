@@ -36,7 +36,7 @@ static void arm(td_ws_conn *w) {
         w->recv_due,
         w->close_due,
         w->cfg.idle_timeout_ms ? w->last_input + w->cfg.idle_timeout_ms : 0,
-        w->cfg.ping_interval_ms ? w->last_input + w->cfg.ping_interval_ms * (w->ping_out ? 2 : 1) : 0,
+        w->cfg.ping_interval_ms ? w->last_input + (uint64_t)w->cfg.ping_interval_ms * (w->ping_out ? 2 : 1) : 0,
     };
     for (int i = 0; i < 4; i++)
         if (cand[i] && (!due || cand[i] < due))
@@ -479,7 +479,7 @@ static void ws_on_timeout(td_conn *c) {
         return;
     }
     if (w->cfg.ping_interval_ms && now >= w->last_input + w->cfg.ping_interval_ms) {
-        if (w->ping_out && now >= w->last_input + 2 * w->cfg.ping_interval_ms) {
+        if (w->ping_out && now >= w->last_input + 2 * (uint64_t)w->cfg.ping_interval_ms) {
             fail(w, TD_WS_GOING_AWAY, "no answer to a ping");
             return;
         }

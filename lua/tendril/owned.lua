@@ -1,8 +1,9 @@
 -- What ends with the task that made it: local owned = require "tendril.owned"
 --
 -- owned.add(obj) ties obj to the running task (a request's handler, a
--- spawned thread); when the task's function returns or raises, its runner
--- calls owned.release(co) and every object tied to it gets obj:close().
+-- spawned thread, a tcp.listen session); when the task's function returns
+-- or raises, its runner calls owned.release(co) and every object tied to
+-- it gets obj:close().
 -- A bus subscription made by a handler so ends with the handler, at once,
 -- not whenever the collector finds it unreachable.
 local core = require "tendril.core"

@@ -440,7 +440,7 @@ local function serve(me, conn, serial, method, target, version)
     -- event stream's keep-alive).
     local after = res._after
     if after then
-        after:_finish()
+        after:_finish(not ok)
     end
     release_owned(me)
     unpin(gen)

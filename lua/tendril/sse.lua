@@ -103,7 +103,9 @@ end
 
 -- The handler returned: the keep-alive thread stops.
 function methods._finish(self)
-    event_set(self._stop)
+    if self._stop then
+        event_set(self._stop)
+    end
 end
 
 -- After the handler returned the stream is over, as for the client.
@@ -131,7 +133,7 @@ function _M.open(req, res, opts)
     if res:head_sent() then
         error("sse.open: the response was sent already", 2)
     end
-    req_stream(req[1], req[2])
+    local draining = req_stream(req[1], req[2])
     res:status(200)
     res:header("Content-Type", "text/event-stream")
     res:header("Cache-Control", "no-cache")
@@ -149,6 +151,12 @@ function _M.open(req, res, opts)
         last_id = req_header(req[1], req[2], "last-event-id")
     end
     local stream = setmetatable({ _res = res, last_id = last_id }, mt)
+    if draining then
+        -- Opened after the shutdown began: it ends at once (its sends
+        -- return nil, "closed").
+        res:finish()
+        return stream
+    end
     if keepalive then
         -- A thread of the request: it ends with the handler (the driver
         -- calls res._after:_finish()) or when the client leaves.

@@ -8,6 +8,7 @@ local core = require "tendril.core"
 local tendril = require "tendril"
 local generation = require "tendril.generation"
 local trace = require "tendril.traceback"
+local release_owned = require("tendril.owned").release
 
 local type, error, tostring, setmetatable, remove, xpcall = type, error, tostring, setmetatable, table.remove, xpcall
 local find = string.find
@@ -301,6 +302,7 @@ function _M.listen(host, port, handler, opts)
             generation.pin(core.task_coroutine(), gen)
         end
         local ok, e = xpcall(handler, trace.handler, sock)
+        release_owned(core.task_coroutine())
         if gen then
             generation.unpin(gen)
         end

@@ -15,7 +15,7 @@ local concat = table.concat
 
 local ws_upgrade, ws_client, ws_recv, ws_send, ws_close, ws_accept, ws_key = core.ws_upgrade, core.ws_client,
     core.ws_recv, core.ws_send, core.ws_close, core.ws_accept, core.ws_key
-local req_header = core.req_header
+local req_header, ws_utf8 = core.req_header, core.ws_utf8
 local rawget = rawget
 
 local TEXT, BINARY, PING = 1, 2, 9
@@ -196,7 +196,11 @@ local function deflate_answer(value)
         return nil, "an extension that was not offered"
     end
     for k, v in pairs(params) do
-        if (k ~= "server_no_context_takeover" and k ~= "client_no_context_takeover") or v ~= true then
+        -- A server may bound its own window (RFC 7692, 7.1.2.1): this side
+        -- inflates with the largest, so any bound will do.
+        local ok = ((k == "server_no_context_takeover" or k == "client_no_context_takeover") and v == true)
+            or (k == "server_max_window_bits" and window_bits(v, 8) ~= nil)
+        if not ok then
             return nil, "a permessage-deflate parameter that was not offered (" .. k .. ")"
         end
     end
@@ -328,6 +332,9 @@ function _M.upgrade(req, res, opts)
     local _ = req.remote_addr
     local u, err = ws_upgrade(req[1], req[2], concat(lines), max, idle, ping, close_timeout, deflate_bits)
     if not u then
+        if err == "bad argument" then -- a body is still arriving
+            return refuse(res, 400, "a request body (a WebSocket handshake has none)")
+        end
         return nil, err
     end
     req[2] = false -- upgraded: req.headers says why it has none now
@@ -525,16 +532,16 @@ function methods.close(self, code, reason)
         or not (code == 1000 or (code >= 3000 and code <= 4999))) then
         error("ws:close: a close code is 1000 or from 3000 to 4999, got " .. tostring(code), 2)
     end
-    if reason ~= nil and (type(reason) ~= "string" or #reason > 123) then
-        error("ws:close: the reason is a string of at most 123 bytes", 2)
+    if reason ~= nil and (type(reason) ~= "string" or #reason > 123 or not ws_utf8(reason)) then
+        error("ws:close: the reason is a UTF-8 string of at most 123 bytes", 2)
     end
     return ws_close(self, code or 1000, reason or "", true)
 end
 
--- The handler returned (see upgrade): close without waiting, and end the
--- threads it spawned.
-function methods._finish(self)
-    ws_close(self, 1000, "", false, true)
+-- The handler returned (see upgrade): close without waiting (1011 when it
+-- raised), and end the threads it spawned.
+function methods._finish(self, failed)
+    ws_close(self, failed and 1011 or 1000, failed and "handler error" or "", false, true)
 end
 
 return _M
