@@ -235,17 +235,20 @@ static void flush_early(td_transport *tp, td_conn *skip) {
 }
 
 td_buf *td_conn_out(td_conn *c, size_t extra) {
-    td_transport *tp = td_conn_tp(c);
-    if (!c->want_flush && tp->nflush >= TD_FLUSH_EARLY)
-        flush_early(tp, c);
-    if (!c->out.data && td_buf_pool_take(&tp->out_pool, &c->out) != 0)
-        return NULL;
-    if (td_buf_reserve(&c->out, extra) != 0)
-        return NULL;
-    if (!c->want_flush)
+    /* The first output since the last flush takes a block and joins the
+     * turn's work; the rest (a head's many pieces) only appends. */
+    if (!c->want_flush) {
+        td_transport *tp = td_conn_tp(c);
+        if (tp->nflush >= TD_FLUSH_EARLY)
+            flush_early(tp, c);
+        if (!c->out.data && td_buf_pool_take(&tp->out_pool, &c->out) != 0)
+            return NULL;
         tp->nflush++;
-    c->want_flush = 1;
-    link_pending(c);
+        c->want_flush = 1;
+        link_pending(c);
+    }
+    if (c->out.cap - c->out.len < extra && td_buf_reserve(&c->out, extra) != 0)
+        return NULL;
     return &c->out;
 }
 

@@ -15,6 +15,10 @@ local _M = {}
 -- coroutine -> array of objects; weak, so a coroutine that is gone takes
 -- its list along.
 local lists = setmetatable({}, { __mode = "k" })
+-- Tasks with a list now (at most: a list a coroutine took with it when it
+-- was collected is counted still): the request driver asks for a release
+-- only then, one field read per request instead of a call.
+_M.tasks = 0
 
 --- Ties obj (anything with a close method) to the running task; outside a
 --- task (a module's top level) it is left alone.
@@ -27,6 +31,7 @@ function _M.add(obj)
     if not list then
         list = {}
         lists[co] = list
+        _M.tasks = _M.tasks + 1
     end
     list[#list + 1] = obj
 end
@@ -38,6 +43,7 @@ function _M.release(co)
         return
     end
     lists[co] = nil
+    _M.tasks = _M.tasks - 1
     for i = 1, #list do
         list[i]:close()
     end

@@ -29,7 +29,8 @@ local _M = {}
 
 local generation = require "tendril.generation"
 local pin, unpin, current_generation = generation.pin, generation.unpin, generation.current
-local release_owned = require("tendril.owned").release
+local owned = require "tendril.owned"
+local release_owned = owned.release
 
 ---------------------------------------------------------------- req
 
@@ -442,7 +443,9 @@ local function serve(me, conn, serial, method, target, version)
     if after then
         after:_finish(not ok)
     end
-    release_owned(me)
+    if owned.tasks > 0 then
+        release_owned(me)
+    end
     unpin(gen)
 end
 
