@@ -92,8 +92,6 @@ void td_api_unref_string(lua_State *L, void *ud);
 void td_api_websocket_open(lua_State *L, td_vm *vm, td_http_server *hs);
 /* Shutdown: every WebSocket gets close 1001. */
 void td_api_websocket_drain(void);
-/* WebSockets open now. */
-size_t td_api_websocket_count(void);
 /* After the Lua state closed: what every WebSocket shares (zlib streams). */
 void td_api_websocket_teardown(void);
 

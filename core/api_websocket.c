@@ -416,14 +416,18 @@ void td_api_websocket_drain(void) {
     td_vm_release(the_vm);
 }
 
-size_t td_api_websocket_count(void) { return nopen; }
+/* [-0, +1] ws_count() -> the WebSockets open now (tendril.stats) */
+static int ws_count(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)nopen);
+    return 1;
+}
 
 void td_api_websocket_teardown(void) { td_ws_conn_shutdown(); }
 
 void td_api_websocket_open(lua_State *L, td_vm *vm, td_http_server *hs) {
     static const luaL_Reg funcs[] = {
         {"ws_upgrade", ws_upgrade}, {"ws_client", ws_client}, {"ws_recv", ws_recv}, {"ws_send", ws_send},
-        {"ws_close", ws_close},     {"ws_accept", ws_accept}, {"ws_key", ws_key},   {"ws_utf8", ws_utf8}, {NULL, NULL},
+        {"ws_close", ws_close},     {"ws_accept", ws_accept}, {"ws_key", ws_key},   {"ws_utf8", ws_utf8}, {"ws_count", ws_count}, {NULL, NULL},
     };
     server = hs;
     the_vm = vm;

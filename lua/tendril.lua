@@ -218,6 +218,7 @@ function _M.stats()
     local h = core.http_stats()
     s.connections = h.connections
     s.requests = h.requests
+    s.websockets = core.ws_count()
     s.dns_cached = dns_cached
     return s
 end

@@ -56,6 +56,34 @@ from tlsfixture import SYSTEM_PYTHON
 from wsproto import BINARY, CLOSE, close_payload, frame
 
 
+class StatsTest(ServerTestCase):
+    """tendril.stats() counts the WebSockets open, apart from HTTP
+    connections."""
+
+    APP = """
+        local websocket = require "tendril.websocket"
+        local tendril = require "tendril"
+        return function(req, res)
+            if req.path == "/stats" then
+                local s = tendril.stats()
+                return s.websockets .. " " .. s.connections
+            end
+            local ws = websocket.upgrade(req, res)
+            if ws then ws:recv() end
+        end
+    """
+
+    def test_websockets_counted(self):
+        self.assertEqual(get(self.port, "/stats").body, b"0 1")
+        clients = [WsClient.open(self.port, "/") for _ in range(3)]
+        self.assertEqual(get(self.port, "/stats").body, b"3 1")
+        for c in clients:
+            c.send(frame(CLOSE, close_payload(1000)))
+            self.assertEqual(c.read_close(), 1000)
+            c.close()
+        self.assertTrue(poll(lambda: get(self.port, "/stats").body == b"0 1", 5), get(self.port, "/stats").body)
+
+
 class HandlerAfterTheEndTest(ServerTestCase):
     APP = """
         local websocket = require "tendril.websocket"
