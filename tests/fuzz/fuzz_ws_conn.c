@@ -1,6 +1,7 @@
 /* libFuzzer harness: the WebSocket protocol (core/ws_conn.c over conn.c),
- * as a server, on a real loopback connection. The input's bytes are what a
- * client sends after the handshake, cut into reads at points the input
+ * as a server or as a client, on a real loopback connection. The input's
+ * bytes are what the peer sends after the handshake (masked frames to a
+ * server, unmasked ones to a client), cut into reads at points the input
  * draws; the server's messages, pongs and close are held to a reference
  * decoder written here in another way (a frame at a time, whole, with the
  * rules of RFC 6455 and 7692 checked in one place):
@@ -17,7 +18,7 @@
  *
  * Input: 3 control bytes, then the client's bytes.
  *   [0]    bit 0: permessage-deflate agreed; bits 1-2: max_message (64,
- *          1 KiB, 64 KiB, 1 MiB)
+ *          1 KiB, 64 KiB, 1 MiB); bit 3: tendril is the client
  *   [1..2] the cut seed (fuzz_cuts)
  * A digit stands for its value (fuzz_digit). */
 #include <errno.h>
@@ -168,8 +169,9 @@ static int valid_close_code(unsigned code) {
     return code >= 1000 && code <= 1014 && code != 1004 && code != 1005 && code != 1006;
 }
 
-/* What the server must do with the client's bytes. */
-static void reference(const uint8_t *p, size_t n, int deflate, uint64_t max, outcome *o) {
+/* What tendril must do with the peer's bytes (client: tendril is the
+ * client, so frames must come unmasked). */
+static void reference(const uint8_t *p, size_t n, int deflate, uint64_t max, int client, outcome *o) {
     size_t at = 0;
     td_buf msg = {0}, inflated = {0};
     int msg_op = 0, msg_deflated = 0;
@@ -180,11 +182,11 @@ static void reference(const uint8_t *p, size_t n, int deflate, uint64_t max, out
         const uint8_t *h = p + at;
         int fin = h[0] >> 7, rsv = (h[0] >> 4) & 7, op = h[0] & 15, masked = h[1] >> 7;
         uint64_t len = h[1] & 127;
-        size_t hl = 2 + (len == 126 ? 2 : len == 127 ? 8 : 0) + 4;
+        size_t hl = 2 + (len == 126 ? 2 : len == 127 ? 8 : 0) + (masked ? 4 : 0);
         int control = op >= 8;
         /* The checks the first two bytes allow, in the server's order. */
         if ((rsv & ~(deflate ? 4 : 0)) || (op > 2 && op < 8) || op > 10 || (control && (!fin || len > 125 || rsv)) ||
-            !masked) {
+            masked == client) {
             o->close_code = TD_WS_PROTOCOL;
             break;
         }
@@ -209,7 +211,8 @@ static void reference(const uint8_t *p, size_t n, int deflate, uint64_t max, out
             o->close_code = TD_WS_TOO_BIG;
             break;
         }
-        const uint8_t *key = h + hl - 4;
+        static const uint8_t no_key[4];
+        const uint8_t *key = masked ? h + hl - 4 : no_key;
         /* Sequence rules, known from the header alone. */
         if (!control) {
             if (op == 0 && !msg_op) {
@@ -303,6 +306,7 @@ static int port = -1;
 static td_ws_conn ws;
 static int attached, gone;
 static td_ws_config cfg;
+static int role_client;
 static outcome *cur;
 
 static void on_message(td_ws_conn *w) {
@@ -324,7 +328,7 @@ static void on_open(td_listener *l, td_conn *c) {
     (void)l;
     memset(&ws, 0, sizeof ws);
     td_list_init(&ws.link);
-    td_ws_conn_attach(&ws, c, 0, &cfg, &hooks, NULL);
+    td_ws_conn_attach(&ws, c, role_client, &cfg, &hooks, NULL);
     attached = 1;
 }
 
@@ -378,34 +382,39 @@ static void client_send(const char *p, size_t n) {
     }
 }
 
-/* The server's frames to the client: pongs and the close. */
+/* Tendril's frames to the peer: pongs and the close, masked when tendril
+ * is the client (and then unmasked here, into a copy). */
 static void parse_received(outcome *o) {
-    const uint8_t *p = (const uint8_t *)received.data;
+    uint8_t *p = (uint8_t *)received.data;
     size_t n = received.len, at = 0;
     o->close_code = -1;
     while (n - at >= 2) {
         int op = p[at] & 15;
-        FUZZ_CHECK((p[at + 1] & 0x80) == 0, "a server's frame is masked");
+        int masked = p[at + 1] >> 7;
+        FUZZ_CHECK(masked == role_client, "a %s's frame is %smasked", role_client ? "client" : "server",
+                   masked ? "" : "not ");
         uint64_t len = p[at + 1] & 127;
-        size_t hl = 2 + (len == 126 ? 2 : len == 127 ? 8 : 0);
-        FUZZ_CHECK(n - at >= hl, "a cut frame header from the server");
+        size_t hl = 2 + (len == 126 ? 2 : len == 127 ? 8 : 0) + (masked ? 4 : 0);
+        FUZZ_CHECK(n - at >= hl, "a cut frame header from tendril");
         if (len == 126)
             len = (uint64_t)p[at + 2] << 8 | p[at + 3];
-        FUZZ_CHECK(len <= 125, "a server's control frame of %llu bytes", (unsigned long long)len);
-        FUZZ_CHECK(n - at - hl >= len, "a cut frame from the server");
-        const char *pl = (const char *)p + at + hl;
+        FUZZ_CHECK(len <= 125, "a control frame of %llu bytes from tendril", (unsigned long long)len);
+        FUZZ_CHECK(n - at - hl >= len, "a cut frame from tendril");
+        char *pl = (char *)p + at + hl;
+        if (masked)
+            td_ws_unmask((uint8_t *)pl, (size_t)len, p + at + hl - 4, 0);
         if (op == 10) {
             FUZZ_CHECK(o->close_code == -1, "a pong after the close");
             add(o->pongs, &o->npongs, &o->truncated, 10, pl, (size_t)len);
         } else {
-            FUZZ_CHECK(op == 8, "the server sent opcode %d unasked", op);
+            FUZZ_CHECK(op == 8, "tendril sent opcode %d unasked", op);
             FUZZ_CHECK(o->close_code == -1, "two closes");
             FUZZ_CHECK(len != 1, "a close of one byte");
             o->close_code = len >= 2 ? ((unsigned char)pl[0] << 8 | (unsigned char)pl[1]) : 0;
         }
         at += hl + (size_t)len;
     }
-    FUZZ_CHECK(at == n, "bytes after the server's last frame");
+    FUZZ_CHECK(at == n, "bytes after tendril's last frame");
 }
 
 static void run(const char *data, size_t len, const size_t *cuts, size_t ncuts, outcome *o) {
@@ -474,6 +483,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     unsigned config = fuzz_digit(data[0]);
     int deflate = config & 1;
     uint64_t max = max_messages[(config >> 1) & 3];
+    role_client = (config >> 3) & 1;
     uint32_t seed = (uint32_t)data[1] | (uint32_t)data[2] << 8;
     const char *in = (const char *)data + CONTROL;
     size_t len = size - CONTROL;
@@ -482,7 +492,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     cfg.close_timeout_ms = 600000; /* never during a run: the outcome must not depend on speed */
     cfg.deflate_bits = deflate ? 15 : 0;
     clear(&expected);
-    reference((const uint8_t *)in, len, deflate, max, &expected);
+    reference((const uint8_t *)in, len, deflate, max, role_client, &expected);
     size_t cuts[MAX_CUTS];
     size_t ncuts = fuzz_cuts(seed, len, cuts, MAX_CUTS);
     clear(&split_run);
