@@ -1,7 +1,15 @@
 """The request around a WebSocket: what a handler can still read of its
 request after the upgrade, and what ends with it."""
-from harness import ServerTestCase, get, main, poll
-from wsproto import WsClient, frame
+import signal
+import socket
+import struct
+import subprocess
+import textwrap
+import time
+
+from harness import Server, ServerTestCase, TestCase, connect, deadline, get, main, poll
+from tlsfixture import SYSTEM_PYTHON
+from wsproto import BINARY, CLOSE, WsClient, close_payload, frame
 
 
 class RequestAfterUpgradeTest(ServerTestCase):
@@ -42,18 +50,6 @@ class RequestAfterUpgradeTest(ServerTestCase):
 
 
 # ---- found in review: each was a defect before its fix ----
-
-import os
-import signal
-import socket
-import struct
-import subprocess
-import textwrap
-import time
-
-from harness import Server, TestCase, connect, deadline, get, poll
-from tlsfixture import SYSTEM_PYTHON
-from wsproto import BINARY, CLOSE, close_payload, frame
 
 
 class StatsTest(ServerTestCase):
