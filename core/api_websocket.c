@@ -204,6 +204,12 @@ static void read_config(lua_State *L, int idx, td_ws_config *cfg) {
     cfg->deflate_bits = (uint8_t)(bits >= 9 && bits <= 15 ? bits : 0);
 }
 
+/* The server is shutting down: close 1001. */
+static void going_away(td_ws_conn *w) {
+    static const char why[] = "server shutting down";
+    td_ws_conn_close(w, TD_WS_GOING_AWAY, why, sizeof why - 1);
+}
+
 static void opened(ws_ud *u) {
     td_list_push_back(&all, &u->w.link);
     nopen++;
@@ -223,7 +229,8 @@ static int ws_upgrade(lua_State *L) {
     ws_ud *u = new_ud(L);
     td_scope *scope = hc->rq->user;
     td_buf rest = {0};
-    hc->rq->user = NULL; /* kept by the WebSocket, not ended with the request */
+    /* Taken from the request, which would close it as it ends. */
+    hc->rq->user = NULL;
     int rc = td_http_upgrade(hc, "websocket", lines, len, &rest);
     if (rc != 0) {
         hc->rq->user = scope;
@@ -231,7 +238,8 @@ static int ws_upgrade(lua_State *L) {
         return td_api_fail(L, rc);
     }
     if (scope) {
-        /* The WebSocket lives as long as the peer wants: no deadline. */
+        /* The WebSocket keeps the request's scope (its ref pointed into the
+         * request state, gone now), without a deadline. */
         td_vm_scope_deadline(scope, 0);
         u->scope = scope;
         scope->ref = (void **)&u->scope;
@@ -239,11 +247,8 @@ static int ws_upgrade(lua_State *L) {
     opened(u);
     td_ws_conn_attach(&u->w, &hc->conn, 0, &cfg, &hooks, &rest);
     td_buf_free(&rest);
-    if (server->draining) {
-        /* Upgraded after the shutdown began: its close comes at once. */
-        static const char why[] = "server shutting down";
-        td_ws_conn_close(&u->w, TD_WS_GOING_AWAY, why, sizeof why - 1);
-    }
+    if (server->draining)
+        going_away(&u->w); /* upgraded after the shutdown began */
     return 1;
 }
 
@@ -397,7 +402,6 @@ static int ws_key(lua_State *L) {
 }
 
 void td_api_websocket_drain(void) {
-    static const char why[] = "server shutting down";
     /* Closes can end connections (a write fails): the tasks they wake run
      * after the loop, not inside it. */
     td_vm_hold(the_vm);
@@ -411,7 +415,7 @@ void td_api_websocket_drain(void) {
         td_ws_conn *w = td_container_of(todo.next, td_ws_conn, link);
         td_list_remove(&w->link);
         td_list_push_back(&all, &w->link);
-        td_ws_conn_close(w, TD_WS_GOING_AWAY, why, sizeof why - 1);
+        going_away(w);
     }
     td_vm_release(the_vm);
 }
