@@ -41,6 +41,9 @@ typedef struct td_shdict td_shdict;
 #define TD_SHDICT_MAX_KEY 65535
 /* The smallest SIZE (bytes) a dictionary may have. */
 #define TD_SHDICT_MIN_SIZE ((size_t)64 << 10)
+/* The largest: entries refer to each other by 32-bit offsets in 8-byte
+ * units, which reach 32 GiB (31 leaves room for the header and buckets). */
+#define TD_SHDICT_MAX_SIZE ((uint64_t)31 << 30)
 /* The change ring, outside SIZE. */
 #define TD_SHDICT_RING ((size_t)64 << 10)
 /* Worker slots a watch can name (bits of a mask). */
@@ -71,8 +74,8 @@ enum {
 };
 
 /* A dictionary named `name` (copied, at most 63 bytes) with `size` bytes for
- * its entries (at least TD_SHDICT_MIN_SIZE). NULL with errno when the
- * mapping or the mutex could not be made. */
+ * its entries (TD_SHDICT_MIN_SIZE to TD_SHDICT_MAX_SIZE, else EINVAL). NULL
+ * with errno when the mapping or the mutex could not be made. */
 td_shdict *td_shdict_new(const char *name, size_t size);
 void td_shdict_free(td_shdict *d);
 const char *td_shdict_name(const td_shdict *d);
@@ -91,14 +94,18 @@ typedef enum td_shd_mode {
 
 /* Stores v under key; ttl_ms 0: no expiry. *evicted (may be NULL) is set to
  * 1 when live entries had to go to make room. TD_SHD_OK, TD_SHD_EXISTS,
- * TD_SHD_NOT_FOUND or TD_SHD_TOO_LARGE. */
+ * TD_SHD_NOT_FOUND or TD_SHD_TOO_LARGE. A value of type TD_SHV_NIL removes
+ * the key (as a set of nil does in OpenResty), the mode's conditions
+ * holding as for any value. */
 int td_shdict_store(td_shdict *d, td_shd_mode mode, const char *key, size_t klen, const td_shvalue *v,
                     uint64_t ttl_ms, int *evicted);
 
 /* Adds delta to the number under key and gives the result in *out. An
  * absent key is TD_SHD_NOT_FOUND unless init is given (has_init): it is
- * then created as init + delta, expiring after init_ttl_ms (0: never).
- * TD_SHD_NOT_NUMBER for a value of another type. */
+ * then created as init + delta, expiring after init_ttl_ms (0: never); an
+ * existing key keeps its expiry. TD_SHD_NOT_NUMBER for a value of another
+ * type; TD_SHD_TOO_LARGE when a created entry could never fit (a key near
+ * TD_SHDICT_MAX_KEY in the smallest dictionary). */
 int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int has_init, double init,
                    uint64_t init_ttl_ms, double *out, int *evicted);
 
@@ -139,7 +146,11 @@ uint64_t td_shdict_watch(td_shdict *d, unsigned slot, int on);
 /* The keys changed since *pos, into buf (reset first) as in
  * td_shdict_keys, *n of them; *pos moves to the end. Returns 1 when records
  * were lost (the reader fell more than the ring behind), else 0; -1 when
- * buf could not grow (*pos unchanged). */
+ * buf could not grow (*pos unchanged). A change of a key longer than
+ * TD_SHDICT_RING / 4 - 4 bytes is not recorded: its readers are told of a
+ * loss instead, as one such key would push every other record out. When a
+ * dead process's change made the dictionary start empty, its readers are
+ * told of a loss too. */
 int td_shdict_changes(td_shdict *d, uint64_t *pos, td_buf *buf, size_t *n);
 
 /* ---- for tests ---- */
@@ -147,5 +158,9 @@ int td_shdict_changes(td_shdict *d, uint64_t *pos, td_buf *buf, size_t *n);
 /* Holds the lock for ms milliseconds, marked dirty (as in the middle of a
  * change) when dirty is set: a test kills the holder meanwhile. */
 void td_shdict__hold(td_shdict *d, uint64_t ms, int dirty);
+/* Walks the heap, the free lists, the chains, the LRU list and the ring
+ * against each other: 0 when they agree, else the source line of the first
+ * check that failed. */
+int td_shdict__check(td_shdict *d);
 
 #endif
