@@ -1,0 +1,1011 @@
+/* The shared dictionary engine: a hash table, an LRU list, a boundary-tag
+ * allocator and a change ring, all inside one shared mapping.
+ *
+ * The mapping: the header (struct td_shdict), the bucket array, the heap
+ * (SIZE minus the header and the buckets), then the change ring. Every
+ * reference inside it is a uint32_t count of 8-byte units from the start of
+ * the mapping (0: none), so 32 bits reach 32 GiB and an entry's bookkeeping
+ * stays at 48 bytes.
+ *
+ * The heap is a sequence of blocks, each led by a 64-bit tag: its size (a
+ * multiple of 8) with two flags, USED and PREV_USED. A free block also ends
+ * with its size, so the block after it can find its start and merge with it
+ * when it is freed; a used block does not need that footer since its
+ * successor's PREV_USED says it is not free. Free blocks sit in lists by
+ * power-of-two class of their size. A used tag of size 0 ends the heap. */
+#include "shdict.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define MAGIC 0x7464736864696374ull /* "tdshdict" */
+#define UNIT 8u                     /* the granule of blocks and references */
+#define USED 1u
+#define PREV_USED 2u
+#define TAG_FLAGS ((uint64_t)7)
+#define NCLASS 40 /* 2^39 > any heap: 32-bit references in 8-byte units */
+/* A remainder smaller than this stays with its block: the smallest entry
+ * (48 bytes of bookkeeping and a 1-byte key) takes 56. */
+#define MIN_SPLIT 64
+#define MIN_BLOCK 56
+/* How many entries from the LRU tail an allocation that failed looks at for
+ * expired ones before it evicts live ones. */
+#define EXPIRE_SCAN 64
+
+#define RING TD_SHDICT_RING
+#define RING_WRAP 0xffffffffu /* the rest of the ring up to its end is unused */
+#define RING_LOST 0xfffffffeu /* a change that could not be recorded */
+/* A record (4-byte length, key, padding) larger than this is recorded as a
+ * loss: one huge key would push every other record out for all readers. */
+#define RING_MAX_RECORD (RING / 4)
+
+struct td_shdict {
+    uint64_t magic;
+    char name[64];
+    size_t map_len;
+    uint64_t size;
+    uint64_t bucket_off;
+    uint64_t heap_off;
+    uint64_t heap_end; /* the end tag is the last 8 bytes */
+    uint64_t heap_cap; /* the block an empty heap is: the largest entry */
+    uint64_t ring_off;
+    uint32_t bucket_mask;
+    _Atomic uint32_t dirty;
+    pthread_mutex_t mutex;
+    uint64_t used, count, evictions, repairs;
+    uint32_t lru_head, lru_tail; /* head: the most recently used */
+    uint64_t free_bits;          /* bit c: free_head[c] is not empty */
+    uint32_t free_head[NCLASS];
+    /* Absolute byte positions in the ring: head is where the next record
+     * goes, tail the oldest record still whole. head - tail <= RING. */
+    uint64_t ring_head, ring_tail;
+    _Atomic uint64_t watch;
+};
+
+/* A used block. The key follows, then a string value's bytes. */
+struct ent {
+    uint64_t tag;
+    uint64_t hash;
+    uint64_t expire; /* CLOCK_MONOTONIC ms; 0: never */
+    uint32_t hnext;
+    uint32_t lprev, lnext;
+    uint16_t klen;
+    uint8_t type;
+    uint8_t pad;
+    union {
+        double num;
+        uint64_t len; /* a string's length, or a boolean */
+    } v;
+};
+_Static_assert(sizeof(struct ent) == 48, "the bookkeeping the header promises");
+_Static_assert(TD_SHDICT_MAX_KEY <= UINT16_MAX, "klen is 16 bits");
+_Static_assert((RING & (RING - 1)) == 0 && RING % UNIT == 0, "ring positions are taken modulo RING");
+
+/* A free block: its links in its class's list follow the tag. */
+struct fblk {
+    uint64_t tag;
+    uint32_t next, prev;
+};
+
+static void (*change_fn)(td_shdict *d, uint64_t mask);
+/* A repair to log once the lock is released: 1 intact, 2 emptied. */
+static _Thread_local int repair_note;
+
+static inline uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) & ~(a - 1); }
+
+static inline uint64_t *tagp(td_shdict *d, uint32_t b) { return (uint64_t *)((char *)d + (uint64_t)b * UNIT); }
+static inline uint64_t bsize(td_shdict *d, uint32_t b) { return *tagp(d, b) & ~TAG_FLAGS; }
+static inline struct fblk *fb(td_shdict *d, uint32_t b) { return (struct fblk *)tagp(d, b); }
+static inline struct ent *E(td_shdict *d, uint32_t r) { return (struct ent *)tagp(d, r); }
+static inline uint32_t *buckets(td_shdict *d) { return (uint32_t *)((char *)d + d->bucket_off); }
+static inline char *ekey(struct ent *e) { return (char *)(e + 1); }
+static inline char *evalue(struct ent *e) { return (char *)(e + 1) + e->klen; }
+static inline unsigned size_class(uint64_t size) { return 63u - (unsigned)__builtin_clzll(size); }
+static inline uint64_t entry_need(size_t klen, size_t vlen) {
+    return align_up(sizeof(struct ent) + klen + vlen, UNIT);
+}
+
+/* ---- the lock ---- */
+
+/* The dirty mark must be in memory before the change it covers and stay
+ * until the change is: a kill can land between any two instructions, so
+ * the compiler must not move stores across it (the CPU's own order is what
+ * the next locker sees once the killed process is gone). */
+static inline void begin(td_shdict *d) {
+    atomic_store_explicit(&d->dirty, 1, memory_order_relaxed);
+    atomic_signal_fence(memory_order_seq_cst);
+}
+
+static inline void end(td_shdict *d) {
+    atomic_signal_fence(memory_order_seq_cst);
+    atomic_store_explicit(&d->dirty, 0, memory_order_relaxed);
+}
+
+static void reset_entries(td_shdict *d);
+
+static void repair(td_shdict *d) {
+    d->repairs++;
+    if (!atomic_load_explicit(&d->dirty, memory_order_relaxed)) {
+        repair_note = 1;
+        return;
+    }
+    reset_entries(d);
+    /* Past every position a reader may hold, so each of them sees a loss. */
+    d->ring_head = d->ring_tail = align_up(d->ring_head, UNIT) + RING;
+    end(d);
+    repair_note = 2;
+}
+
+static void lock(td_shdict *d) {
+    int rc = pthread_mutex_lock(&d->mutex);
+    if (__builtin_expect(rc == 0, 1))
+        return;
+    if (rc == EOWNERDEAD) {
+        repair(d);
+        pthread_mutex_consistent(&d->mutex);
+        return;
+    }
+    /* ENOTRECOVERABLE: only a locker that unlocked without making the
+     * mutex consistent leaves that, and lock() always makes it so. */
+    td_log(TD_LOG_CRIT, "shared dictionary \"%s\": cannot lock: %s", d->name, strerror(rc));
+    abort();
+}
+
+static void unlock(td_shdict *d) {
+    pthread_mutex_unlock(&d->mutex);
+    if (__builtin_expect(repair_note, 0)) {
+        if (repair_note == 2)
+            td_log(TD_LOG_ERROR,
+                   "shared dictionary \"%s\": a process died while changing it; its entries were dropped",
+                   d->name);
+        else
+            td_log(TD_LOG_NOTICE, "shared dictionary \"%s\": a process died holding its lock; it is intact",
+                   d->name);
+        repair_note = 0;
+    }
+}
+
+/* ---- time ---- */
+
+static uint64_t clock_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return ms ? ms : 1; /* 0 means "not read yet" to the callers */
+}
+
+/* *now is read from the clock the first time it is needed, then reused. */
+static inline int is_expired(const struct ent *e, uint64_t *now) {
+    if (!e->expire)
+        return 0;
+    if (!*now)
+        *now = clock_ms();
+    return *now >= e->expire;
+}
+
+static uint64_t deadline(uint64_t ttl_ms, uint64_t *now) {
+    if (!ttl_ms)
+        return 0;
+    if (!*now)
+        *now = clock_ms();
+    return ttl_ms > UINT64_MAX - *now ? UINT64_MAX : *now + ttl_ms;
+}
+
+/* ---- the allocator ---- */
+
+static void free_insert(td_shdict *d, uint32_t b, uint64_t size) {
+    unsigned c = size_class(size);
+    struct fblk *f = fb(d, b);
+    f->prev = 0;
+    f->next = d->free_head[c];
+    if (f->next)
+        fb(d, f->next)->prev = b;
+    d->free_head[c] = b;
+    d->free_bits |= (uint64_t)1 << c;
+}
+
+static void free_unlink(td_shdict *d, uint32_t b) {
+    struct fblk *f = fb(d, b);
+    if (f->prev) {
+        fb(d, f->prev)->next = f->next;
+    } else {
+        unsigned c = size_class(bsize(d, b));
+        d->free_head[c] = f->next;
+        if (!f->next)
+            d->free_bits &= ~((uint64_t)1 << c);
+    }
+    if (f->next)
+        fb(d, f->next)->prev = f->prev;
+}
+
+/* Makes b a free block of size bytes (b's predecessor is used) and lists it. */
+static void make_free(td_shdict *d, uint32_t b, uint64_t size) {
+    *tagp(d, b) = size | PREV_USED;
+    *(uint64_t *)((char *)tagp(d, b) + size - sizeof(uint64_t)) = size;
+    *tagp(d, b + (uint32_t)(size / UNIT)) &= ~(uint64_t)PREV_USED;
+    free_insert(d, b, size);
+}
+
+/* Turns the free block b, already unlisted, into a used block of need
+ * bytes, freeing the rest when it is worth a block of its own. */
+static uint32_t carve(td_shdict *d, uint32_t b, uint64_t need) {
+    uint64_t size = bsize(d, b);
+    uint64_t prev = *tagp(d, b) & PREV_USED;
+    if (size - need >= MIN_SPLIT) {
+        *tagp(d, b) = need | USED | prev;
+        make_free(d, b + (uint32_t)(need / UNIT), size - need);
+    } else {
+        *tagp(d, b) = size | USED | prev;
+        *tagp(d, b + (uint32_t)(size / UNIT)) |= PREV_USED;
+    }
+    return b;
+}
+
+/* First fit in need's own class (whose blocks may be smaller than need),
+ * else the first block of the smallest larger class (all of them fit). */
+static uint32_t heap_alloc(td_shdict *d, uint64_t need) {
+    unsigned c = size_class(need);
+    if (d->free_bits & ((uint64_t)1 << c)) {
+        for (uint32_t b = d->free_head[c]; b; b = fb(d, b)->next)
+            if (bsize(d, b) >= need) {
+                free_unlink(d, b);
+                return carve(d, b, need);
+            }
+    }
+    uint64_t higher = d->free_bits & ~(((uint64_t)2 << c) - 1);
+    if (!higher)
+        return 0;
+    uint32_t b = d->free_head[__builtin_ctzll(higher)];
+    free_unlink(d, b);
+    return carve(d, b, need);
+}
+
+/* Frees the used block b, merged with free neighbours; returns the free
+ * block it ended in. */
+static uint32_t heap_free(td_shdict *d, uint32_t b) {
+    uint64_t tag = *tagp(d, b);
+    uint64_t size = tag & ~TAG_FLAGS;
+    uint32_t next = b + (uint32_t)(size / UNIT);
+    if (!(*tagp(d, next) & USED)) {
+        size += bsize(d, next);
+        free_unlink(d, next);
+    }
+    if (!(tag & PREV_USED)) {
+        uint64_t psize = *(uint64_t *)((char *)tagp(d, b) - sizeof(uint64_t));
+        b -= (uint32_t)(psize / UNIT);
+        free_unlink(d, b);
+        size += psize;
+    }
+    /* Two free blocks are never neighbours, so b's predecessor is used. */
+    make_free(d, b, size);
+    return b;
+}
+
+/* Gives the end of the used block b past need bytes back, if worth it. */
+static void heap_shrink(td_shdict *d, uint32_t b, uint64_t need) {
+    uint64_t size = bsize(d, b);
+    if (size - need < MIN_SPLIT)
+        return;
+    *tagp(d, b) = need | USED | (*tagp(d, b) & PREV_USED);
+    uint32_t rest = b + (uint32_t)(need / UNIT);
+    *tagp(d, rest) = (size - need) | USED | PREV_USED;
+    heap_free(d, rest);
+    d->used -= size - need;
+}
+
+static void reset_entries(td_shdict *d) {
+    memset(buckets(d), 0, ((size_t)d->bucket_mask + 1) * sizeof(uint32_t));
+    d->lru_head = d->lru_tail = 0;
+    d->used = d->count = 0;
+    d->free_bits = 0;
+    memset(d->free_head, 0, sizeof d->free_head);
+    *(uint64_t *)((char *)d + d->heap_end - sizeof(uint64_t)) = USED;
+    make_free(d, (uint32_t)(d->heap_off / UNIT), d->heap_cap);
+}
+
+/* ---- entries ---- */
+
+/* Not cryptographic: keys come from the application, and a chain only
+ * grows as long as the keys that collide in it. */
+static uint64_t hash_key(const char *k, size_t n) {
+    const uint64_t m1 = 0x9e3779b97f4a7c15ull, m2 = 0xbf58476d1ce4e5b9ull;
+    uint64_t h = (uint64_t)n * m1;
+    uint64_t w;
+    for (; n >= 8; k += 8, n -= 8) {
+        memcpy(&w, k, 8);
+        h ^= w * m2;
+        h = ((h << 31) | (h >> 33)) * m1;
+    }
+    if (n) {
+        w = 0;
+        memcpy(&w, k, n);
+        h ^= w * m2;
+        h = ((h << 31) | (h >> 33)) * m1;
+    }
+    /* The bucket is taken from the low bits: fold the high ones in. */
+    h ^= h >> 32;
+    h *= 0xd6e8feb86659fd93ull;
+    h ^= h >> 32;
+    return h;
+}
+
+/* The link that holds key's entry (a bucket, or the hnext of the entry
+ * before it in the chain), or the 0 that ends the chain. */
+static uint32_t *find(td_shdict *d, uint64_t h, const char *key, size_t klen) {
+    uint32_t *link = &buckets(d)[h & d->bucket_mask];
+    while (*link) {
+        struct ent *e = E(d, *link);
+        if (e->hash == h && e->klen == klen && memcmp(ekey(e), key, klen) == 0)
+            break;
+        link = &e->hnext;
+    }
+    return link;
+}
+
+static void lru_unlink(td_shdict *d, struct ent *e) {
+    if (e->lprev)
+        E(d, e->lprev)->lnext = e->lnext;
+    else
+        d->lru_head = e->lnext;
+    if (e->lnext)
+        E(d, e->lnext)->lprev = e->lprev;
+    else
+        d->lru_tail = e->lprev;
+}
+
+static void lru_push(td_shdict *d, uint32_t r, struct ent *e) {
+    e->lprev = 0;
+    e->lnext = d->lru_head;
+    if (e->lnext)
+        E(d, e->lnext)->lprev = r;
+    else
+        d->lru_tail = r;
+    d->lru_head = r;
+}
+
+static inline void lru_touch(td_shdict *d, uint32_t r, struct ent *e) {
+    if (d->lru_head == r)
+        return;
+    lru_unlink(d, e);
+    lru_push(d, r, e);
+}
+
+/* Unlinks the entry *link holds from its chain and the LRU list and frees
+ * it; returns the free block it ended in. */
+static uint32_t entry_remove(td_shdict *d, uint32_t *link) {
+    uint32_t r = *link;
+    struct ent *e = E(d, r);
+    *link = e->hnext;
+    lru_unlink(d, e);
+    d->used -= bsize(d, r);
+    d->count--;
+    return heap_free(d, r);
+}
+
+static uint32_t entry_remove_ref(td_shdict *d, uint32_t r) {
+    uint32_t *link = &buckets(d)[E(d, r)->hash & d->bucket_mask];
+    while (*link != r)
+        link = &E(d, *link)->hnext;
+    return entry_remove(d, link);
+}
+
+static uint32_t take(td_shdict *d, uint32_t b, uint64_t need) {
+    free_unlink(d, b);
+    return carve(d, b, need);
+}
+
+/* A block of need bytes (need <= heap_cap): expired entries near the LRU
+ * tail go first, then the least recently used ones, one at a time. Only the
+ * block a removal ended in can newly fit, so each removal is checked alone
+ * instead of searching the free lists again. */
+static uint32_t alloc_evicting(td_shdict *d, uint64_t need, uint64_t *now, int *evicted) {
+    uint32_t b = heap_alloc(d, need);
+    if (b)
+        return b;
+    uint32_t r = d->lru_tail;
+    for (int i = 0; r && i < EXPIRE_SCAN; i++) {
+        struct ent *e = E(d, r);
+        uint32_t older_next = e->lprev;
+        if (is_expired(e, now)) {
+            b = entry_remove_ref(d, r);
+            if (bsize(d, b) >= need)
+                return take(d, b, need);
+        }
+        r = older_next;
+    }
+    while ((r = d->lru_tail)) {
+        if (!is_expired(E(d, r), now)) {
+            *evicted = 1;
+            d->evictions++;
+        }
+        b = entry_remove_ref(d, r);
+        if (bsize(d, b) >= need)
+            return take(d, b, need);
+    }
+    return 0; /* not reached: an empty heap is one block of heap_cap */
+}
+
+static void entry_set_value(struct ent *e, const td_shvalue *v, uint64_t expire) {
+    e->type = (uint8_t)v->type;
+    e->expire = expire;
+    switch (v->type) {
+    case TD_SHV_NUMBER:
+        e->v.num = v->num;
+        break;
+    case TD_SHV_BOOLEAN:
+        e->v.len = v->boolean != 0;
+        break;
+    default:
+        e->v.len = v->len;
+        if (v->len)
+            memcpy(evalue(e), v->str, v->len);
+        break;
+    }
+}
+
+/* A new entry for key in the block b, first in its chain and the LRU list. */
+static struct ent *entry_new(td_shdict *d, uint32_t b, uint64_t h, const char *key, size_t klen) {
+    struct ent *e = E(d, b);
+    e->hash = h;
+    e->klen = (uint16_t)klen;
+    e->pad = 0;
+    memcpy(ekey(e), key, klen);
+    uint32_t *bucket = &buckets(d)[h & d->bucket_mask];
+    e->hnext = *bucket;
+    *bucket = b;
+    lru_push(d, b, e);
+    d->used += bsize(d, b);
+    d->count++;
+    return e;
+}
+
+/* ---- the change ring ---- */
+
+static inline unsigned char *ring(td_shdict *d) { return (unsigned char *)d + d->ring_off; }
+
+static uint64_t ring_len_at(td_shdict *d, uint64_t pos) {
+    uint32_t len;
+    memcpy(&len, ring(d) + pos % RING, sizeof len);
+    return len;
+}
+
+static uint64_t ring_record_size(td_shdict *d, uint64_t pos) {
+    uint64_t len = ring_len_at(d, pos);
+    if (len == RING_WRAP)
+        return RING - pos % RING;
+    if (len == RING_LOST)
+        return UNIT;
+    return align_up(4 + len, UNIT);
+}
+
+/* Drops the oldest records until n bytes from head can be written. */
+static void ring_make_room(td_shdict *d, uint64_t n) {
+    while (d->ring_tail + RING < d->ring_head + n)
+        d->ring_tail += ring_record_size(d, d->ring_tail);
+}
+
+static void ring_put(td_shdict *d, uint32_t len, const char *key, size_t klen) {
+    uint64_t size = align_up(4 + klen, UNIT);
+    uint64_t off = d->ring_head % RING;
+    if (off + size > RING) {
+        /* Records never wrap, so a reader copies each in one piece. */
+        ring_make_room(d, RING - off);
+        uint32_t wrap = RING_WRAP;
+        memcpy(ring(d) + off, &wrap, sizeof wrap);
+        d->ring_head += RING - off;
+        off = 0;
+    }
+    ring_make_room(d, size);
+    memcpy(ring(d) + off, &len, sizeof len);
+    if (klen)
+        memcpy(ring(d) + off + 4, key, klen);
+    d->ring_head += size;
+}
+
+static void ring_record(td_shdict *d, const char *key, size_t klen) {
+    if (4 + klen > RING_MAX_RECORD)
+        ring_put(d, RING_LOST, NULL, 0);
+    else
+        ring_put(d, (uint32_t)klen, key, klen);
+}
+
+/* The watchers to tell, after a change: read under the lock, so that a
+ * watch that started before the change sees its record. */
+static inline uint64_t note_change(td_shdict *d, const char *key, size_t klen) {
+    uint64_t mask = atomic_load_explicit(&d->watch, memory_order_relaxed);
+    if (__builtin_expect(mask != 0, 0))
+        ring_record(d, key, klen);
+    return mask;
+}
+
+static inline void tell(td_shdict *d, uint64_t mask) {
+    void (*fn)(td_shdict *, uint64_t) = change_fn;
+    if (mask && fn)
+        fn(d, mask);
+}
+
+/* ---- the API ---- */
+
+td_shdict *td_shdict_new(const char *name, size_t size) {
+    if (size < TD_SHDICT_MIN_SIZE || (uint64_t)size > TD_SHDICT_MAX_SIZE) {
+        errno = EINVAL;
+        return NULL;
+    }
+    uint64_t hdr = align_up(sizeof(struct td_shdict), 64);
+    uint64_t nbuckets = 1;
+    while (nbuckets * 2 <= size / 128)
+        nbuckets *= 2;
+    uint64_t heap_off = hdr + align_up(nbuckets * sizeof(uint32_t), 64);
+    uint64_t heap_end = (hdr + size) & ~(uint64_t)(UNIT - 1);
+    uint64_t ring_off = align_up(heap_end, 64);
+    long page = sysconf(_SC_PAGESIZE);
+    size_t map_len = (size_t)align_up(ring_off + RING, page > 0 ? (uint64_t)page : 4096);
+    void *p = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    td_shdict *d = p;
+    pthread_mutexattr_t attr;
+    int rc = pthread_mutexattr_init(&attr);
+    if (!rc)
+        rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (!rc)
+        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (!rc)
+        rc = pthread_mutex_init(&d->mutex, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc) {
+        munmap(p, map_len);
+        errno = rc;
+        return NULL;
+    }
+    d->magic = MAGIC;
+    snprintf(d->name, sizeof d->name, "%s", name ? name : "");
+    d->map_len = map_len;
+    d->size = size;
+    d->bucket_off = hdr;
+    d->bucket_mask = (uint32_t)(nbuckets - 1);
+    d->heap_off = heap_off;
+    d->heap_end = heap_end;
+    d->heap_cap = heap_end - sizeof(uint64_t) - heap_off;
+    d->ring_off = ring_off;
+    reset_entries(d);
+    return d;
+}
+
+void td_shdict_free(td_shdict *d) {
+    if (!d)
+        return;
+    pthread_mutex_destroy(&d->mutex);
+    munmap(d, d->map_len);
+}
+
+const char *td_shdict_name(const td_shdict *d) { return d->name; }
+
+static inline int key_ok(size_t klen) { return klen >= 1 && klen <= TD_SHDICT_MAX_KEY; }
+
+int td_shdict_get(td_shdict *d, const char *key, size_t klen, td_shvalue *out, td_buf *buf) {
+    td_buf_reset(buf);
+    memset(out, 0, sizeof *out);
+    if (!key_ok(klen))
+        return TD_SHD_NOT_FOUND;
+    uint64_t h = hash_key(key, klen), now = 0;
+    lock(d);
+    uint32_t *link = find(d, h, key, klen);
+    uint32_t r = *link;
+    if (!r) {
+        unlock(d);
+        return TD_SHD_NOT_FOUND;
+    }
+    struct ent *e = E(d, r);
+    if (is_expired(e, &now)) {
+        begin(d);
+        entry_remove(d, link);
+        end(d);
+        unlock(d);
+        return TD_SHD_NOT_FOUND;
+    }
+    out->type = (td_shv_type)e->type;
+    switch (out->type) {
+    case TD_SHV_NUMBER:
+        out->num = e->v.num;
+        break;
+    case TD_SHV_BOOLEAN:
+        out->boolean = e->v.len != 0;
+        break;
+    default:
+        if (e->v.len) {
+            /* The one allocation under the lock: the copy must be taken
+             * before another process changes the value. */
+            if (td_buf_reserve(buf, e->v.len)) {
+                unlock(d);
+                memset(out, 0, sizeof *out);
+                return TD_SHD_NO_MEMORY;
+            }
+            memcpy(buf->data, evalue(e), e->v.len);
+            buf->len = e->v.len;
+        }
+        out->str = buf->data ? buf->data : "";
+        out->len = e->v.len;
+        break;
+    }
+    begin(d);
+    lru_touch(d, r, e);
+    end(d);
+    unlock(d);
+    return TD_SHD_OK;
+}
+
+int td_shdict_store(td_shdict *d, td_shd_mode mode, const char *key, size_t klen, const td_shvalue *v,
+                    uint64_t ttl_ms, int *evicted) {
+    int ev = 0;
+    if (evicted)
+        *evicted = 0;
+    if (klen == 0)
+        return TD_SHD_NOT_FOUND;
+    size_t vlen = v->type == TD_SHV_STRING ? v->len : 0;
+    if (klen > TD_SHDICT_MAX_KEY || vlen > d->heap_cap)
+        return TD_SHD_TOO_LARGE;
+    uint64_t need = entry_need(klen, vlen);
+    if (v->type != TD_SHV_NIL && need > d->heap_cap)
+        return TD_SHD_TOO_LARGE;
+    uint64_t h = hash_key(key, klen), now = 0, mask = 0;
+    int rc = TD_SHD_OK;
+    lock(d);
+    begin(d);
+    uint32_t *link = find(d, h, key, klen);
+    uint32_t r = *link;
+    if (r && is_expired(E(d, r), &now)) {
+        entry_remove(d, link);
+        r = 0;
+    }
+    if (mode == TD_SHD_ADD && r) {
+        rc = TD_SHD_EXISTS;
+    } else if (mode == TD_SHD_REPLACE && !r) {
+        rc = TD_SHD_NOT_FOUND;
+    } else if (v->type == TD_SHV_NIL) {
+        if (r) {
+            entry_remove(d, link);
+            mask = note_change(d, key, klen);
+        }
+    } else {
+        uint64_t expire = deadline(ttl_ms, &now);
+        if (r && bsize(d, r) >= need) {
+            heap_shrink(d, r, need);
+            struct ent *e = E(d, r);
+            entry_set_value(e, v, expire);
+            lru_touch(d, r, e);
+        } else {
+            if (r)
+                entry_remove(d, link);
+            uint32_t b = alloc_evicting(d, need, &now, &ev);
+            if (b)
+                entry_set_value(entry_new(d, b, h, key, klen), v, expire);
+            else
+                rc = TD_SHD_TOO_LARGE;
+        }
+        if (rc == TD_SHD_OK)
+            mask = note_change(d, key, klen);
+    }
+    end(d);
+    unlock(d);
+    tell(d, mask);
+    if (evicted)
+        *evicted = ev;
+    return rc;
+}
+
+int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int has_init, double init,
+                   uint64_t init_ttl_ms, double *out, int *evicted) {
+    int ev = 0;
+    if (evicted)
+        *evicted = 0;
+    if (klen == 0)
+        return TD_SHD_NOT_FOUND;
+    if (klen > TD_SHDICT_MAX_KEY)
+        return has_init ? TD_SHD_TOO_LARGE : TD_SHD_NOT_FOUND;
+    uint64_t h = hash_key(key, klen), now = 0, mask = 0;
+    int rc = TD_SHD_OK;
+    lock(d);
+    begin(d);
+    uint32_t *link = find(d, h, key, klen);
+    uint32_t r = *link;
+    if (r && is_expired(E(d, r), &now)) {
+        entry_remove(d, link);
+        r = 0;
+    }
+    if (r) {
+        struct ent *e = E(d, r);
+        if (e->type == TD_SHV_NUMBER) {
+            e->v.num += delta;
+            *out = e->v.num;
+            lru_touch(d, r, e);
+        } else {
+            rc = TD_SHD_NOT_NUMBER;
+        }
+    } else if (!has_init) {
+        rc = TD_SHD_NOT_FOUND;
+    } else if (entry_need(klen, 0) > d->heap_cap) {
+        rc = TD_SHD_TOO_LARGE;
+    } else {
+        uint64_t expire = deadline(init_ttl_ms, &now);
+        uint32_t b = alloc_evicting(d, entry_need(klen, 0), &now, &ev);
+        if (b) {
+            td_shvalue v = {.type = TD_SHV_NUMBER, .num = init + delta};
+            entry_set_value(entry_new(d, b, h, key, klen), &v, expire);
+            *out = v.num;
+        } else {
+            rc = TD_SHD_TOO_LARGE;
+        }
+    }
+    if (rc == TD_SHD_OK)
+        mask = note_change(d, key, klen);
+    end(d);
+    unlock(d);
+    tell(d, mask);
+    if (evicted)
+        *evicted = ev;
+    return rc;
+}
+
+int td_shdict_delete(td_shdict *d, const char *key, size_t klen) {
+    if (!key_ok(klen))
+        return TD_SHD_NOT_FOUND;
+    uint64_t h = hash_key(key, klen), now = 0, mask = 0;
+    int rc = TD_SHD_NOT_FOUND;
+    lock(d);
+    uint32_t *link = find(d, h, key, klen);
+    if (*link) {
+        begin(d);
+        if (!is_expired(E(d, *link), &now)) {
+            rc = TD_SHD_OK;
+            mask = note_change(d, key, klen);
+        }
+        entry_remove(d, link);
+        end(d);
+    }
+    unlock(d);
+    tell(d, mask);
+    return rc;
+}
+
+int td_shdict_ttl(td_shdict *d, const char *key, size_t klen, uint64_t *ms_left) {
+    *ms_left = 0;
+    if (!key_ok(klen))
+        return TD_SHD_NOT_FOUND;
+    uint64_t h = hash_key(key, klen), now = 0;
+    int rc = TD_SHD_NOT_FOUND;
+    lock(d);
+    uint32_t *link = find(d, h, key, klen);
+    if (*link) {
+        struct ent *e = E(d, *link);
+        if (is_expired(e, &now)) {
+            begin(d);
+            entry_remove(d, link);
+            end(d);
+        } else {
+            rc = TD_SHD_OK;
+            *ms_left = e->expire ? e->expire - now : 0;
+        }
+    }
+    unlock(d);
+    return rc;
+}
+
+int td_shdict_keys(td_shdict *d, size_t max, td_buf *buf, size_t *n) {
+    td_buf_reset(buf);
+    *n = 0;
+    uint64_t now = 0, bytes = 0;
+    size_t count = 0;
+    lock(d);
+    /* Counted first, so the buffer grows once. */
+    for (uint32_t r = d->lru_head; r && (max == 0 || count < max); r = E(d, r)->lnext) {
+        if (!is_expired(E(d, r), &now)) {
+            bytes += 4 + E(d, r)->klen;
+            count++;
+        }
+    }
+    if (bytes && td_buf_reserve(buf, bytes)) {
+        unlock(d);
+        return TD_SHD_NO_MEMORY;
+    }
+    size_t done = 0;
+    for (uint32_t r = d->lru_head; r && done < count; r = E(d, r)->lnext) {
+        struct ent *e = E(d, r);
+        if (is_expired(e, &now))
+            continue;
+        uint32_t len = e->klen;
+        memcpy(buf->data + buf->len, &len, sizeof len);
+        memcpy(buf->data + buf->len + 4, ekey(e), len);
+        buf->len += 4 + len;
+        done++;
+    }
+    unlock(d);
+    *n = count;
+    return TD_SHD_OK;
+}
+
+void td_shdict_flush_all(td_shdict *d) {
+    uint64_t now = 0, mask = 0;
+    lock(d);
+    begin(d);
+    if (atomic_load_explicit(&d->watch, memory_order_relaxed)) {
+        for (uint32_t r = d->lru_tail; r; r = E(d, r)->lprev) {
+            struct ent *e = E(d, r);
+            if (!is_expired(e, &now))
+                mask = note_change(d, ekey(e), e->klen);
+        }
+    }
+    reset_entries(d);
+    end(d);
+    unlock(d);
+    tell(d, mask);
+}
+
+void td_shdict_stats_get(td_shdict *d, td_shdict_stats *st) {
+    lock(d);
+    st->capacity = (size_t)d->size;
+    st->used = (size_t)d->used;
+    st->count = (size_t)d->count;
+    st->evictions = d->evictions;
+    st->repairs = d->repairs;
+    unlock(d);
+}
+
+void td_shdict_on_change(void (*fn)(td_shdict *d, uint64_t mask)) { change_fn = fn; }
+
+uint64_t td_shdict_watch(td_shdict *d, unsigned slot, int on) {
+    lock(d);
+    if (slot < TD_SHDICT_MAX_WATCHERS) {
+        uint64_t bit = (uint64_t)1 << slot;
+        if (on)
+            atomic_fetch_or_explicit(&d->watch, bit, memory_order_relaxed);
+        else
+            atomic_fetch_and_explicit(&d->watch, ~bit, memory_order_relaxed);
+    }
+    uint64_t pos = d->ring_head;
+    unlock(d);
+    return pos;
+}
+
+int td_shdict_changes(td_shdict *d, uint64_t *pos, td_buf *buf, size_t *n) {
+    td_buf_reset(buf);
+    *n = 0;
+    int lost = 0;
+    uint64_t bytes = 0;
+    size_t count = 0;
+    lock(d);
+    uint64_t start = *pos;
+    if (start > d->ring_head) {
+        lost = 1;
+        start = d->ring_head;
+    } else if (start < d->ring_tail || start % UNIT) {
+        lost = 1;
+        start = d->ring_tail;
+    }
+    for (uint64_t p = start; p < d->ring_head; p += ring_record_size(d, p)) {
+        uint64_t len = ring_len_at(d, p);
+        if (len == RING_LOST) {
+            lost = 1;
+        } else if (len != RING_WRAP) {
+            bytes += 4 + len;
+            count++;
+        }
+    }
+    if (bytes && td_buf_reserve(buf, bytes)) {
+        unlock(d);
+        return -1;
+    }
+    for (uint64_t p = start; p < d->ring_head; p += ring_record_size(d, p)) {
+        uint64_t len = ring_len_at(d, p);
+        if (len == RING_LOST || len == RING_WRAP)
+            continue;
+        memcpy(buf->data + buf->len, ring(d) + p % RING, 4 + len);
+        buf->len += 4 + len;
+    }
+    *pos = d->ring_head;
+    unlock(d);
+    *n = count;
+    return lost;
+}
+
+void td_shdict__hold(td_shdict *d, uint64_t ms, int dirty) {
+    lock(d);
+    if (dirty)
+        begin(d);
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+    if (dirty)
+        end(d);
+    unlock(d);
+}
+
+/* Every structure against the others; returns the line of the first check
+ * that failed. The walks are bounded so a corrupt chain cannot loop. */
+static int check_locked(td_shdict *d) {
+#define EXPECT(c)                                                                                        \
+    do {                                                                                                 \
+        if (!(c))                                                                                        \
+            return __LINE__;                                                                             \
+    } while (0)
+    EXPECT(d->magic == MAGIC);
+    EXPECT(atomic_load(&d->dirty) == 0);
+    uint32_t b = (uint32_t)(d->heap_off / UNIT), end_ref = (uint32_t)((d->heap_end - UNIT) / UNIT);
+    uint64_t nused = 0, nfree = 0, used_bytes = 0, free_bytes = 0;
+    int prev_used = 1;
+    while (b != end_ref) {
+        uint64_t tag = *tagp(d, b), size = tag & ~TAG_FLAGS;
+        EXPECT(b < end_ref && size >= MIN_BLOCK && size % UNIT == 0);
+        EXPECT((uint64_t)b * UNIT + size <= d->heap_end - UNIT);
+        EXPECT(!!(tag & PREV_USED) == prev_used);
+        if (tag & USED) {
+            struct ent *e = E(d, b);
+            EXPECT(e->klen >= 1 && e->type >= TD_SHV_STRING && e->type <= TD_SHV_BOOLEAN);
+            EXPECT(size >= entry_need(e->klen, e->type == TD_SHV_STRING ? e->v.len : 0));
+            EXPECT(e->hash == hash_key(ekey(e), e->klen));
+            nused++;
+            used_bytes += size;
+        } else {
+            EXPECT(prev_used); /* neighbours merge */
+            EXPECT(*(uint64_t *)((char *)tagp(d, b) + size - sizeof(uint64_t)) == size);
+            nfree++;
+            free_bytes += size;
+        }
+        prev_used = (tag & USED) != 0;
+        b += (uint32_t)(size / UNIT);
+    }
+    EXPECT((*tagp(d, end_ref) & ~(uint64_t)PREV_USED) == USED);
+    EXPECT(!!(*tagp(d, end_ref) & PREV_USED) == prev_used);
+    EXPECT(used_bytes + free_bytes == d->heap_cap);
+    EXPECT(used_bytes == d->used && nused == d->count);
+    uint64_t listed = 0;
+    for (unsigned c = 0; c < NCLASS; c++) {
+        EXPECT(!!(d->free_bits & ((uint64_t)1 << c)) == (d->free_head[c] != 0));
+        uint32_t prev = 0;
+        for (uint32_t f = d->free_head[c]; f; prev = f, f = fb(d, f)->next) {
+            EXPECT(++listed <= nfree);
+            EXPECT(!(*tagp(d, f) & USED) && size_class(bsize(d, f)) == c && fb(d, f)->prev == prev);
+        }
+    }
+    EXPECT(listed == nfree);
+    uint64_t chained = 0;
+    for (uint64_t i = 0; i <= d->bucket_mask; i++) {
+        for (uint32_t r = buckets(d)[i]; r; r = E(d, r)->hnext) {
+            EXPECT(++chained <= nused);
+            EXPECT(r >= d->heap_off / UNIT && r < end_ref && (*tagp(d, r) & USED));
+            EXPECT((E(d, r)->hash & d->bucket_mask) == i);
+        }
+    }
+    EXPECT(chained == nused);
+    uint64_t in_lru = 0;
+    uint32_t prev = 0;
+    for (uint32_t r = d->lru_head; r; prev = r, r = E(d, r)->lnext) {
+        EXPECT(++in_lru <= nused);
+        EXPECT((*tagp(d, r) & USED) && E(d, r)->lprev == prev);
+    }
+    EXPECT(in_lru == nused && d->lru_tail == prev);
+    EXPECT(d->ring_tail <= d->ring_head && d->ring_head - d->ring_tail <= RING);
+    EXPECT(d->ring_tail % UNIT == 0 && d->ring_head % UNIT == 0);
+    uint64_t p = d->ring_tail;
+    while (p < d->ring_head)
+        p += ring_record_size(d, p);
+    EXPECT(p == d->ring_head);
+    return 0;
+#undef EXPECT
+}
+
+int td_shdict__check(td_shdict *d) {
+    lock(d);
+    int rc = check_locked(d);
+    unlock(d);
+    return rc;
+}
