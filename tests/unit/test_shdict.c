@@ -1,0 +1,956 @@
+/* td_shdict: every operation, expiry, LRU eviction, a randomized run held to
+ * a model, several processes at once, a holder killed with the lock, the
+ * change ring; then the cost of an incr and a get. */
+#include "check.h"
+#include "shdict.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static td_buf gbuf;
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int put(td_shdict *d, td_shd_mode mode, const char *k, const char *v, uint64_t ttl, int *evicted) {
+    td_shvalue sv = {.type = TD_SHV_STRING, .str = v, .len = strlen(v)};
+    return td_shdict_store(d, mode, k, strlen(k), &sv, ttl, evicted);
+}
+
+static int put_num(td_shdict *d, const char *k, double n) {
+    td_shvalue sv = {.type = TD_SHV_NUMBER, .num = n};
+    return td_shdict_store(d, TD_SHD_SET, k, strlen(k), &sv, 0, NULL);
+}
+
+static int get(td_shdict *d, const char *k, td_shvalue *out) {
+    return td_shdict_get(d, k, strlen(k), out, &gbuf);
+}
+
+/* The string value of k, or "(absent)" / "(not a string)". */
+static const char *get_str(td_shdict *d, const char *k) {
+    static char copy[4096];
+    td_shvalue v;
+    if (get(d, k, &v) != TD_SHD_OK)
+        return "(absent)";
+    if (v.type != TD_SHV_STRING || v.len >= sizeof copy)
+        return "(not a string)";
+    memcpy(copy, v.str, v.len);
+    copy[v.len] = 0;
+    return copy;
+}
+
+static int has(td_shdict *d, const char *k) {
+    td_shvalue v;
+    return get(d, k, &v) == TD_SHD_OK;
+}
+
+static size_t count_of(td_shdict *d) {
+    td_shdict_stats st;
+    td_shdict_stats_get(d, &st);
+    return st.count;
+}
+
+/* The i-th record of a keys/changes buffer, or NULL past the end. */
+static const char *record(const td_buf *b, size_t i, uint32_t *len) {
+    size_t off = 0;
+    while (off + 4 <= b->len) {
+        memcpy(len, b->data + off, 4);
+        if (i-- == 0)
+            return b->data + off + 4;
+        off += 4 + *len;
+    }
+    return NULL;
+}
+
+#define CHECK_RECORD(buf, i, lit)                                                                    \
+    do {                                                                                             \
+        uint32_t rlen_ = 0;                                                                          \
+        const char *r_ = record((buf), (i), &rlen_);                                                 \
+        CHECK(r_ != NULL);                                                                           \
+        if (r_)                                                                                      \
+            CHECK_EQ_MEM(r_, rlen_, lit);                                                            \
+    } while (0)
+
+static void test_basic(void) {
+    errno = 0;
+    CHECK(td_shdict_new("small", TD_SHDICT_MIN_SIZE - 1) == NULL);
+    CHECK_EQ_INT(errno, EINVAL);
+
+    td_shdict *d = td_shdict_new("basic", TD_SHDICT_MIN_SIZE);
+    CHECK(d != NULL);
+    CHECK_STR(td_shdict_name(d), "basic");
+    td_shvalue v;
+    CHECK_EQ_INT(get(d, "a", &v), TD_SHD_NOT_FOUND);
+    CHECK_EQ_INT(v.type, TD_SHV_NIL);
+
+    /* Types. */
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "s", "hello", 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "s"), "hello");
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "empty", "", 0, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(get(d, "empty", &v), TD_SHD_OK);
+    CHECK_EQ_INT(v.type, TD_SHV_STRING);
+    CHECK_EQ_INT(v.len, 0);
+    CHECK(v.str != NULL);
+    CHECK_EQ_INT(put_num(d, "n", 3.5), TD_SHD_OK);
+    CHECK_EQ_INT(get(d, "n", &v), TD_SHD_OK);
+    CHECK(v.type == TD_SHV_NUMBER && v.num == 3.5);
+    td_shvalue yes = {.type = TD_SHV_BOOLEAN, .boolean = 1}, no = {.type = TD_SHV_BOOLEAN, .boolean = 0};
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, "t", 1, &yes, 0, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, "f", 1, &no, 0, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(get(d, "t", &v), TD_SHD_OK);
+    CHECK(v.type == TD_SHV_BOOLEAN && v.boolean == 1);
+    CHECK_EQ_INT(get(d, "f", &v), TD_SHD_OK);
+    CHECK(v.type == TD_SHV_BOOLEAN && v.boolean == 0);
+    CHECK_EQ_INT(count_of(d), 5);
+
+    /* A value of one type replaced by another, longer, then shorter. */
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "n", "now a string", 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "n"), "now a string");
+    char longv[1500];
+    memset(longv, 'x', sizeof longv - 1);
+    longv[sizeof longv - 1] = 0;
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "s", longv, 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "s"), longv);
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "s", "short", 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "s"), "short");
+    CHECK_EQ_INT(put_num(d, "s", -2), TD_SHD_OK);
+    CHECK_EQ_INT(get(d, "s", &v), TD_SHD_OK);
+    CHECK(v.type == TD_SHV_NUMBER && v.num == -2);
+    CHECK_EQ_INT(count_of(d), 5);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+
+    /* Modes. */
+    CHECK_EQ_INT(put(d, TD_SHD_ADD, "n", "other", 0, NULL), TD_SHD_EXISTS);
+    CHECK_STR(get_str(d, "n"), "now a string");
+    CHECK_EQ_INT(put(d, TD_SHD_ADD, "new", "added", 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "new"), "added");
+    CHECK_EQ_INT(put(d, TD_SHD_REPLACE, "nobody", "x", 0, NULL), TD_SHD_NOT_FOUND);
+    CHECK(!has(d, "nobody"));
+    CHECK_EQ_INT(put(d, TD_SHD_REPLACE, "new", "replaced", 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "new"), "replaced");
+
+    /* A nil value removes, under the mode's conditions. */
+    td_shvalue nil = {.type = TD_SHV_NIL};
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_ADD, "new", 3, &nil, 0, NULL), TD_SHD_EXISTS);
+    CHECK(has(d, "new"));
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_REPLACE, "nobody", 6, &nil, 0, NULL), TD_SHD_NOT_FOUND);
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, "new", 3, &nil, 0, NULL), TD_SHD_OK);
+    CHECK(!has(d, "new"));
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, "new", 3, &nil, 0, NULL), TD_SHD_OK);
+
+    /* incr. */
+    double out = -1;
+    CHECK_EQ_INT(td_shdict_incr(d, "c", 1, 1, 0, 0, 0, &out, NULL), TD_SHD_NOT_FOUND);
+    CHECK(!has(d, "c"));
+    CHECK_EQ_INT(td_shdict_incr(d, "c", 1, 1, 1, 10, 0, &out, NULL), TD_SHD_OK);
+    CHECK(out == 11);
+    CHECK_EQ_INT(td_shdict_incr(d, "c", 1, 2.5, 1, 100, 0, &out, NULL), TD_SHD_OK);
+    CHECK(out == 13.5);
+    CHECK_EQ_INT(td_shdict_incr(d, "c", 1, -20, 0, 0, 0, &out, NULL), TD_SHD_OK);
+    CHECK(out == -6.5);
+    CHECK_EQ_INT(get(d, "c", &v), TD_SHD_OK);
+    CHECK(v.type == TD_SHV_NUMBER && v.num == -6.5);
+    CHECK_EQ_INT(td_shdict_incr(d, "n", 1, 1, 1, 0, 0, &out, NULL), TD_SHD_NOT_NUMBER);
+    CHECK_STR(get_str(d, "n"), "now a string");
+    CHECK_EQ_INT(td_shdict_incr(d, "t", 1, 1, 0, 0, 0, &out, NULL), TD_SHD_NOT_NUMBER);
+
+    /* delete and ttl of a key that never expires. */
+    uint64_t left = 99;
+    CHECK_EQ_INT(td_shdict_ttl(d, "c", 1, &left), TD_SHD_OK);
+    CHECK_EQ_INT(left, 0);
+    CHECK_EQ_INT(td_shdict_ttl(d, "zz", 2, &left), TD_SHD_NOT_FOUND);
+    CHECK_EQ_INT(td_shdict_delete(d, "c", 1), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_delete(d, "c", 1), TD_SHD_NOT_FOUND);
+    CHECK(!has(d, "c"));
+
+    /* Binary keys: a NUL inside a key is a byte like another. */
+    td_shvalue v1 = {.type = TD_SHV_STRING, .str = "one", .len = 3};
+    td_shvalue v2 = {.type = TD_SHV_STRING, .str = "two\0two", .len = 7};
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, "a\0b", 3, &v1, 0, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, "a\0c", 3, &v2, 0, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_get(d, "a\0b", 3, &v, &gbuf), TD_SHD_OK);
+    CHECK_EQ_MEM(v.str, v.len, "one");
+    CHECK_EQ_INT(td_shdict_get(d, "a\0c", 3, &v, &gbuf), TD_SHD_OK);
+    CHECK(v.len == 7 && memcmp(v.str, "two\0two", 7) == 0);
+    CHECK_EQ_INT(td_shdict_get(d, "a", 1, &v, &gbuf), TD_SHD_NOT_FOUND);
+    CHECK_EQ_INT(td_shdict_delete(d, "a\0b", 3), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_get(d, "a\0c", 3, &v, &gbuf), TD_SHD_OK);
+
+    /* Key lengths out of range are refused, not stored. */
+    static char huge[TD_SHDICT_MAX_KEY + 2];
+    memset(huge, 'k', sizeof huge);
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, huge, 0, &v1, 0, NULL), TD_SHD_NOT_FOUND);
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, huge, sizeof huge, &v1, 0, NULL), TD_SHD_TOO_LARGE);
+    CHECK_EQ_INT(td_shdict_get(d, huge, sizeof huge, &v, &gbuf), TD_SHD_NOT_FOUND);
+    /* The longest key is legal but cannot fit the smallest dictionary. */
+    CHECK_EQ_INT(td_shdict_incr(d, huge, TD_SHDICT_MAX_KEY, 1, 1, 0, 0, &out, NULL), TD_SHD_TOO_LARGE);
+
+    /* keys: most recently used first; reads count as use. */
+    td_shdict_flush_all(d);
+    CHECK_EQ_INT(count_of(d), 0);
+    CHECK(!has(d, "n"));
+    size_t n = 99;
+    CHECK_EQ_INT(td_shdict_keys(d, 0, &gbuf, &n), TD_SHD_OK);
+    CHECK_EQ_INT(n, 0);
+    CHECK_EQ_INT(gbuf.len, 0);
+    put(d, TD_SHD_SET, "k1", "1", 0, NULL);
+    put(d, TD_SHD_SET, "k2", "2", 0, NULL);
+    put(d, TD_SHD_SET, "k3", "3", 0, NULL);
+    CHECK(has(d, "k1"));
+    CHECK_EQ_INT(td_shdict_incr(d, "k4", 2, 1, 1, 0, 0, &out, NULL), TD_SHD_OK);
+    put(d, TD_SHD_SET, "k2", "two", 0, NULL);
+    CHECK_EQ_INT(td_shdict_keys(d, 0, &gbuf, &n), TD_SHD_OK);
+    CHECK_EQ_INT(n, 4);
+    CHECK_EQ_INT(gbuf.len, 4 * 6);
+    CHECK_RECORD(&gbuf, 0, "k2");
+    CHECK_RECORD(&gbuf, 1, "k4");
+    CHECK_RECORD(&gbuf, 2, "k1");
+    CHECK_RECORD(&gbuf, 3, "k3");
+    CHECK_EQ_INT(td_shdict_keys(d, 2, &gbuf, &n), TD_SHD_OK);
+    CHECK_EQ_INT(n, 2);
+    CHECK_EQ_INT(gbuf.len, 2 * 6);
+    CHECK_RECORD(&gbuf, 1, "k4");
+    /* incr touches too; ttl does not. */
+    uint64_t ms;
+    CHECK_EQ_INT(td_shdict_ttl(d, "k3", 2, &ms), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_incr(d, "k4", 2, 1, 0, 0, 0, &out, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_keys(d, 1, &gbuf, &n), TD_SHD_OK);
+    CHECK_RECORD(&gbuf, 0, "k4");
+
+    td_shdict_stats st;
+    td_shdict_stats_get(d, &st);
+    CHECK_EQ_INT(st.capacity, TD_SHDICT_MIN_SIZE);
+    CHECK_EQ_INT(st.count, 4);
+    CHECK(st.used >= 4 * 56 && st.used < 4 * 128);
+    CHECK_EQ_INT(st.evictions, 0);
+    CHECK_EQ_INT(st.repairs, 0);
+    td_shdict_flush_all(d);
+    td_shdict_stats_get(d, &st);
+    CHECK_EQ_INT(st.used, 0);
+    CHECK_EQ_INT(put(d, TD_SHD_ADD, "k1", "again", 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "k1"), "again");
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    td_shdict_free(d);
+}
+
+static void test_expiry(void) {
+    td_shdict *d = td_shdict_new("expiry", TD_SHDICT_MIN_SIZE);
+    uint64_t left1 = 0, left2 = 0;
+    double out = 0;
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "t", "soon gone", 30, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "keep", "stays", 0, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "later", "has time", 10000, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "t"), "soon gone");
+    CHECK_EQ_INT(td_shdict_ttl(d, "t", 1, &left1), TD_SHD_OK);
+    CHECK(left1 > 0 && left1 <= 30);
+    sleep_ms(10);
+    CHECK_EQ_INT(td_shdict_ttl(d, "t", 1, &left2), TD_SHD_OK);
+    CHECK(left2 < left1);
+    /* A key created by incr gets init's ttl; incr keeps it. */
+    CHECK_EQ_INT(td_shdict_incr(d, "ci", 2, 1, 1, 0, 30, &out, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_incr(d, "ci", 2, 1, 1, 0, 0, &out, NULL), TD_SHD_OK);
+    CHECK(out == 2);
+    CHECK_EQ_INT(td_shdict_ttl(d, "ci", 2, &left1), TD_SHD_OK);
+    CHECK(left1 > 0 && left1 <= 30);
+    /* An existing key keeps its (lack of) expiry. */
+    put_num(d, "cn", 5);
+    CHECK_EQ_INT(td_shdict_incr(d, "cn", 2, 1, 1, 0, 30, &out, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_ttl(d, "cn", 2, &left1), TD_SHD_OK);
+    CHECK_EQ_INT(left1, 0);
+    /* A store without ttl drops the old one. */
+    put(d, TD_SHD_SET, "re", "x", 30, NULL);
+    put(d, TD_SHD_SET, "re", "y", 0, NULL);
+    put(d, TD_SHD_SET, "add", "x", 30, NULL);
+    put(d, TD_SHD_SET, "rep", "x", 30, NULL);
+    put(d, TD_SHD_SET, "del", "x", 30, NULL);
+    CHECK_EQ_INT(count_of(d), 9);
+
+    sleep_ms(60);
+    CHECK(!has(d, "t"));
+    CHECK_EQ_INT(td_shdict_ttl(d, "t", 1, &left1), TD_SHD_NOT_FOUND);
+    CHECK_STR(get_str(d, "keep"), "stays");
+    CHECK_STR(get_str(d, "re"), "y");
+    CHECK_EQ_INT(td_shdict_ttl(d, "later", 5, &left1), TD_SHD_OK);
+    CHECK(left1 > 9000 && left1 <= 10000);
+    /* keys skips the expired ones not reclaimed yet. */
+    size_t n = 0;
+    CHECK_EQ_INT(td_shdict_keys(d, 0, &gbuf, &n), TD_SHD_OK);
+    CHECK_EQ_INT(n, 4); /* the gets above touched re and keep */
+    CHECK_RECORD(&gbuf, 0, "re");
+    CHECK_RECORD(&gbuf, 1, "keep");
+    CHECK_RECORD(&gbuf, 2, "cn");
+    CHECK_RECORD(&gbuf, 3, "later");
+    CHECK_EQ_INT(td_shdict_incr(d, "ci", 2, 1, 0, 0, 0, &out, NULL), TD_SHD_NOT_FOUND);
+    CHECK_EQ_INT(td_shdict_incr(d, "ci", 2, 1, 1, 40, 0, &out, NULL), TD_SHD_OK);
+    CHECK(out == 41);
+    CHECK_EQ_INT(td_shdict_ttl(d, "ci", 2, &left1), TD_SHD_OK);
+    CHECK_EQ_INT(left1, 0);
+    CHECK_EQ_INT(put(d, TD_SHD_ADD, "add", "fresh", 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "add"), "fresh");
+    CHECK_EQ_INT(put(d, TD_SHD_REPLACE, "rep", "fresh", 0, NULL), TD_SHD_NOT_FOUND);
+    CHECK_EQ_INT(td_shdict_delete(d, "del", 3), TD_SHD_NOT_FOUND);
+    /* Every expired entry met is gone: t, ci (made again), rep, del. */
+    CHECK_EQ_INT(count_of(d), 6);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    td_shdict_free(d);
+}
+
+#define VAL_SIZE 1000
+
+static int put_big(td_shdict *d, int i, uint64_t ttl, int *evicted) {
+    static char val[VAL_SIZE + 1];
+    char key[16];
+    snprintf(key, sizeof key, "key%03d", i);
+    memset(val, 'a' + i % 26, VAL_SIZE);
+    return put(d, TD_SHD_SET, key, val, ttl, evicted);
+}
+
+static int has_big(td_shdict *d, int i) {
+    char key[16];
+    snprintf(key, sizeof key, "key%03d", i);
+    td_shvalue v;
+    if (get(d, key, &v) != TD_SHD_OK)
+        return 0;
+    return v.len == VAL_SIZE && v.str[0] == 'a' + i % 26 && v.str[VAL_SIZE - 1] == 'a' + i % 26;
+}
+
+static void test_lru(void) {
+    td_shdict *d = td_shdict_new("lru", TD_SHDICT_MIN_SIZE);
+    /* How many entries of this size fit. */
+    int fit = -1, evicted = 0;
+    for (int i = 0; i < 200; i++) {
+        CHECK_EQ_INT(put_big(d, i, 0, &evicted), TD_SHD_OK);
+        if (evicted) {
+            fit = i;
+            break;
+        }
+    }
+    CHECK(fit > 40 && fit < 64);
+    CHECK(!has_big(d, 0));
+    CHECK(has_big(d, 1));
+    td_shdict_stats st;
+    td_shdict_stats_get(d, &st);
+    CHECK_EQ_INT(st.evictions, 1);
+    CHECK(st.used > st.capacity * 9 / 10);
+
+    /* The touched key survives; the oldest untouched goes, one at a time. */
+    td_shdict_flush_all(d);
+    for (int i = 0; i < fit; i++) {
+        CHECK_EQ_INT(put_big(d, i, 0, &evicted), TD_SHD_OK);
+        CHECK_EQ_INT(evicted, 0);
+    }
+    CHECK(has_big(d, 0));
+    CHECK_EQ_INT(put_big(d, fit, 0, &evicted), TD_SHD_OK);
+    CHECK_EQ_INT(evicted, 1);
+    CHECK(has_big(d, 0));
+    CHECK(!has_big(d, 1));
+    for (int i = 2; i <= fit; i++)
+        CHECK(has_big(d, i));
+    CHECK_EQ_INT(put_big(d, fit + 1, 0, &evicted), TD_SHD_OK);
+    CHECK_EQ_INT(evicted, 1);
+    /* Checking 2..fit above touched them after 0: 0 is now the oldest. */
+    CHECK(!has_big(d, 0));
+    CHECK(has_big(d, 2));
+    td_shdict_stats_get(d, &st);
+    CHECK_EQ_INT(st.evictions, 3);
+    CHECK_EQ_INT(st.count, (size_t)fit);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+
+    /* An expired entry near the tail makes room before a live one goes. */
+    td_shdict_flush_all(d);
+    for (int i = 0; i < fit; i++)
+        CHECK_EQ_INT(put_big(d, i, i == 5 ? 30 : 0, &evicted), TD_SHD_OK);
+    sleep_ms(60);
+    CHECK_EQ_INT(put_big(d, fit, 0, &evicted), TD_SHD_OK);
+    CHECK_EQ_INT(evicted, 0);
+    CHECK(has_big(d, 0));
+    CHECK(!has_big(d, 5));
+    td_shdict_stats_get(d, &st);
+    CHECK_EQ_INT(st.evictions, 3);
+    CHECK_EQ_INT(st.count, (size_t)fit);
+
+    /* Too large: refused, nothing evicted. The largest value an empty heap
+     * holds is found on another dictionary; one byte more is too large. */
+    static char big[TD_SHDICT_MIN_SIZE + 1];
+    memset(big, 'B', sizeof big - 1);
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "big", big, 0, &evicted), TD_SHD_TOO_LARGE);
+    CHECK_EQ_INT(evicted, 0);
+    td_shdict *empty = td_shdict_new("empty", TD_SHDICT_MIN_SIZE);
+    size_t lo = 0, hi = TD_SHDICT_MIN_SIZE; /* lo fits, hi does not */
+    while (hi - lo > 1) {
+        size_t mid = (lo + hi) / 2;
+        td_shvalue sv = {.type = TD_SHV_STRING, .str = big, .len = mid};
+        int rc = td_shdict_store(empty, TD_SHD_SET, "big", 3, &sv, 0, &evicted);
+        CHECK_EQ_INT(evicted, 0);
+        *(rc == TD_SHD_OK ? &lo : &hi) = mid;
+    }
+    CHECK(lo > TD_SHDICT_MIN_SIZE * 9 / 10);
+    td_shdict_free(empty);
+    td_shvalue toobig = {.type = TD_SHV_STRING, .str = big, .len = lo + 1};
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, "big", 3, &toobig, 0, &evicted), TD_SHD_TOO_LARGE);
+    CHECK_EQ_INT(evicted, 0);
+    td_shdict_stats_get(d, &st);
+    CHECK_EQ_INT(st.evictions, 3);
+    CHECK_EQ_INT(st.count, (size_t)fit);
+    CHECK(has_big(d, 0) && has_big(d, fit));
+    /* Only an empty heap holds this one: everything else goes. */
+    td_shvalue largest = {.type = TD_SHV_STRING, .str = big, .len = lo};
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, "big", 3, &largest, 0, &evicted), TD_SHD_OK);
+    CHECK_EQ_INT(evicted, 1);
+    CHECK_EQ_INT(count_of(d), 1);
+    td_shvalue v;
+    CHECK_EQ_INT(get(d, "big", &v), TD_SHD_OK);
+    CHECK(v.len == lo && v.str[0] == 'B' && v.str[lo - 1] == 'B');
+    /* Shrunk in place, it gives the rest back. */
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "big", "small now", 0, &evicted), TD_SHD_OK);
+    CHECK_STR(get_str(d, "big"), "small now");
+    td_shdict_stats_get(d, &st);
+    CHECK(st.used < 128);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    /* Freed, the heap is one block again: as many entries fit as at first. */
+    CHECK_EQ_INT(td_shdict_delete(d, "big", 3), TD_SHD_OK);
+    for (int i = 0; i < fit; i++) {
+        CHECK_EQ_INT(put_big(d, i, 0, &evicted), TD_SHD_OK);
+        CHECK_EQ_INT(evicted, 0);
+    }
+    CHECK_EQ_INT(count_of(d), (size_t)fit);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    td_shdict_free(d);
+}
+
+/* ---- randomized, against a model ---- */
+
+#define NKEYS 500
+#define MAXV 3000
+
+enum { ABSENT, PRESENT, MAYBE /* present unless evicted since */ };
+
+struct model {
+    int state;
+    td_shv_type type;
+    double num;
+    int boolean;
+    size_t len;
+    char val[MAXV];
+    char key[48];
+    size_t klen;
+};
+
+static struct model model[NKEYS];
+static uint64_t rng_state;
+
+static uint64_t rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+static unsigned rnd_below(unsigned n) { return (unsigned)(rnd() % n); }
+
+static void model_evicted(int except) {
+    for (int i = 0; i < NKEYS; i++)
+        if (i != except && model[i].state == PRESENT)
+            model[i].state = MAYBE;
+}
+
+static int value_matches(const struct model *m, const td_shvalue *v) {
+    if (v->type != m->type)
+        return 0;
+    switch (v->type) {
+    case TD_SHV_NUMBER:
+        return v->num == m->num;
+    case TD_SHV_BOOLEAN:
+        return v->boolean == m->boolean;
+    default:
+        return v->len == m->len && (m->len == 0 || memcmp(v->str, m->val, m->len) == 0);
+    }
+}
+
+/* Strings are this many times longer in a run meant to evict. */
+static size_t value_scale = 1;
+
+static void random_value(td_shvalue *v, char *space) {
+    unsigned r = rnd_below(100);
+    if (r < 15) {
+        *v = (td_shvalue){.type = TD_SHV_NUMBER, .num = (double)rnd_below(1000) - 500};
+    } else if (r < 20) {
+        *v = (td_shvalue){.type = TD_SHV_BOOLEAN, .boolean = (int)rnd_below(2)};
+    } else {
+        size_t len = r < 25 ? 0 : r < 90 ? rnd_below(120) : r < 99 ? rnd_below(800) : rnd_below(MAXV);
+        len = len * value_scale < MAXV ? len * value_scale : MAXV;
+        for (size_t i = 0; i < len; i++)
+            space[i] = (char)rnd();
+        *v = (td_shvalue){.type = TD_SHV_STRING, .str = space, .len = len};
+    }
+}
+
+static void model_store(struct model *m, const td_shvalue *v) {
+    m->state = PRESENT;
+    m->type = v->type;
+    m->num = v->num;
+    m->boolean = v->boolean;
+    m->len = v->len;
+    if (v->type == TD_SHV_STRING && v->len)
+        memcpy(m->val, v->str, v->len);
+}
+
+/* Returns the number of evictions the dictionary reported. */
+static int stress(size_t size, size_t scale, int ops, uint64_t seed) {
+    value_scale = scale;
+    td_shdict *d = td_shdict_new("stress", size);
+    rng_state = seed;
+    for (int i = 0; i < NKEYS; i++) {
+        struct model *m = &model[i];
+        memset(m, 0, sizeof *m);
+        /* Binary keys of 1 to 40 bytes, unique by their first two. */
+        m->klen = 2 + rnd_below(39);
+        m->key[0] = (char)(i & 0xff);
+        m->key[1] = (char)(i >> 8);
+        for (size_t j = 2; j < m->klen; j++)
+            m->key[j] = (char)rnd();
+    }
+    /* Single-byte keys for the first few: no other key is 1 byte long. */
+    for (int i = 0; i < 20; i++)
+        model[i].klen = 1;
+    static char space[MAXV];
+    int evictions = 0, failed_before = check_failures;
+    for (int op = 0; op < ops && check_failures - failed_before < 10; op++) {
+        int i = (int)rnd_below(NKEYS);
+        struct model *m = &model[i];
+        unsigned what = rnd_below(100);
+        td_shvalue v;
+        int rc, ev = 0;
+        if (what < 35) {
+            rc = td_shdict_get(d, m->key, m->klen, &v, &gbuf);
+            if (m->state == PRESENT || (m->state == MAYBE && rc == TD_SHD_OK)) {
+                CHECK_EQ_INT(rc, TD_SHD_OK);
+                CHECK(value_matches(m, &v));
+                m->state = PRESENT;
+            } else {
+                CHECK_EQ_INT(rc, TD_SHD_NOT_FOUND);
+                m->state = ABSENT;
+            }
+        } else if (what < 70) {
+            td_shd_mode mode = what < 60 ? TD_SHD_SET : what < 65 ? TD_SHD_ADD : TD_SHD_REPLACE;
+            random_value(&v, space);
+            if (rnd_below(50) == 0)
+                v.type = TD_SHV_NIL;
+            rc = td_shdict_store(d, mode, m->key, m->klen, &v, rnd_below(20) == 0 ? 1000000 : 0, &ev);
+            int was = m->state;
+            if (mode == TD_SHD_ADD && (was == PRESENT || (was == MAYBE && rc == TD_SHD_EXISTS))) {
+                CHECK_EQ_INT(rc, TD_SHD_EXISTS);
+                m->state = PRESENT;
+            } else if (mode == TD_SHD_REPLACE && (was == ABSENT || (was == MAYBE && rc == TD_SHD_NOT_FOUND))) {
+                CHECK_EQ_INT(rc, TD_SHD_NOT_FOUND);
+                m->state = ABSENT;
+            } else {
+                CHECK_EQ_INT(rc, TD_SHD_OK);
+                if (v.type == TD_SHV_NIL)
+                    m->state = ABSENT;
+                else
+                    model_store(m, &v);
+            }
+        } else if (what < 85) {
+            int has_init = (int)rnd_below(2);
+            double delta = (double)rnd_below(10), init = (double)rnd_below(100), out = 0;
+            rc = td_shdict_incr(d, m->key, m->klen, delta, has_init, init, 0, &out, &ev);
+            int there = m->state == PRESENT || (m->state == MAYBE && (rc == TD_SHD_NOT_NUMBER ||
+                                                                      (rc == TD_SHD_OK && m->type == TD_SHV_NUMBER &&
+                                                                       out == m->num + delta)));
+            if (there && m->type != TD_SHV_NUMBER) {
+                CHECK_EQ_INT(rc, TD_SHD_NOT_NUMBER);
+                m->state = PRESENT;
+            } else if (there) {
+                CHECK_EQ_INT(rc, TD_SHD_OK);
+                CHECK(out == m->num + delta);
+                m->num = out;
+                m->state = PRESENT;
+            } else if (!has_init) {
+                CHECK_EQ_INT(rc, TD_SHD_NOT_FOUND);
+                m->state = ABSENT;
+            } else {
+                CHECK_EQ_INT(rc, TD_SHD_OK);
+                CHECK(out == init + delta);
+                td_shvalue nv = {.type = TD_SHV_NUMBER, .num = out};
+                model_store(m, &nv);
+            }
+        } else if (what < 95) {
+            rc = td_shdict_delete(d, m->key, m->klen);
+            if (m->state == PRESENT)
+                CHECK_EQ_INT(rc, TD_SHD_OK);
+            else if (m->state == ABSENT)
+                CHECK_EQ_INT(rc, TD_SHD_NOT_FOUND);
+            m->state = ABSENT;
+        } else if (what < 99) {
+            uint64_t left;
+            rc = td_shdict_ttl(d, m->key, m->klen, &left);
+            if (m->state == PRESENT)
+                CHECK_EQ_INT(rc, TD_SHD_OK);
+            else if (m->state == ABSENT)
+                CHECK_EQ_INT(rc, TD_SHD_NOT_FOUND);
+            m->state = rc == TD_SHD_OK ? PRESENT : ABSENT;
+        } else if (rnd_below(100) == 0) {
+            td_shdict_flush_all(d);
+            for (int k = 0; k < NKEYS; k++)
+                model[k].state = ABSENT;
+        } else {
+            size_t n = 0, expect = 0;
+            int exact = 1;
+            for (int k = 0; k < NKEYS; k++) {
+                expect += model[k].state == PRESENT;
+                exact &= model[k].state != MAYBE;
+            }
+            CHECK_EQ_INT(td_shdict_keys(d, 0, &gbuf, &n), TD_SHD_OK);
+            if (exact)
+                CHECK_EQ_INT(n, expect);
+            else
+                CHECK(n >= expect);
+        }
+        if (ev) {
+            evictions++;
+            model_evicted(i);
+        }
+        if (op % 997 == 0)
+            CHECK_EQ_INT(td_shdict__check(d), 0);
+    }
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    /* Every key against the model at the end. */
+    size_t present = 0;
+    for (int i = 0; i < NKEYS; i++) {
+        td_shvalue v;
+        int rc = td_shdict_get(d, model[i].key, model[i].klen, &v, &gbuf);
+        if (model[i].state == PRESENT) {
+            CHECK_EQ_INT(rc, TD_SHD_OK);
+            CHECK(value_matches(&model[i], &v));
+        } else if (model[i].state == ABSENT) {
+            CHECK_EQ_INT(rc, TD_SHD_NOT_FOUND);
+        }
+        present += rc == TD_SHD_OK;
+    }
+    CHECK_EQ_INT(count_of(d), present);
+    td_shdict_free(d);
+    return evictions;
+}
+
+static void test_stress(void) {
+    /* Room for every key: the model is exact throughout. */
+    CHECK_EQ_INT(stress(512 << 10, 1, 100000, 0x9e3779b97f4a7c15ull), 0);
+    /* The smallest dictionary: evictions all along. */
+    CHECK(stress(TD_SHDICT_MIN_SIZE, 4, 100000, 12345) > 500);
+}
+
+/* ---- processes ---- */
+
+static void test_processes(void) {
+    td_shdict *d = td_shdict_new("procs", TD_SHDICT_MIN_SIZE);
+    pid_t kids[2];
+    for (int k = 0; k < 2; k++) {
+        kids[k] = fork();
+        if (kids[k] == 0) {
+            int bad = 0;
+            double out;
+            for (int i = 0; i < 100000; i++)
+                bad += td_shdict_incr(d, "hits", 4, 1, 1, 0, 0, &out, NULL) != TD_SHD_OK;
+            _exit(bad ? 1 : 0);
+        }
+        CHECK(kids[k] > 0);
+    }
+    for (int k = 0; k < 2; k++) {
+        int status = -1;
+        CHECK_EQ_INT(waitpid(kids[k], &status, 0), kids[k]);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    td_shvalue v;
+    CHECK_EQ_INT(get(d, "hits", &v), TD_SHD_OK);
+    CHECK(v.type == TD_SHV_NUMBER);
+    CHECK_EQ_INT((long long)v.num, 200000);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    td_shdict_free(d);
+}
+
+/* A child takes the lock and is killed holding it. */
+static void kill_holder(td_shdict *d, int dirty) {
+    int ready[2];
+    CHECK_EQ_INT(pipe(ready), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(ready[0]);
+        if (write(ready[1], "x", 1) != 1)
+            _exit(2);
+        td_shdict__hold(d, 5000, dirty);
+        _exit(0);
+    }
+    close(ready[1]);
+    char c;
+    CHECK_EQ_INT(read(ready[0], &c, 1), 1);
+    close(ready[0]);
+    sleep_ms(100);
+    CHECK_EQ_INT(kill(pid, SIGKILL), 0);
+    int status = 0;
+    CHECK_EQ_INT(waitpid(pid, &status, 0), pid);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+}
+
+static void test_robust(void) {
+    td_shdict *d = td_shdict_new("robust", TD_SHDICT_MIN_SIZE);
+    put(d, TD_SHD_SET, "a", "1", 0, NULL);
+    put(d, TD_SHD_SET, "b", "2", 0, NULL);
+    uint64_t pos = td_shdict_watch(d, 3, 1);
+    put(d, TD_SHD_SET, "c", "3", 0, NULL);
+
+    double t0 = now_s();
+    kill_holder(d, 0);
+    CHECK_STR(get_str(d, "a"), "1");
+    CHECK(now_s() - t0 < 2); /* not the 5 s the holder meant to sleep */
+    CHECK_STR(get_str(d, "b"), "2");
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "d", "4", 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "d"), "4");
+    td_shdict_stats st;
+    td_shdict_stats_get(d, &st);
+    CHECK_EQ_INT(st.repairs, 1);
+    CHECK_EQ_INT(st.count, 4);
+    size_t n = 0;
+    CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 0);
+    CHECK_EQ_INT(n, 2);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+
+    kill_holder(d, 1);
+    CHECK(!has(d, "a"));
+    td_shdict_stats_get(d, &st);
+    CHECK_EQ_INT(st.repairs, 2);
+    CHECK_EQ_INT(st.count, 0);
+    CHECK_EQ_INT(st.used, 0);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    /* A watcher learns that it missed what went. */
+    CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 1);
+    CHECK_EQ_INT(n, 0);
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "a", "again", 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "a"), "again");
+    CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 0);
+    CHECK_EQ_INT(n, 1);
+    CHECK_RECORD(&gbuf, 0, "a");
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    td_shdict_free(d);
+}
+
+/* ---- the change ring ---- */
+
+static int cb_calls;
+static uint64_t cb_mask;
+static td_shdict *cb_dict;
+
+static void on_change(td_shdict *d, uint64_t mask) {
+    cb_calls++;
+    cb_mask = mask;
+    cb_dict = d;
+}
+
+static void test_ring(void) {
+    td_shdict *d = td_shdict_new("ring", TD_SHDICT_MIN_SIZE);
+    td_shdict_on_change(on_change);
+    size_t n = 0;
+    double out;
+
+    /* Nobody watches: nothing is recorded, nobody is called. */
+    uint64_t p0 = td_shdict_watch(d, 0, 1);
+    td_shdict_watch(d, 0, 0);
+    put(d, TD_SHD_SET, "x", "1", 0, NULL);
+    td_shdict_incr(d, "y", 1, 1, 1, 0, 0, &out, NULL);
+    CHECK_EQ_INT(td_shdict_watch(d, 0, 1), p0);
+    CHECK_EQ_INT(cb_calls, 0);
+
+    /* Successful changes are recorded in order, failed ones are not. */
+    uint64_t pos = td_shdict_watch(d, 5, 1);
+    CHECK_EQ_INT(pos, p0);
+    td_shvalue nil = {.type = TD_SHV_NIL};
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "a", "1", 0, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(cb_calls, 1);
+    CHECK_EQ_INT(cb_mask, 0x21);
+    CHECK(cb_dict == d);
+    CHECK_EQ_INT(put(d, TD_SHD_ADD, "b", "2", 0, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(put(d, TD_SHD_REPLACE, "a", "3", 0, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_incr(d, "n", 1, 1, 1, 0, 0, &out, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(td_shdict_delete(d, "b", 1), TD_SHD_OK);
+    CHECK_EQ_INT(cb_calls, 5);
+    CHECK_EQ_INT(put(d, TD_SHD_ADD, "a", "4", 0, NULL), TD_SHD_EXISTS);
+    CHECK_EQ_INT(put(d, TD_SHD_REPLACE, "zz", "4", 0, NULL), TD_SHD_NOT_FOUND);
+    CHECK_EQ_INT(td_shdict_delete(d, "zz", 2), TD_SHD_NOT_FOUND);
+    CHECK_EQ_INT(td_shdict_incr(d, "a", 1, 1, 0, 0, 0, &out, NULL), TD_SHD_NOT_NUMBER);
+    CHECK_EQ_INT(td_shdict_incr(d, "zz", 2, 1, 0, 0, 0, &out, NULL), TD_SHD_NOT_FOUND);
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, "zz", 2, &nil, 0, NULL), TD_SHD_OK);
+    CHECK(has(d, "a"));
+    CHECK_EQ_INT(cb_calls, 5);
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, "a", 1, &nil, 0, NULL), TD_SHD_OK);
+    CHECK_EQ_INT(cb_calls, 6);
+    uint64_t before = pos;
+    CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 0);
+    CHECK_EQ_INT(n, 6);
+    CHECK_RECORD(&gbuf, 0, "a");
+    CHECK_RECORD(&gbuf, 1, "b");
+    CHECK_RECORD(&gbuf, 2, "a");
+    CHECK_RECORD(&gbuf, 3, "n");
+    CHECK_RECORD(&gbuf, 4, "b");
+    CHECK_RECORD(&gbuf, 5, "a");
+    CHECK(pos > before);
+    CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 0);
+    CHECK_EQ_INT(n, 0);
+    /* Expired keys are not changes to flush; live ones are, in one call. */
+    put(d, TD_SHD_SET, "f1", "1", 0, NULL);
+    put(d, TD_SHD_SET, "f2", "1", 20, NULL);
+    put(d, TD_SHD_SET, "f3", "1", 0, NULL);
+    CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 0);
+    CHECK_EQ_INT(n, 3);
+    sleep_ms(40);
+    cb_calls = 0;
+    td_shdict_flush_all(d);
+    CHECK_EQ_INT(cb_calls, 1);
+    CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 0);
+    CHECK_EQ_INT(n, 5); /* x, y, n, f1, f3 */
+    int seen = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t len = 0;
+        const char *k = record(&gbuf, i, &len);
+        seen |= (len == 2 && memcmp(k, "f1", 2) == 0) ? 1 : 0;
+        seen |= (len == 2 && memcmp(k, "f3", 2) == 0) ? 2 : 0;
+        seen |= (len == 2 && memcmp(k, "f2", 2) == 0) ? 4 : 0;
+    }
+    CHECK_EQ_INT(seen, 3);
+
+    /* Records of every size, read in small steps, across many wraps. */
+    char key[400], expect[40][400];
+    size_t elen[40];
+    int lost_any = 0, bad = 0;
+    for (int round = 0; round < 300; round++) {
+        int batch = 1 + (int)rnd_below(20);
+        for (int j = 0; j < batch; j++) {
+            elen[j] = 1 + rnd_below(300);
+            for (size_t b = 0; b < elen[j]; b++)
+                key[b] = (char)('a' + rnd_below(26));
+            memcpy(expect[j], key, elen[j]);
+            td_shvalue v = {.type = TD_SHV_NUMBER, .num = round};
+            td_shdict_store(d, TD_SHD_SET, key, elen[j], &v, 0, NULL);
+        }
+        lost_any |= td_shdict_changes(d, &pos, &gbuf, &n);
+        bad += n != (size_t)batch;
+        for (int j = 0; j < batch && j < (int)n; j++) {
+            uint32_t len = 0;
+            const char *k = record(&gbuf, (size_t)j, &len);
+            bad += !k || len != elen[j] || memcmp(k, expect[j], len) != 0;
+        }
+    }
+    CHECK_EQ_INT(lost_any, 0);
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+
+    /* A reader more than the ring behind is told, gets the newest, and is
+     * then in step again. */
+    td_shdict_flush_all(d);
+    td_shdict_changes(d, &pos, &gbuf, &n);
+    int total = 5000;
+    for (int i = 0; i < total; i++) {
+        snprintf(key, sizeof key, "behind-%012d", i); /* 19 bytes: 24-byte records */
+        put_num(d, key, i);
+    }
+    CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 1);
+    CHECK(n > 1000 && n < (size_t)total);
+    CHECK(n <= TD_SHDICT_RING / 24);
+    int in_order = 1;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t len = 0;
+        const char *k = record(&gbuf, i, &len);
+        snprintf(key, sizeof key, "behind-%012d", total - (int)n + (int)i);
+        in_order &= k && len == strlen(key) && memcmp(k, key, len) == 0;
+    }
+    CHECK(in_order);
+    put(d, TD_SHD_SET, "after", "1", 0, NULL);
+    CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 0);
+    CHECK_EQ_INT(n, 1);
+    CHECK_RECORD(&gbuf, 0, "after");
+
+    /* A key too long for the ring is a loss, not a record. */
+    static char longkey[20000];
+    memset(longkey, 'L', sizeof longkey);
+    td_shvalue one = {.type = TD_SHV_NUMBER, .num = 1};
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, longkey, sizeof longkey, &one, 0, NULL), TD_SHD_OK);
+    put(d, TD_SHD_SET, "after", "2", 0, NULL);
+    CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 1);
+    CHECK_EQ_INT(n, 1);
+    CHECK_RECORD(&gbuf, 0, "after");
+    /* A position from nowhere. */
+    uint64_t bogus = pos + 4096;
+    CHECK_EQ_INT(td_shdict_changes(d, &bogus, &gbuf, &n), 1);
+    CHECK_EQ_INT(n, 0);
+    CHECK_EQ_INT(bogus, pos);
+
+    /* The last watcher gone, recording stops. */
+    td_shdict_watch(d, 0, 0);
+    uint64_t end = td_shdict_watch(d, 5, 0);
+    cb_calls = 0;
+    put(d, TD_SHD_SET, "quiet", "1", 0, NULL);
+    CHECK_EQ_INT(cb_calls, 0);
+    CHECK_EQ_INT(td_shdict_watch(d, 1, 1), end);
+    td_shdict_on_change(NULL);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    td_shdict_free(d);
+}
+
+static void bench(void) {
+    td_shdict *d = td_shdict_new("bench", (size_t)1 << 20);
+    for (int i = 0; i < 1000; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "filler%d", i);
+        put_num(d, key, i);
+    }
+    put_num(d, "counter", 0);
+    put_num(d, "short", 1);
+    put(d, TD_SHD_SET, "str", "a short string", 0, NULL);
+    const int N = 1000000;
+    double out = 0, t0 = now_s();
+    for (int i = 0; i < N; i++)
+        td_shdict_incr(d, "counter", 7, 1, 0, 0, 0, &out, NULL);
+    double t_incr = now_s() - t0;
+    CHECK(out == N);
+    td_shvalue v;
+    t0 = now_s();
+    for (int i = 0; i < N; i++)
+        td_shdict_get(d, "short", 5, &v, &gbuf);
+    double t_get = now_s() - t0;
+    t0 = now_s();
+    for (int i = 0; i < N; i++)
+        td_shdict_get(d, "str", 3, &v, &gbuf);
+    double t_gets = now_s() - t0;
+    fprintf(stderr, "bench: %.1f ns/incr, %.1f ns/get (number), %.1f ns/get (14-byte string)\n",
+            t_incr * 1e9 / N, t_get * 1e9 / N, t_gets * 1e9 / N);
+    td_shdict_free(d);
+}
+
+int main(void) {
+    rng_state = 42;
+    test_basic();
+    test_expiry();
+    test_lru();
+    test_stress();
+    test_processes();
+    test_robust();
+    rng_state = 7;
+    test_ring();
+    bench();
+    td_buf_free(&gbuf);
+    return check_result("test_shdict");
+}
