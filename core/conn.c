@@ -1045,12 +1045,17 @@ static void on_listener_part_closed(uv_handle_t *h) {
         l->on_closed(l);
 }
 
-static int bind_socket(const struct addrinfo *ai) {
+static int bind_socket(const struct addrinfo *ai, int reuseport) {
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     int on = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog_size()) != 0) {
         int err = -errno;
         close(fd);
@@ -1059,8 +1064,21 @@ static int bind_socket(const struct addrinfo *ai) {
     return fd;
 }
 
-int td_listener_open(td_listener *l, td_transport *tp, const char *host, int port, const td_conn_ops *ops,
-                     size_t conn_size, void (*on_open)(td_listener *l, td_conn *c), void *owner) {
+int td_listen_socket(const char *host, int port, int reuseport) {
+    char portstr[16];
+    snprintf(portstr, sizeof portstr, "%d", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res;
+    int rc = getaddrinfo(host, portstr, &hints, &res);
+    if (rc)
+        return rc == EAI_SYSTEM ? -errno : rc == EAI_AGAIN ? UV_EAI_AGAIN : rc == EAI_NONAME ? UV_EAI_NONAME : UV_EAI_FAIL;
+    int fd = bind_socket(res, reuseport);
+    freeaddrinfo(res);
+    return fd; /* -errno is libuv's error code on Linux */
+}
+
+int td_listener_adopt(td_listener *l, td_transport *tp, int fd, const td_conn_ops *ops, size_t conn_size,
+                      void (*on_open)(td_listener *l, td_conn *c), void *owner) {
     memset(l, 0, sizeof *l);
     l->tp = tp;
     l->ops = ops;
@@ -1069,29 +1087,33 @@ int td_listener_open(td_listener *l, td_transport *tp, const char *host, int por
     l->owner = owner;
     l->fd = -1;
     td_list_init(&l->wlink);
-    char portstr[16];
-    snprintf(portstr, sizeof portstr, "%d", port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
-    uv_getaddrinfo_t req;
-    int rc = uv_getaddrinfo(tp->loop, &req, NULL, host, portstr, &hints);
-    if (rc)
-        return rc;
-    int fd = bind_socket(req.addrinfo);
-    uv_freeaddrinfo(req.addrinfo);
     if (fd < 0)
-        return fd; /* -errno is libuv's error code on Linux */
-    l->fd = fd;
-    rc = uv_poll_init_socket(tp->loop, &l->poll, fd);
+        return fd; /* td_listen_socket's error */
+    int rc = uv_poll_init_socket(tp->loop, &l->poll, fd);
     if (rc) {
         close(fd);
-        l->fd = -1;
         return rc;
     }
+    l->fd = fd;
     uv_timer_init(tp->loop, &l->retry);
     l->poll.data = l->retry.data = l;
     l->open = 1;
     listen_start(l);
     return 0;
+}
+
+static int (*listen_source)(const char *host, int port, void *ud);
+static void *listen_source_ud;
+
+void td_listen_set_source(int (*source)(const char *host, int port, void *ud), void *ud) {
+    listen_source = source;
+    listen_source_ud = ud;
+}
+
+int td_listener_open(td_listener *l, td_transport *tp, const char *host, int port, const td_conn_ops *ops,
+                     size_t conn_size, void (*on_open)(td_listener *l, td_conn *c), void *owner) {
+    int fd = listen_source ? listen_source(host, port, listen_source_ud) : td_listen_socket(host, port, 0);
+    return td_listener_adopt(l, tp, fd, ops, conn_size, on_open, owner);
 }
 
 int td_listener_port(td_listener *l) {

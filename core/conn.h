@@ -188,14 +188,27 @@ void td_transport_destroy(td_transport *tp);
 void td_transport_foreach(td_transport *tp, void (*fn)(td_conn *c, void *ud), void *ud);
 
 /* ---- listening ---- */
-/* Binds host:port (a name is resolved) and listens with the system's
- * largest backlog; accepted connections get ops and conn_size, then
- * on_open. Returns 0 or a libuv error; either way td_listener_close ends
- * it. */
 /* Connections the open-file limit allows while keeping a reserve of
  * descriptors for what handlers open themselves (sockets, files, pipes):
  * an eighth of the limit, 16 to 4096, plus 32 for the process. */
 size_t td_transport_fd_budget(void);
+/* A listening socket bound to host:port (a name is resolved, blocking)
+ * with the system's largest backlog, non-blocking and close-on-exec;
+ * reuseport sets SO_REUSEPORT first. The descriptor, or a negative libuv
+ * error. */
+int td_listen_socket(const char *host, int port, int reuseport);
+/* Accepts on fd (a listening socket, which the listener now owns: closing
+ * the listener closes it); accepted connections get ops and conn_size,
+ * then on_open. A negative fd is td_listen_socket's error, returned.
+ * Returns 0 or a libuv error (fd closed); either way
+ * td_listener_close ends it. */
+int td_listener_adopt(td_listener *l, td_transport *tp, int fd, const td_conn_ops *ops, size_t conn_size,
+                      void (*on_open)(td_listener *l, td_conn *c), void *owner);
+/* Where td_listener_open gets its sockets, for the process (NULL:
+ * td_listen_socket): a worker asks its supervisor, which holds every
+ * listening socket of the server (supervisor.h). */
+void td_listen_set_source(int (*source)(const char *host, int port, void *ud), void *ud);
+/* A socket from the source, then td_listener_adopt. */
 int td_listener_open(td_listener *l, td_transport *tp, const char *host, int port, const td_conn_ops *ops,
                      size_t conn_size, void (*on_open)(td_listener *l, td_conn *c), void *owner);
 /* The bound port, or -1. */

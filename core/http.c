@@ -736,9 +736,8 @@ int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_conf
     return 0;
 }
 
-int td_http_server_listen(td_http_server *hs, const char *host, int port) {
-    return td_listener_open(&hs->listener, hs->tp, host, port, &td_http__ops, sizeof(td_http_conn), http_on_open,
-                            hs);
+int td_http_server_listen(td_http_server *hs, int fd) {
+    return td_listener_adopt(&hs->listener, hs->tp, fd, &td_http__ops, sizeof(td_http_conn), http_on_open, hs);
 }
 
 /* What a client that speaks plain HTTP to the HTTPS port gets (as nginx
@@ -751,9 +750,8 @@ static const char plain_to_tls[] = "HTTP/1.1 400 Bad Request\r\n"
                                    "Connection: close\r\n"
                                    "\r\n" PLAIN_TO_TLS_BODY;
 
-int td_http_server_listen_tls(td_http_server *hs, const char *host, int port, struct td_tls_server *tls) {
-    int rc = td_listener_open(&hs->tls_listener, hs->tp, host, port, &td_http__ops, sizeof(td_http_conn),
-                              http_on_open, hs);
+int td_http_server_listen_tls(td_http_server *hs, int fd, struct td_tls_server *tls) {
+    int rc = td_listener_adopt(&hs->tls_listener, hs->tp, fd, &td_http__ops, sizeof(td_http_conn), http_on_open, hs);
     if (rc == 0)
         td_http_server_set_tls(hs, tls);
     return rc;

@@ -187,11 +187,12 @@ static inline int td_http_is_live(const td_http_conn *hc) { return hc->conn.prot
 
 int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_config *cfg,
                         td_http_request_cb on_request, td_http_over_cb on_over, void *ud);
-/* Returns 0 or a libuv error; td_http_server_drain closes the listener
- * either way. */
-int td_http_server_listen(td_http_server *hs, const char *host, int port);
+/* Serves on fd, a listening socket (td_listen_socket; the server owns it
+ * now). Returns 0 or a libuv error; td_http_server_drain closes the
+ * listener either way. */
+int td_http_server_listen(td_http_server *hs, int fd);
 /* The same for HTTPS with tls's certificates (a reference is taken). */
-int td_http_server_listen_tls(td_http_server *hs, const char *host, int port, struct td_tls_server *tls);
+int td_http_server_listen_tls(td_http_server *hs, int fd, struct td_tls_server *tls);
 /* New HTTPS connections use tls from now on (a reload renewed them). */
 void td_http_server_set_tls(td_http_server *hs, struct td_tls_server *tls);
 /* The bound ports, or -1. */

@@ -312,7 +312,7 @@ static void start(void) {
     tp.enter = hold;
     tp.leave = release;
     td_http_server_init(&hs, &tp, &cfg, on_request, on_over, NULL);
-    int rc = td_http_server_listen(&hs, "127.0.0.1", 0);
+    int rc = td_http_server_listen(&hs, td_listen_socket("127.0.0.1", 0, 0));
     FUZZ_CHECK(rc == 0, "listening on 127.0.0.1: %s", uv_strerror(rc));
     port = td_http_server_port(&hs);
 }

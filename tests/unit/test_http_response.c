@@ -233,7 +233,7 @@ int main(void) {
     td_http_config cfg = {.max_header_bytes = 16384, .max_body_bytes = 1 << 20, .header_timeout_ms = 10000,
                           .body_timeout_ms = 10000, .keepalive_timeout_ms = 5000, .send_timeout_ms = 60000};
     td_http_server_init(&hs, &tp, &cfg, on_request, NULL, NULL);
-    CHECK_EQ_INT(td_http_server_listen(&hs, "127.0.0.1", 0), 0);
+    CHECK_EQ_INT(td_http_server_listen(&hs, td_listen_socket("127.0.0.1", 0, 0)), 0);
     port = td_http_server_port(&hs);
     test_known_length();
     test_chunked_and_its_end();
