@@ -332,5 +332,7 @@ void td_http__access_log(td_http_conn *hc) {
         td_buf_printf(&b, "%" PRIu64, rq->body_sent);
     else
         td_buf_append(&b, "-", 1);
+    if (td_log_worker() > 0)
+        td_buf_printf(&b, " worker=%d", td_log_worker());
     td_log_access(b.data, b.len);
 }

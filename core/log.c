@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,6 +21,11 @@ static int error_fd = 2;
 int td_log__access_fd = -1;
 #define access_fd td_log__access_fd
 static td_buf access_buf;
+
+static int worker_id;
+
+void td_log_set_worker(int id) { worker_id = id; }
+int td_log_worker(void) { return worker_id; }
 
 static const char *const level_names[] = {"debug", "info", "notice", "warn", "error", "crit"};
 
@@ -124,6 +130,10 @@ void td_log_raw(td_log_level level, const char *msg, size_t len) {
     localtime_r(&now, &tm);
     int n = (int)strftime(line, sizeof line, "%Y/%m/%d %H:%M:%S ", &tm);
     n += snprintf(line + n, sizeof line - (size_t)n, "[%s] ", level_names[level]);
+    if (worker_id > 0)
+        n += snprintf(line + n, sizeof line - (size_t)n, "worker %d: ", worker_id);
+    else if (worker_id < 0)
+        n += snprintf(line + n, sizeof line - (size_t)n, "supervisor: ");
     size_t room = sizeof line - (size_t)n - 1;
     if (len <= room) {
         memcpy(line + n, msg, len);
@@ -165,6 +175,22 @@ void td_log_access(const char *line, size_t len) {
 void td_log_access_flush(void) {
     if (access_buf.len == 0 || access_fd < 0)
         return;
-    write_all(access_fd, access_buf.data, access_buf.len);
+    if (worker_id == 0) {
+        write_all(access_fd, access_buf.data, access_buf.len);
+        access_buf.len = 0;
+        return;
+    }
+    /* Workers share the file or pipe: writes of whole lines, none past
+     * PIPE_BUF (what a pipe keeps in one piece), so that lines never mix. */
+    const char *p = access_buf.data, *end = p + access_buf.len;
+    while (p < end) {
+        size_t n = (size_t)(end - p);
+        if (n > PIPE_BUF) {
+            const char *nl = memrchr(p, '\n', PIPE_BUF);
+            n = nl ? (size_t)(nl - p) + 1 : (size_t)((const char *)memchr(p + PIPE_BUF, '\n', n - PIPE_BUF) - p) + 1;
+        }
+        write_all(access_fd, p, n);
+        p += n;
+    }
     access_buf.len = 0;
 }

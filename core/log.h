@@ -26,6 +26,12 @@ int td_log_open_access(const char *path);
 void td_log_reopen(void);
 void td_log_close(void);
 
+/* With more than one worker, every line names its process: the error log's
+ * with a prefix ("worker 2: ", "supervisor: " for id -1), the access
+ * log's with a last field (" worker=2"). 0: the only process, no mark. */
+void td_log_set_worker(int id);
+int td_log_worker(void);
+
 /* Returns the level for a name ("debug" ... "crit", also "warning"), or -1. */
 int td_log_level_from_name(const char *name);
 const char *td_log_level_name(td_log_level level);
