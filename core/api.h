@@ -8,6 +8,7 @@
 
 #include "errors.h"
 #include "http.h"
+#include "shared.h"
 #include "sock.h"
 #include "vm.h"
 
@@ -94,6 +95,14 @@ void td_api_websocket_open(lua_State *L, td_vm *vm, td_http_server *hs);
 void td_api_websocket_drain(void);
 /* After the Lua state closed: what every WebSocket shares (zlib streams). */
 void td_api_websocket_teardown(void);
+
+/* tendril.shared: the dictionaries of `shared` (NULL: none) and their
+ * watches. */
+void td_api_shared_open(lua_State *L, td_vm *vm, td_shared *shared);
+/* Shutdown: every watch's wait ends (its recv returns nil, "closed"). */
+void td_api_shared_stop(void);
+/* After the Lua state closed. */
+void td_api_shared_teardown(void);
 
 /* The td_http_over_cb: closes or kills the request's scope. */
 void td_api_http_over(td_http_conn *hc, int status, void *ud);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "api.h"
 #include "http.h"
@@ -26,6 +27,8 @@
 
 typedef struct td_app {
     const td_config *cfg;
+    const td_worker *w;
+    td_worker_slot *slot; /* the worker's beat; NULL alone */
     uv_loop_t loop;
     td_transport *tp;
     td_http_server *hs;
@@ -49,9 +52,13 @@ static void raise_fd_limit(void) {
     }
 }
 
-static void on_log_turn(uv_prepare_t *p) {
-    (void)p;
+/* Once per loop turn: the access log's lines go out, and the worker's
+ * heartbeat moves (the trimmer's timer turns an idle loop every second). */
+static void on_loop_turn(uv_prepare_t *p) {
+    td_app *app = p->data;
     td_log_access_flush();
+    if (app->slot)
+        atomic_fetch_add_explicit(&app->slot->beat, 1, memory_order_relaxed);
 }
 
 /* ---- the Lua side ---- */
@@ -73,6 +80,11 @@ static void open_core(td_app *app) {
     td_api_process_open(L, app->vm);
     td_api_coroutine_open(L, app->vm);
     td_api_websocket_open(L, app->vm, app->hs);
+    td_api_shared_open(L, app->vm, app->w->shared);
+    lua_pushinteger(L, app->w->id);
+    lua_setfield(L, -2, "worker_id");
+    lua_pushinteger(L, app->w->count);
+    lua_setfield(L, -2, "worker_count");
     lua_setfield(L, -2, "tendril.core");
     lua_pop(L, 2);
 }
@@ -212,6 +224,7 @@ static void on_stop_signal(td_app *app, int signum) {
     td_api_tcp_close_listeners();
     td_sock_close_pooled();
     td_reload_stop(app->reload);
+    td_api_shared_stop();
     if (in_flight(app) == 0) {
         finish(app);
         return;
@@ -325,38 +338,65 @@ static void reload_certificates(void *ud) {
 
 /* ---- running ---- */
 
-static void print_url(const char *scheme, const char *host, int port) {
+void td_app_print_url(const char *scheme, const char *host, int port) {
     if (strchr(host, ':'))
         printf("listening on %s://[%s]:%d\n", scheme, host, port);
     else
         printf("listening on %s://%s:%d\n", scheme, host, port);
 }
 
+void td_app_ports(const td_config *cfg, int *plain, int *tls) {
+    int secure = cfg->ntls_certs > 0;
+    *plain = secure && cfg->tls_port < 0 ? -1 : cfg->port;
+    *tls = !secure ? -1 : cfg->tls_port < 0 ? cfg->port : cfg->tls_port;
+}
+
 /* The listeners: plain on --port and HTTPS on --tls-port, or HTTPS alone on
- * --port. 0, or 1 after saying why on stderr. */
+ * --port; the supervisor's sockets when it made them. 0, or 1 after saying
+ * why on stderr. */
 static int listen_all(td_app *app) {
     const td_config *cfg = app->cfg;
-    int plain_port = app->tls && cfg->tls_port < 0 ? -1 : cfg->port;
-    int tls_port = !app->tls ? -1 : cfg->tls_port < 0 ? cfg->port : cfg->tls_port;
-    int rc;
-    if (plain_port >= 0 && (rc = td_http_server_listen(app->hs, cfg->host, plain_port)) != 0) {
-        fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, plain_port, uv_strerror(rc));
-        return 1;
+    const td_worker *w = app->w;
+    int plain_port, tls_port, rc;
+    td_app_ports(cfg, &plain_port, &tls_port);
+    if (plain_port >= 0) {
+        int fd = w->http_fd >= 0 ? w->http_fd : td_listen_socket(cfg->host, plain_port, 0);
+        if ((rc = td_http_server_listen(app->hs, fd)) != 0) {
+            fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, plain_port, uv_strerror(rc));
+            return 1;
+        }
     }
-    if (tls_port >= 0 && (rc = td_http_server_listen_tls(app->hs, cfg->host, tls_port, app->tls)) != 0) {
-        fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, tls_port, uv_strerror(rc));
-        return 1;
+    if (tls_port >= 0) {
+        int fd = w->tls_fd >= 0 ? w->tls_fd : td_listen_socket(cfg->host, tls_port, 0);
+        if ((rc = td_http_server_listen_tls(app->hs, fd, app->tls)) != 0) {
+            fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, tls_port, uv_strerror(rc));
+            return 1;
+        }
+    }
+    if (w->ready_fd >= 0) {
+        /* The supervisor prints the URLs once every worker serves. */
+        unsigned char id = (unsigned char)w->id;
+        ssize_t n;
+        do
+            n = write(w->ready_fd, &id, 1);
+        while (n < 0 && errno == EINTR);
+        return 0;
     }
     if (plain_port >= 0)
-        print_url("http", cfg->host, td_http_server_port(app->hs));
+        td_app_print_url("http", cfg->host, td_http_server_port(app->hs));
     if (tls_port >= 0)
-        print_url("https", cfg->host, td_http_server_tls_port(app->hs));
+        td_app_print_url("https", cfg->host, td_http_server_tls_port(app->hs));
     fflush(stdout);
     return 0;
 }
 
-int td_app_run(const td_config *cfg) {
-    td_app app = {.cfg = cfg};
+int td_app_run(const td_config *cfg, const td_worker *w) {
+    td_app app = {.cfg = cfg, .w = w};
+    if (w->count > 1) {
+        td_log_set_worker(w->id);
+        app.slot = &w->shared->slots[w->id - 1];
+        td_stall_publish(app.slot->stall, sizeof app.slot->stall);
+    }
     int rc;
     signal(SIGPIPE, SIG_IGN);
     /* A handler's print reaches a pipe (systemd, Docker) at once. */
@@ -412,7 +452,7 @@ int td_app_run(const td_config *cfg) {
     uv_timer_init(&app.loop, &app.shutdown_timer);
     uv_prepare_init(&app.loop, &app.log_flusher);
     uv_timer_init(&app.loop, &app.trimmer);
-    app.stop_async.data = app.shutdown_timer.data = app.trimmer.data = &app;
+    app.stop_async.data = app.shutdown_timer.data = app.trimmer.data = app.log_flusher.data = &app;
 
     /* Before the app loads: its top level may wait, and logrotate may come. */
     uv_signal_start(&app.sigusr1, on_usr1, SIGUSR1);
@@ -426,7 +466,7 @@ int td_app_run(const td_config *cfg) {
         td_reload_on_reload(app.reload, reload_certificates, &app);
         td_reload_arm(app.reload);
         catch_stop_signals(&app);
-        uv_prepare_start(&app.log_flusher, on_log_turn);
+        uv_prepare_start(&app.log_flusher, on_loop_turn);
         uv_unref((uv_handle_t *)&app.log_flusher);
         uv_timer_start(&app.trimmer, on_trim_tick, 1000, 1000);
         uv_unref((uv_handle_t *)&app.trimmer);
@@ -454,6 +494,7 @@ int td_app_run(const td_config *cfg) {
     td_http_server_drain(app.hs); /* closes the listener */
     td_transport_close(app.tp);
     td_api_websocket_teardown();
+    td_api_shared_teardown();
     close_handle((uv_handle_t *)&app.stop_async);
     close_handle((uv_handle_t *)&app.sigusr1);
     close_handle((uv_handle_t *)&app.shutdown_timer);

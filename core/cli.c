@@ -43,6 +43,13 @@ static const char usage_text[] =
     "  --tls-key FILE           the certificate's private key (PEM)\n"
     "  --tls-port P             HTTPS on P, plain HTTP on --port (default: --port speaks HTTPS\n"
     "                           when certificates are given)\n"
+    "  --workers N|auto         worker processes, each with its own event loop and Lua state,\n"
+    "                           under a supervisor that restarts them; auto is one per CPU\n"
+    "                           (default 1: one process, no supervisor)\n"
+    "  --stall-kill S           with workers: a worker whose event loop has not turned for S\n"
+    "                           seconds is killed and replaced; 0 is off (default 10)\n"
+    "  --shared NAME=SIZE       a dictionary shared by every worker, SIZE bytes (suffix k, m\n"
+    "                           or g; at least 64k), for tendril.shared.dict(NAME); repeatable\n"
     "  --help                   this text\n"
     "  --version                the version\n";
 
@@ -89,7 +96,7 @@ static const char *const valued[] = {
     "--host", "--port", "--access-log", "--error-log", "--max-header-bytes", "--max-body-bytes",
     "--max-connections", "--header-timeout", "--body-timeout", "--keepalive-timeout", "--shutdown-timeout",
     "--send-timeout", "--request-timeout", "--stall-warn-ms", "--lua-memory-limit", "--tls-cert", "--tls-key",
-    "--tls-port", NULL,
+    "--tls-port", "--workers", "--stall-kill", "--shared", NULL,
 };
 
 static int takes_value(const char *name) {
@@ -109,6 +116,31 @@ static int parse_seconds(const char *s, double *out) {
     return 0;
 }
 
+/* NAME=SIZE: a name of letters, digits, _ and -, and a size of 64k or more. */
+static int parse_shared(td_config *cfg, const char *value) {
+    const char *eq = strchr(value, '=');
+    size_t n = eq ? (size_t)(eq - value) : 0;
+    if (!eq || n == 0 || n > 63 || strspn(value, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                               "0123456789_-") != n)
+        return usage_error("--shared takes NAME=SIZE (a name of letters, digits, _ and -, e.g. cache=10m), "
+                           "not '%s'", value);
+    size_t size;
+    if (parse_bytes(eq + 1, &size) != 0 || size < ((size_t)64 << 10))
+        return usage_error("--shared: the size is a number of bytes of 64k or more (suffix k, m or g), "
+                           "not '%s'", value);
+    char name[64];
+    memcpy(name, value, n);
+    name[n] = '\0';
+    for (size_t i = 0; i < cfg->nshared; i++)
+        if (strcmp(cfg->shared_names[i], name) == 0)
+            return usage_error("--shared: the dictionary '%s' is declared twice", name);
+    if (cfg->nshared >= TD_CLI_MAX_SHARED)
+        return usage_error("at most 32 shared dictionaries, not more ('%s')", value);
+    memcpy(cfg->shared_names[cfg->nshared], name, n + 1);
+    cfg->shared_sizes[cfg->nshared++] = size;
+    return 0;
+}
+
 int td_cli_parse(int argc, char **argv, td_config *cfg) {
     *cfg = (td_config){
         .host = "127.0.0.1",
@@ -123,6 +155,8 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         .request_timeout = 60,
         .stall_warn_ms = 200,
         .tls_port = -1,
+        .workers = 1,
+        .stall_kill = 10,
     };
     int i = 1;
     if (i < argc && (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)) {
@@ -241,6 +275,22 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
             if (parse_size(value, &p) != 0 || p > 65535)
                 return usage_error("--tls-port takes a number from 0 to 65535, not '%s'", value);
             cfg->tls_port = (int)p;
+        } else if (strcmp(name, "--workers") == 0) {
+            size_t w;
+            if (strcmp(value, "auto") == 0)
+                cfg->workers = 0;
+            else if (parse_size(value, &w) != 0 || w < 1 || w > TD_CLI_MAX_WORKERS)
+                return usage_error("--workers takes auto or a number from 1 to 64, not '%s'", value);
+            else
+                cfg->workers = (int)w;
+        } else if (strcmp(name, "--stall-kill") == 0) {
+            if (strcmp(value, "0") == 0)
+                cfg->stall_kill = 0;
+            else if (parse_seconds(value, &cfg->stall_kill) != 0)
+                return usage_error("--stall-kill takes a number of seconds (0 turns it off), not '%s'", value);
+        } else if (strcmp(name, "--shared") == 0) {
+            if (parse_shared(cfg, value) != 0)
+                return TD_CLI_USAGE;
         } else {
             return usage_error("unknown option '%s'", name);
         }

@@ -6,6 +6,10 @@
 
 /* Certificate and key pairs (SNI) at most. */
 #define TD_CLI_MAX_TLS 16
+/* Shared dictionaries at most (shared.h). */
+#define TD_CLI_MAX_SHARED 32
+/* Worker processes at most (a watch's mask has a bit per worker). */
+#define TD_CLI_MAX_WORKERS 64
 
 typedef struct td_config {
     const char *app_path;
@@ -30,6 +34,14 @@ typedef struct td_config {
     const char *tls_keys[TD_CLI_MAX_TLS];
     size_t ntls_certs, ntls_keys;
     int tls_port; /* -1: --port itself speaks TLS (when certificates are given) */
+    /* Worker processes (0: one per CPU); 1 is the single process without
+     * a supervisor. */
+    int workers;
+    double stall_kill; /* seconds; 0: stuck workers are left alone */
+    /* Shared dictionaries: names and sizes in bytes. */
+    char shared_names[TD_CLI_MAX_SHARED][64];
+    size_t shared_sizes[TD_CLI_MAX_SHARED];
+    size_t nshared;
 } td_config;
 
 /* Less than this would not hold the runtime's own library. */

@@ -54,6 +54,24 @@ struct td_stall {
  * one Lua state, hence one guard, per process. */
 static td_stall *_Atomic active;
 
+static char *publish_buf;
+static size_t publish_size;
+
+void td_stall_publish(char *buf, size_t size) {
+    publish_buf = buf;
+    publish_size = size;
+    if (buf && size)
+        buf[0] = '\0';
+}
+
+static void publish(const char *who, const char *where) {
+    if (!publish_buf)
+        return;
+    char text[2 * TD_STALL_TEXT + 8];
+    snprintf(text, sizeof text, "%s%s%s", who, where[0] ? ", at " : "", where);
+    snprintf(publish_buf, publish_size, "%s", text);
+}
+
 static uint64_t mono_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -110,6 +128,7 @@ static void stall_text(td_stall *s, uint64_t seq, char *who, char *where) {
 static void report_ongoing(td_stall *s, uint64_t seq, uint64_t held) {
     char who[TD_STALL_TEXT], where[TD_STALL_TEXT];
     stall_text(s, seq, who, where);
+    publish(who, where);
     if (where[0])
         td_log(TD_LOG_WARN, "stall: %s has held the event loop for %llu ms and is still running, at %s", who,
                (unsigned long long)held, where);
@@ -249,6 +268,8 @@ int td_stall_leave(td_stall *s, uint64_t *ms, char *where, char *who) {
      * in C before returning here). */
     lua_sethook(s->L, NULL, 0, 0);
     *ms = mono_ms() - atomic_load(&s->stalled_since);
+    if (publish_buf)
+        publish_buf[0] = '\0';
     pthread_mutex_lock(&s->lock);
     if (s->where_seq == seq) {
         memcpy(where, s->where, TD_STALL_TEXT);

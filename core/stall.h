@@ -40,6 +40,12 @@ td_stall *td_stall_start(lua_State *L, uint64_t threshold_ms, uint64_t shutdown_
                          void *ud);
 void td_stall_stop(td_stall *s);
 
+/* While a stall lasts, the watchdog also writes what holds the loop ("GET
+ * /x, at app.lua:3") into buf (a worker's shared slot, read by the
+ * supervisor that kills a stuck worker); "" when it ends. NULL: nowhere.
+ * One per process; set before td_stall_start. */
+void td_stall_publish(char *buf, size_t size);
+
 /* From a signal handler (async-signal-safe): a stop signal came. */
 void td_stall_stop_signal(void);
 

@@ -271,6 +271,21 @@ function _M.generation()
     return generation.number()
 end
 
+---------------------------------------------------------------- workers
+
+local worker_id, worker_count = core.worker_id, core.worker_count
+
+--- This worker's number, 1 to worker_count() (a replacement takes the
+--- number of the worker it replaces); 1 without --workers.
+function _M.worker_id()
+    return worker_id
+end
+
+--- The number of workers (--workers; 1 without it).
+function _M.worker_count()
+    return worker_count
+end
+
 _M.DEFAULT_TIMEOUT = DEFAULT_TIMEOUT
 
 return _M

@@ -163,8 +163,44 @@ static void test_tls_options(void) {
     }
 }
 
+static void test_worker_options(void) {
+    td_config cfg;
+    const char *none[] = {"tendril", "serve", "a.lua"};
+    CHECK_EQ_INT(parse(&cfg, 3, none), TD_CLI_RUN);
+    CHECK_EQ_INT(cfg.workers, 1);
+    CHECK(cfg.stall_kill == 10);
+    CHECK_EQ_INT(cfg.nshared, 0);
+    const char *ok[] = {"tendril", "serve", "a.lua", "--workers", "auto", "--stall-kill=0",
+                        "--shared", "cache=10m", "--shared=hits_2=64k"};
+    CHECK_EQ_INT(parse(&cfg, 9, ok), TD_CLI_RUN);
+    CHECK_EQ_INT(cfg.workers, 0);
+    CHECK(cfg.stall_kill == 0);
+    CHECK_EQ_INT(cfg.nshared, 2);
+    CHECK(strcmp(cfg.shared_names[0], "cache") == 0 && cfg.shared_sizes[0] == (size_t)10 << 20);
+    CHECK(strcmp(cfg.shared_names[1], "hits_2") == 0 && cfg.shared_sizes[1] == (size_t)64 << 10);
+    const char *four[] = {"tendril", "serve", "a.lua", "--workers", "4", "--stall-kill", "2.5"};
+    CHECK_EQ_INT(parse(&cfg, 7, four), TD_CLI_RUN);
+    CHECK_EQ_INT(cfg.workers, 4);
+    CHECK(cfg.stall_kill == 2.5);
+    const char *w0[] = {"tendril", "serve", "a.lua", "--workers", "0"};
+    said("--workers takes auto or a number from 1 to 64, not '0'", 5, w0);
+    const char *w65[] = {"tendril", "serve", "a.lua", "--workers=65"};
+    said("--workers takes auto or a number from 1 to 64, not '65'", 4, w65);
+    const char *small[] = {"tendril", "serve", "a.lua", "--shared", "c=1k"};
+    said("--shared: the size is a number of bytes of 64k or more", 5, small);
+    const char *noname[] = {"tendril", "serve", "a.lua", "--shared", "=1m"};
+    said("--shared takes NAME=SIZE", 5, noname);
+    const char *badname[] = {"tendril", "serve", "a.lua", "--shared", "a b=1m"};
+    said("--shared takes NAME=SIZE", 5, badname);
+    const char *twice[] = {"tendril", "serve", "a.lua", "--shared", "c=1m", "--shared", "c=2m"};
+    said("--shared: the dictionary 'c' is declared twice", 7, twice);
+    const char *neg[] = {"tendril", "serve", "a.lua", "--stall-kill", "-1"};
+    said("--stall-kill takes a number of seconds (0 turns it off), not '-1'", 5, neg);
+}
+
 int main(void) {
     test_defaults();
+    test_worker_options();
     test_tls_options();
     test_every_option();
     test_refusals();

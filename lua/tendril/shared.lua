@@ -1,0 +1,207 @@
+-- Dictionaries shared by every worker: local shared = require "tendril.shared"
+--
+-- shared.dict(name) returns the dictionary declared with --shared NAME=SIZE
+-- (it works with one worker too). Its methods run in C (api_shared.c):
+-- get, set, add, replace, incr, delete, ttl, keys, flush_all, stats.
+--
+-- d:watch(prefix) returns a subscription whose recv([timeout]) returns the
+-- next key under prefix that changed, in any worker. A subscription holds
+-- at most max_queue keys (default 1000); past that, recv says "overflow"
+-- once (keys were lost: read again what matters) and goes on. It ends with
+-- sub:close(), or with the handler or thread that made it (tendril.owned).
+-- One task per process (the pump) reads the changes and hands them out.
+local core = require "tendril.core"
+local owned = require "tendril.owned"
+
+local type, error, tostring, setmetatable, next, pairs = type, error, tostring, setmetatable, next, pairs
+local sub_find = string.find
+local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
+local shared_watch, shared_wait, shared_changes = core.shared_watch, core.shared_wait, core.shared_changes
+
+local DEFAULT_MAX_QUEUE = 1000
+
+local _M = {}
+
+-- dictionary name -> { [subscription] = true }
+local watchers = {}
+local pump_running = false
+
+local sub_methods = {}
+local sub_mt = { __index = sub_methods }
+
+local function wake(sub)
+    local ev = sub.ev
+    if ev then
+        sub.ev = nil
+        event_set(ev)
+    end
+end
+
+local function deliver(sub, key)
+    local tail = sub.tail + 1
+    if tail - sub.head >= sub.max then
+        sub.lost = true
+    else
+        sub.tail = tail
+        sub.q[tail] = key
+    end
+    wake(sub)
+end
+
+-- The pump: waits for the eventfd, reads the changes, hands them out. It
+-- ends when the last watch goes (or at shutdown).
+local function pump()
+    while true do
+        local ok = shared_wait()
+        if not ok then
+            break
+        end
+        local changes, lost = shared_changes()
+        for i = 1, #changes, 2 do
+            local subs = watchers[changes[i]]
+            if subs then
+                local key = changes[i + 1]
+                for sub in pairs(subs) do
+                    if sub_find(key, sub.prefix, 1, true) == 1 then
+                        deliver(sub, key)
+                    end
+                end
+            end
+        end
+        for name in pairs(lost) do
+            for sub in pairs(watchers[name] or {}) do
+                sub.lost = true
+                wake(sub)
+            end
+        end
+    end
+    pump_running = false
+    -- Shutdown: every subscription hears it.
+    for _, subs in pairs(watchers) do
+        for sub in pairs(subs) do
+            if not sub.ended then
+                sub.ended = "closed"
+                wake(sub)
+            end
+        end
+    end
+end
+
+local function finish(sub, why)
+    if sub.ended then
+        return
+    end
+    sub.ended = why
+    local subs = watchers[sub.name]
+    if subs and subs[sub] then
+        subs[sub] = nil
+        if next(subs) == nil then
+            watchers[sub.name] = nil
+        end
+        shared_watch(sub.dict, false)
+    end
+    sub.q, sub.head, sub.tail = nil, 1, 0
+    wake(sub)
+end
+
+local function watch(self, prefix, opts)
+    prefix = prefix or ""
+    if type(prefix) ~= "string" then
+        error("watch: a prefix is a string, got " .. type(prefix), 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("watch: expected an options table, got " .. type(opts), 2)
+    end
+    local max = opts and opts.max_queue or DEFAULT_MAX_QUEUE
+    if type(max) ~= "number" or max < 1 or max % 1 ~= 0 then
+        error("watch: opts.max_queue must be a whole number >= 1, got " .. tostring(max), 2)
+    end
+    local name = self:name()
+    local sub = setmetatable({ dict = self, name = name, prefix = prefix, q = {}, head = 1, tail = 0,
+                               max = max }, sub_mt)
+    local ok, err = shared_watch(self, true)
+    if not ok then
+        sub.ended = err
+        return sub
+    end
+    local subs = watchers[name]
+    if not subs then
+        subs = {}
+        watchers[name] = subs
+    end
+    subs[sub] = true
+    if not pump_running then
+        pump_running = true
+        core.spawn_detached(pump)
+    end
+    owned.add(sub)
+    return sub
+end
+core.shared_methods.watch = watch
+
+--- The next key that changed; nil, "timeout" after timeout seconds (none:
+--- as long as it takes); nil, "overflow" once after keys were lost; nil,
+--- "closed" after sub:close() or at shutdown.
+function sub_methods.recv(self, timeout)
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
+        error("sub:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
+    end
+    while true do
+        local head = self.head
+        if head <= self.tail then
+            local q = self.q
+            local key = q[head]
+            q[head] = nil
+            if head == self.tail then
+                self.head, self.tail = 1, 0
+            else
+                self.head = head + 1
+            end
+            return key
+        end
+        -- After what came before the loss.
+        if self.lost then
+            self.lost = nil
+            return nil, "overflow"
+        end
+        if self.ended then
+            return nil, self.ended
+        end
+        local ev = self.ev
+        if not ev then
+            ev = event_new()
+            self.ev = ev
+        end
+        local ok, err = event_wait(ev, timeout)
+        if not ok then
+            return nil, err
+        end
+    end
+end
+
+--- Ends the subscription; a recv waiting returns nil, "closed".
+function sub_methods.close(self)
+    finish(self, "closed")
+    return true
+end
+
+--- The dictionary declared with --shared NAME=SIZE.
+function _M.dict(name)
+    if type(name) ~= "string" then
+        error("shared.dict: a name is a string, got " .. type(name), 2)
+    end
+    local d = core.shared_dict(name)
+    if not d then
+        local names = core.shared_names()
+        error("shared.dict: no dictionary named '" .. name .. "' (declare it: tendril serve APP.lua --shared "
+              .. name .. "=SIZE" .. (#names > 0 and "; declared: " .. table.concat(names, ", ") or "") .. ")", 2)
+    end
+    return d
+end
+
+--- The names of the declared dictionaries.
+function _M.names()
+    return core.shared_names()
+end
+
+return _M

@@ -1,0 +1,384 @@
+"""--workers N: a supervisor and N worker processes on one port. Every
+worker answers; a worker that dies or sticks is replaced while the others
+serve; signals reach every worker; the shared dictionaries are one store
+for all of them, and a watch hears a change made in another worker."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+from harness import (BIN, SANITIZED, Server, TestCase, deadline, get, main, poll, request)
+
+APP = r'''
+local tendril = require "tendril"
+local shared = require "tendril.shared"
+local counters = shared.dict("counters")
+
+return function(req, res)
+    res:header("X-Worker", tostring(tendril.worker_id()))
+    local p = req.path
+    if p == "/" then
+        return "worker " .. tendril.worker_id() .. " of " .. tendril.worker_count() .. "\n"
+    elseif p == "/bump" then
+        -- 1,000 increments, yielding between batches so that both workers
+        -- run at once
+        for i = 1, 10 do
+            for _ = 1, 100 do
+                counters:incr("hits", 1, 0)
+            end
+            tendril.sleep(0)
+        end
+        return "ok"
+    elseif p == "/hits" then
+        return tostring(counters:get("hits"))
+    elseif p == "/spin" then
+        while true do end
+    elseif p == "/slow" then
+        tendril.sleep(0.3)
+        return "slow done"
+    elseif p == "/set" then
+        counters:set("seen:" .. tendril.worker_id(), tendril.now())
+        return "set"
+    elseif p == "/watch" then
+        -- waits for a change made by another worker; answers the delay
+        local sub = counters:watch("seen:")
+        local me = "seen:" .. tendril.worker_id()
+        while true do
+            local key, err = sub:recv(10)
+            if not key then
+                return "watch: " .. err
+            end
+            if key ~= me then
+                local at = counters:get(key)
+                return string.format("%s %.1f", key, (tendril.now() - at) * 1000)
+            end
+        end
+    elseif p == "/fill" then
+        for i = 1, 100 do
+            counters:set("keep:" .. i, "v" .. i)
+        end
+        return "filled"
+    elseif p == "/kept" then
+        local n = 0
+        for i = 1, 100 do
+            if counters:get("keep:" .. i) == "v" .. i then
+                n = n + 1
+            end
+        end
+        return tostring(n)
+    elseif p == "/hold" then
+        counters:_hold(30)
+        return "held"
+    elseif p == "/pid" then
+        local f = io.open("/proc/self/stat")
+        local pid = f:read("*n")
+        f:close()
+        return tostring(pid)
+    elseif p == "/stats" then
+        local s = counters:stats()
+        return string.format("repairs=%d count=%d", s.repairs, s.count)
+    end
+    res.status = 404
+    return "no"
+end
+'''
+
+
+def worker_pids(server):
+    """The supervisor's children (the workers), by reading /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == server.proc.pid:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def who(port, target="/"):
+    r = get(port, target)
+    return int(r.header("x-worker")), r
+
+
+def ab(port, target, n, c):
+    """ab -r (goes on past socket errors); (complete, failed, non-2xx)."""
+    out = subprocess.run(["ab", "-r", "-q", "-s", "20", "-n", str(n), "-c", str(c),
+                          "http://127.0.0.1:%d%s" % (port, target)],
+                         capture_output=True, text=True, timeout=deadline(120))
+    text = out.stdout + out.stderr
+
+    def field(name):
+        m = re.search(r"^%s:\s+(\d+)" % name, text, re.M)
+        return int(m.group(1)) if m else 0
+    if not re.search(r"^Complete requests:", text, re.M):
+        raise AssertionError("ab did not finish: " + text[-2000:])
+    return field("Complete requests"), field("Failed requests"), field("Non-2xx responses"), text
+
+
+class WorkersTest(TestCase):
+    ARGS = ["--workers", "2", "--shared", "counters=1m", "--stall-kill", "2"]
+
+    def serve(self, args=(), env=None, leftovers_ok=False):
+        srv = Server(APP, args=self.ARGS + list(args), env=env, leftovers_ok=leftovers_ok)
+        srv.start()
+        self.addCleanup(lambda: srv.proc.poll() is None and srv.proc.kill())
+        return srv
+
+    def test_both_workers_answer_on_one_port(self):
+        srv = self.serve()
+        seen = {}
+        for _ in range(1000):
+            w, r = who(srv.port)
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.body, b"worker %d of 2\n" % w)
+            seen[w] = seen.get(w, 0) + 1
+        self.assertEqual(sorted(seen), [1, 2], seen)
+        self.assertEqual(len(worker_pids(srv)), 2)
+        self.assertEqual(srv.stop(), 0)
+        err = srv.stderr()
+        self.assertIn("supervisor: worker 1", err)
+        self.assertIn("worker 2: SIGTERM: shutting down", err)
+        self.assertEqual(srv.stdout().count("listening on"), 1)
+
+    def test_a_killed_worker_is_back_within_a_second(self):
+        srv = self.serve()
+        before = worker_pids(srv)
+        result = {}
+
+        def load():
+            result["ab"] = ab(srv.port, "/", 3000 if SANITIZED else 10000, 50)
+        t = threading.Thread(target=load)
+        t.start()
+        time.sleep(deadline(0.5))
+        victim = before[0]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        back = poll(lambda: len(worker_pids(srv)) == 2 and victim not in worker_pids(srv) and
+                    "serves" in srv.stderr(), 5, interval=0.01)
+        took = time.monotonic() - killed_at
+        t.join()
+        self.assertTrue(back, srv.stderr())
+        self.assertLess(took, deadline(1.0))
+        complete, failed, non2xx, text = result["ab"]
+        # At most what the dead worker had in flight: ab keeps 50.
+        self.assertLessEqual(failed + non2xx, 50, text)
+        self.assertGreater(complete, 0)
+        self.assertRegex(srv.stderr(), r"supervisor: worker \d \(pid %d\) was killed by signal 9 \(Killed\); "
+                                       r"restarting it" % victim)
+        # Both serve again, the replacement under the dead worker's id.
+        ids = {who(srv.port)[0] for _ in range(200)}
+        self.assertEqual(ids, {1, 2})
+        self.assertEqual(srv.stop(), 0)
+
+    def test_sigterm_under_load_drains_every_worker(self):
+        srv = self.serve()
+        results = []
+
+        def slow():
+            try:
+                results.append(get(srv.port, "/slow").body)
+            except Exception as e:  # noqa: BLE001
+                results.append(repr(e).encode())
+        threads = [threading.Thread(target=slow) for _ in range(20)]
+        for t in threads:
+            t.start()
+        time.sleep(deadline(0.1))
+        srv.signal(signal.SIGTERM)
+        for t in threads:
+            t.join()
+        self.assertEqual(srv.wait(), 0)
+        self.assertEqual(results, [b"slow done"] * 20)
+        err = srv.stderr()
+        self.assertIn("worker 1: SIGTERM: shutting down", err)
+        self.assertIn("worker 2: SIGTERM: shutting down", err)
+        self.assertIn("supervisor: every worker ended; exiting 0", err)
+
+    def test_a_stuck_worker_is_replaced(self):
+        srv = self.serve()
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(b"GET /spin HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        # The other worker serves throughout.
+        served = 0
+        while time.monotonic() - started < deadline(1.5):
+            self.assertEqual(get(srv.port).status, 200)
+            served += 1
+        self.assertGreater(served, 0)
+        line = poll(lambda: re.search(r"\[crit\] supervisor: worker (\d) \(pid \d+\): its event loop has not "
+                                      r"turned for [\d.]+ s \(GET /spin\): killing it", srv.stderr()), 10)
+        self.assertTrue(line, srv.stderr())
+        replaced = poll(lambda: re.search(r"worker %s \(pid \d+\) serves" % line.group(1), srv.stderr()), 10)
+        self.assertTrue(replaced, srv.stderr())
+        # --stall-kill 2 plus a second (the sanitizer build is slower).
+        self.assertLess(time.monotonic() - started, deadline(3.0) + 1.0)
+        # The client of the stuck request lost its connection.
+        s.settimeout(5)
+        try:
+            self.assertEqual(s.recv(100), b"")
+        except ConnectionResetError:
+            pass
+        s.close()
+        self.assertEqual({who(srv.port)[0] for _ in range(100)}, {1, 2})
+        self.assertEqual(srv.stderr().count("killing it"), 1)
+        self.assertEqual(srv.stop(), 0)
+
+    def test_a_shared_counter_is_exact_across_workers(self):
+        srv = self.serve()
+        seen = set()
+        lock = threading.Lock()
+
+        def bump(n):
+            for _ in range(n):
+                w, r = who(srv.port, "/bump")
+                assert r.body == b"ok", r.body
+                with lock:
+                    seen.add(w)
+        threads = [threading.Thread(target=bump, args=(10,)) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(seen, {1, 2})
+        self.assertEqual(get(srv.port, "/hits").body, b"100000")
+        self.assertEqual(srv.stop(), 0)
+
+    def test_a_worker_killed_holding_the_lock_does_not_wedge_the_others(self):
+        srv = self.serve(env={"TENDRIL_TEST_HOOKS": "1"})
+        self.assertEqual(get(srv.port, "/fill").body, b"filled")
+        # /hold blocks its worker inside the lock; the other worker's calls
+        # wait for the lock meanwhile.
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        holder = poll(lambda: re.search(r"worker (\d): stall: GET /hold", srv.stderr()), 5)
+        self.assertTrue(holder, srv.stderr())
+        # The other worker answers (without the dictionary); the holder's
+        # pid is the one it is not.
+        other = poll(lambda: int(get(srv.port, "/pid").body), 5)
+        victim = [p for p in worker_pids(srv) if p != other]
+        self.assertEqual(len(victim), 1)
+        victim = victim[0]
+        os.kill(victim, signal.SIGKILL)
+        s.close()
+        self.assertEqual(get(srv.port, "/kept").body, b"100")
+        self.assertTrue(poll(lambda: len(worker_pids(srv)) == 2, 5))
+        for _ in range(20):
+            self.assertEqual(get(srv.port, "/kept").body, b"100")
+        body = get(srv.port, "/stats").body.decode()
+        self.assertIn("repairs=1", body)
+        self.assertIn("was killed by signal 9", srv.stderr())
+        self.assertEqual(srv.stop(), 0)
+
+    def test_a_watch_hears_a_change_in_the_other_worker(self):
+        srv = self.serve()
+        delays = []
+        for _ in range(3):
+            out = {}
+
+            def watch():
+                out["r"] = get(srv.port, "/watch", timeout=30)
+            t = threading.Thread(target=watch)
+            t.start()
+            time.sleep(deadline(0.2))  # parked in recv
+            # Sets in both workers until the other one made one.
+            end = time.monotonic() + deadline(10)
+            while t.is_alive() and time.monotonic() < end:
+                get(srv.port, "/set")
+                t.join(0.05)
+            t.join()
+            body = out["r"].body.decode()
+            key, ms = body.split()
+            self.assertNotEqual(key, "seen:%s" % out["r"].header("x-worker"))
+            delays.append(float(ms))
+        # A few milliseconds: the eventfd wakes the other worker at once
+        # (the clocks are each loop's, read at the start of its turn).
+        self.assertLess(min(delays), deadline(20), delays)
+        self.assertEqual(srv.stop(), 0)
+
+    def test_tcp_listen_is_shared_too(self):
+        app = r'''
+            local tendril = require "tendril"
+            local tcp = require "tendril.tcp"
+            local port = tcp.listen("127.0.0.1", 0, function(sock)
+                sock:send("worker " .. tendril.worker_id() .. "\n")
+            end)
+            return function() return tostring(port) end
+        '''
+        srv = Server(app, args=["--workers", "2"]).start()
+        self.addCleanup(lambda: srv.proc.poll() is None and srv.proc.kill())
+        ports = {get(srv.port).body for _ in range(50)}
+        self.assertEqual(len(ports), 1, "port 0 was resolved once for every worker")
+        tport = int(ports.pop())
+        seen = set()
+        for _ in range(200):
+            with socket.create_connection(("127.0.0.1", tport)) as c:
+                c.settimeout(5)
+                seen.add(c.recv(100))
+        self.assertEqual(seen, {b"worker 1\n", b"worker 2\n"})
+        self.assertEqual(srv.stop(), 0)
+
+    def test_reload_reaches_every_worker_and_a_syntax_error_none(self):
+        app = 'local g = require("tendril").generation()\nreturn function() return "gen " .. g end\n'
+        srv = Server(app, args=["--workers", "2", "--no-watch"]).start()
+        self.addCleanup(lambda: srv.proc.poll() is None and srv.proc.kill())
+        first = get(srv.port).body
+        self.assertEqual({get(srv.port).body for _ in range(50)}, {first})
+        with open(srv.app_path, "w") as f:
+            f.write("return function( oops\n")
+        srv.signal(signal.SIGHUP)
+        self.assertTrue(poll(lambda: sorted(re.findall(r"worker (\d): reload failed, the previous generation "
+                                                       r"keeps serving: .*app.lua:2: .*expected", srv.stderr()))
+                             == ["1", "2"], 10), srv.stderr())
+        self.assertEqual({get(srv.port).body for _ in range(100)}, {first})
+        with open(srv.app_path, "w") as f:
+            f.write(app)
+        srv.signal(signal.SIGHUP)
+        bodies = poll(lambda: (lambda b: b if len(b) == 1 and first not in b else None)(
+            {get(srv.port).body for _ in range(50)}), 10)
+        self.assertTrue(bodies, srv.stderr())
+        self.assertEqual(srv.stop(), 0)
+
+    def test_logs_name_the_worker(self):
+        app = r'''
+            return function(req)
+                if req.path == "/boom" then error("boom") end
+                return "ok"
+            end
+        '''
+        srv = Server(app, args=["--workers", "2", "--access-log", "-"]).start()
+        self.addCleanup(lambda: srv.proc.poll() is None and srv.proc.kill())
+        for _ in range(20):
+            get(srv.port)
+        self.assertEqual(get(srv.port, "/boom").status, 500)
+        self.assertEqual(srv.stop(), 0)
+        lines = [line for line in srv.stdout().splitlines() if '"GET / HTTP/1.1" 200' in line]
+        self.assertEqual(len(lines), 20)
+        for line in lines:
+            self.assertRegex(line, r" worker=[12]$")
+        self.assertRegex(srv.stderr(), r"\[error\] worker [12]: GET /boom: .*app.lua:3: boom")
+
+    def test_a_worker_that_cannot_start_stops_the_server(self):
+        proc = subprocess.run([BIN, "serve", "/nonexistent/app.lua", "--port", "0", "--workers", "2"],
+                              capture_output=True, text=True, timeout=deadline(20))
+        self.assertEqual(proc.returncode, 1)
+        self.assertNotIn("listening on", proc.stdout)
+        self.assertIn("before it served; stopping", proc.stderr)
+
+    def test_worker_id_alone(self):
+        srv = Server('local t = require "tendril"\nreturn function() '
+                     'return t.worker_id() .. "/" .. t.worker_count() end\n').start()
+        self.addCleanup(lambda: srv.proc.poll() is None and srv.proc.kill())
+        self.assertEqual(get(srv.port).body, b"1/1")
+        self.assertEqual(srv.stop(), 0)
+        self.assertNotIn("worker 1:", srv.stderr())
+
+
+if __name__ == "__main__":
+    main()
