@@ -145,6 +145,19 @@ class ReadmeTest(TestCase):
         self.assertIn(block.strip(), code, "README's fetch-and-wait differs from examples/fetch-and-wait.lua")
 
 
+    def test_the_readme_shared_block_and_the_counter_example(self):
+        with open(os.path.join(ROOT, "README.md")) as f:
+            text = f.read()
+        block = next(b for b in re.findall(r"```lua\n(.*?)```", text, re.S) if "shared.dict" in b)
+        with Server(block, args=["--shared", "counters=1m"]) as srv:
+            self.assertEqual([get(srv.port).body for _ in range(3)], [b"visit 1", b"visit 2", b"visit 3"])
+        # As its comment says to run it.
+        with Server(app_path=example("counter.lua"), args=["--workers", "2", "--shared", "counters=1m"]) as srv:
+            bodies = [get(srv.port).body.decode() for _ in range(100)]
+        for i, body in enumerate(bodies):
+            self.assertRegex(body, r"^visit %d, served by worker [12] of 2\n$" % (i + 1))
+        self.assertEqual({b.split()[-3] for b in bodies}, {"1", "2"})
+
     def test_the_readme_https_block(self):
         # Run as written, with the paths and ports moved out of the way.
         with open(os.path.join(ROOT, "README.md")) as f:
