@@ -380,6 +380,7 @@ def main():
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--no-tls", action="store_true", help="skip the TLS workloads (bench/tls.py)")
     ap.add_argument("--no-ws", action="store_true", help="skip the WebSocket workloads (bench/ws.py)")
+    ap.add_argument("--no-workers", action="store_true", help="skip the multi-process workloads (bench/workers.py)")
     ap.add_argument("--no-stall-cost", action="store_true",
                     help="skip the on/off comparisons of the stall guard and file watching")
     args = ap.parse_args()
@@ -422,6 +423,11 @@ def main():
         import ws  # bench/ws.py: the WebSocket workloads and their section
         ws_results = ws.measure_all(args.tendril, args.duration, max(args.runs, 3))
         extra.append(ws.section(ws_results).strip())
+    workers_results = None
+    if "tendril" in peers and not args.no_workers:
+        import workers  # bench/workers.py: tendril --workers 2 against nginx + Lua and Node cluster
+        workers_results = workers.measure_all(args.tendril, args.duration, max(args.runs, 3), 2)
+        extra.append(workers.section(workers_results).strip())
     for name in ("benchmarks-slowloris.md", "benchmarks-extra.md"):
         extra_path = os.path.join(ROOT, "docs", name)
         if os.path.exists(extra_path):
@@ -429,7 +435,7 @@ def main():
     write_report(args.out, results, args.runs, args.duration, extra, stall)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(results, tls=tls_results, ws=ws_results), f, indent=1)
+            json.dump(dict(results, tls=tls_results, ws=ws_results, workers=workers_results), f, indent=1)
     print("bench: wrote %s" % args.out, file=sys.stderr)
 
 

@@ -9,6 +9,8 @@ local upstream = "http://127.0.0.1:" .. (os.getenv("UPSTREAM_PORT") or "1") .. "
 local upstream_tls = "https://127.0.0.1:" .. (os.getenv("UPSTREAM_TLS_PORT") or "1") .. "/"
 local tls_opts = {ca_file = (os.getenv("CERT_DIR") or "/tmp/tendril-bench-cert") .. "/cert.pem"}
 local big = string.rep("x", 65536) -- /big: for slow readers (bench/slowloris.py)
+-- /incr: one increment of a shared counter (--shared counters=SIZE, as start.sh gives it)
+local counters = require("tendril.shared").dict("counters")
 
 return function(req)
     local p = req.path
@@ -30,6 +32,8 @@ return function(req)
         return res.body
     elseif p == "/big" then
         return big
+    elseif p == "/incr" then
+        return counters:incr("hits", 1, 0) .. "\n"
     end
     return "Hello World\n"
 end
