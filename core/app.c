@@ -38,6 +38,7 @@ typedef struct td_app {
     uv_timer_t shutdown_timer;
     uv_prepare_t log_flusher;
     uv_timer_t trimmer;
+    uv_timer_t heartbeat; /* turns an idle worker's loop (slot only) */
     td_reload *reload;
     td_tls_server *tls; /* the HTTPS listener's certificates; NULL: none */
     int stopping;
@@ -52,13 +53,27 @@ static void raise_fd_limit(void) {
     }
 }
 
-/* Once per loop turn: the access log's lines go out, and the worker's
- * heartbeat moves (the trimmer's timer turns an idle loop every second). */
+/* Once per loop turn: the access log's lines go out. */
 static void on_loop_turn(uv_prepare_t *p) {
-    td_app *app = p->data;
+    (void)p;
     td_log_access_flush();
-    if (app->slot)
-        atomic_fetch_add_explicit(&app->slot->beat, 1, memory_order_relaxed);
+}
+
+/* A worker's heartbeat: the supervisor kills a worker whose beat stands
+ * still for --stall-kill seconds, so an idle loop must turn well within
+ * that (a quarter of it, at most a second). */
+static void on_heartbeat(uv_timer_t *t) {
+    td_app *app = t->data;
+    atomic_fetch_add_explicit(&app->slot->beat, 1, memory_order_relaxed);
+}
+
+static void start_heartbeat(td_app *app) {
+    if (!app->slot)
+        return;
+    double ms = app->cfg->stall_kill * 250.0;
+    uint64_t every = ms <= 0 || ms > 1000 ? 1000 : ms < 20 ? 20 : (uint64_t)ms;
+    uv_timer_start(&app->heartbeat, on_heartbeat, every, every);
+    uv_unref((uv_handle_t *)&app->heartbeat);
 }
 
 /* ---- the Lua side ---- */
@@ -452,11 +467,14 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
     uv_timer_init(&app.loop, &app.shutdown_timer);
     uv_prepare_init(&app.loop, &app.log_flusher);
     uv_timer_init(&app.loop, &app.trimmer);
-    app.stop_async.data = app.shutdown_timer.data = app.trimmer.data = app.log_flusher.data = &app;
+    uv_timer_init(&app.loop, &app.heartbeat);
+    app.stop_async.data = app.shutdown_timer.data = app.trimmer.data = app.heartbeat.data = &app;
 
     /* Before the app loads: its top level may wait, and logrotate may come. */
     uv_signal_start(&app.sigusr1, on_usr1, SIGUSR1);
     uv_unref((uv_handle_t *)&app.sigusr1);
+    /* Before the app loads too: a top level stuck in a loop is a stuck worker. */
+    start_heartbeat(&app);
     int exit_code = 0;
     if (load_app(&app) != 0) {
         exit_code = 1;
@@ -500,6 +518,7 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
     close_handle((uv_handle_t *)&app.shutdown_timer);
     close_handle((uv_handle_t *)&app.log_flusher);
     close_handle((uv_handle_t *)&app.trimmer);
+    close_handle((uv_handle_t *)&app.heartbeat);
     uv_run(&app.loop, UV_RUN_DEFAULT);
     td_http_server_destroy(app.hs);
     td_transport_destroy(app.tp);

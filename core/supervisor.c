@@ -279,7 +279,8 @@ static int spawn(sup *s, int i) {
     w->pid = pid;
     w->ready = 0;
     w->stuck = 0;
-    w->started = now_ms();
+    w->started = w->beat_at = now_ms();
+    w->last_beat = 0;
     w->restart_at = 0;
     return 0;
 }
@@ -290,6 +291,8 @@ static void signal_all(sup *s, int sig, int ready_only) {
             kill(s->w[i].pid, sig);
 }
 
+/* Drains every worker; sig: the signal that asked (0: a failure, logged
+ * already). */
 static void stop(sup *s, int sig) {
     if (s->stopping) {
         /* A second Ctrl-C: the workers stop waiting for their requests. */
@@ -299,7 +302,8 @@ static void stop(sup *s, int sig) {
     }
     s->stopping = 1;
     s->stop_deadline = now_ms() + (uint64_t)(s->cfg->shutdown_timeout * 1000.0) + TD_SUP_STOP_GRACE_MS;
-    td_log(TD_LOG_NOTICE, "%s: shutting down %d worker(s)", sig == SIGINT ? "SIGINT" : "SIGTERM", s->n);
+    if (sig)
+        td_log(TD_LOG_NOTICE, "%s: shutting down %d worker(s)", sig == SIGINT ? "SIGINT" : "SIGTERM", s->n);
     /* SIGTERM to all: a Ctrl-C also reached the workers of the terminal's
      * process group, and a second SIGINT would mean "stop waiting". */
     signal_all(s, SIGTERM, 0);
@@ -364,7 +368,7 @@ static void reap(sup *s) {
              * others would too. */
             td_log(TD_LOG_ERROR, "worker %d (pid %d) %s before it served; stopping", i + 1, (int)pid, how);
             s->failed = 1;
-            stop(s, SIGTERM);
+            stop(s, 0);
             continue;
         }
         uint64_t now = now_ms();
@@ -395,7 +399,8 @@ static void check_stalls(sup *s, uint64_t now) {
     uint64_t limit = (uint64_t)(s->cfg->stall_kill * 1000.0);
     for (int i = 0; i < s->n; i++) {
         wslot *w = &s->w[i];
-        if (w->pid <= 0 || !w->ready || w->stuck)
+        /* One still starting counts too: a top level stuck in a loop. */
+        if (w->pid <= 0 || w->stuck)
             continue;
         td_worker_slot *slot = &s->shared->slots[i];
         uint64_t beat = atomic_load_explicit(&slot->beat, memory_order_relaxed);
@@ -426,8 +431,6 @@ static void read_ready(sup *s, uint64_t now) {
             continue;
         wslot *w = &s->w[i];
         w->ready = 1;
-        w->last_beat = atomic_load(&s->shared->slots[i].beat);
-        w->beat_at = now;
         if (s->started)
             td_log(TD_LOG_NOTICE, "worker %d (pid %d) serves", i + 1, (int)w->pid);
     }
@@ -480,7 +483,7 @@ static void loop(sup *s) {
         if (rc < 0 && errno != EINTR) {
             td_log(TD_LOG_CRIT, "poll: %s", strerror(errno));
             s->failed = 1;
-            stop(s, SIGTERM);
+            stop(s, 0);
         }
         now = now_ms();
         if (rc > 0 && (pfd[0].revents & POLLIN)) {
@@ -577,7 +580,7 @@ int td_supervisor_run(const td_config *cfg) {
             if (spawn(&s, i) != 0)
                 s.failed = 1;
         if (s.failed)
-            stop(&s, SIGTERM);
+            stop(&s, 0);
         loop(&s);
         close(s.sigfd);
     }

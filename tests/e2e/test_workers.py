@@ -230,6 +230,24 @@ class WorkersTest(TestCase):
         self.assertEqual(srv.stderr().count("killing it"), 1)
         self.assertEqual(srv.stop(), 0)
 
+    def test_an_idle_worker_is_not_stuck(self):
+        # A short --stall-kill: the heartbeat turns an idle loop in time.
+        srv = Server(APP, args=["--workers", "2", "--shared", "counters=64k", "--stall-kill", "0.4"]).start()
+        self.addCleanup(lambda: srv.proc.poll() is None and srv.proc.kill())
+        pids = worker_pids(srv)
+        time.sleep(deadline(2))
+        self.assertEqual(worker_pids(srv), pids)
+        self.assertNotIn("killing it", srv.stderr())
+        self.assertEqual(srv.stop(), 0)
+
+    def test_a_top_level_stuck_at_start_stops_the_server(self):
+        srv = Server("while true do end\n")  # not started: its directory and file
+        proc = subprocess.run([BIN, "serve", srv.app_path, "--port", "0", "--workers", "2", "--stall-kill", "1"],
+                              capture_output=True, text=True, timeout=deadline(30))
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("its event loop has not turned for", proc.stderr)
+        self.assertIn("before it served; stopping", proc.stderr)
+
     def test_a_shared_counter_is_exact_across_workers(self):
         srv = self.serve()
         seen = set()
