@@ -12,11 +12,10 @@
 -- made it returns (tendril.owned); one made outside any task (at a
 -- module's top level) is collected when nobody holds it (the topics hold
 -- them weakly).
-local core = require "tendril.core"
 local owned = require "tendril.owned"
+local mailbox = require "tendril.mailbox"
 
-local type, error, tostring, setmetatable, next, pairs = type, error, tostring, setmetatable, next, pairs
-local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
+local type, error, setmetatable, next, pairs = type, error, setmetatable, next, pairs
 
 local DEFAULT_MAX_QUEUE = 1000
 
@@ -44,15 +43,6 @@ local function leave(sub)
     end
 end
 
--- The task waiting in sub:recv (if any) wakes.
-local function wake(sub)
-    local ev = sub.ev
-    if ev then
-        sub.ev = nil
-        event_set(ev)
-    end
-end
-
 -- Ends a subscription: its waiter (if any) wakes and sees why.
 local function finish(sub, why)
     if sub.ended then
@@ -60,8 +50,8 @@ local function finish(sub, why)
     end
     sub.ended = why
     leave(sub)
-    sub.q, sub.head, sub.tail = nil, 1, 0
-    wake(sub)
+    sub.box:clear()
+    sub.box:wake()
 end
 
 --- Publishes message (any Lua value) to topic. Returns the number of
@@ -77,14 +67,10 @@ function _M.publish(topic, message)
     end
     local n = 0
     for sub in pairs(subs) do
-        local tail = sub.tail + 1
-        if tail - sub.head >= sub.max then
-            finish(sub, "overflow")
-        else
-            sub.tail = tail
-            sub.q[tail] = message
+        if sub.box:put(message) then
             n = n + 1
-            wake(sub)
+        else
+            finish(sub, "overflow")
         end
     end
     return n
@@ -94,14 +80,8 @@ end
 --- it is dropped (default 1000).
 function _M.subscribe(topic, opts)
     check_topic("bus.subscribe", topic)
-    if opts ~= nil and type(opts) ~= "table" then
-        error("bus.subscribe: expected an options table, got " .. type(opts), 2)
-    end
-    local max = opts and opts.max_queue or DEFAULT_MAX_QUEUE
-    if type(max) ~= "number" or max < 1 or max % 1 ~= 0 then
-        error("bus.subscribe: opts.max_queue must be a whole number >= 1, got " .. tostring(max), 2)
-    end
-    local sub = setmetatable({ topic = topic, q = {}, head = 1, tail = 0, max = max }, sub_mt)
+    local max = mailbox.check_max("bus.subscribe", opts, DEFAULT_MAX_QUEUE)
+    local sub = setmetatable({ topic = topic, box = mailbox.new(max) }, sub_mt)
     local subs = topics[topic]
     if not subs then
         subs = setmetatable({}, weak_keys)
@@ -117,31 +97,17 @@ end
 --- long as it takes); nil, "closed" after sub:close(); nil, "overflow" once
 --- it fell max_queue messages behind.
 function sub_methods.recv(self, timeout)
-    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
-        error("sub:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
-    end
+    mailbox.check_timeout("sub:recv", timeout)
+    local box = self.box
     while true do
         if self.ended then
             return nil, self.ended
         end
-        local head = self.head
-        if head <= self.tail then
-            local q = self.q
-            local m = q[head]
-            q[head] = nil
-            if head == self.tail then
-                self.head, self.tail = 1, 0 -- empty: the array starts again
-            else
-                self.head = head + 1
-            end
+        local m = box:take()
+        if m ~= nil then
             return m
         end
-        local ev = self.ev
-        if not ev then
-            ev = event_new()
-            self.ev = ev
-        end
-        local ok, err = event_wait(ev, timeout)
+        local ok, err = box:wait(timeout)
         if not ok then
             return nil, err
         end

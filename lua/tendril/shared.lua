@@ -12,10 +12,10 @@
 -- One task per process (the pump) reads the changes and hands them out.
 local core = require "tendril.core"
 local owned = require "tendril.owned"
+local mailbox = require "tendril.mailbox"
 
-local type, error, tostring, setmetatable, next, pairs = type, error, tostring, setmetatable, next, pairs
+local type, error, setmetatable, next, pairs = type, error, setmetatable, next, pairs
 local sub_find = string.find
-local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
 local shared_watch, shared_wait, shared_changes = core.shared_watch, core.shared_wait, core.shared_changes
 
 local DEFAULT_MAX_QUEUE = 1000
@@ -29,23 +29,11 @@ local pump_running = false
 local sub_methods = {}
 local sub_mt = { __index = sub_methods }
 
-local function wake(sub)
-    local ev = sub.ev
-    if ev then
-        sub.ev = nil
-        event_set(ev)
-    end
-end
-
 local function deliver(sub, key)
-    local tail = sub.tail + 1
-    if tail - sub.head >= sub.max then
+    if not sub.box:put(key) then
         sub.lost = true
-    else
-        sub.tail = tail
-        sub.q[tail] = key
+        sub.box:wake()
     end
-    wake(sub)
 end
 
 -- The pump: waits for the eventfd, reads the changes, hands them out. It
@@ -71,7 +59,7 @@ local function pump()
         for name in pairs(lost) do
             for sub in pairs(watchers[name] or {}) do
                 sub.lost = true
-                wake(sub)
+                sub.box:wake()
             end
         end
     end
@@ -81,7 +69,7 @@ local function pump()
         for sub in pairs(subs) do
             if not sub.ended then
                 sub.ended = "closed"
-                wake(sub)
+                sub.box:wake()
             end
         end
     end
@@ -100,8 +88,8 @@ local function finish(sub, why)
         end
         shared_watch(sub.dict, false)
     end
-    sub.q, sub.head, sub.tail = nil, 1, 0
-    wake(sub)
+    sub.box:clear()
+    sub.box:wake()
 end
 
 local function watch(self, prefix, opts)
@@ -109,16 +97,9 @@ local function watch(self, prefix, opts)
     if type(prefix) ~= "string" then
         error("watch: a prefix is a string, got " .. type(prefix), 2)
     end
-    if opts ~= nil and type(opts) ~= "table" then
-        error("watch: expected an options table, got " .. type(opts), 2)
-    end
-    local max = opts and opts.max_queue or DEFAULT_MAX_QUEUE
-    if type(max) ~= "number" or max < 1 or max % 1 ~= 0 then
-        error("watch: opts.max_queue must be a whole number >= 1, got " .. tostring(max), 2)
-    end
+    local max = mailbox.check_max("watch", opts, DEFAULT_MAX_QUEUE)
     local name = self:name()
-    local sub = setmetatable({ dict = self, name = name, prefix = prefix, q = {}, head = 1, tail = 0,
-                               max = max }, sub_mt)
+    local sub = setmetatable({ dict = self, name = name, prefix = prefix, box = mailbox.new(max) }, sub_mt)
     local ok, err = shared_watch(self, true)
     if not ok then
         sub.ended = err
@@ -143,20 +124,11 @@ core.shared_methods.watch = watch
 --- as long as it takes); nil, "overflow" once after keys were lost; nil,
 --- "closed" after sub:close() or at shutdown.
 function sub_methods.recv(self, timeout)
-    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
-        error("sub:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
-    end
+    mailbox.check_timeout("sub:recv", timeout)
+    local box = self.box
     while true do
-        local head = self.head
-        if head <= self.tail then
-            local q = self.q
-            local key = q[head]
-            q[head] = nil
-            if head == self.tail then
-                self.head, self.tail = 1, 0
-            else
-                self.head = head + 1
-            end
+        local key = box:take()
+        if key then
             return key
         end
         -- After what came before the loss.
@@ -167,12 +139,7 @@ function sub_methods.recv(self, timeout)
         if self.ended then
             return nil, self.ended
         end
-        local ev = self.ev
-        if not ev then
-            ev = event_new()
-            self.ev = ev
-        end
-        local ok, err = event_wait(ev, timeout)
+        local ok, err = box:wait(timeout)
         if not ok then
             return nil, err
         end
