@@ -325,26 +325,29 @@ static int dict_index(td_shdict *d) {
     return -1;
 }
 
-/* Ends the pump's wait with `ok` (true: changes to read; false: stop). */
-static void wake_pump(int ok) {
+/* Ends the pump's wait: with true (changes to read), or nil, why ("idle":
+ * no watch is left; "closed": shutdown). */
+static void wake_pump(const char *why) {
     if (!S.waiting)
         return;
     S.waiting = 0;
     td_task *t = S.wait.task;
     lua_State *co = td_vm_wait_end(&S.wait);
-    if (ok) {
+    if (!why) {
         lua_pushboolean(co, 1);
         td_vm_resume(t, 1);
-    } else {
-        td_vm_resume(t, td_api_fail(co, TD_ECLOSED));
+        return;
     }
+    lua_pushnil(co);
+    lua_pushstring(co, why);
+    td_vm_resume(t, 2);
 }
 
 static void on_notify(uv_poll_t *p, int status, int events) {
     (void)p, (void)status, (void)events;
     td_shared_notified(S.sh);
     if (S.waiting)
-        wake_pump(1);
+        wake_pump(NULL);
     else
         S.woken = 1;
 }
@@ -371,7 +374,7 @@ static int shared_watch(lua_State *L) {
             td_shdict_watch(d, S.sh->self, 0);
         if (--S.nwatching == 0) {
             uv_poll_stop(&S.poll);
-            wake_pump(0); /* the pump ends; the next watch starts another */
+            wake_pump("idle"); /* it ends, unless a watch came meanwhile */
         }
     }
     lua_pushboolean(L, 1);
@@ -383,11 +386,17 @@ static void cancel_pump(td_wait *w) {
     S.waiting = 0;
 }
 
-/* [-0, +1|2] shared_wait() -> true (changes may be there) | nil, "closed";
- * yields until a watched dictionary changes. */
+/* [-0, +1|2] shared_wait() -> true (changes may be there) | nil, "idle"
+ * (nothing is watched) | nil, "closed" (shutdown); yields until a watched
+ * dictionary changes. */
 static int shared_wait(lua_State *L) {
-    if (S.stopped || S.nwatching == 0)
+    if (S.stopped)
         return td_api_fail(L, TD_ECLOSED);
+    if (S.nwatching == 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "idle");
+        return 2;
+    }
     if (S.woken) {
         S.woken = 0;
         lua_pushboolean(L, 1);
@@ -439,7 +448,7 @@ void td_api_shared_stop(void) {
     S.stopped = 1;
     if (S.poll_ready)
         uv_poll_stop(&S.poll);
-    wake_pump(0);
+    wake_pump(td_err_name(TD_ECLOSED));
 }
 
 void td_api_shared_teardown(void) {

@@ -636,6 +636,7 @@ static int tcp_listen(lua_State *L) {
 /* [-0, +0] listeners_begin(): a load attempt starts */
 static int listeners_begin(lua_State *L) {
     (void)L;
+    td_listen_source_begin();
     for (td_list *pos = listeners.next; pos != &listeners; pos = pos->next) {
         listener *l = td_container_of(pos, listener, link);
         l->claimed = 0;

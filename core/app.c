@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <malloc.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,20 @@ typedef struct td_app {
     int cut_off;
 } td_app;
 
+/* Why the app could not start: on stderr, or in a worker the error log
+ * (its lines name the worker; the supervisor's own says it died). */
+__attribute__((format(printf, 1, 2))) static void startup_error(const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (td_log_worker() > 0)
+        td_log(TD_LOG_ERROR, "%s", msg);
+    else
+        fprintf(stderr, "tendril: %s\n", msg);
+}
+
 static void raise_fd_limit(void) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -53,25 +68,29 @@ static void raise_fd_limit(void) {
     }
 }
 
-/* Once per loop turn: the access log's lines go out. */
-static void on_loop_turn(uv_prepare_t *p) {
-    (void)p;
-    td_log_access_flush();
+static void beat(td_app *app) {
+    if (app->slot)
+        atomic_fetch_add_explicit(&app->slot->beat, 1, memory_order_relaxed);
 }
 
-/* A worker's heartbeat: the supervisor kills a worker whose beat stands
- * still for --stall-kill seconds, so an idle loop must turn well within
- * that (a quarter of it, at most a second). */
-static void on_heartbeat(uv_timer_t *t) {
-    td_app *app = t->data;
-    atomic_fetch_add_explicit(&app->slot->beat, 1, memory_order_relaxed);
+/* Once per loop turn: the access log's lines go out, and a worker's
+ * heartbeat moves. */
+static void on_loop_turn(uv_prepare_t *p) {
+    td_log_access_flush();
+    beat(p->data);
 }
+
+/* The supervisor kills a worker whose beat stood still for --stall-kill
+ * seconds, measured from when it saw the beat last move: an idle loop
+ * turns every 100 ms (a quarter of a shorter --stall-kill), so a worker
+ * that sat idle before it stuck is not killed early by more than that. */
+static void on_heartbeat(uv_timer_t *t) { beat(t->data); }
 
 static void start_heartbeat(td_app *app) {
     if (!app->slot)
         return;
     double ms = app->cfg->stall_kill * 250.0;
-    uint64_t every = ms <= 0 || ms > 1000 ? 1000 : ms < 20 ? 20 : (uint64_t)ms;
+    uint64_t every = ms <= 0 || ms > 100 ? 100 : ms < 10 ? 10 : (uint64_t)ms;
     uv_timer_start(&app->heartbeat, on_heartbeat, every, every);
     uv_unref((uv_handle_t *)&app->heartbeat);
 }
@@ -139,19 +158,19 @@ static int load_app(td_app *app) {
     td_vm_set_stall_guard(app->vm, app->cfg->stall_warn_ms, (uint64_t)(app->cfg->shutdown_timeout * 1000.0));
     td_vm_set_memory_limit(app->vm, app->cfg->lua_memory_limit);
     if (require_module(L, "tendril.boot") != 0) {
-        fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
+        startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
         return -1;
     }
     lua_pop(L, 1);
     if (require_module(L, "tendril.server") != 0) {
-        fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
+        startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
         return -1;
     }
     lua_getfield(L, -1, "driver");
     td_vm_set_pool_function(app->vm);
     lua_pop(L, 1);
     if (require_module(L, "tendril.generation") != 0) {
-        fprintf(stderr, "tendril: cannot load the runtime library: %s\n", lua_tostring(L, -1));
+        startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
         return -1;
     }
     lua_getfield(L, -1, "set_app");
@@ -165,7 +184,7 @@ static int load_app(td_app *app) {
     app->reload = td_reload_new(app->vm, lua_gettop(L), !app->cfg->no_watch);
     lua_pop(L, 1);
     if (!app->reload) {
-        fprintf(stderr, "tendril: out of memory\n");
+        startup_error("out of memory");
         return -1;
     }
     lua_getglobal(L, "package");
@@ -175,7 +194,7 @@ static int load_app(td_app *app) {
     lua_pop(L, 3);
     char err[600];
     if (td_reload_first(app->reload, err, sizeof err) != 0) {
-        fprintf(stderr, "tendril: %s\n", err);
+        startup_error("%s", err);
         return -1;
     }
     return 0;
@@ -377,32 +396,37 @@ static int listen_all(td_app *app) {
     if (plain_port >= 0) {
         int fd = w->http_fd >= 0 ? w->http_fd : td_listen_socket(cfg->host, plain_port, 0);
         if ((rc = td_http_server_listen(app->hs, fd)) != 0) {
-            fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, plain_port, uv_strerror(rc));
+            startup_error("cannot listen on %s port %d: %s", cfg->host, plain_port, uv_strerror(rc));
             return 1;
         }
     }
     if (tls_port >= 0) {
         int fd = w->tls_fd >= 0 ? w->tls_fd : td_listen_socket(cfg->host, tls_port, 0);
         if ((rc = td_http_server_listen_tls(app->hs, fd, app->tls)) != 0) {
-            fprintf(stderr, "tendril: cannot listen on %s port %d: %s\n", cfg->host, tls_port, uv_strerror(rc));
+            startup_error("cannot listen on %s port %d: %s", cfg->host, tls_port, uv_strerror(rc));
             return 1;
         }
     }
-    if (w->ready_fd >= 0) {
-        /* The supervisor prints the URLs once every worker serves. */
-        unsigned char id = (unsigned char)w->id;
-        ssize_t n;
-        do
-            n = write(w->ready_fd, &id, 1);
-        while (n < 0 && errno == EINTR);
-        return 0;
-    }
+    if (w->ready_fd >= 0)
+        return 0; /* the supervisor prints the URLs once every worker serves */
     if (plain_port >= 0)
         td_app_print_url("http", cfg->host, td_http_server_port(app->hs));
     if (tls_port >= 0)
         td_app_print_url("https", cfg->host, td_http_server_tls_port(app->hs));
     fflush(stdout);
     return 0;
+}
+
+/* A worker tells the supervisor it serves: after its signal handlers are in
+ * place, since the supervisor forwards signals from then on. */
+static void tell_ready(td_app *app) {
+    if (app->w->ready_fd < 0)
+        return;
+    unsigned char id = (unsigned char)app->w->id;
+    ssize_t n;
+    do
+        n = write(app->w->ready_fd, &id, 1);
+    while (n < 0 && errno == EINTR);
 }
 
 int td_app_run(const td_config *cfg, const td_worker *w) {
@@ -421,18 +445,18 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
      * four lets a burst of slow lookups starve the files. */
     setenv("UV_THREADPOOL_SIZE", "16", 0);
     if ((rc = td_log_open_error(cfg->error_log)) != 0) {
-        fprintf(stderr, "tendril: cannot open the error log %s: %s\n", cfg->error_log, uv_strerror(rc));
+        startup_error("cannot open the error log %s: %s", cfg->error_log, uv_strerror(rc));
         return 1;
     }
     if ((rc = td_log_open_access(cfg->access_log)) != 0) {
-        fprintf(stderr, "tendril: cannot open the access log %s: %s\n", cfg->access_log, uv_strerror(rc));
+        startup_error("cannot open the access log %s: %s", cfg->access_log, uv_strerror(rc));
         td_log_close();
         return 1;
     }
     if (cfg->ntls_certs > 0) {
         char err[512];
         if (!(app.tls = load_certificates(cfg, err, sizeof err))) {
-            fprintf(stderr, "tendril: tls: %s\n", err);
+            startup_error("tls: %s", err);
             td_log_close();
             return 1;
         }
@@ -450,7 +474,7 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
     };
     app.vm = app.hs && app.tp ? td_vm_new(&app.loop) : NULL;
     if (!app.vm || td_transport_init(app.tp, &app.loop, cfg->max_connections) != 0) {
-        fprintf(stderr, "tendril: out of memory\n");
+        startup_error("out of memory");
         return 1;
     }
     td_http_server_init(app.hs, app.tp, &hc, td_api_http_dispatch, td_api_http_over, app.vm);
@@ -468,7 +492,8 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
     uv_prepare_init(&app.loop, &app.log_flusher);
     uv_timer_init(&app.loop, &app.trimmer);
     uv_timer_init(&app.loop, &app.heartbeat);
-    app.stop_async.data = app.shutdown_timer.data = app.trimmer.data = app.heartbeat.data = &app;
+    app.stop_async.data = app.shutdown_timer.data = app.trimmer.data = app.heartbeat.data = app.log_flusher.data =
+        &app;
 
     /* Before the app loads: its top level may wait, and logrotate may come. */
     uv_signal_start(&app.sigusr1, on_usr1, SIGUSR1);
@@ -484,6 +509,7 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
         td_reload_on_reload(app.reload, reload_certificates, &app);
         td_reload_arm(app.reload);
         catch_stop_signals(&app);
+        tell_ready(&app);
         uv_prepare_start(&app.log_flusher, on_loop_turn);
         uv_unref((uv_handle_t *)&app.log_flusher);
         uv_timer_start(&app.trimmer, on_trim_tick, 1000, 1000);

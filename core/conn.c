@@ -1102,17 +1102,21 @@ int td_listener_adopt(td_listener *l, td_transport *tp, int fd, const td_conn_op
     return 0;
 }
 
-static int (*listen_source)(const char *host, int port, void *ud);
+static int (*listen_source)(const char *host, int port, unsigned nth, void *ud);
 static void *listen_source_ud;
+static unsigned listen_zero_count; /* port-0 listeners since td_listen_source_begin */
 
-void td_listen_set_source(int (*source)(const char *host, int port, void *ud), void *ud) {
+void td_listen_set_source(int (*source)(const char *host, int port, unsigned nth, void *ud), void *ud) {
     listen_source = source;
     listen_source_ud = ud;
 }
 
+void td_listen_source_begin(void) { listen_zero_count = 0; }
+
 int td_listener_open(td_listener *l, td_transport *tp, const char *host, int port, const td_conn_ops *ops,
                      size_t conn_size, void (*on_open)(td_listener *l, td_conn *c), void *owner) {
-    int fd = listen_source ? listen_source(host, port, listen_source_ud) : td_listen_socket(host, port, 0);
+    int fd = !listen_source ? td_listen_socket(host, port, 0)
+                            : listen_source(host, port, port == 0 ? listen_zero_count++ : 0, listen_source_ud);
     return td_listener_adopt(l, tp, fd, ops, conn_size, on_open, owner);
 }
 

@@ -206,8 +206,11 @@ int td_listener_adopt(td_listener *l, td_transport *tp, int fd, const td_conn_op
                       void (*on_open)(td_listener *l, td_conn *c), void *owner);
 /* Where td_listener_open gets its sockets, for the process (NULL:
  * td_listen_socket): a worker asks its supervisor, which holds every
- * listening socket of the server (supervisor.h). */
-void td_listen_set_source(int (*source)(const char *host, int port, void *ud), void *ud);
+ * listening socket of the server (supervisor.h). nth numbers the port-0
+ * listeners opened since td_listen_source_begin (a load of the app), so
+ * that the k-th one is the same socket in every worker and every load. */
+void td_listen_set_source(int (*source)(const char *host, int port, unsigned nth, void *ud), void *ud);
+void td_listen_source_begin(void);
 /* A socket from the source, then td_listener_adopt. */
 int td_listener_open(td_listener *l, td_transport *tp, const char *host, int port, const td_conn_ops *ops,
                      size_t conn_size, void (*on_open)(td_listener *l, td_conn *c), void *owner);

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <openssl/rand.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,7 +55,8 @@ typedef struct wslot {
  * life of the server, so a worker that comes back gets the same one. */
 typedef struct held_socket {
     char host[256];
-    int port; /* as asked (0 included: every worker gets the one port) */
+    int port;     /* as asked */
+    unsigned nth; /* for port 0: the first, second... of a load of the app */
     int fd;
 } held_socket;
 #define TD_SUP_MAX_HELD 64
@@ -86,7 +88,9 @@ static uint64_t now_ms(void) {
 int td_supervisor_workers(const td_config *cfg) {
     if (cfg->workers > 0)
         return cfg->workers;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    /* The CPUs this process may run on (taskset, a container's cpuset). */
+    cpu_set_t set;
+    long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : n > TD_CLI_MAX_WORKERS ? TD_CLI_MAX_WORKERS : (int)n;
 }
 
@@ -143,10 +147,10 @@ static void close_sockets(sup *s) {
 
 static int ctl_fd = -1; /* in a worker: its end */
 
-static int ask_listen(const char *host, int port, void *ud) {
+static int ask_listen(const char *host, int port, unsigned nth, void *ud) {
     (void)ud;
     char req[300];
-    int n = snprintf(req, sizeof req, "%d %s", port, host);
+    int n = snprintf(req, sizeof req, "%d %u %s", port, nth, host);
     if (n < 0 || (size_t)n >= sizeof req)
         return UV_EINVAL;
     if (send(ctl_fd, req, (size_t)n, MSG_NOSIGNAL) < 0)
@@ -175,15 +179,19 @@ static int ask_listen(const char *host, int port, void *ud) {
 static void serve_listen(sup *s, int i) {
     char req[301];
     ssize_t n = recv(s->w[i].ctl, req, sizeof req - 1, MSG_DONTWAIT);
+    if (n == 0)
+        s->w[i].hup = 1; /* it went: not polled until it is reaped */
     if (n <= 0)
-        return; /* it went: the reaper closes the socket */
+        return;
     req[n] = '\0';
-    int port = atoi(req);
-    const char *host = strchr(req, ' ');
-    host = host ? host + 1 : "";
+    int port = 0, at = 0;
+    unsigned nth = 0;
+    if (sscanf(req, "%d %u %n", &port, &nth, &at) != 2 || at == 0)
+        return;
+    const char *host = req + at;
     int rc = 0, fd = -1;
     for (int k = 0; k < s->nheld && fd < 0; k++)
-        if (s->held[k].port == port && strcmp(s->held[k].host, host) == 0)
+        if (s->held[k].port == port && s->held[k].nth == nth && strcmp(s->held[k].host, host) == 0)
             fd = s->held[k].fd;
     if (fd < 0) {
         if (s->nheld == TD_SUP_MAX_HELD || strlen(host) >= sizeof s->held[0].host) {
@@ -192,6 +200,7 @@ static void serve_listen(sup *s, int i) {
             held_socket *h = &s->held[s->nheld++];
             snprintf(h->host, sizeof h->host, "%s", host);
             h->port = port;
+            h->nth = nth;
             h->fd = fd = rc;
             rc = 0;
         }
@@ -227,6 +236,13 @@ static void run_worker(sup *s, int i, int ctl) {
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != s->self)
         _exit(1);
+    /* A process group of its own: a terminal's Ctrl-C (or a kill of the
+     * group) reaches the supervisor alone, which passes on one SIGTERM;
+     * a worker hearing both would count the second as "stop waiting". */
+    setpgid(0, 0);
+    /* Watches of the worker this one replaces ended with it. */
+    for (size_t k = 0; k < s->shared->ndicts; k++)
+        td_shdict_watch(s->shared->dicts[k], (unsigned)i, 0);
     if (s->reuseport) {
         for (int j = 0; j < s->n; j++) {
             if (j == i)
@@ -271,8 +287,10 @@ static int spawn(sup *s, int i) {
         close(sv[1]);
         return -1;
     }
-    if (pid == 0)
+    if (pid == 0) {
+        close(sv[0]);
         run_worker(s, i, sv[1]);
+    }
     close(sv[1]);
     w->ctl = sv[0];
     w->hup = 0;

@@ -37,12 +37,17 @@ local function deliver(sub, key)
 end
 
 -- The pump: waits for the eventfd, reads the changes, hands them out. It
--- ends when the last watch goes (or at shutdown).
+-- ends when no watch is left (a watch made meanwhile keeps it going: it
+-- saw the pump running), or at shutdown, which ends every subscription.
 local function pump()
+    local why
     while true do
-        local ok = shared_wait()
+        local ok, err = shared_wait()
         if not ok then
-            break
+            if err ~= "idle" or next(watchers) == nil then
+                why = err
+                break
+            end
         end
         local changes, lost = shared_changes()
         for i = 1, #changes, 2 do
@@ -64,6 +69,9 @@ local function pump()
         end
     end
     pump_running = false
+    if why == "idle" then
+        return
+    end
     -- Shutdown: every subscription hears it.
     for _, subs in pairs(watchers) do
         for sub in pairs(subs) do

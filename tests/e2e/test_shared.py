@@ -135,6 +135,22 @@ routes["/set"] = function(req)
     return "set " .. req.query.key
 end
 
+routes["/rewatch"] = function()
+    -- the last watch closes, and a new one comes before the pump ends
+    local a = d:watch("a")
+    a:recv(0.05)
+    a:close()
+    local b = d:watch("b")
+    d:set("b1", 1)
+    local k1, e1 = b:recv(1)
+    b:close()
+    tendril.sleep(0.05)
+    local c = d:watch("c")
+    d:set("c1", 1)
+    local k2, e2 = c:recv(1)
+    return tostring(k1 or e1) .. " " .. tostring(k2 or e2)
+end
+
 routes["/keep-watching"] = function()
     d:watch("left:")  -- never closed: it ends with this handler
     return "done"
@@ -229,6 +245,9 @@ class SharedTest(ServerTestCase):
 
     def test_watch_overflow_is_reported_once(self):
         self.assertEqual(get(self.port, "/watch-overflow").body, b"o:1 o:2 o:3 <overflow> <timeout> o:again closed")
+
+    def test_watching_again_after_the_last_watch_closed(self):
+        self.assertEqual(get(self.port, "/rewatch").body, b"b1 c1")
 
     def test_a_watch_ends_with_its_handler(self):
         for _ in range(3):
