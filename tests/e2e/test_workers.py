@@ -299,7 +299,7 @@ class WorkersTest(TestCase):
             self.assertEqual(get(srv.port, "/kept").body, b"100")
         body = get(srv.port, "/stats").body.decode()
         self.assertIn("repairs=1", body)
-        self.assertIn("was killed by signal 9", srv.stderr())
+        self.assertTrue(poll(lambda: "was killed by signal 9" in srv.stderr(), 5), srv.stderr())
         self.assertEqual(srv.stop(), 0)
 
     def test_a_watch_hears_a_change_in_the_other_worker(self):
