@@ -223,9 +223,12 @@ static void push_records(lua_State *L, const td_buf *buf, size_t n) {
  * default 1024) */
 static int dict_keys(lua_State *L) {
     td_shdict *d = check_dict(L);
-    lua_Integer max = luaL_optinteger(L, 2, DEFAULT_KEYS);
-    if (max < 0)
-        return luaL_error(L, "keys: max is a count >= 0 (0: all), got %d", (int)max);
+    lua_Number max = DEFAULT_KEYS;
+    if (!lua_isnoneornil(L, 2)) {
+        max = lua_tonumber(L, 2);
+        if (lua_type(L, 2) != LUA_TNUMBER || max < 0 || max != floor(max))
+            return luaL_error(L, "keys: max is a whole number >= 0 (0: all), got %s", lua_type(L, 2) == LUA_TNUMBER ? lua_tostring(L, 2) : luaL_typename(L, 2));
+    }
     size_t n;
     if (td_shdict_keys(d, (size_t)max, &S.buf, &n) != TD_SHD_OK)
         return luaL_error(L, "keys: out of memory");

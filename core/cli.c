@@ -47,7 +47,7 @@ static const char usage_text[] =
     "                           under a supervisor that restarts them; auto is one per CPU\n"
     "                           (default 1: one process, no supervisor)\n"
     "  --stall-kill S           with workers: a worker whose event loop has not turned for S\n"
-    "                           seconds is killed and replaced; 0 is off (default 10)\n"
+    "                           seconds (at least 1) is killed and replaced; 0 is off (default 10)\n"
     "  --shared NAME=SIZE       a dictionary shared by every worker, SIZE bytes (suffix k, m\n"
     "                           or g; at least 64k), for tendril.shared.dict(NAME); repeatable\n"
     "  --help                   this text\n"
@@ -286,8 +286,8 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         } else if (strcmp(name, "--stall-kill") == 0) {
             if (strcmp(value, "0") == 0)
                 cfg->stall_kill = 0;
-            else if (parse_seconds(value, &cfg->stall_kill) != 0)
-                return usage_error("--stall-kill takes a number of seconds (0 turns it off), not '%s'", value);
+            else if (parse_seconds(value, &cfg->stall_kill) != 0 || cfg->stall_kill < 1)
+                return usage_error("--stall-kill takes a number of seconds, 0 (off) or at least 1, not '%s'", value);
         } else if (strcmp(name, "--shared") == 0) {
             if (parse_shared(cfg, value) != 0)
                 return TD_CLI_USAGE;

@@ -49,6 +49,7 @@ typedef struct wslot {
     int http_fd, tls_fd; /* its own sockets (SO_REUSEPORT), or the shared ones */
     int ctl;             /* the supervisor's end of the worker's control socket; -1 */
     int hup;             /* the worker's end closed */
+    int held_hup, held_usr1; /* came while it was starting: sent once it serves */
 } wslot;
 
 /* A tcp.listen socket the supervisor made for the workers: held for the
@@ -293,7 +294,7 @@ static int spawn(sup *s, int i) {
     }
     close(sv[1]);
     w->ctl = sv[0];
-    w->hup = 0;
+    w->hup = w->held_hup = w->held_usr1 = 0;
     w->pid = pid;
     w->ready = 0;
     w->stuck = 0;
@@ -303,10 +304,20 @@ static int spawn(sup *s, int i) {
     return 0;
 }
 
+/* ready_only: a worker still starting has no handler for sig yet (its
+ * default action would end it); it gets sig once it serves. */
 static void signal_all(sup *s, int sig, int ready_only) {
-    for (int i = 0; i < s->n; i++)
-        if (s->w[i].pid > 0 && (s->w[i].ready || !ready_only))
-            kill(s->w[i].pid, sig);
+    for (int i = 0; i < s->n; i++) {
+        wslot *w = &s->w[i];
+        if (w->pid <= 0)
+            continue;
+        if (w->ready || !ready_only)
+            kill(w->pid, sig);
+        else if (sig == SIGHUP)
+            w->held_hup = 1;
+        else if (sig == SIGUSR1)
+            w->held_usr1 = 1;
+    }
 }
 
 /* Drains every worker; sig: the signal that asked (0: a failure, logged
@@ -449,6 +460,11 @@ static void read_ready(sup *s, uint64_t now) {
             continue;
         wslot *w = &s->w[i];
         w->ready = 1;
+        if (w->held_hup)
+            kill(w->pid, SIGHUP);
+        if (w->held_usr1)
+            kill(w->pid, SIGUSR1);
+        w->held_hup = w->held_usr1 = 0;
         if (s->started)
             td_log(TD_LOG_NOTICE, "worker %d (pid %d) serves", i + 1, (int)w->pid);
     }

@@ -19,6 +19,9 @@ local sub_find = string.find
 local shared_watch, shared_wait, shared_changes = core.shared_watch, core.shared_wait, core.shared_changes
 
 local DEFAULT_MAX_QUEUE = 1000
+-- In a subscription's mailbox: changes were lost here (the worker read the
+-- dictionary's ring too late); recv says "overflow" in its place.
+local LOST = {}
 
 local _M = {}
 
@@ -50,6 +53,15 @@ local function pump()
             end
         end
         local changes, lost = shared_changes()
+        -- What was lost came before what is read now.
+        for name in pairs(lost) do
+            for sub in pairs(watchers[name] or {}) do
+                if not sub.box:put(LOST) then
+                    sub.lost = true
+                    sub.box:wake()
+                end
+            end
+        end
         for i = 1, #changes, 2 do
             local subs = watchers[changes[i]]
             if subs then
@@ -59,12 +71,6 @@ local function pump()
                         deliver(sub, key)
                     end
                 end
-            end
-        end
-        for name in pairs(lost) do
-            for sub in pairs(watchers[name] or {}) do
-                sub.lost = true
-                sub.box:wake()
             end
         end
     end
@@ -136,7 +142,9 @@ function sub_methods.recv(self, timeout)
     local box = self.box
     while true do
         local key = box:take()
-        if key then
+        if key == LOST then
+            return nil, "overflow"
+        elseif key then
             return key
         end
         -- After what came before the loss.

@@ -130,6 +130,21 @@ routes["/watch-overflow"] = function()
     return table.concat(out, " ")
 end
 
+routes["/ring-loss"] = function()
+    -- a burst of changes to other keys, more than the ring holds, before
+    -- this worker reads it: the loss comes first, then what was read
+    local sub = d:watch("cfg:")
+    for i = 1, 6000 do d:set("session:" .. i, i) end
+    d:set("cfg:a", 1)
+    local out = {}
+    for _ = 1, 3 do
+        local key, err = sub:recv(0.5)
+        out[#out + 1] = key or "<" .. err .. ">"
+    end
+    sub:close()
+    return table.concat(out, " ")
+end
+
 routes["/set"] = function(req)
     d:set(req.query.key, "v")
     return "set " .. req.query.key
@@ -245,6 +260,9 @@ class SharedTest(ServerTestCase):
 
     def test_watch_overflow_is_reported_once(self):
         self.assertEqual(get(self.port, "/watch-overflow").body, b"o:1 o:2 o:3 <overflow> <timeout> o:again closed")
+
+    def test_a_ring_overflow_comes_before_what_follows_it(self):
+        self.assertEqual(get(self.port, "/ring-loss").body, b"<overflow> cfg:a <timeout>")
 
     def test_watching_again_after_the_last_watch_closed(self):
         self.assertEqual(get(self.port, "/rewatch").body, b"b1 c1")

@@ -236,11 +236,11 @@ class WorkersTest(TestCase):
         self.assertEqual(srv.stop(), 0)
 
     def test_an_idle_worker_is_not_stuck(self):
-        # A short --stall-kill: the heartbeat turns an idle loop in time.
-        srv = Server(APP, args=["--workers", "2", "--shared", "counters=64k", "--stall-kill", "0.4"]).start()
+        # The shortest --stall-kill: the heartbeat turns an idle loop in time.
+        srv = Server(APP, args=["--workers", "2", "--shared", "counters=64k", "--stall-kill", "1"]).start()
         self.addCleanup(lambda: srv.proc.poll() is None and srv.proc.kill())
         pids = worker_pids(srv)
-        time.sleep(deadline(2))
+        time.sleep(deadline(3))
         self.assertEqual(worker_pids(srv), pids)
         self.assertNotIn("killing it", srv.stderr())
         self.assertEqual(srv.stop(), 0)

@@ -195,7 +195,9 @@ static void test_worker_options(void) {
     const char *twice[] = {"tendril", "serve", "a.lua", "--shared", "c=1m", "--shared", "c=2m"};
     said("--shared: the dictionary 'c' is declared twice", 7, twice);
     const char *neg[] = {"tendril", "serve", "a.lua", "--stall-kill", "-1"};
-    said("--stall-kill takes a number of seconds (0 turns it off), not '-1'", 5, neg);
+    said("--stall-kill takes a number of seconds, 0 (off) or at least 1, not '-1'", 5, neg);
+    const char *tiny[] = {"tendril", "serve", "a.lua", "--stall-kill", "0.5"};
+    said("--stall-kill takes a number of seconds, 0 (off) or at least 1, not '0.5'", 5, tiny);
 }
 
 int main(void) {
