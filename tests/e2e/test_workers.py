@@ -473,6 +473,19 @@ class WorkersTest(TestCase):
         self.assertEqual(workers, {"1", "2"})
         self.assertEqual(srv.stop(), 0)
 
+    def test_a_reload_asked_while_workers_start_reaches_them(self):
+        app = 'require("tendril").sleep(0.5)\nreturn function() return "ok" end\n'
+        srv = Server(app, args=["--workers", "2", "--no-watch"])
+        t = threading.Thread(target=srv.start)
+        t.start()
+        self.addCleanup(lambda: srv.proc and srv.proc.poll() is None and srv.proc.kill())
+        self.assertTrue(poll(lambda: srv.proc is not None and len(worker_pids(srv)) == 2, 5))
+        srv.signal(signal.SIGHUP)  # while their top levels sleep
+        t.join()
+        self.assertTrue(poll(lambda: sorted(re.findall(r"worker (\d): reload: generation 2", srv.stderr()))
+                             == ["1", "2"], 10), srv.stderr())
+        self.assertEqual(srv.stop(), 0)
+
     def test_logs_name_the_worker(self):
         app = r'''
             return function(req)
