@@ -16,12 +16,14 @@
 #include "shdict.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,6 +60,7 @@ struct td_shdict {
     uint64_t heap_end; /* the end tag is the last 8 bytes */
     uint64_t heap_cap; /* the block an empty heap is: the largest entry */
     uint64_t ring_off;
+    uint64_t seed[2]; /* the key of hash_key, random per dictionary */
     uint32_t bucket_mask;
     _Atomic uint32_t dirty;
     pthread_mutex_t mutex;
@@ -314,29 +317,49 @@ static void reset_entries(td_shdict *d) {
 
 /* ---- entries ---- */
 
-/* Not cryptographic: keys come from the application, and a chain only
- * grows as long as the keys that collide in it. */
-static uint64_t hash_key(const char *k, size_t n) {
-    const uint64_t m1 = 0x9e3779b97f4a7c15ull, m2 = 0xbf58476d1ce4e5b9ull;
-    uint64_t h = (uint64_t)n * m1;
-    uint64_t w;
+/* SipHash-1-3 (Aumasson and Bernstein) keyed with the dictionary's random
+ * seed: the bucket of a key cannot be predicted without the seed, so keys
+ * that an application takes from requests cannot be chosen to pile up in
+ * one chain, which every worker would then walk under the one lock. */
+static inline uint64_t rotl(uint64_t x, unsigned b) { return (x << b) | (x >> (64 - b)); }
+
+#define SIPROUND                                                                                          \
+    do {                                                                                                  \
+        v0 += v1;                                                                                         \
+        v1 = rotl(v1, 13) ^ v0;                                                                           \
+        v0 = rotl(v0, 32);                                                                                \
+        v2 += v3;                                                                                         \
+        v3 = rotl(v3, 16) ^ v2;                                                                           \
+        v0 += v3;                                                                                         \
+        v3 = rotl(v3, 21) ^ v0;                                                                           \
+        v2 += v1;                                                                                         \
+        v1 = rotl(v1, 17) ^ v2;                                                                           \
+        v2 = rotl(v2, 32);                                                                                \
+    } while (0)
+
+static uint64_t hash_key(const td_shdict *d, const char *k, size_t n) {
+    uint64_t v0 = d->seed[0] ^ 0x736f6d6570736575ull, v1 = d->seed[1] ^ 0x646f72616e646f6dull;
+    uint64_t v2 = d->seed[0] ^ 0x6c7967656e657261ull, v3 = d->seed[1] ^ 0x7465646279746573ull;
+    uint64_t last = (uint64_t)n << 56, m;
     for (; n >= 8; k += 8, n -= 8) {
-        memcpy(&w, k, 8);
-        h ^= w * m2;
-        h = ((h << 31) | (h >> 33)) * m1;
+        memcpy(&m, k, 8);
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
     }
-    if (n) {
-        w = 0;
-        memcpy(&w, k, n);
-        h ^= w * m2;
-        h = ((h << 31) | (h >> 33)) * m1;
-    }
-    /* The bucket is taken from the low bits: fold the high ones in. */
-    h ^= h >> 32;
-    h *= 0xd6e8feb86659fd93ull;
-    h ^= h >> 32;
-    return h;
+    m = 0;
+    memcpy(&m, k, n);
+    last |= m;
+    v3 ^= last;
+    SIPROUND;
+    v0 ^= last;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
 }
+#undef SIPROUND
 
 /* The link that holds key's entry (a bucket, or the hnext of the entry
  * before it in the chain), or the 0 that ends the chain. */
@@ -535,6 +558,41 @@ static inline void tell(td_shdict *d, uint64_t mask) {
 
 /* ---- the API ---- */
 
+/* 16 random bytes for hash_key. getrandom does not block once the kernel's
+ * pool is ready, which it is long before a server starts; should it fail
+ * anyway, /dev/urandom, then (a last resort that never happens on Linux
+ * 3.17 and later) the clock, the pid and the mapping's address, which an
+ * attacker would have to guess. */
+static void random_seed(td_shdict *d) {
+    unsigned char *p = (unsigned char *)d->seed;
+    size_t got = 0;
+    while (got < sizeof d->seed) {
+        ssize_t n = getrandom(p + got, sizeof d->seed - got, GRND_NONBLOCK);
+        if (n <= 0 && errno != EINTR)
+            break;
+        if (n > 0)
+            got += (size_t)n;
+    }
+    if (got < sizeof d->seed) {
+        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+        while (fd >= 0 && got < sizeof d->seed) {
+            ssize_t n = read(fd, p + got, sizeof d->seed - got);
+            if (n <= 0 && errno != EINTR)
+                break;
+            if (n > 0)
+                got += (size_t)n;
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    if (got < sizeof d->seed) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        d->seed[0] ^= (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_sec;
+        d->seed[1] ^= (uint64_t)getpid() * 0xbf58476d1ce4e5b9ull ^ (uint64_t)(uintptr_t)d;
+    }
+}
+
 td_shdict *td_shdict_new(const char *name, size_t size) {
     if (size < TD_SHDICT_MIN_SIZE || (uint64_t)size > TD_SHDICT_MAX_SIZE) {
         errno = EINVAL;
@@ -577,6 +635,7 @@ td_shdict *td_shdict_new(const char *name, size_t size) {
     d->heap_end = heap_end;
     d->heap_cap = heap_end - sizeof(uint64_t) - heap_off;
     d->ring_off = ring_off;
+    random_seed(d);
     reset_entries(d);
     return d;
 }
@@ -597,7 +656,7 @@ int td_shdict_get(td_shdict *d, const char *key, size_t klen, td_shvalue *out, t
     memset(out, 0, sizeof *out);
     if (!key_ok(klen))
         return TD_SHD_NOT_FOUND;
-    uint64_t h = hash_key(key, klen), now = 0;
+    uint64_t h = hash_key(d, key, klen), now = 0;
     lock(d);
     uint32_t *link = find(d, h, key, klen);
     uint32_t r = *link;
@@ -657,7 +716,7 @@ int td_shdict_store(td_shdict *d, td_shd_mode mode, const char *key, size_t klen
     uint64_t need = entry_need(klen, vlen);
     if (v->type != TD_SHV_NIL && need > d->heap_cap)
         return TD_SHD_TOO_LARGE;
-    uint64_t h = hash_key(key, klen), now = 0, mask = 0;
+    uint64_t h = hash_key(d, key, klen), now = 0, mask = 0;
     int rc = TD_SHD_OK;
     lock(d);
     begin(d);
@@ -712,7 +771,7 @@ int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int
         return TD_SHD_NOT_FOUND;
     if (klen > TD_SHDICT_MAX_KEY)
         return has_init ? TD_SHD_TOO_LARGE : TD_SHD_NOT_FOUND;
-    uint64_t h = hash_key(key, klen), now = 0, mask = 0;
+    uint64_t h = hash_key(d, key, klen), now = 0, mask = 0;
     int rc = TD_SHD_OK;
     lock(d);
     begin(d);
@@ -759,7 +818,7 @@ int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int
 int td_shdict_delete(td_shdict *d, const char *key, size_t klen) {
     if (!key_ok(klen))
         return TD_SHD_NOT_FOUND;
-    uint64_t h = hash_key(key, klen), now = 0, mask = 0;
+    uint64_t h = hash_key(d, key, klen), now = 0, mask = 0;
     int rc = TD_SHD_NOT_FOUND;
     lock(d);
     uint32_t *link = find(d, h, key, klen);
@@ -781,7 +840,7 @@ int td_shdict_ttl(td_shdict *d, const char *key, size_t klen, uint64_t *ms_left)
     *ms_left = 0;
     if (!key_ok(klen))
         return TD_SHD_NOT_FOUND;
-    uint64_t h = hash_key(key, klen), now = 0;
+    uint64_t h = hash_key(d, key, klen), now = 0;
     int rc = TD_SHD_NOT_FOUND;
     lock(d);
     uint32_t *link = find(d, h, key, klen);
@@ -951,7 +1010,7 @@ static int check_locked(td_shdict *d) {
             struct ent *e = E(d, b);
             EXPECT(e->klen >= 1 && e->type >= TD_SHV_STRING && e->type <= TD_SHV_BOOLEAN);
             EXPECT(size >= entry_need(e->klen, e->type == TD_SHV_STRING ? e->v.len : 0));
-            EXPECT(e->hash == hash_key(ekey(e), e->klen));
+            EXPECT(e->hash == hash_key(d, ekey(e), e->klen));
             nused++;
             used_bytes += size;
         } else {

@@ -15,6 +15,9 @@
  * dictionary is emptied and a line is logged, since its structure can no
  * longer be trusted; otherwise it carries on as it was.
  *
+ * Keys are hashed with SipHash-1-3 under a random key drawn per dictionary,
+ * so that keys an attacker chooses cannot be made to share a hash chain.
+ *
  * Memory: SIZE bytes hold the hash buckets and the entries (a key, its
  * value, and about 48 bytes of bookkeeping). When an entry does not fit,
  * the least recently used entries (and expired ones) are evicted until it
