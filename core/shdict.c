@@ -83,13 +83,14 @@ struct ent {
     uint32_t lprev, lnext;
     uint16_t klen;
     uint8_t type;
-    uint8_t pad;
+    uint8_t flags; /* WRITING while a value is rewritten in place */
     union {
         double num;
         uint64_t len; /* a string's length, or a boolean */
     } v;
 };
 _Static_assert(sizeof(struct ent) == 48, "the bookkeeping the header promises");
+#define WRITING 1u
 _Static_assert(TD_SHDICT_MAX_KEY <= UINT16_MAX, "klen is 16 bits");
 _Static_assert((RING & (RING - 1)) == 0 && RING % UNIT == 0, "ring positions are taken modulo RING");
 
@@ -203,7 +204,31 @@ static uint64_t deadline(uint64_t ttl_ms, uint64_t *now) {
     return ttl_ms > UINT64_MAX - *now ? UINT64_MAX : *now + ttl_ms;
 }
 
-/* ---- the allocator ---- */
+/* ---- the allocator ----
+ *
+ * Every change below is ordered so that a kill at any instruction leaves
+ * tags that still walk, each USED tag in front of a whole entry, from which
+ * the next locker could rebuild everything else: a new entry is
+ * written inside a block still tagged free, then made live by one 8-byte
+ * store of its tag; a block is freed, merged with its free neighbours, by
+ * one store of the merged block's tag; a block is split or shrunk by
+ * writing the tag of its rest inside it first, where no walk reaches it
+ * yet, then its own. Footers, PREV_USED bits, the free lists, the chains,
+ * the LRU list and the counts are derived from the blocks. */
+
+/* Nothing written before it may move after it, or the reverse: a kill can
+ * land between any two instructions, and the next locker must find the
+ * program's order (the CPU's own order is settled by the time it can lock:
+ * the holder is gone). */
+static inline void order(void) { atomic_signal_fence(memory_order_seq_cst); }
+
+/* The one store that commits a change to the heap: whole (a compiler may
+ * split a plain 64-bit store of a constant in two), and in order. */
+static inline void set_tag(td_shdict *d, uint32_t b, uint64_t tag) {
+    order();
+    __atomic_store_n(tagp(d, b), tag, __ATOMIC_RELAXED);
+    order();
+}
 
 static void free_insert(td_shdict *d, uint32_t b, uint64_t size) {
     unsigned c = size_class(size);
@@ -230,38 +255,37 @@ static void free_unlink(td_shdict *d, uint32_t b) {
         fb(d, f->next)->prev = f->prev;
 }
 
-/* Makes b a free block of size bytes (b's predecessor is used) and lists it. */
-static void make_free(td_shdict *d, uint32_t b, uint64_t size) {
-    *tagp(d, b) = size | PREV_USED;
+static inline void set_footer(td_shdict *d, uint32_t b, uint64_t size) {
     *(uint64_t *)((char *)tagp(d, b) + size - sizeof(uint64_t)) = size;
+}
+
+/* What derives from b having become a free block of size bytes (its tag
+ * already says so): its footer, the next block's PREV_USED, its list. The
+ * PREV_USED store changes one bit, so even a torn one cannot change a size. */
+static void free_fix(td_shdict *d, uint32_t b, uint64_t size) {
+    set_footer(d, b, size);
     *tagp(d, b + (uint32_t)(size / UNIT)) &= ~(uint64_t)PREV_USED;
     free_insert(d, b, size);
 }
 
-/* Turns the free block b, already unlisted, into a used block of need
- * bytes, freeing the rest when it is worth a block of its own. */
-static uint32_t carve(td_shdict *d, uint32_t b, uint64_t need) {
-    uint64_t size = bsize(d, b);
-    uint64_t prev = *tagp(d, b) & PREV_USED;
-    if (size - need >= MIN_SPLIT) {
-        *tagp(d, b) = need | USED | prev;
-        make_free(d, b + (uint32_t)(need / UNIT), size - need);
-    } else {
-        *tagp(d, b) = size | USED | prev;
-        *tagp(d, b + (uint32_t)(size / UNIT)) |= PREV_USED;
-    }
-    return b;
+/* Makes b a free block of size bytes (b's predecessor is used) and lists it. */
+static void make_free(td_shdict *d, uint32_t b, uint64_t size) {
+    set_tag(d, b, size | PREV_USED);
+    free_fix(d, b, size);
 }
 
-/* First fit in need's own class (whose blocks may be smaller than need),
- * else the first block of the smallest larger class (all of them fit). */
+/* A free block of at least need bytes, taken off its list but still tagged
+ * free, or 0: the caller writes the entry's body into it, then
+ * commit_alloc. First fit in need's own class (whose blocks may be smaller
+ * than need), else the first block of the smallest larger class (all of
+ * them fit). */
 static uint32_t heap_alloc(td_shdict *d, uint64_t need) {
     unsigned c = size_class(need);
     if (d->free_bits & ((uint64_t)1 << c)) {
         for (uint32_t b = d->free_head[c]; b; b = fb(d, b)->next)
             if (bsize(d, b) >= need) {
                 free_unlink(d, b);
-                return carve(d, b, need);
+                return b;
             }
     }
     uint64_t higher = d->free_bits & ~(((uint64_t)2 << c) - 1);
@@ -269,7 +293,25 @@ static uint32_t heap_alloc(td_shdict *d, uint64_t need) {
         return 0;
     uint32_t b = d->free_head[__builtin_ctzll(higher)];
     free_unlink(d, b);
-    return carve(d, b, need);
+    return b;
+}
+
+/* Turns the block from heap_alloc, its body written, into a used block of
+ * need bytes; the rest becomes a free block when it is worth one. */
+static void commit_alloc(td_shdict *d, uint32_t b, uint64_t need) {
+    uint64_t tag = *tagp(d, b), size = tag & ~TAG_FLAGS, prev = tag & PREV_USED;
+    if (size - need >= MIN_SPLIT) {
+        uint32_t rest = b + (uint32_t)(need / UNIT);
+        /* Inside b: nothing walks here until b's tag says need. The block
+         * after b already knows its predecessor is free. */
+        *tagp(d, rest) = (size - need) | PREV_USED;
+        set_footer(d, rest, size - need);
+        set_tag(d, b, need | USED | prev);
+        free_insert(d, rest, size - need);
+    } else {
+        set_tag(d, b, size | USED | prev);
+        *tagp(d, b + (uint32_t)(size / UNIT)) |= PREV_USED;
+    }
 }
 
 /* Frees the used block b, merged with free neighbours; returns the free
@@ -293,15 +335,22 @@ static uint32_t heap_free(td_shdict *d, uint32_t b) {
     return b;
 }
 
-/* Gives the end of the used block b past need bytes back, if worth it. */
+/* Gives the end of the used block b past need bytes back, if worth it; the
+ * entry's new value already fits in need. */
 static void heap_shrink(td_shdict *d, uint32_t b, uint64_t need) {
-    uint64_t size = bsize(d, b);
+    uint64_t tag = *tagp(d, b), size = tag & ~TAG_FLAGS;
     if (size - need < MIN_SPLIT)
         return;
-    *tagp(d, b) = need | USED | (*tagp(d, b) & PREV_USED);
-    uint32_t rest = b + (uint32_t)(need / UNIT);
-    *tagp(d, rest) = (size - need) | USED | PREV_USED;
-    heap_free(d, rest);
+    uint32_t rest = b + (uint32_t)(need / UNIT), next = b + (uint32_t)(size / UNIT);
+    uint64_t rsize = size - need;
+    if (!(*tagp(d, next) & USED)) {
+        rsize += bsize(d, next);
+        free_unlink(d, next);
+    }
+    /* As in commit_alloc: the rest's tag first, where no walk reaches. */
+    *tagp(d, rest) = rsize | PREV_USED;
+    set_tag(d, b, need | USED | (tag & PREV_USED));
+    free_fix(d, rest, rsize);
     d->used -= size - need;
 }
 
@@ -311,7 +360,8 @@ static void reset_entries(td_shdict *d) {
     d->used = d->count = 0;
     d->free_bits = 0;
     memset(d->free_head, 0, sizeof d->free_head);
-    *(uint64_t *)((char *)d + d->heap_end - sizeof(uint64_t)) = USED;
+    set_tag(d, (uint32_t)((d->heap_end - UNIT) / UNIT), USED);
+    /* The one store that drops every entry at once. */
     make_free(d, (uint32_t)(d->heap_off / UNIT), d->heap_cap);
 }
 
@@ -403,7 +453,8 @@ static inline void lru_touch(td_shdict *d, uint32_t r, struct ent *e) {
 }
 
 /* Unlinks the entry *link holds from its chain and the LRU list and frees
- * it; returns the free block it ended in. */
+ * it; returns the free block it ended in. Until heap_free's one store the
+ * entry is whole in the heap, and a repair keeps it. */
 static uint32_t entry_remove(td_shdict *d, uint32_t *link) {
     uint32_t r = *link;
     struct ent *e = E(d, r);
@@ -421,15 +472,11 @@ static uint32_t entry_remove_ref(td_shdict *d, uint32_t r) {
     return entry_remove(d, link);
 }
 
-static uint32_t take(td_shdict *d, uint32_t b, uint64_t need) {
-    free_unlink(d, b);
-    return carve(d, b, need);
-}
-
-/* A block of need bytes (need <= heap_cap): expired entries near the LRU
- * tail go first, then the least recently used ones, one at a time. Only the
- * block a removal ended in can newly fit, so each removal is checked alone
- * instead of searching the free lists again. */
+/* A block of need bytes (need <= heap_cap), off its list and still tagged
+ * free: expired entries near the LRU tail go first, then the least recently
+ * used ones, one at a time. Only the block a removal ended in can newly
+ * fit, so each removal is checked alone instead of searching the free lists
+ * again. */
 static uint32_t alloc_evicting(td_shdict *d, uint64_t need, uint64_t *now, int *evicted) {
     uint32_t b = heap_alloc(d, need);
     if (b)
@@ -440,8 +487,10 @@ static uint32_t alloc_evicting(td_shdict *d, uint64_t need, uint64_t *now, int *
         uint32_t older_next = e->lprev;
         if (is_expired(e, now)) {
             b = entry_remove_ref(d, r);
-            if (bsize(d, b) >= need)
-                return take(d, b, need);
+            if (bsize(d, b) >= need) {
+                free_unlink(d, b);
+                return b;
+            }
         }
         r = older_next;
     }
@@ -451,13 +500,16 @@ static uint32_t alloc_evicting(td_shdict *d, uint64_t need, uint64_t *now, int *
             d->evictions++;
         }
         b = entry_remove_ref(d, r);
-        if (bsize(d, b) >= need)
-            return take(d, b, need);
+        if (bsize(d, b) >= need) {
+            free_unlink(d, b);
+            return b;
+        }
     }
     return 0; /* not reached: an empty heap is one block of heap_cap */
 }
 
-static void entry_set_value(struct ent *e, const td_shvalue *v, uint64_t expire) {
+/* Writes v and its expiry into e (the tag and the key stay). */
+static void entry_fill(struct ent *e, const td_shvalue *v, uint64_t expire) {
     e->type = (uint8_t)v->type;
     e->expire = expire;
     switch (v->type) {
@@ -475,20 +527,47 @@ static void entry_set_value(struct ent *e, const td_shvalue *v, uint64_t expire)
     }
 }
 
-/* A new entry for key in the block b, first in its chain and the LRU list. */
-static struct ent *entry_new(td_shdict *d, uint32_t b, uint64_t h, const char *key, size_t klen) {
+/* A new entry for key holding v, in the block b from alloc_evicting: the
+ * whole body first, then the tag that makes it live (until then a repair
+ * sees a free block), then the links, first in its chain and the LRU list. */
+static void entry_new(td_shdict *d, uint32_t b, uint64_t need, uint64_t h, const char *key, size_t klen,
+                      const td_shvalue *v, uint64_t expire) {
     struct ent *e = E(d, b);
     e->hash = h;
     e->klen = (uint16_t)klen;
-    e->pad = 0;
+    e->flags = 0;
     memcpy(ekey(e), key, klen);
+    entry_fill(e, v, expire);
+    commit_alloc(d, b, need);
     uint32_t *bucket = &buckets(d)[h & d->bucket_mask];
     e->hnext = *bucket;
     *bucket = b;
     lru_push(d, b, e);
     d->used += bsize(d, b);
     d->count++;
-    return e;
+}
+
+/* Rewrites the value of the entry r in place (its block holds need bytes
+ * or more), giving back what it no longer needs. Several stores: the entry
+ * is marked WRITING meanwhile, and a repair drops an entry so marked
+ * rather than keep a value half old, half new. */
+static void entry_rewrite(td_shdict *d, uint32_t r, uint64_t need, const td_shvalue *v, uint64_t expire) {
+    struct ent *e = E(d, r);
+    e->flags = WRITING;
+    order();
+    entry_fill(e, v, expire);
+    heap_shrink(d, r, need);
+    order();
+    e->flags = 0;
+    lru_touch(d, r, e);
+}
+
+/* The number of e becomes n in one 8-byte store: a kill leaves the old
+ * number or the new one, never a mix of their bytes. */
+static inline void set_number(struct ent *e, double n) {
+    uint64_t bits;
+    memcpy(&bits, &n, sizeof bits);
+    __atomic_store_n(&e->v.len, bits, __ATOMIC_RELAXED);
 }
 
 /* ---- the change ring ---- */
@@ -510,12 +589,17 @@ static uint64_t ring_record_size(td_shdict *d, uint64_t pos) {
     return align_up(4 + len, UNIT);
 }
 
-/* Drops the oldest records until n bytes from head can be written. */
+/* Drops the oldest records until n bytes from head can be written. The
+ * tail moves a whole record at a time, before the bytes it gave up are
+ * written over. */
 static void ring_make_room(td_shdict *d, uint64_t n) {
     while (d->ring_tail + RING < d->ring_head + n)
         d->ring_tail += ring_record_size(d, d->ring_tail);
+    order();
 }
 
+/* A record is written past the head, then the head moves over it: a kill
+ * in between leaves the ring as it was, without the record. */
 static void ring_put(td_shdict *d, uint32_t len, const char *key, size_t klen) {
     uint64_t size = align_up(4 + klen, UNIT);
     uint64_t off = d->ring_head % RING;
@@ -524,6 +608,7 @@ static void ring_put(td_shdict *d, uint32_t len, const char *key, size_t klen) {
         ring_make_room(d, RING - off);
         uint32_t wrap = RING_WRAP;
         memcpy(ring(d) + off, &wrap, sizeof wrap);
+        order();
         d->ring_head += RING - off;
         off = 0;
     }
@@ -531,6 +616,7 @@ static void ring_put(td_shdict *d, uint32_t len, const char *key, size_t klen) {
     memcpy(ring(d) + off, &len, sizeof len);
     if (klen)
         memcpy(ring(d) + off + 4, key, klen);
+    order();
     d->ring_head += size;
 }
 
@@ -555,6 +641,8 @@ static inline void tell(td_shdict *d, uint64_t mask) {
     if (mask && fn)
         fn(d, mask);
 }
+
+
 
 /* ---- the API ---- */
 
@@ -738,16 +826,13 @@ int td_shdict_store(td_shdict *d, td_shd_mode mode, const char *key, size_t klen
     } else {
         uint64_t expire = deadline(ttl_ms, &now);
         if (r && bsize(d, r) >= need) {
-            heap_shrink(d, r, need);
-            struct ent *e = E(d, r);
-            entry_set_value(e, v, expire);
-            lru_touch(d, r, e);
+            entry_rewrite(d, r, need, v, expire);
         } else {
             if (r)
                 entry_remove(d, link);
             uint32_t b = alloc_evicting(d, need, &now, &ev);
             if (b)
-                entry_set_value(entry_new(d, b, h, key, klen), v, expire);
+                entry_new(d, b, need, h, key, klen, v, expire);
             else
                 rc = TD_SHD_TOO_LARGE;
         }
@@ -784,8 +869,8 @@ int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int
     if (r) {
         struct ent *e = E(d, r);
         if (e->type == TD_SHV_NUMBER) {
-            e->v.num += delta;
-            *out = e->v.num;
+            *out = e->v.num + delta;
+            set_number(e, *out);
             lru_touch(d, r, e);
         } else {
             rc = TD_SHD_NOT_NUMBER;
@@ -795,11 +880,11 @@ int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int
     } else if (entry_need(klen, 0) > d->heap_cap) {
         rc = TD_SHD_TOO_LARGE;
     } else {
-        uint64_t expire = deadline(init_ttl_ms, &now);
-        uint32_t b = alloc_evicting(d, entry_need(klen, 0), &now, &ev);
+        uint64_t expire = deadline(init_ttl_ms, &now), need = entry_need(klen, 0);
+        uint32_t b = alloc_evicting(d, need, &now, &ev);
         if (b) {
             td_shvalue v = {.type = TD_SHV_NUMBER, .num = init + delta};
-            entry_set_value(entry_new(d, b, h, key, klen), &v, expire);
+            entry_new(d, b, need, h, key, klen, &v, expire);
             *out = v.num;
         } else {
             rc = TD_SHD_TOO_LARGE;
@@ -1008,7 +1093,7 @@ static int check_locked(td_shdict *d) {
         EXPECT(!!(tag & PREV_USED) == prev_used);
         if (tag & USED) {
             struct ent *e = E(d, b);
-            EXPECT(e->klen >= 1 && e->type >= TD_SHV_STRING && e->type <= TD_SHV_BOOLEAN);
+            EXPECT(e->klen >= 1 && e->type >= TD_SHV_STRING && e->type <= TD_SHV_BOOLEAN && e->flags == 0);
             EXPECT(size >= entry_need(e->klen, e->type == TD_SHV_STRING ? e->v.len : 0));
             EXPECT(e->hash == hash_key(d, ekey(e), e->klen));
             nused++;
