@@ -101,8 +101,10 @@ struct fblk {
 };
 
 static void (*change_fn)(td_shdict *d, uint64_t mask);
-/* A repair to log once the lock is released: 1 intact, 2 emptied. */
+/* A repair to log once the lock is released. */
+enum { NOTE_NONE, NOTE_INTACT, NOTE_REPAIRED, NOTE_EMPTIED };
 static _Thread_local int repair_note;
+static _Thread_local long repair_kept;
 
 static inline uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) & ~(a - 1); }
 
@@ -134,20 +136,7 @@ static inline void end(td_shdict *d) {
     atomic_store_explicit(&d->dirty, 0, memory_order_relaxed);
 }
 
-static void reset_entries(td_shdict *d);
-
-static void repair(td_shdict *d) {
-    d->repairs++;
-    if (!atomic_load_explicit(&d->dirty, memory_order_relaxed)) {
-        repair_note = 1;
-        return;
-    }
-    reset_entries(d);
-    /* Past every position a reader may hold, so each of them sees a loss. */
-    d->ring_head = d->ring_tail = align_up(d->ring_head, UNIT) + RING;
-    end(d);
-    repair_note = 2;
-}
+static void repair(td_shdict *d);
 
 static void lock(td_shdict *d) {
     int rc = pthread_mutex_lock(&d->mutex);
@@ -166,15 +155,19 @@ static void lock(td_shdict *d) {
 
 static void unlock(td_shdict *d) {
     pthread_mutex_unlock(&d->mutex);
-    if (__builtin_expect(repair_note, 0)) {
-        if (repair_note == 2)
+    if (__builtin_expect(repair_note != NOTE_NONE, 0)) {
+        if (repair_note == NOTE_EMPTIED)
             td_log(TD_LOG_ERROR,
-                   "shared dictionary \"%s\": a process died while changing it; its entries were dropped",
+                   "shared dictionary \"%s\": a process died while changing it; emptied (could not be repaired)",
                    d->name);
+        else if (repair_note == NOTE_REPAIRED)
+            td_log(TD_LOG_WARN,
+                   "shared dictionary \"%s\": a process died while changing it; repaired (%ld entries kept)",
+                   d->name, repair_kept);
         else
             td_log(TD_LOG_NOTICE, "shared dictionary \"%s\": a process died holding its lock; it is intact",
                    d->name);
-        repair_note = 0;
+        repair_note = NOTE_NONE;
     }
 }
 
@@ -206,15 +199,16 @@ static uint64_t deadline(uint64_t ttl_ms, uint64_t *now) {
 
 /* ---- the allocator ----
  *
- * Every change below is ordered so that a kill at any instruction leaves
- * tags that still walk, each USED tag in front of a whole entry, from which
- * the next locker could rebuild everything else: a new entry is
+ * A repair (see repair()) trusts nothing but the heap: it walks the blocks
+ * by their tags and rebuilds everything else from the used ones. So every
+ * change below is ordered so that a kill at any instruction leaves tags that
+ * still walk, each USED tag in front of a whole entry: a new entry is
  * written inside a block still tagged free, then made live by one 8-byte
  * store of its tag; a block is freed, merged with its free neighbours, by
  * one store of the merged block's tag; a block is split or shrunk by
  * writing the tag of its rest inside it first, where no walk reaches it
  * yet, then its own. Footers, PREV_USED bits, the free lists, the chains,
- * the LRU list and the counts are derived from the blocks. */
+ * the LRU list and the counts are derived: a repair makes them again. */
 
 /* Nothing written before it may move after it, or the reverse: a kill can
  * land between any two instructions, and the next locker must find the
@@ -599,7 +593,7 @@ static void ring_make_room(td_shdict *d, uint64_t n) {
 }
 
 /* A record is written past the head, then the head moves over it: a kill
- * in between leaves the ring as it was, without the record. */
+ * in between leaves the ring as it was, without the record (ring_ok). */
 static void ring_put(td_shdict *d, uint32_t len, const char *key, size_t klen) {
     uint64_t size = align_up(4 + klen, UNIT);
     uint64_t off = d->ring_head % RING;
@@ -642,7 +636,149 @@ static inline void tell(td_shdict *d, uint64_t mask) {
         fn(d, mask);
 }
 
+/* ---- repair ---- */
 
+/* Whether e, in a used block of size bytes, is an entry as the code writes
+ * them: a key and a value that fit, and the hash of that key. Any
+ * instruction of a change leaves this true of every used block (see the
+ * allocator); a stray write would likely make it false. */
+static int entry_ok(td_shdict *d, struct ent *e, uint64_t size) {
+    if (e->klen < 1 || e->type < TD_SHV_STRING || e->type > TD_SHV_BOOLEAN)
+        return 0;
+    uint64_t vlen = e->type == TD_SHV_STRING ? e->v.len : 0;
+    if (vlen > size || entry_need(e->klen, vlen) > size)
+        return 0;
+    if (e->type == TD_SHV_BOOLEAN && e->v.len > 1)
+        return 0;
+    return e->hash == hash_key(d, ekey(e), e->klen);
+}
+
+/* Rebuilds the dictionary from its heap after a holder died in the middle
+ * of a change. Returns the number of entries kept, or -1 when the heap does
+ * not walk as the code leaves it (then it is untouched, for the caller to
+ * empty). */
+static long rebuild(td_shdict *d) {
+    uint32_t first = (uint32_t)(d->heap_off / UNIT), end_ref = (uint32_t)((d->heap_end - UNIT) / UNIT);
+    long kept = 0;
+    /* First every block is checked, writing nothing. Each step stays in the
+     * heap and moves forward, so the walk ends, and exactly on the end tag
+     * when the sizes hold. Footers and PREV_USED bits are not trusted: a
+     * kill may have left them behind their tags, and they are made again. */
+    for (uint32_t b = first; b != end_ref;) {
+        uint64_t tag = *tagp(d, b), size = tag & ~TAG_FLAGS;
+        if ((tag & TAG_FLAGS & ~(uint64_t)(USED | PREV_USED)) || size < MIN_BLOCK || size % UNIT ||
+            size > (uint64_t)(end_ref - b) * UNIT)
+            return -1;
+        if (tag & USED) {
+            struct ent *e = E(d, b);
+            if (e->flags == WRITING) {
+                /* Caught rewriting its value: it goes (below). */
+            } else if (e->flags || !entry_ok(d, e, size)) {
+                return -1;
+            } else {
+                kept++;
+            }
+        }
+        b += (uint32_t)(size / UNIT);
+    }
+    if ((*tagp(d, end_ref) & ~(uint64_t)PREV_USED) != USED)
+        return -1;
+
+    /* Then everything else is made from the blocks. Runs of free blocks
+     * (and entries caught rewriting) merge into one free block, by one
+     * store of its tag; used tags only get their PREV_USED bit. Killed at
+     * any point of this, the heap still walks and the next locker rebuilds
+     * again. The LRU list comes out in heap order, the last block the most
+     * recently used: the order of use is not in the heap, and any order
+     * keeps the list whole (a repair is rare). */
+    memset(buckets(d), 0, ((size_t)d->bucket_mask + 1) * sizeof(uint32_t));
+    d->lru_head = d->lru_tail = 0;
+    d->used = d->count = 0;
+    d->free_bits = 0;
+    memset(d->free_head, 0, sizeof d->free_head);
+    uint32_t run = 0;
+    uint64_t run_size = 0;
+    int prev_used = 1; /* the first block's predecessor counts as used */
+    for (uint32_t b = first;;) {
+        uint64_t tag = b == end_ref ? USED : *tagp(d, b), size = tag & ~TAG_FLAGS;
+        if (b != end_ref && (!(tag & USED) || E(d, b)->flags)) {
+            if (!run)
+                run = b, run_size = 0;
+            run_size += size;
+            b += (uint32_t)(size / UNIT);
+            continue;
+        }
+        if (run) {
+            set_tag(d, run, run_size | PREV_USED);
+            set_footer(d, run, run_size);
+            free_insert(d, run, run_size);
+            run = 0;
+            prev_used = 0;
+        }
+        /* Only the PREV_USED bit changes: a torn store cannot change a size. */
+        *tagp(d, b) = size | USED | (prev_used ? PREV_USED : 0);
+        if (b == end_ref)
+            break;
+        struct ent *e = E(d, b);
+        uint32_t *bucket = &buckets(d)[e->hash & d->bucket_mask];
+        e->hnext = *bucket;
+        *bucket = b;
+        lru_push(d, b, e);
+        d->used += size;
+        d->count++;
+        prev_used = 1;
+        b += (uint32_t)(size / UNIT);
+    }
+    return kept;
+}
+
+/* Whether the ring holds whole records from its tail to its head, as
+ * ring_put leaves it at any instruction. */
+static int ring_ok(td_shdict *d) {
+    uint64_t p = d->ring_tail, head = d->ring_head;
+    if (p > head || head - p > RING || p % UNIT || head % UNIT)
+        return 0;
+    while (p < head) {
+        uint64_t len = ring_len_at(d, p), off = p % RING, size;
+        if (len == RING_WRAP)
+            size = RING - off;
+        else if (len == RING_LOST)
+            size = UNIT;
+        else if (4 + len > RING_MAX_RECORD)
+            return 0;
+        else
+            size = align_up(4 + len, UNIT);
+        if (off + size > RING)
+            return 0;
+        p += size;
+    }
+    return p == head;
+}
+
+/* The next locker after a holder died: nothing to do unless it died in
+ * the middle of a change (dirty). Then the dictionary is rebuilt from its
+ * heap, or emptied when the heap does not walk, which only memory written
+ * out of turn (a bug, a stray write) should cause. */
+static void repair(td_shdict *d) {
+    d->repairs++;
+    if (!atomic_load_explicit(&d->dirty, memory_order_relaxed)) {
+        repair_note = NOTE_INTACT;
+        return;
+    }
+    long kept = rebuild(d);
+    if (kept >= 0 && ring_ok(d)) {
+        /* The change it was making may be done and not recorded yet. */
+        ring_put(d, RING_LOST, NULL, 0);
+    } else {
+        /* Past every position a reader may hold, so each of them sees a loss. */
+        d->ring_head = d->ring_tail = align_up(d->ring_head, UNIT) + RING;
+    }
+    if (kept < 0)
+        reset_entries(d);
+    end(d);
+    repair_note = kept < 0 ? NOTE_EMPTIED : NOTE_REPAIRED;
+    repair_kept = kept;
+}
 
 /* ---- the API ---- */
 
