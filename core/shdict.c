@@ -29,6 +29,10 @@
 
 #include "log.h"
 
+#ifdef TD_SHDICT_TESTING
+#include <signal.h>
+#endif
+
 #define MAGIC 0x7464736864696374ull /* "tdshdict" */
 #define UNIT 8u                     /* the granule of blocks and references */
 #define USED 1u
@@ -210,6 +214,27 @@ static uint64_t deadline(uint64_t ttl_ms, uint64_t *now) {
  * yet, then its own. Footers, PREV_USED bits, the free lists, the chains,
  * the LRU list and the counts are derived: a repair makes them again. */
 
+/* A kill point (KP) marks a place between two steps of a change where the
+ * unit test stops and kills a process; nothing outside that test's build. */
+#ifdef TD_SHDICT_TESTING
+long td_shdict__stop_after = -1;
+unsigned td_shdict__spin;
+uint64_t td_shdict__intact, td_shdict__repaired, td_shdict__emptied;
+static void kill_point(void) {
+    if (td_shdict__stop_after >= 0 && td_shdict__stop_after-- == 0)
+        raise(SIGSTOP);
+    for (volatile unsigned i = 0; i < td_shdict__spin; i++) {
+    }
+}
+#define KP()                                                                                              \
+    do {                                                                                                  \
+        if (__builtin_expect(td_shdict__stop_after >= 0 || td_shdict__spin, 0))                           \
+            kill_point();                                                                                 \
+    } while (0)
+#else
+#define KP() ((void)0)
+#endif
+
 /* Nothing written before it may move after it, or the reverse: a kill can
  * land between any two instructions, and the next locker must find the
  * program's order (the CPU's own order is settled by the time it can lock:
@@ -265,6 +290,7 @@ static void free_fix(td_shdict *d, uint32_t b, uint64_t size) {
 /* Makes b a free block of size bytes (b's predecessor is used) and lists it. */
 static void make_free(td_shdict *d, uint32_t b, uint64_t size) {
     set_tag(d, b, size | PREV_USED);
+    KP();
     free_fix(d, b, size);
 }
 
@@ -300,10 +326,13 @@ static void commit_alloc(td_shdict *d, uint32_t b, uint64_t need) {
          * after b already knows its predecessor is free. */
         *tagp(d, rest) = (size - need) | PREV_USED;
         set_footer(d, rest, size - need);
+        KP();
         set_tag(d, b, need | USED | prev);
+        KP();
         free_insert(d, rest, size - need);
     } else {
         set_tag(d, b, size | USED | prev);
+        KP();
         *tagp(d, b + (uint32_t)(size / UNIT)) |= PREV_USED;
     }
 }
@@ -324,6 +353,7 @@ static uint32_t heap_free(td_shdict *d, uint32_t b) {
         free_unlink(d, b);
         size += psize;
     }
+    KP();
     /* Two free blocks are never neighbours, so b's predecessor is used. */
     make_free(d, b, size);
     return b;
@@ -343,7 +373,9 @@ static void heap_shrink(td_shdict *d, uint32_t b, uint64_t need) {
     }
     /* As in commit_alloc: the rest's tag first, where no walk reaches. */
     *tagp(d, rest) = rsize | PREV_USED;
+    KP();
     set_tag(d, b, need | USED | (tag & PREV_USED));
+    KP();
     free_fix(d, rest, rsize);
     d->used -= size - need;
 }
@@ -355,6 +387,7 @@ static void reset_entries(td_shdict *d) {
     d->free_bits = 0;
     memset(d->free_head, 0, sizeof d->free_head);
     set_tag(d, (uint32_t)((d->heap_end - UNIT) / UNIT), USED);
+    KP();
     /* The one store that drops every entry at once. */
     make_free(d, (uint32_t)(d->heap_off / UNIT), d->heap_cap);
 }
@@ -443,6 +476,7 @@ static inline void lru_touch(td_shdict *d, uint32_t r, struct ent *e) {
     if (d->lru_head == r)
         return;
     lru_unlink(d, e);
+    KP();
     lru_push(d, r, e);
 }
 
@@ -453,6 +487,7 @@ static uint32_t entry_remove(td_shdict *d, uint32_t *link) {
     uint32_t r = *link;
     struct ent *e = E(d, r);
     *link = e->hnext;
+    KP();
     lru_unlink(d, e);
     d->used -= bsize(d, r);
     d->count--;
@@ -531,11 +566,13 @@ static void entry_new(td_shdict *d, uint32_t b, uint64_t need, uint64_t h, const
     e->klen = (uint16_t)klen;
     e->flags = 0;
     memcpy(ekey(e), key, klen);
+    KP();
     entry_fill(e, v, expire);
     commit_alloc(d, b, need);
     uint32_t *bucket = &buckets(d)[h & d->bucket_mask];
     e->hnext = *bucket;
     *bucket = b;
+    KP();
     lru_push(d, b, e);
     d->used += bsize(d, b);
     d->count++;
@@ -549,7 +586,9 @@ static void entry_rewrite(td_shdict *d, uint32_t r, uint64_t need, const td_shva
     struct ent *e = E(d, r);
     e->flags = WRITING;
     order();
+    KP();
     entry_fill(e, v, expire);
+    KP();
     heap_shrink(d, r, need);
     order();
     e->flags = 0;
@@ -607,10 +646,12 @@ static void ring_put(td_shdict *d, uint32_t len, const char *key, size_t klen) {
         off = 0;
     }
     ring_make_room(d, size);
+    KP();
     memcpy(ring(d) + off, &len, sizeof len);
     if (klen)
         memcpy(ring(d) + off + 4, key, klen);
     order();
+    KP();
     d->ring_head += size;
 }
 
@@ -710,6 +751,7 @@ static long rebuild(td_shdict *d) {
         }
         if (run) {
             set_tag(d, run, run_size | PREV_USED);
+            KP();
             set_footer(d, run, run_size);
             free_insert(d, run, run_size);
             run = 0;
@@ -726,6 +768,7 @@ static long rebuild(td_shdict *d) {
         lru_push(d, b, e);
         d->used += size;
         d->count++;
+        KP();
         prev_used = 1;
         b += (uint32_t)(size / UNIT);
     }
@@ -763,6 +806,9 @@ static void repair(td_shdict *d) {
     d->repairs++;
     if (!atomic_load_explicit(&d->dirty, memory_order_relaxed)) {
         repair_note = NOTE_INTACT;
+#ifdef TD_SHDICT_TESTING
+        td_shdict__intact++;
+#endif
         return;
     }
     long kept = rebuild(d);
@@ -778,6 +824,12 @@ static void repair(td_shdict *d) {
     end(d);
     repair_note = kept < 0 ? NOTE_EMPTIED : NOTE_REPAIRED;
     repair_kept = kept;
+#ifdef TD_SHDICT_TESTING
+    if (kept < 0)
+        td_shdict__emptied++;
+    else
+        td_shdict__repaired++;
+#endif
 }
 
 /* ---- the API ---- */
@@ -1208,6 +1260,27 @@ void td_shdict__hold(td_shdict *d, uint64_t ms, int dirty) {
         end(d);
     unlock(d);
 }
+
+#ifdef TD_SHDICT_TESTING
+void td_shdict__scribble(td_shdict *d, int how, uint64_t ms) {
+    lock(d);
+    begin(d);
+    uint32_t first = (uint32_t)(d->heap_off / UNIT), end_ref = (uint32_t)((d->heap_end - UNIT) / UNIT), b = first;
+    while (b != end_ref && !(*tagp(d, b) & USED))
+        b += (uint32_t)(bsize(d, b) / UNIT);
+    if (how == TD_SHDICT__SCRIBBLE_TAG)
+        *tagp(d, first) = 2 * UNIT | (*tagp(d, first) & TAG_FLAGS);
+    else if (how == TD_SHDICT__SCRIBBLE_KEY && b != end_ref)
+        ekey(E(d, b))[0] ^= 1;
+    else if (how == TD_SHDICT__SCRIBBLE_WRITING && b != end_ref)
+        E(d, b)->flags = WRITING;
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+    end(d);
+    unlock(d);
+}
+#endif
 
 /* Every structure against the others; returns the line of the first check
  * that failed. The walks are bounded so a corrupt chain cannot loop. */

@@ -189,4 +189,27 @@ void td_shdict__hold(td_shdict *d, uint64_t ms, int dirty);
  * check that failed. */
 int td_shdict__check(td_shdict *d);
 
+#ifdef TD_SHDICT_TESTING
+/* Only in the unit test's own build of shdict.c (-DTD_SHDICT_TESTING):
+ * production code has none of this, not even a branch.
+ *
+ * Between every two steps of a change the engine passes a kill point.
+ * stop_after >= 0: that many kill points are passed, then the process
+ * stops itself (SIGSTOP) at the next, holding the lock, for the test to
+ * kill. spin: iterations spun at every kill point, so that a kill at a
+ * random instant lands inside changes more often. */
+extern long td_shdict__stop_after;
+extern unsigned td_shdict__spin;
+/* How the EOWNERDEADs this process met ended. */
+extern uint64_t td_shdict__intact, td_shdict__repaired, td_shdict__emptied;
+/* Takes the lock, marks it dirty, damages the heap as `how` says, and
+ * holds it for ms milliseconds for the test to kill the holder. */
+enum {
+    TD_SHDICT__SCRIBBLE_TAG = 1,     /* the first block's size: the heap no longer walks */
+    TD_SHDICT__SCRIBBLE_KEY = 2,     /* a byte of the first entry's key: its hash no longer matches */
+    TD_SHDICT__SCRIBBLE_WRITING = 3, /* the first entry marked as caught rewriting its value */
+};
+void td_shdict__scribble(td_shdict *d, int how, uint64_t ms);
+#endif
+
 #endif
