@@ -16,16 +16,22 @@
 #include "shdict.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "log.h"
+
+#ifdef TD_SHDICT_TESTING
+#include <signal.h>
+#endif
 
 #define MAGIC 0x7464736864696374ull /* "tdshdict" */
 #define UNIT 8u                     /* the granule of blocks and references */
@@ -58,6 +64,7 @@ struct td_shdict {
     uint64_t heap_end; /* the end tag is the last 8 bytes */
     uint64_t heap_cap; /* the block an empty heap is: the largest entry */
     uint64_t ring_off;
+    uint64_t seed[2]; /* the key of hash_key, random per dictionary */
     uint32_t bucket_mask;
     _Atomic uint32_t dirty;
     pthread_mutex_t mutex;
@@ -80,13 +87,14 @@ struct ent {
     uint32_t lprev, lnext;
     uint16_t klen;
     uint8_t type;
-    uint8_t pad;
+    uint8_t flags; /* WRITING while a value is rewritten in place */
     union {
         double num;
         uint64_t len; /* a string's length, or a boolean */
     } v;
 };
 _Static_assert(sizeof(struct ent) == 48, "the bookkeeping the header promises");
+#define WRITING 1u
 _Static_assert(TD_SHDICT_MAX_KEY <= UINT16_MAX, "klen is 16 bits");
 _Static_assert((RING & (RING - 1)) == 0 && RING % UNIT == 0, "ring positions are taken modulo RING");
 
@@ -97,8 +105,10 @@ struct fblk {
 };
 
 static void (*change_fn)(td_shdict *d, uint64_t mask);
-/* A repair to log once the lock is released: 1 intact, 2 emptied. */
+/* A repair to log once the lock is released. */
+enum { NOTE_NONE, NOTE_INTACT, NOTE_REPAIRED, NOTE_EMPTIED };
 static _Thread_local int repair_note;
+static _Thread_local long repair_kept;
 
 static inline uint64_t align_up(uint64_t n, uint64_t a) { return (n + a - 1) & ~(a - 1); }
 
@@ -130,20 +140,7 @@ static inline void end(td_shdict *d) {
     atomic_store_explicit(&d->dirty, 0, memory_order_relaxed);
 }
 
-static void reset_entries(td_shdict *d);
-
-static void repair(td_shdict *d) {
-    d->repairs++;
-    if (!atomic_load_explicit(&d->dirty, memory_order_relaxed)) {
-        repair_note = 1;
-        return;
-    }
-    reset_entries(d);
-    /* Past every position a reader may hold, so each of them sees a loss. */
-    d->ring_head = d->ring_tail = align_up(d->ring_head, UNIT) + RING;
-    end(d);
-    repair_note = 2;
-}
+static void repair(td_shdict *d);
 
 static void lock(td_shdict *d) {
     int rc = pthread_mutex_lock(&d->mutex);
@@ -162,15 +159,19 @@ static void lock(td_shdict *d) {
 
 static void unlock(td_shdict *d) {
     pthread_mutex_unlock(&d->mutex);
-    if (__builtin_expect(repair_note, 0)) {
-        if (repair_note == 2)
+    if (__builtin_expect(repair_note != NOTE_NONE, 0)) {
+        if (repair_note == NOTE_EMPTIED)
             td_log(TD_LOG_ERROR,
-                   "shared dictionary \"%s\": a process died while changing it; its entries were dropped",
+                   "shared dictionary \"%s\": a process died while changing it; emptied (could not be repaired)",
                    d->name);
+        else if (repair_note == NOTE_REPAIRED)
+            td_log(TD_LOG_WARN,
+                   "shared dictionary \"%s\": a process died while changing it; repaired (%ld entries kept)",
+                   d->name, repair_kept);
         else
             td_log(TD_LOG_NOTICE, "shared dictionary \"%s\": a process died holding its lock; it is intact",
                    d->name);
-        repair_note = 0;
+        repair_note = NOTE_NONE;
     }
 }
 
@@ -200,7 +201,53 @@ static uint64_t deadline(uint64_t ttl_ms, uint64_t *now) {
     return ttl_ms > UINT64_MAX - *now ? UINT64_MAX : *now + ttl_ms;
 }
 
-/* ---- the allocator ---- */
+/* ---- the allocator ----
+ *
+ * A repair (see repair()) trusts nothing but the heap: it walks the blocks
+ * by their tags and rebuilds everything else from the used ones. So every
+ * change below is ordered so that a kill at any instruction leaves tags that
+ * still walk, each USED tag in front of a whole entry: a new entry is
+ * written inside a block still tagged free, then made live by one 8-byte
+ * store of its tag; a block is freed, merged with its free neighbours, by
+ * one store of the merged block's tag; a block is split or shrunk by
+ * writing the tag of its rest inside it first, where no walk reaches it
+ * yet, then its own. Footers, PREV_USED bits, the free lists, the chains,
+ * the LRU list and the counts are derived: a repair makes them again. */
+
+/* A kill point (KP) marks a place between two steps of a change where the
+ * unit test stops and kills a process; nothing outside that test's build. */
+#ifdef TD_SHDICT_TESTING
+long td_shdict__stop_after = -1;
+unsigned td_shdict__spin;
+uint64_t td_shdict__intact, td_shdict__repaired, td_shdict__emptied;
+static void kill_point(void) {
+    if (td_shdict__stop_after >= 0 && td_shdict__stop_after-- == 0)
+        raise(SIGSTOP);
+    for (volatile unsigned i = 0; i < td_shdict__spin; i++) {
+    }
+}
+#define KP()                                                                                              \
+    do {                                                                                                  \
+        if (__builtin_expect(td_shdict__stop_after >= 0 || td_shdict__spin, 0))                           \
+            kill_point();                                                                                 \
+    } while (0)
+#else
+#define KP() ((void)0)
+#endif
+
+/* Nothing written before it may move after it, or the reverse: a kill can
+ * land between any two instructions, and the next locker must find the
+ * program's order (the CPU's own order is settled by the time it can lock:
+ * the holder is gone). */
+static inline void order(void) { atomic_signal_fence(memory_order_seq_cst); }
+
+/* The one store that commits a change to the heap: whole (a compiler may
+ * split a plain 64-bit store of a constant in two), and in order. */
+static inline void set_tag(td_shdict *d, uint32_t b, uint64_t tag) {
+    order();
+    __atomic_store_n(tagp(d, b), tag, __ATOMIC_RELAXED);
+    order();
+}
 
 static void free_insert(td_shdict *d, uint32_t b, uint64_t size) {
     unsigned c = size_class(size);
@@ -227,38 +274,38 @@ static void free_unlink(td_shdict *d, uint32_t b) {
         fb(d, f->next)->prev = f->prev;
 }
 
-/* Makes b a free block of size bytes (b's predecessor is used) and lists it. */
-static void make_free(td_shdict *d, uint32_t b, uint64_t size) {
-    *tagp(d, b) = size | PREV_USED;
+static inline void set_footer(td_shdict *d, uint32_t b, uint64_t size) {
     *(uint64_t *)((char *)tagp(d, b) + size - sizeof(uint64_t)) = size;
+}
+
+/* What derives from b having become a free block of size bytes (its tag
+ * already says so): its footer, the next block's PREV_USED, its list. The
+ * PREV_USED store changes one bit, so even a torn one cannot change a size. */
+static void free_fix(td_shdict *d, uint32_t b, uint64_t size) {
+    set_footer(d, b, size);
     *tagp(d, b + (uint32_t)(size / UNIT)) &= ~(uint64_t)PREV_USED;
     free_insert(d, b, size);
 }
 
-/* Turns the free block b, already unlisted, into a used block of need
- * bytes, freeing the rest when it is worth a block of its own. */
-static uint32_t carve(td_shdict *d, uint32_t b, uint64_t need) {
-    uint64_t size = bsize(d, b);
-    uint64_t prev = *tagp(d, b) & PREV_USED;
-    if (size - need >= MIN_SPLIT) {
-        *tagp(d, b) = need | USED | prev;
-        make_free(d, b + (uint32_t)(need / UNIT), size - need);
-    } else {
-        *tagp(d, b) = size | USED | prev;
-        *tagp(d, b + (uint32_t)(size / UNIT)) |= PREV_USED;
-    }
-    return b;
+/* Makes b a free block of size bytes (b's predecessor is used) and lists it. */
+static void make_free(td_shdict *d, uint32_t b, uint64_t size) {
+    set_tag(d, b, size | PREV_USED);
+    KP();
+    free_fix(d, b, size);
 }
 
-/* First fit in need's own class (whose blocks may be smaller than need),
- * else the first block of the smallest larger class (all of them fit). */
+/* A free block of at least need bytes, taken off its list but still tagged
+ * free, or 0: the caller writes the entry's body into it, then
+ * commit_alloc. First fit in need's own class (whose blocks may be smaller
+ * than need), else the first block of the smallest larger class (all of
+ * them fit). */
 static uint32_t heap_alloc(td_shdict *d, uint64_t need) {
     unsigned c = size_class(need);
     if (d->free_bits & ((uint64_t)1 << c)) {
         for (uint32_t b = d->free_head[c]; b; b = fb(d, b)->next)
             if (bsize(d, b) >= need) {
                 free_unlink(d, b);
-                return carve(d, b, need);
+                return b;
             }
     }
     uint64_t higher = d->free_bits & ~(((uint64_t)2 << c) - 1);
@@ -266,7 +313,28 @@ static uint32_t heap_alloc(td_shdict *d, uint64_t need) {
         return 0;
     uint32_t b = d->free_head[__builtin_ctzll(higher)];
     free_unlink(d, b);
-    return carve(d, b, need);
+    return b;
+}
+
+/* Turns the block from heap_alloc, its body written, into a used block of
+ * need bytes; the rest becomes a free block when it is worth one. */
+static void commit_alloc(td_shdict *d, uint32_t b, uint64_t need) {
+    uint64_t tag = *tagp(d, b), size = tag & ~TAG_FLAGS, prev = tag & PREV_USED;
+    if (size - need >= MIN_SPLIT) {
+        uint32_t rest = b + (uint32_t)(need / UNIT);
+        /* Inside b: nothing walks here until b's tag says need. The block
+         * after b already knows its predecessor is free. */
+        *tagp(d, rest) = (size - need) | PREV_USED;
+        set_footer(d, rest, size - need);
+        KP();
+        set_tag(d, b, need | USED | prev);
+        KP();
+        free_insert(d, rest, size - need);
+    } else {
+        set_tag(d, b, size | USED | prev);
+        KP();
+        *tagp(d, b + (uint32_t)(size / UNIT)) |= PREV_USED;
+    }
 }
 
 /* Frees the used block b, merged with free neighbours; returns the free
@@ -285,20 +353,30 @@ static uint32_t heap_free(td_shdict *d, uint32_t b) {
         free_unlink(d, b);
         size += psize;
     }
+    KP();
     /* Two free blocks are never neighbours, so b's predecessor is used. */
     make_free(d, b, size);
     return b;
 }
 
-/* Gives the end of the used block b past need bytes back, if worth it. */
+/* Gives the end of the used block b past need bytes back, if worth it; the
+ * entry's new value already fits in need. */
 static void heap_shrink(td_shdict *d, uint32_t b, uint64_t need) {
-    uint64_t size = bsize(d, b);
+    uint64_t tag = *tagp(d, b), size = tag & ~TAG_FLAGS;
     if (size - need < MIN_SPLIT)
         return;
-    *tagp(d, b) = need | USED | (*tagp(d, b) & PREV_USED);
-    uint32_t rest = b + (uint32_t)(need / UNIT);
-    *tagp(d, rest) = (size - need) | USED | PREV_USED;
-    heap_free(d, rest);
+    uint32_t rest = b + (uint32_t)(need / UNIT), next = b + (uint32_t)(size / UNIT);
+    uint64_t rsize = size - need;
+    if (!(*tagp(d, next) & USED)) {
+        rsize += bsize(d, next);
+        free_unlink(d, next);
+    }
+    /* As in commit_alloc: the rest's tag first, where no walk reaches. */
+    *tagp(d, rest) = rsize | PREV_USED;
+    KP();
+    set_tag(d, b, need | USED | (tag & PREV_USED));
+    KP();
+    free_fix(d, rest, rsize);
     d->used -= size - need;
 }
 
@@ -308,35 +386,57 @@ static void reset_entries(td_shdict *d) {
     d->used = d->count = 0;
     d->free_bits = 0;
     memset(d->free_head, 0, sizeof d->free_head);
-    *(uint64_t *)((char *)d + d->heap_end - sizeof(uint64_t)) = USED;
+    set_tag(d, (uint32_t)((d->heap_end - UNIT) / UNIT), USED);
+    KP();
+    /* The one store that drops every entry at once. */
     make_free(d, (uint32_t)(d->heap_off / UNIT), d->heap_cap);
 }
 
 /* ---- entries ---- */
 
-/* Not cryptographic: keys come from the application, and a chain only
- * grows as long as the keys that collide in it. */
-static uint64_t hash_key(const char *k, size_t n) {
-    const uint64_t m1 = 0x9e3779b97f4a7c15ull, m2 = 0xbf58476d1ce4e5b9ull;
-    uint64_t h = (uint64_t)n * m1;
-    uint64_t w;
+/* SipHash-1-3 (Aumasson and Bernstein) keyed with the dictionary's random
+ * seed: the bucket of a key cannot be predicted without the seed, so keys
+ * that an application takes from requests cannot be chosen to pile up in
+ * one chain, which every worker would then walk under the one lock. */
+static inline uint64_t rotl(uint64_t x, unsigned b) { return (x << b) | (x >> (64 - b)); }
+
+#define SIPROUND                                                                                          \
+    do {                                                                                                  \
+        v0 += v1;                                                                                         \
+        v1 = rotl(v1, 13) ^ v0;                                                                           \
+        v0 = rotl(v0, 32);                                                                                \
+        v2 += v3;                                                                                         \
+        v3 = rotl(v3, 16) ^ v2;                                                                           \
+        v0 += v3;                                                                                         \
+        v3 = rotl(v3, 21) ^ v0;                                                                           \
+        v2 += v1;                                                                                         \
+        v1 = rotl(v1, 17) ^ v2;                                                                           \
+        v2 = rotl(v2, 32);                                                                                \
+    } while (0)
+
+static uint64_t hash_key(const td_shdict *d, const char *k, size_t n) {
+    uint64_t v0 = d->seed[0] ^ 0x736f6d6570736575ull, v1 = d->seed[1] ^ 0x646f72616e646f6dull;
+    uint64_t v2 = d->seed[0] ^ 0x6c7967656e657261ull, v3 = d->seed[1] ^ 0x7465646279746573ull;
+    uint64_t last = (uint64_t)n << 56, m;
     for (; n >= 8; k += 8, n -= 8) {
-        memcpy(&w, k, 8);
-        h ^= w * m2;
-        h = ((h << 31) | (h >> 33)) * m1;
+        memcpy(&m, k, 8);
+        v3 ^= m;
+        SIPROUND;
+        v0 ^= m;
     }
-    if (n) {
-        w = 0;
-        memcpy(&w, k, n);
-        h ^= w * m2;
-        h = ((h << 31) | (h >> 33)) * m1;
-    }
-    /* The bucket is taken from the low bits: fold the high ones in. */
-    h ^= h >> 32;
-    h *= 0xd6e8feb86659fd93ull;
-    h ^= h >> 32;
-    return h;
+    m = 0;
+    memcpy(&m, k, n);
+    last |= m;
+    v3 ^= last;
+    SIPROUND;
+    v0 ^= last;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
 }
+#undef SIPROUND
 
 /* The link that holds key's entry (a bucket, or the hnext of the entry
  * before it in the chain), or the 0 that ends the chain. */
@@ -376,15 +476,18 @@ static inline void lru_touch(td_shdict *d, uint32_t r, struct ent *e) {
     if (d->lru_head == r)
         return;
     lru_unlink(d, e);
+    KP();
     lru_push(d, r, e);
 }
 
 /* Unlinks the entry *link holds from its chain and the LRU list and frees
- * it; returns the free block it ended in. */
+ * it; returns the free block it ended in. Until heap_free's one store the
+ * entry is whole in the heap, and a repair keeps it. */
 static uint32_t entry_remove(td_shdict *d, uint32_t *link) {
     uint32_t r = *link;
     struct ent *e = E(d, r);
     *link = e->hnext;
+    KP();
     lru_unlink(d, e);
     d->used -= bsize(d, r);
     d->count--;
@@ -398,15 +501,11 @@ static uint32_t entry_remove_ref(td_shdict *d, uint32_t r) {
     return entry_remove(d, link);
 }
 
-static uint32_t take(td_shdict *d, uint32_t b, uint64_t need) {
-    free_unlink(d, b);
-    return carve(d, b, need);
-}
-
-/* A block of need bytes (need <= heap_cap): expired entries near the LRU
- * tail go first, then the least recently used ones, one at a time. Only the
- * block a removal ended in can newly fit, so each removal is checked alone
- * instead of searching the free lists again. */
+/* A block of need bytes (need <= heap_cap), off its list and still tagged
+ * free: expired entries near the LRU tail go first, then the least recently
+ * used ones, one at a time. Only the block a removal ended in can newly
+ * fit, so each removal is checked alone instead of searching the free lists
+ * again. */
 static uint32_t alloc_evicting(td_shdict *d, uint64_t need, uint64_t *now, int *evicted) {
     uint32_t b = heap_alloc(d, need);
     if (b)
@@ -417,8 +516,10 @@ static uint32_t alloc_evicting(td_shdict *d, uint64_t need, uint64_t *now, int *
         uint32_t older_next = e->lprev;
         if (is_expired(e, now)) {
             b = entry_remove_ref(d, r);
-            if (bsize(d, b) >= need)
-                return take(d, b, need);
+            if (bsize(d, b) >= need) {
+                free_unlink(d, b);
+                return b;
+            }
         }
         r = older_next;
     }
@@ -428,13 +529,16 @@ static uint32_t alloc_evicting(td_shdict *d, uint64_t need, uint64_t *now, int *
             d->evictions++;
         }
         b = entry_remove_ref(d, r);
-        if (bsize(d, b) >= need)
-            return take(d, b, need);
+        if (bsize(d, b) >= need) {
+            free_unlink(d, b);
+            return b;
+        }
     }
     return 0; /* not reached: an empty heap is one block of heap_cap */
 }
 
-static void entry_set_value(struct ent *e, const td_shvalue *v, uint64_t expire) {
+/* Writes v and its expiry into e (the tag and the key stay). */
+static void entry_fill(struct ent *e, const td_shvalue *v, uint64_t expire) {
     e->type = (uint8_t)v->type;
     e->expire = expire;
     switch (v->type) {
@@ -452,20 +556,51 @@ static void entry_set_value(struct ent *e, const td_shvalue *v, uint64_t expire)
     }
 }
 
-/* A new entry for key in the block b, first in its chain and the LRU list. */
-static struct ent *entry_new(td_shdict *d, uint32_t b, uint64_t h, const char *key, size_t klen) {
+/* A new entry for key holding v, in the block b from alloc_evicting: the
+ * whole body first, then the tag that makes it live (until then a repair
+ * sees a free block), then the links, first in its chain and the LRU list. */
+static void entry_new(td_shdict *d, uint32_t b, uint64_t need, uint64_t h, const char *key, size_t klen,
+                      const td_shvalue *v, uint64_t expire) {
     struct ent *e = E(d, b);
     e->hash = h;
     e->klen = (uint16_t)klen;
-    e->pad = 0;
+    e->flags = 0;
     memcpy(ekey(e), key, klen);
+    KP();
+    entry_fill(e, v, expire);
+    commit_alloc(d, b, need);
     uint32_t *bucket = &buckets(d)[h & d->bucket_mask];
     e->hnext = *bucket;
     *bucket = b;
+    KP();
     lru_push(d, b, e);
     d->used += bsize(d, b);
     d->count++;
-    return e;
+}
+
+/* Rewrites the value of the entry r in place (its block holds need bytes
+ * or more), giving back what it no longer needs. Several stores: the entry
+ * is marked WRITING meanwhile, and a repair drops an entry so marked
+ * rather than keep a value half old, half new. */
+static void entry_rewrite(td_shdict *d, uint32_t r, uint64_t need, const td_shvalue *v, uint64_t expire) {
+    struct ent *e = E(d, r);
+    e->flags = WRITING;
+    order();
+    KP();
+    entry_fill(e, v, expire);
+    KP();
+    heap_shrink(d, r, need);
+    order();
+    e->flags = 0;
+    lru_touch(d, r, e);
+}
+
+/* The number of e becomes n in one 8-byte store: a kill leaves the old
+ * number or the new one, never a mix of their bytes. */
+static inline void set_number(struct ent *e, double n) {
+    uint64_t bits;
+    memcpy(&bits, &n, sizeof bits);
+    __atomic_store_n(&e->v.len, bits, __ATOMIC_RELAXED);
 }
 
 /* ---- the change ring ---- */
@@ -487,12 +622,17 @@ static uint64_t ring_record_size(td_shdict *d, uint64_t pos) {
     return align_up(4 + len, UNIT);
 }
 
-/* Drops the oldest records until n bytes from head can be written. */
+/* Drops the oldest records until n bytes from head can be written. The
+ * tail moves a whole record at a time, before the bytes it gave up are
+ * written over. */
 static void ring_make_room(td_shdict *d, uint64_t n) {
     while (d->ring_tail + RING < d->ring_head + n)
         d->ring_tail += ring_record_size(d, d->ring_tail);
+    order();
 }
 
+/* A record is written past the head, then the head moves over it: a kill
+ * in between leaves the ring as it was, without the record (ring_ok). */
 static void ring_put(td_shdict *d, uint32_t len, const char *key, size_t klen) {
     uint64_t size = align_up(4 + klen, UNIT);
     uint64_t off = d->ring_head % RING;
@@ -501,13 +641,17 @@ static void ring_put(td_shdict *d, uint32_t len, const char *key, size_t klen) {
         ring_make_room(d, RING - off);
         uint32_t wrap = RING_WRAP;
         memcpy(ring(d) + off, &wrap, sizeof wrap);
+        order();
         d->ring_head += RING - off;
         off = 0;
     }
     ring_make_room(d, size);
+    KP();
     memcpy(ring(d) + off, &len, sizeof len);
     if (klen)
         memcpy(ring(d) + off + 4, key, klen);
+    order();
+    KP();
     d->ring_head += size;
 }
 
@@ -533,7 +677,197 @@ static inline void tell(td_shdict *d, uint64_t mask) {
         fn(d, mask);
 }
 
+/* ---- repair ---- */
+
+/* Whether e, in a used block of size bytes, is an entry as the code writes
+ * them: a key and a value that fit, and the hash of that key. Any
+ * instruction of a change leaves this true of every used block (see the
+ * allocator); a stray write would likely make it false. */
+static int entry_ok(td_shdict *d, struct ent *e, uint64_t size) {
+    if (e->klen < 1 || e->type < TD_SHV_STRING || e->type > TD_SHV_BOOLEAN)
+        return 0;
+    uint64_t vlen = e->type == TD_SHV_STRING ? e->v.len : 0;
+    if (vlen > size || entry_need(e->klen, vlen) > size)
+        return 0;
+    if (e->type == TD_SHV_BOOLEAN && e->v.len > 1)
+        return 0;
+    return e->hash == hash_key(d, ekey(e), e->klen);
+}
+
+/* Rebuilds the dictionary from its heap after a holder died in the middle
+ * of a change. Returns the number of entries kept, or -1 when the heap does
+ * not walk as the code leaves it (then it is untouched, for the caller to
+ * empty). */
+static long rebuild(td_shdict *d) {
+    uint32_t first = (uint32_t)(d->heap_off / UNIT), end_ref = (uint32_t)((d->heap_end - UNIT) / UNIT);
+    long kept = 0;
+    /* First every block is checked, writing nothing. Each step stays in the
+     * heap and moves forward, so the walk ends, and exactly on the end tag
+     * when the sizes hold. Footers and PREV_USED bits are not trusted: a
+     * kill may have left them behind their tags, and they are made again. */
+    for (uint32_t b = first; b != end_ref;) {
+        uint64_t tag = *tagp(d, b), size = tag & ~TAG_FLAGS;
+        if ((tag & TAG_FLAGS & ~(uint64_t)(USED | PREV_USED)) || size < MIN_BLOCK || size % UNIT ||
+            size > (uint64_t)(end_ref - b) * UNIT)
+            return -1;
+        if (tag & USED) {
+            struct ent *e = E(d, b);
+            if (e->flags == WRITING) {
+                /* Caught rewriting its value: it goes (below). */
+            } else if (e->flags || !entry_ok(d, e, size)) {
+                return -1;
+            } else {
+                kept++;
+            }
+        }
+        b += (uint32_t)(size / UNIT);
+    }
+    if ((*tagp(d, end_ref) & ~(uint64_t)PREV_USED) != USED)
+        return -1;
+
+    /* Then everything else is made from the blocks. Runs of free blocks
+     * (and entries caught rewriting) merge into one free block, by one
+     * store of its tag; used tags only get their PREV_USED bit. Killed at
+     * any point of this, the heap still walks and the next locker rebuilds
+     * again. The LRU list comes out in heap order, the last block the most
+     * recently used: the order of use is not in the heap, and any order
+     * keeps the list whole (a repair is rare). */
+    memset(buckets(d), 0, ((size_t)d->bucket_mask + 1) * sizeof(uint32_t));
+    d->lru_head = d->lru_tail = 0;
+    d->used = d->count = 0;
+    d->free_bits = 0;
+    memset(d->free_head, 0, sizeof d->free_head);
+    uint32_t run = 0;
+    uint64_t run_size = 0;
+    int prev_used = 1; /* the first block's predecessor counts as used */
+    for (uint32_t b = first;;) {
+        uint64_t tag = b == end_ref ? USED : *tagp(d, b), size = tag & ~TAG_FLAGS;
+        if (b != end_ref && (!(tag & USED) || E(d, b)->flags)) {
+            if (!run)
+                run = b, run_size = 0;
+            run_size += size;
+            b += (uint32_t)(size / UNIT);
+            continue;
+        }
+        if (run) {
+            set_tag(d, run, run_size | PREV_USED);
+            KP();
+            set_footer(d, run, run_size);
+            free_insert(d, run, run_size);
+            run = 0;
+            prev_used = 0;
+        }
+        /* Only the PREV_USED bit changes: a torn store cannot change a size. */
+        *tagp(d, b) = size | USED | (prev_used ? PREV_USED : 0);
+        if (b == end_ref)
+            break;
+        struct ent *e = E(d, b);
+        uint32_t *bucket = &buckets(d)[e->hash & d->bucket_mask];
+        e->hnext = *bucket;
+        *bucket = b;
+        lru_push(d, b, e);
+        d->used += size;
+        d->count++;
+        KP();
+        prev_used = 1;
+        b += (uint32_t)(size / UNIT);
+    }
+    return kept;
+}
+
+/* Whether the ring holds whole records from its tail to its head, as
+ * ring_put leaves it at any instruction. */
+static int ring_ok(td_shdict *d) {
+    uint64_t p = d->ring_tail, head = d->ring_head;
+    if (p > head || head - p > RING || p % UNIT || head % UNIT)
+        return 0;
+    while (p < head) {
+        uint64_t len = ring_len_at(d, p), off = p % RING, size;
+        if (len == RING_WRAP)
+            size = RING - off;
+        else if (len == RING_LOST)
+            size = UNIT;
+        else if (4 + len > RING_MAX_RECORD)
+            return 0;
+        else
+            size = align_up(4 + len, UNIT);
+        if (off + size > RING)
+            return 0;
+        p += size;
+    }
+    return p == head;
+}
+
+/* The next locker after a holder died: nothing to do unless it died in
+ * the middle of a change (dirty). Then the dictionary is rebuilt from its
+ * heap, or emptied when the heap does not walk, which only memory written
+ * out of turn (a bug, a stray write) should cause. */
+static void repair(td_shdict *d) {
+    d->repairs++;
+    if (!atomic_load_explicit(&d->dirty, memory_order_relaxed)) {
+        repair_note = NOTE_INTACT;
+#ifdef TD_SHDICT_TESTING
+        td_shdict__intact++;
+#endif
+        return;
+    }
+    long kept = rebuild(d);
+    if (kept >= 0 && ring_ok(d)) {
+        /* The change it was making may be done and not recorded yet. */
+        ring_put(d, RING_LOST, NULL, 0);
+    } else {
+        /* Past every position a reader may hold, so each of them sees a loss. */
+        d->ring_head = d->ring_tail = align_up(d->ring_head, UNIT) + RING;
+    }
+    if (kept < 0)
+        reset_entries(d);
+    end(d);
+    repair_note = kept < 0 ? NOTE_EMPTIED : NOTE_REPAIRED;
+    repair_kept = kept;
+#ifdef TD_SHDICT_TESTING
+    if (kept < 0)
+        td_shdict__emptied++;
+    else
+        td_shdict__repaired++;
+#endif
+}
+
 /* ---- the API ---- */
+
+/* 16 random bytes for hash_key. getrandom does not block once the kernel's
+ * pool is ready, which it is long before a server starts; should it fail
+ * anyway, /dev/urandom, then (a last resort that never happens on Linux
+ * 3.17 and later) the clock, the pid and the mapping's address, which an
+ * attacker would have to guess. */
+static void random_seed(td_shdict *d) {
+    unsigned char *p = (unsigned char *)d->seed;
+    size_t got = 0;
+    while (got < sizeof d->seed) {
+        ssize_t n = getrandom(p + got, sizeof d->seed - got, GRND_NONBLOCK);
+        if (n <= 0 && errno != EINTR)
+            break;
+        if (n > 0)
+            got += (size_t)n;
+    }
+    if (got < sizeof d->seed) {
+        int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+        while (fd >= 0 && got < sizeof d->seed) {
+            ssize_t n = read(fd, p + got, sizeof d->seed - got);
+            if (n <= 0 && errno != EINTR)
+                break;
+            if (n > 0)
+                got += (size_t)n;
+        }
+        if (fd >= 0)
+            close(fd);
+    }
+    if (got < sizeof d->seed) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        d->seed[0] ^= (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)ts.tv_sec;
+        d->seed[1] ^= (uint64_t)getpid() * 0xbf58476d1ce4e5b9ull ^ (uint64_t)(uintptr_t)d;
+    }
+}
 
 td_shdict *td_shdict_new(const char *name, size_t size) {
     if (size < TD_SHDICT_MIN_SIZE || (uint64_t)size > TD_SHDICT_MAX_SIZE) {
@@ -577,6 +911,7 @@ td_shdict *td_shdict_new(const char *name, size_t size) {
     d->heap_end = heap_end;
     d->heap_cap = heap_end - sizeof(uint64_t) - heap_off;
     d->ring_off = ring_off;
+    random_seed(d);
     reset_entries(d);
     return d;
 }
@@ -597,7 +932,7 @@ int td_shdict_get(td_shdict *d, const char *key, size_t klen, td_shvalue *out, t
     memset(out, 0, sizeof *out);
     if (!key_ok(klen))
         return TD_SHD_NOT_FOUND;
-    uint64_t h = hash_key(key, klen), now = 0;
+    uint64_t h = hash_key(d, key, klen), now = 0;
     lock(d);
     uint32_t *link = find(d, h, key, klen);
     uint32_t r = *link;
@@ -657,7 +992,7 @@ int td_shdict_store(td_shdict *d, td_shd_mode mode, const char *key, size_t klen
     uint64_t need = entry_need(klen, vlen);
     if (v->type != TD_SHV_NIL && need > d->heap_cap)
         return TD_SHD_TOO_LARGE;
-    uint64_t h = hash_key(key, klen), now = 0, mask = 0;
+    uint64_t h = hash_key(d, key, klen), now = 0, mask = 0;
     int rc = TD_SHD_OK;
     lock(d);
     begin(d);
@@ -679,16 +1014,13 @@ int td_shdict_store(td_shdict *d, td_shd_mode mode, const char *key, size_t klen
     } else {
         uint64_t expire = deadline(ttl_ms, &now);
         if (r && bsize(d, r) >= need) {
-            heap_shrink(d, r, need);
-            struct ent *e = E(d, r);
-            entry_set_value(e, v, expire);
-            lru_touch(d, r, e);
+            entry_rewrite(d, r, need, v, expire);
         } else {
             if (r)
                 entry_remove(d, link);
             uint32_t b = alloc_evicting(d, need, &now, &ev);
             if (b)
-                entry_set_value(entry_new(d, b, h, key, klen), v, expire);
+                entry_new(d, b, need, h, key, klen, v, expire);
             else
                 rc = TD_SHD_TOO_LARGE;
         }
@@ -712,7 +1044,7 @@ int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int
         return TD_SHD_NOT_FOUND;
     if (klen > TD_SHDICT_MAX_KEY)
         return has_init ? TD_SHD_TOO_LARGE : TD_SHD_NOT_FOUND;
-    uint64_t h = hash_key(key, klen), now = 0, mask = 0;
+    uint64_t h = hash_key(d, key, klen), now = 0, mask = 0;
     int rc = TD_SHD_OK;
     lock(d);
     begin(d);
@@ -725,8 +1057,8 @@ int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int
     if (r) {
         struct ent *e = E(d, r);
         if (e->type == TD_SHV_NUMBER) {
-            e->v.num += delta;
-            *out = e->v.num;
+            *out = e->v.num + delta;
+            set_number(e, *out);
             lru_touch(d, r, e);
         } else {
             rc = TD_SHD_NOT_NUMBER;
@@ -736,11 +1068,11 @@ int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int
     } else if (entry_need(klen, 0) > d->heap_cap) {
         rc = TD_SHD_TOO_LARGE;
     } else {
-        uint64_t expire = deadline(init_ttl_ms, &now);
-        uint32_t b = alloc_evicting(d, entry_need(klen, 0), &now, &ev);
+        uint64_t expire = deadline(init_ttl_ms, &now), need = entry_need(klen, 0);
+        uint32_t b = alloc_evicting(d, need, &now, &ev);
         if (b) {
             td_shvalue v = {.type = TD_SHV_NUMBER, .num = init + delta};
-            entry_set_value(entry_new(d, b, h, key, klen), &v, expire);
+            entry_new(d, b, need, h, key, klen, &v, expire);
             *out = v.num;
         } else {
             rc = TD_SHD_TOO_LARGE;
@@ -759,7 +1091,7 @@ int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int
 int td_shdict_delete(td_shdict *d, const char *key, size_t klen) {
     if (!key_ok(klen))
         return TD_SHD_NOT_FOUND;
-    uint64_t h = hash_key(key, klen), now = 0, mask = 0;
+    uint64_t h = hash_key(d, key, klen), now = 0, mask = 0;
     int rc = TD_SHD_NOT_FOUND;
     lock(d);
     uint32_t *link = find(d, h, key, klen);
@@ -781,7 +1113,7 @@ int td_shdict_ttl(td_shdict *d, const char *key, size_t klen, uint64_t *ms_left)
     *ms_left = 0;
     if (!key_ok(klen))
         return TD_SHD_NOT_FOUND;
-    uint64_t h = hash_key(key, klen), now = 0;
+    uint64_t h = hash_key(d, key, klen), now = 0;
     int rc = TD_SHD_NOT_FOUND;
     lock(d);
     uint32_t *link = find(d, h, key, klen);
@@ -929,6 +1261,27 @@ void td_shdict__hold(td_shdict *d, uint64_t ms, int dirty) {
     unlock(d);
 }
 
+#ifdef TD_SHDICT_TESTING
+void td_shdict__scribble(td_shdict *d, int how, uint64_t ms) {
+    lock(d);
+    begin(d);
+    uint32_t first = (uint32_t)(d->heap_off / UNIT), end_ref = (uint32_t)((d->heap_end - UNIT) / UNIT), b = first;
+    while (b != end_ref && !(*tagp(d, b) & USED))
+        b += (uint32_t)(bsize(d, b) / UNIT);
+    if (how == TD_SHDICT__SCRIBBLE_TAG)
+        *tagp(d, first) = 2 * UNIT | (*tagp(d, first) & TAG_FLAGS);
+    else if (how == TD_SHDICT__SCRIBBLE_KEY && b != end_ref)
+        ekey(E(d, b))[0] ^= 1;
+    else if (how == TD_SHDICT__SCRIBBLE_WRITING && b != end_ref)
+        E(d, b)->flags = WRITING;
+    struct timespec ts = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+    end(d);
+    unlock(d);
+}
+#endif
+
 /* Every structure against the others; returns the line of the first check
  * that failed. The walks are bounded so a corrupt chain cannot loop. */
 static int check_locked(td_shdict *d) {
@@ -949,9 +1302,9 @@ static int check_locked(td_shdict *d) {
         EXPECT(!!(tag & PREV_USED) == prev_used);
         if (tag & USED) {
             struct ent *e = E(d, b);
-            EXPECT(e->klen >= 1 && e->type >= TD_SHV_STRING && e->type <= TD_SHV_BOOLEAN);
+            EXPECT(e->klen >= 1 && e->type >= TD_SHV_STRING && e->type <= TD_SHV_BOOLEAN && e->flags == 0);
             EXPECT(size >= entry_need(e->klen, e->type == TD_SHV_STRING ? e->v.len : 0));
-            EXPECT(e->hash == hash_key(ekey(e), e->klen));
+            EXPECT(e->hash == hash_key(d, ekey(e), e->klen));
             nused++;
             used_bytes += size;
         } else {

@@ -10,10 +10,36 @@
  *
  * Concurrency: one process-shared robust mutex per dictionary guards all of
  * it. A process killed while it held the lock does not wedge the others:
- * the next locker gets EOWNERDEAD, and when the dead holder was in the
- * middle of a change (a `dirty` mark set around every change) the
- * dictionary is emptied and a line is logged, since its structure can no
- * longer be trusted; otherwise it carries on as it was.
+ * the next locker gets EOWNERDEAD. When the dead holder was between
+ * changes, the dictionary carries on as it was. When it was in the middle
+ * of one (a `dirty` mark is set around every change, and around the move of
+ * a read's entry in the LRU list too), the next locker repairs it: it
+ * rebuilds the hash chains, the LRU list, the free space and the counts
+ * from the entries themselves, which every change writes in an order that
+ * leaves them whole whatever instruction it is killed at, and logs
+ * "repaired (N entries kept)". Of the change the dead holder was making:
+ *   - a delete, an add or a set of an absent key, an incr, a flush_all:
+ *     done or not done, every other entry as it was (an incr writes its
+ *     number in one 8-byte store, a flush drops every entry in one store);
+ *   - a set or replace of a present key: done, not done, or the key gone.
+ *     Gone when it died while rewriting the value in place (when the new
+ *     entry fits the old one's memory; the entry is marked meanwhile, and
+ *     a marked entry is dropped rather than kept half old, half new), or
+ *     between freeing the old entry and writing the new one (when it does
+ *     not fit);
+ *   - expired or least recently used entries it was removing to make room:
+ *     each gone or still there;
+ *   - a get or a ttl: nothing lost.
+ * Every repair loses the order of use, which starts again in memory order,
+ * and tells watchers of a loss (the change may be done and not recorded).
+ * The repair checks the structure and each key against its stored hash,
+ * not the bytes of values: a stray write into a value (a bug elsewhere in
+ * the process) goes unseen; one that breaks the structure or a key makes
+ * it empty the dictionary instead and log "emptied (could not be
+ * repaired)".
+ *
+ * Keys are hashed with SipHash-1-3 under a random key drawn per dictionary,
+ * so that keys an attacker chooses cannot be made to share a hash chain.
  *
  * Memory: SIZE bytes hold the hash buckets and the entries (a key, its
  * value, and about 48 bytes of bookkeeping). When an entry does not fit,
@@ -129,7 +155,7 @@ typedef struct td_shdict_stats {
     size_t used;     /* bytes entries take, bookkeeping included */
     size_t count;    /* live entries (expired ones not yet reclaimed included) */
     uint64_t evictions;
-    uint64_t repairs; /* times a dead holder's lock was taken over */
+    uint64_t repairs; /* times a dead holder's lock was taken over, whatever it left */
 } td_shdict_stats;
 void td_shdict_stats_get(td_shdict *d, td_shdict_stats *st);
 
@@ -162,5 +188,28 @@ void td_shdict__hold(td_shdict *d, uint64_t ms, int dirty);
  * against each other: 0 when they agree, else the source line of the first
  * check that failed. */
 int td_shdict__check(td_shdict *d);
+
+#ifdef TD_SHDICT_TESTING
+/* Only in the unit test's own build of shdict.c (-DTD_SHDICT_TESTING):
+ * production code has none of this, not even a branch.
+ *
+ * Between every two steps of a change the engine passes a kill point.
+ * stop_after >= 0: that many kill points are passed, then the process
+ * stops itself (SIGSTOP) at the next, holding the lock, for the test to
+ * kill. spin: iterations spun at every kill point, so that a kill at a
+ * random instant lands inside changes more often. */
+extern long td_shdict__stop_after;
+extern unsigned td_shdict__spin;
+/* How the EOWNERDEADs this process met ended. */
+extern uint64_t td_shdict__intact, td_shdict__repaired, td_shdict__emptied;
+/* Takes the lock, marks it dirty, damages the heap as `how` says, and
+ * holds it for ms milliseconds for the test to kill the holder. */
+enum {
+    TD_SHDICT__SCRIBBLE_TAG = 1,     /* the first block's size: the heap no longer walks */
+    TD_SHDICT__SCRIBBLE_KEY = 2,     /* a byte of the first entry's key: its hash no longer matches */
+    TD_SHDICT__SCRIBBLE_WRITING = 3, /* the first entry marked as caught rewriting its value */
+};
+void td_shdict__scribble(td_shdict *d, int how, uint64_t ms);
+#endif
 
 #endif

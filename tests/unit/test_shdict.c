@@ -1,7 +1,11 @@
 /* td_shdict: every operation, expiry, LRU eviction, a randomized run held to
- * a model, several processes at once, a holder killed with the lock, the
- * change ring; then the cost of an incr and a get. */
+ * a model, several processes at once, a holder killed with the lock, a
+ * damaged heap, the change ring, processes killed at every step of each
+ * kind of change and at random instants; then the cost of an incr and a
+ * get. Built with its own copy of shdict.c and TD_SHDICT_TESTING (kill
+ * points), see tests/CMakeLists.txt. */
 #include "check.h"
+#include "log.h"
 #include "shdict.h"
 
 #include <errno.h>
@@ -684,8 +688,9 @@ static void test_processes(void) {
     td_shdict_free(d);
 }
 
-/* A child takes the lock and is killed holding it. */
-static void kill_holder(td_shdict *d, int dirty) {
+/* A child takes the lock and is killed holding it; scribble: it damages
+ * the heap first (TD_SHDICT__SCRIBBLE_*), marked dirty. */
+static void kill_holder(td_shdict *d, int dirty, int scribble) {
     int ready[2];
     CHECK_EQ_INT(pipe(ready), 0);
     pid_t pid = fork();
@@ -693,7 +698,10 @@ static void kill_holder(td_shdict *d, int dirty) {
         close(ready[0]);
         if (write(ready[1], "x", 1) != 1)
             _exit(2);
-        td_shdict__hold(d, 5000, dirty);
+        if (scribble)
+            td_shdict__scribble(d, scribble, 5000);
+        else
+            td_shdict__hold(d, 5000, dirty);
         _exit(0);
     }
     close(ready[1]);
@@ -715,7 +723,7 @@ static void test_robust(void) {
     put(d, TD_SHD_SET, "c", "3", 0, NULL);
 
     double t0 = now_s();
-    kill_holder(d, 0);
+    kill_holder(d, 0, 0);
     CHECK_STR(get_str(d, "a"), "1");
     CHECK(now_s() - t0 < 2); /* not the 5 s the holder meant to sleep */
     CHECK_STR(get_str(d, "b"), "2");
@@ -730,14 +738,20 @@ static void test_robust(void) {
     CHECK_EQ_INT(n, 2);
     CHECK_EQ_INT(td_shdict__check(d), 0);
 
-    kill_holder(d, 1);
-    CHECK(!has(d, "a"));
+    /* Died marked dirty: the heap walks, so it is rebuilt, not emptied. */
+    uint64_t repaired = td_shdict__repaired;
+    kill_holder(d, 1, 0);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    CHECK_EQ_INT(td_shdict__repaired, repaired + 1);
+    CHECK_STR(get_str(d, "a"), "1");
+    CHECK_STR(get_str(d, "b"), "2");
+    CHECK_STR(get_str(d, "c"), "3");
+    CHECK_STR(get_str(d, "d"), "4");
     td_shdict_stats_get(d, &st);
     CHECK_EQ_INT(st.repairs, 2);
-    CHECK_EQ_INT(st.count, 0);
-    CHECK_EQ_INT(st.used, 0);
-    CHECK_EQ_INT(td_shdict__check(d), 0);
-    /* A watcher learns that it missed what went. */
+    CHECK_EQ_INT(st.count, 4);
+    /* A watcher learns that it may have missed a change: the dead process
+     * could have made one without recording it. */
     CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 1);
     CHECK_EQ_INT(n, 0);
     CHECK_EQ_INT(put(d, TD_SHD_SET, "a", "again", 0, NULL), TD_SHD_OK);
@@ -746,6 +760,546 @@ static void test_robust(void) {
     CHECK_EQ_INT(n, 1);
     CHECK_RECORD(&gbuf, 0, "a");
     CHECK_EQ_INT(td_shdict__check(d), 0);
+    td_shdict_free(d);
+}
+
+/* A heap that does not walk as the code leaves it is emptied; an entry
+ * caught rewriting its value is dropped alone. */
+static void test_corrupt(void) {
+    static const int how[] = {TD_SHDICT__SCRIBBLE_TAG, TD_SHDICT__SCRIBBLE_KEY, TD_SHDICT__SCRIBBLE_WRITING};
+    for (size_t i = 0; i < sizeof how / sizeof how[0]; i++) {
+        td_shdict *d = td_shdict_new("corrupt", TD_SHDICT_MIN_SIZE);
+        put(d, TD_SHD_SET, "first", "1", 0, NULL);
+        put(d, TD_SHD_SET, "second", "2", 0, NULL);
+        put_num(d, "third", 3);
+        uint64_t pos = td_shdict_watch(d, 0, 1);
+        uint64_t repaired = td_shdict__repaired, emptied = td_shdict__emptied;
+        kill_holder(d, 1, how[i]);
+        CHECK_EQ_INT(td_shdict__check(d), 0);
+        size_t n = 0;
+        CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 1);
+        td_shdict_stats st;
+        td_shdict_stats_get(d, &st);
+        CHECK_EQ_INT(st.repairs, 1);
+        if (how[i] == TD_SHDICT__SCRIBBLE_WRITING) {
+            CHECK_EQ_INT(td_shdict__repaired, repaired + 1);
+            CHECK(!has(d, "first"));
+            CHECK_STR(get_str(d, "second"), "2");
+            CHECK(has(d, "third"));
+            CHECK_EQ_INT(st.count, 2);
+        } else {
+            CHECK_EQ_INT(td_shdict__emptied, emptied + 1);
+            CHECK(!has(d, "second") && !has(d, "third"));
+            CHECK_EQ_INT(st.count, 0);
+            CHECK_EQ_INT(st.used, 0);
+        }
+        /* Either way it works as before. */
+        CHECK_EQ_INT(put(d, TD_SHD_SET, "first", "again", 0, NULL), TD_SHD_OK);
+        CHECK_STR(get_str(d, "first"), "again");
+        CHECK_EQ_INT(td_shdict__check(d), 0);
+        td_shdict_free(d);
+    }
+}
+
+/* ---- killed at every step ---- */
+
+/* A process stops itself at the (k+1)-th kill point of op, holding the
+ * lock, and is killed there. Returns 1 when it was, 0 when op ended
+ * before (k is past its last kill point). */
+static int kill_at(td_shdict *d, void (*op)(td_shdict *d), long k) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        td_shdict__stop_after = k;
+        op(d);
+        _exit(0);
+    }
+    int status = 0;
+    CHECK_EQ_INT(waitpid(pid, &status, WUNTRACED), pid);
+    if (WIFSTOPPED(status)) {
+        CHECK_EQ_INT(kill(pid, SIGKILL), 0);
+        CHECK_EQ_INT(waitpid(pid, &status, 0), pid);
+        CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+        return 1;
+    }
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    return 0;
+}
+
+/* The live entries of a dictionary: each key with its value's type and a
+ * hash of its bytes. */
+#define SNAP_MAX 200
+struct snap {
+    size_t n;
+    struct {
+        char key[40];
+        uint32_t klen;
+        td_shv_type type;
+        uint64_t hash;
+    } e[SNAP_MAX];
+};
+
+static uint64_t fnv(const void *p, size_t n, uint64_t h) {
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ((const unsigned char *)p)[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static td_buf snap_keys;
+
+static void snap_take(td_shdict *d, struct snap *s) {
+    td_buf *keys = &snap_keys;
+    size_t n = 0;
+    s->n = 0;
+    CHECK_EQ_INT(td_shdict_keys(d, 0, keys, &n), TD_SHD_OK);
+    CHECK(n <= SNAP_MAX);
+    for (size_t i = 0; i < n && i < SNAP_MAX; i++) {
+        uint32_t len = 0;
+        const char *k = record(keys, i, &len);
+        td_shvalue v;
+        if (!k || len > sizeof s->e[0].key || td_shdict_get(d, k, len, &v, &gbuf) != TD_SHD_OK) {
+            CHECK(!"a listed key could be read");
+            continue;
+        }
+        memcpy(s->e[s->n].key, k, len);
+        s->e[s->n].klen = len;
+        s->e[s->n].type = v.type;
+        s->e[s->n].hash = v.type == TD_SHV_STRING    ? fnv(v.str, v.len, 0xcbf29ce484222325ull ^ v.len)
+                          : v.type == TD_SHV_NUMBER ? fnv(&v.num, sizeof v.num, 1)
+                                                    : (uint64_t)v.boolean;
+        s->n++;
+    }
+}
+
+/* The index of key in s, or -1. */
+static int snap_find(const struct snap *s, const char *key, uint32_t klen) {
+    for (size_t i = 0; i < s->n; i++)
+        if (s->e[i].klen == klen && memcmp(s->e[i].key, key, klen) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int snap_same(const struct snap *a, int i, const struct snap *b, int j) {
+    return i >= 0 && j >= 0 && a->e[i].type == b->e[j].type && a->e[i].hash == b->e[j].hash;
+}
+
+static int snap_equal(const struct snap *a, const struct snap *b) {
+    if (a->n != b->n)
+        return 0;
+    for (size_t i = 0; i < a->n; i++)
+        if (!snap_same(a, (int)i, b, snap_find(b, a->e[i].key, a->e[i].klen)))
+            return 0;
+    return 1;
+}
+
+/* Whether got, after a kill in the middle of the change from before to
+ * after, holds each key as it was or as it became (absent counts when
+ * it was or became absent), and may_lose, the one key the change may
+ * lose, also absent. all: got is before or after as a whole. */
+static int snap_allowed(const struct snap *before, const struct snap *after, const struct snap *got,
+                        const char *may_lose, int all) {
+    if (all)
+        return snap_equal(got, before) || snap_equal(got, after);
+    for (size_t i = 0; i < got->n; i++) {
+        int b = snap_find(before, got->e[i].key, got->e[i].klen), a = snap_find(after, got->e[i].key, got->e[i].klen);
+        if (!snap_same(got, (int)i, before, b) && !snap_same(got, (int)i, after, a))
+            return 0;
+    }
+    for (size_t i = 0; i < before->n; i++) {
+        const char *k = before->e[i].key;
+        uint32_t klen = before->e[i].klen;
+        int lose = may_lose && strlen(may_lose) == klen && memcmp(may_lose, k, klen) == 0;
+        if (snap_find(after, k, klen) >= 0 && snap_find(got, k, klen) < 0 && !lose)
+            return 0;
+    }
+    return 1;
+}
+
+static void put_fill(td_shdict *d, const char *k, char c, size_t len) {
+    static char v[4000];
+    memset(v, c, len);
+    td_shvalue sv = {.type = TD_SHV_STRING, .str = v, .len = len};
+    CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, k, strlen(k), &sv, 0, NULL), TD_SHD_OK);
+}
+
+/* The dictionary every scenario starts from; "long" is last in the heap,
+ * before the free rest. */
+static void setup_base(td_shdict *d) {
+    put_num(d, "n1", 1.5);
+    put(d, TD_SHD_SET, "s1", "one", 0, NULL);
+    put_fill(d, "s2", 'x', 300);
+    td_shvalue yes = {.type = TD_SHV_BOOLEAN, .boolean = 1};
+    td_shdict_store(d, TD_SHD_SET, "b1", 2, &yes, 0, NULL);
+    put_num(d, "cnt", 10);
+    put_fill(d, "long", 'L', 1000);
+}
+
+/* A 256-byte hole between used blocks, which a 232-byte entry fills
+ * without a split. */
+static void setup_hole(td_shdict *d) {
+    setup_base(d);
+    put_fill(d, "hole", 'h', 200);
+    put_num(d, "after", 1);
+    td_shdict_delete(d, "hole", 4);
+}
+
+/* y1 between two free blocks. */
+static void setup_between(td_shdict *d) {
+    setup_base(d);
+    put_fill(d, "x1", 'x', 100);
+    put_fill(d, "y1", 'y', 100);
+    put_fill(d, "z1", 'z', 100);
+    put_num(d, "w1", 1);
+    td_shdict_delete(d, "x1", 2);
+    td_shdict_delete(d, "z1", 2);
+}
+
+static void setup_expired(td_shdict *d) {
+    setup_base(d);
+    put(d, TD_SHD_SET, "exp", "soon", 1, NULL);
+    sleep_ms(3);
+}
+
+/* Full of 1000-byte values: a new one evicts. */
+static void setup_full(td_shdict *d) {
+    setup_base(d);
+    char k[16];
+    for (int i = 0; i < 70; i++) {
+        snprintf(k, sizeof k, "e%02d", i);
+        put_fill(d, k, (char)('a' + i % 26), 1000);
+    }
+}
+
+static void setup_watched(td_shdict *d) {
+    setup_base(d);
+    td_shdict_watch(d, 1, 1);
+}
+
+static void op_set_new(td_shdict *d) { put_fill(d, "new", 'N', 100); }
+static void op_set_exact(td_shdict *d) { put_fill(d, "fit", 'F', 181); }
+static void op_set_same(td_shdict *d) { put_fill(d, "s2", 'y', 300); }
+static void op_shrink_used_next(td_shdict *d) { put_fill(d, "s2", 'y', 5); }
+static void op_shrink_free_next(td_shdict *d) { put_fill(d, "long", 'y', 5); }
+static void op_grow(td_shdict *d) { put_fill(d, "s1", 'G', 500); }
+static void op_to_number(td_shdict *d) { put_num(d, "s1", 7); }
+static void op_add(td_shdict *d) {
+    td_shvalue v = {.type = TD_SHV_NUMBER, .num = 42};
+    td_shdict_store(d, TD_SHD_ADD, "added", 5, &v, 0, NULL);
+}
+static void op_incr(td_shdict *d) {
+    double out;
+    td_shdict_incr(d, "cnt", 3, 5, 0, 0, 0, &out, NULL);
+}
+static void op_incr_new(td_shdict *d) {
+    double out;
+    td_shdict_incr(d, "newcnt", 6, 1, 1, 3, 0, &out, NULL);
+}
+static void op_delete_y1(td_shdict *d) { td_shdict_delete(d, "y1", 2); }
+static void op_delete_long(td_shdict *d) { td_shdict_delete(d, "long", 4); }
+static void op_get(td_shdict *d) {
+    td_shvalue v;
+    td_shdict_get(d, "n1", 2, &v, &gbuf);
+}
+static void op_get_expired(td_shdict *d) {
+    td_shvalue v;
+    td_shdict_get(d, "exp", 3, &v, &gbuf);
+}
+static void op_set_nil(td_shdict *d) {
+    td_shvalue nil = {.type = TD_SHV_NIL};
+    td_shdict_store(d, TD_SHD_SET, "s1", 2, &nil, 0, NULL);
+}
+static void op_flush(td_shdict *d) { td_shdict_flush_all(d); }
+static void op_evict(td_shdict *d) { put_fill(d, "big", 'B', 3000); }
+static void op_check(td_shdict *d) { td_shdict__check(d); }
+static void op_get_c10(td_shdict *d) {
+    td_shvalue v;
+    td_shdict_get(d, "c10", 3, &v, &gbuf);
+}
+
+struct scenario {
+    const char *name;
+    void (*setup)(td_shdict *d);
+    void (*op)(td_shdict *d);
+    const char *may_lose; /* the key the op may lose (a value rewritten in place or moved) */
+    int all;              /* all or nothing */
+    int watched;          /* a watcher must be told of a loss */
+};
+
+static const struct scenario scenarios[] = {
+    {"set a new key (split)", setup_base, op_set_new, NULL, 0, 0},
+    {"set a new key (no split)", setup_hole, op_set_exact, NULL, 0, 0},
+    {"set in place, same size", setup_base, op_set_same, "s2", 0, 0},
+    {"set in place, shrink before a used block", setup_base, op_shrink_used_next, "s2", 0, 0},
+    {"set in place, shrink before the free rest", setup_base, op_shrink_free_next, "long", 0, 0},
+    {"set, grown out of its block", setup_base, op_grow, "s1", 0, 0},
+    {"set a string to a number", setup_base, op_to_number, "s1", 0, 0},
+    {"add", setup_base, op_add, NULL, 0, 0},
+    {"incr", setup_base, op_incr, NULL, 0, 0},
+    {"incr creating", setup_base, op_incr_new, NULL, 0, 0},
+    {"delete between free blocks", setup_between, op_delete_y1, NULL, 0, 0},
+    {"delete before the free rest", setup_base, op_delete_long, NULL, 0, 0},
+    {"get", setup_base, op_get, NULL, 0, 0},
+    {"get of an expired key", setup_expired, op_get_expired, NULL, 0, 0},
+    {"set nil", setup_base, op_set_nil, NULL, 0, 0},
+    {"flush_all, watched", setup_watched, op_flush, NULL, 1, 1},
+    {"set evicting", setup_full, op_evict, NULL, 0, 0},
+    {"set a new key, watched", setup_watched, op_set_new, NULL, 0, 1},
+    {"incr, watched", setup_watched, op_incr, NULL, 0, 1},
+};
+
+static struct snap snap_before, snap_after, snap_got;
+
+/* After a kill: the repair left a consistent dictionary holding what
+ * the scenario allows, and it works. */
+static int after_kill(td_shdict *d, const struct scenario *sc, uint64_t pos) {
+    int failed = check_failures;
+    uint64_t repaired = td_shdict__repaired, emptied = td_shdict__emptied;
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    CHECK_EQ_INT(td_shdict__repaired, repaired + 1);
+    CHECK_EQ_INT(td_shdict__emptied, emptied);
+    if (sc->watched) {
+        size_t n = 0;
+        CHECK_EQ_INT(td_shdict_changes(d, &pos, &gbuf, &n), 1);
+    }
+    snap_take(d, &snap_got);
+    CHECK(snap_allowed(&snap_before, &snap_after, &snap_got, sc->may_lose, sc->all));
+    /* The count includes an expired entry not reclaimed yet. */
+    size_t count = count_of(d);
+    CHECK(count == snap_got.n || (sc->setup == setup_expired && count == snap_got.n + 1));
+    CHECK_EQ_INT(put(d, TD_SHD_SET, "probe", "works", 0, NULL), TD_SHD_OK);
+    CHECK_STR(get_str(d, "probe"), "works");
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    return check_failures != failed;
+}
+
+/* Every scenario killed at each of its kill points in turn: every kill
+ * repaired, none emptied. */
+static void test_kill_points(void) {
+    long total = 0, lost = 0;
+    for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
+        const struct scenario *sc = &scenarios[i];
+        td_shdict *d = td_shdict_new("before", TD_SHDICT_MIN_SIZE);
+        sc->setup(d);
+        snap_take(d, &snap_before);
+        td_shdict_free(d);
+        d = td_shdict_new("after", TD_SHDICT_MIN_SIZE);
+        sc->setup(d);
+        sc->op(d);
+        snap_take(d, &snap_after);
+        td_shdict_free(d);
+        long k = 0;
+        for (;; k++) {
+            d = td_shdict_new("killed", TD_SHDICT_MIN_SIZE);
+            sc->setup(d);
+            uint64_t pos = td_shdict_watch(d, 2, 1);
+            if (!sc->watched)
+                td_shdict_watch(d, 2, 0);
+            if (!kill_at(d, sc->op, k)) {
+                td_shdict_free(d);
+                break;
+            }
+            if (after_kill(d, sc, pos))
+                fprintf(stderr, "kill points: \"%s\" killed at point %ld\n", sc->name, k);
+            lost += sc->may_lose && snap_find(&snap_got, sc->may_lose, (uint32_t)strlen(sc->may_lose)) < 0;
+            td_shdict_free(d);
+        }
+        CHECK(k > 0);
+        total += k;
+    }
+    fprintf(stderr, "kill points: %zu scenarios, %ld kills, all repaired; %ld lost the key being rewritten\n",
+            sizeof scenarios / sizeof scenarios[0], total, lost);
+}
+
+/* Killed in the middle of a change, then the process repairing it killed
+ * at each step of the repair: the next one repairs it still. */
+static void test_kill_repair(void) {
+    const struct scenario *sc = &scenarios[4]; /* shrink before the free rest: a merge to redo */
+    td_shdict *d = td_shdict_new("before", TD_SHDICT_MIN_SIZE);
+    sc->setup(d);
+    snap_take(d, &snap_before);
+    td_shdict_free(d);
+    d = td_shdict_new("after", TD_SHDICT_MIN_SIZE);
+    sc->setup(d);
+    sc->op(d);
+    snap_take(d, &snap_after);
+    td_shdict_free(d);
+    long k = 0;
+    for (;; k++) {
+        d = td_shdict_new("killed twice", TD_SHDICT_MIN_SIZE);
+        sc->setup(d);
+        CHECK_EQ_INT(kill_at(d, sc->op, 1), 1); /* marked WRITING, value half written */
+        if (!kill_at(d, op_check, k)) {
+            td_shdict_free(d);
+            break;
+        }
+        after_kill(d, sc, 0);
+        td_shdict_free(d);
+    }
+    CHECK(k > 5);
+    fprintf(stderr, "kill repair: %ld kills of a repair, all repaired\n", k);
+}
+
+/* A get moves its entry to the head of the LRU list: killed with the entry
+ * out of the list, every entry is kept. */
+static void test_kill_get(void) {
+    td_shdict *d = td_shdict_new("kill get", TD_SHDICT_MIN_SIZE);
+    char k[16];
+    for (int i = 0; i < 50; i++) {
+        snprintf(k, sizeof k, "c%02d", i);
+        double out;
+        td_shdict_incr(d, k, strlen(k), i, 1, 0, 0, &out, NULL);
+    }
+    snap_take(d, &snap_before);
+    CHECK_EQ_INT(kill_at(d, op_get_c10, 0), 1);
+    uint64_t repaired = td_shdict__repaired;
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    CHECK_EQ_INT(td_shdict__repaired, repaired + 1);
+    snap_take(d, &snap_got);
+    CHECK(snap_equal(&snap_got, &snap_before));
+    CHECK_EQ_INT(snap_got.n, 50);
+    td_shdict_free(d);
+}
+
+/* ---- killed at random ---- */
+
+/* Values that say whether they are whole: a string is 0 bytes, or 4 or
+ * more whose first 4 are a salt that, with the key, gives every other
+ * byte; numbers are integers; keys are "f" and a number below FUZZ_KEYS. */
+#define FUZZ_KEYS 150
+
+static unsigned char fuzz_byte(uint32_t salt, int key, size_t i) {
+    return (unsigned char)((salt >> (i % 4 * 8)) + (uint32_t)key * 31u + (uint32_t)i * 7u);
+}
+
+static void fuzz_child(td_shdict *d, uint64_t seed) {
+    static char v[3000];
+    rng_state = seed;
+    for (;;) {
+        int key = (int)rnd_below(FUZZ_KEYS);
+        char k[16];
+        size_t klen = (size_t)snprintf(k, sizeof k, "f%d", key);
+        unsigned what = rnd_below(100);
+        double out;
+        int ev;
+        if (what < 30) {
+            td_shvalue sv;
+            td_shdict_get(d, k, klen, &sv, &gbuf);
+        } else if (what < 60) {
+            td_shvalue sv = {.type = TD_SHV_NUMBER, .num = (double)rnd_below(1000)};
+            unsigned r = rnd_below(10);
+            if (r < 7) {
+                size_t len = r < 2 ? 0 : r < 5 ? 4 + rnd_below(60) : r < 6 ? 4 + rnd_below(600) : 4 + rnd_below(2900);
+                uint32_t salt = (uint32_t)rnd();
+                for (size_t i = 0; i < len; i++)
+                    v[i] = (char)fuzz_byte(salt, key, i);
+                sv = (td_shvalue){.type = TD_SHV_STRING, .str = v, .len = len};
+            } else if (r < 8) {
+                sv = (td_shvalue){.type = TD_SHV_BOOLEAN, .boolean = (int)rnd_below(2)};
+            }
+            td_shd_mode mode = what < 50 ? TD_SHD_SET : what < 55 ? TD_SHD_ADD : TD_SHD_REPLACE;
+            td_shdict_store(d, mode, k, klen, &sv, rnd_below(10) == 0 ? 1 + rnd_below(5) : 0, &ev);
+        } else if (what < 80) {
+            td_shdict_incr(d, k, klen, (double)rnd_below(5), (int)rnd_below(2), 1, 0, &out, &ev);
+        } else if (what < 95) {
+            td_shdict_delete(d, k, klen);
+        } else if (what < 99) {
+            uint64_t ms;
+            td_shdict_ttl(d, k, klen, &ms);
+        } else if (rnd_below(20) == 0) {
+            td_shdict_flush_all(d);
+        }
+    }
+}
+
+/* Whether every entry holds a value fuzz_child could have written. */
+static int fuzz_whole(td_shdict *d) {
+    static td_buf keys;
+    size_t n = 0, bad = 0;
+    CHECK_EQ_INT(td_shdict_keys(d, 0, &keys, &n), TD_SHD_OK);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t len = 0;
+        const char *k = record(&keys, i, &len);
+        char ks[16];
+        int key = -1;
+        if (k && len > 1 && len < sizeof ks) {
+            memcpy(ks, k, len);
+            ks[len] = 0;
+            key = atoi(ks + 1);
+        }
+        td_shvalue v;
+        if (key < 0 || key >= FUZZ_KEYS) {
+            bad++;
+            continue;
+        }
+        if (td_shdict_get(d, k, len, &v, &gbuf) != TD_SHD_OK)
+            continue; /* expired since keys listed it */
+        if (v.type == TD_SHV_NUMBER) {
+            bad += v.num != (double)(int64_t)v.num || v.num < 0 || v.num > 1e9;
+        } else if (v.type == TD_SHV_STRING) {
+            if (v.len == 0)
+                continue;
+            uint32_t salt = 0;
+            if (v.len < 4) {
+                bad++;
+                continue;
+            }
+            for (size_t j = 0; j < 4; j++)
+                salt |= (uint32_t)((unsigned char)v.str[j] - (uint32_t)key * 31u - (uint32_t)j * 7u) % 256u << (j * 8);
+            for (size_t j = 0; j < v.len; j++)
+                bad += (unsigned char)v.str[j] != fuzz_byte(salt, key, j);
+        } else {
+            bad += v.type != TD_SHV_BOOLEAN;
+        }
+    }
+    td_buf_free(&keys);
+    return bad == 0;
+}
+
+/* A child changes a small dictionary as fast as it can and is killed
+ * after 0 to 20 ms, over and over: every kill inside a change is
+ * repaired, every value left is whole, and the dictionary goes on. Three
+ * children in four spin at each kill point, so that most kills land inside
+ * a change (making values takes the others' time, outside the lock). */
+static void test_kill_fuzz(void) {
+    td_shdict *d = td_shdict_new("kill fuzz", TD_SHDICT_MIN_SIZE);
+    uint64_t pos = td_shdict_watch(d, 0, 1);
+    uint64_t intact = td_shdict__intact, repaired = td_shdict__repaired, emptied = td_shdict__emptied;
+    int kills = 150, outside = 0, bad = 0;
+    rng_state = 99;
+    for (int i = 0; i < kills; i++) {
+        uint64_t seed = rnd() | 1;
+        unsigned spin = i % 4 ? 4000 : 0;
+        long delay_us = (long)rnd_below(20001);
+        pid_t pid = fork();
+        if (pid == 0) {
+            td_shdict__spin = spin;
+            fuzz_child(d, seed);
+        }
+        struct timespec ts = {0, delay_us * 1000L};
+        while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+        }
+        CHECK_EQ_INT(kill(pid, SIGKILL), 0);
+        int status = 0;
+        CHECK_EQ_INT(waitpid(pid, &status, 0), pid);
+        uint64_t before = td_shdict__intact + td_shdict__repaired + td_shdict__emptied;
+        int rc = td_shdict__check(d);
+        if (rc)
+            fprintf(stderr, "kill fuzz: kill %d: check failed at line %d\n", i, rc);
+        bad += rc != 0;
+        outside += td_shdict__intact + td_shdict__repaired + td_shdict__emptied == before;
+        bad += !fuzz_whole(d);
+        bad += put(d, TD_SHD_SET, "probe", "works", 0, NULL) != TD_SHD_OK;
+        bad += strcmp(get_str(d, "probe"), "works") != 0;
+        td_shdict_delete(d, "probe", 5);
+        size_t n;
+        bad += td_shdict_changes(d, &pos, &gbuf, &n) < 0;
+    }
+    CHECK_EQ_INT(bad, 0);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    long nrep = (long)(td_shdict__repaired - repaired), nempty = (long)(td_shdict__emptied - emptied);
+    fprintf(stderr, "kill fuzz: %d kills: %d outside the lock, %ld holding it between changes, %ld repaired, %ld emptied\n",
+            kills, outside, (long)(td_shdict__intact - intact), nrep, nempty);
+    CHECK_EQ_INT(nempty, 0);
+    CHECK(nrep > kills / 4);
     td_shdict_free(d);
 }
 
@@ -910,6 +1464,20 @@ static void test_ring(void) {
     td_shdict_free(d);
 }
 
+/* The log file holds n lines "repaired (N entries kept)", and no
+ * "emptied". */
+static void check_log(int fd, uint64_t n) {
+    static char text[1 << 20];
+    ssize_t len = pread(fd, text, sizeof text - 1, 0);
+    CHECK(len > 0);
+    text[len > 0 ? len : 0] = 0;
+    uint64_t lines = 0;
+    for (const char *p = text; (p = strstr(p, "; repaired (")) != NULL; p++)
+        lines += strstr(p, " entries kept)\n") != NULL;
+    CHECK_EQ_INT(lines, n);
+    CHECK(strstr(text, "emptied") == NULL);
+}
+
 static void bench(void) {
     td_shdict *d = td_shdict_new("bench", (size_t)1 << 20);
     for (int i = 0; i < 1000; i++) {
@@ -948,9 +1516,27 @@ int main(void) {
     test_stress();
     test_processes();
     test_robust();
+    test_corrupt();
     rng_state = 7;
     test_ring();
+    /* The repairs below log a line each: into a file, which then holds
+     * one line per repair. */
+    char log_path[] = "/tmp/test_shdict.XXXXXX";
+    int log_fd = mkstemp(log_path);
+    CHECK(log_fd >= 0);
+    CHECK_EQ_INT(td_log_open_error(log_path), 0);
+    uint64_t repaired = td_shdict__repaired;
+    test_kill_points();
+    test_kill_repair();
+    test_kill_get();
+    test_kill_fuzz();
+    /* And one more: the repair that test_kill_repair let finish, in the
+     * child that made it. */
+    check_log(log_fd, td_shdict__repaired - repaired + 1);
+    unlink(log_path);
+    close(log_fd);
     bench();
+    td_buf_free(&snap_keys);
     td_buf_free(&gbuf);
     return check_result("test_shdict");
 }
