@@ -47,7 +47,8 @@
  * expired ones before it evicts live ones. */
 #define EXPIRE_SCAN 64
 
-#define RING TD_SHDICT_RING
+/* The dictionary's ring size (every use has d in scope). */
+#define RING (d->ring_size)
 #define RING_WRAP 0xffffffffu /* the rest of the ring up to its end is unused */
 #define RING_LOST 0xfffffffeu /* a change that could not be recorded */
 /* A record (4-byte length, key, padding) larger than this is recorded as a
@@ -64,6 +65,7 @@ struct td_shdict {
     uint64_t heap_end; /* the end tag is the last 8 bytes */
     uint64_t heap_cap; /* the block an empty heap is: the largest entry */
     uint64_t ring_off;
+    uint64_t ring_size; /* td_shdict_ring_size(size) */
     uint64_t seed[2]; /* the key of hash_key, random per dictionary */
     uint32_t bucket_mask;
     _Atomic uint32_t dirty;
@@ -96,7 +98,7 @@ struct ent {
 _Static_assert(sizeof(struct ent) == 48, "the bookkeeping the header promises");
 #define WRITING 1u
 _Static_assert(TD_SHDICT_MAX_KEY <= UINT16_MAX, "klen is 16 bits");
-_Static_assert((RING & (RING - 1)) == 0 && RING % UNIT == 0, "ring positions are taken modulo RING");
+_Static_assert(TD_SHDICT_RING % UNIT == 0, "records are whole units");
 
 /* A free block: its links in its class's list follow the tag. */
 struct fblk {
@@ -882,7 +884,8 @@ td_shdict *td_shdict_new(const char *name, size_t size) {
     uint64_t heap_end = (hdr + size) & ~(uint64_t)(UNIT - 1);
     uint64_t ring_off = align_up(heap_end, 64);
     long page = sysconf(_SC_PAGESIZE);
-    size_t map_len = (size_t)align_up(ring_off + RING, page > 0 ? (uint64_t)page : 4096);
+    uint64_t ring_size = td_shdict_ring_size(size);
+    size_t map_len = (size_t)align_up(ring_off + ring_size, page > 0 ? (uint64_t)page : 4096);
     void *p = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
@@ -911,9 +914,16 @@ td_shdict *td_shdict_new(const char *name, size_t size) {
     d->heap_end = heap_end;
     d->heap_cap = heap_end - sizeof(uint64_t) - heap_off;
     d->ring_off = ring_off;
+    d->ring_size = ring_size;
     random_seed(d);
     reset_entries(d);
     return d;
+}
+
+size_t td_shdict_ring_size(size_t size) {
+    size_t r = size / 16;
+    r = r < TD_SHDICT_RING ? TD_SHDICT_RING : r > TD_SHDICT_RING_MAX ? TD_SHDICT_RING_MAX : r;
+    return r & ~(size_t)(UNIT - 1);
 }
 
 void td_shdict_free(td_shdict *d) {

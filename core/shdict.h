@@ -49,8 +49,8 @@
  *
  * Changes: a dictionary that some process watches (td_shdict_watch) records
  * the key of every set, add, replace, incr, delete and flush in a ring of
- * TD_SHDICT_RING bytes; a reader that falls more than the ring behind loses
- * records and is told so. Expiry and eviction are not changes.
+ * td_shdict_ring_size(SIZE) bytes; a reader that falls more than the ring
+ * behind loses records and is told so. Expiry and eviction are not changes.
  *
  * No libuv, no Lua: the Lua side is api_shared.c. */
 #ifndef TD_SHDICT_H
@@ -70,8 +70,12 @@ typedef struct td_shdict td_shdict;
 /* The largest: entries refer to each other by 32-bit offsets in 8-byte
  * units, which reach 32 GiB (31 leaves room for the header and buckets). */
 #define TD_SHDICT_MAX_SIZE ((uint64_t)31 << 30)
-/* The change ring, outside SIZE. */
+/* The change ring, outside SIZE: a sixteenth of SIZE, from TD_SHDICT_RING
+ * to TD_SHDICT_RING_MAX bytes (a burst of changes in one process, before
+ * the watchers read, is what it must hold). */
 #define TD_SHDICT_RING ((size_t)64 << 10)
+#define TD_SHDICT_RING_MAX ((size_t)4 << 20)
+size_t td_shdict_ring_size(size_t size);
 /* Worker slots a watch can name (bits of a mask). */
 #define TD_SHDICT_MAX_WATCHERS 64
 
@@ -173,7 +177,7 @@ uint64_t td_shdict_watch(td_shdict *d, unsigned slot, int on);
  * td_shdict_keys, *n of them; *pos moves to the end. Returns 1 when records
  * were lost (the reader fell more than the ring behind), else 0; -1 when
  * buf could not grow (*pos unchanged). A change of a key longer than
- * TD_SHDICT_RING / 4 - 4 bytes is not recorded: its readers are told of a
+ * a quarter of the ring less 4 bytes is not recorded: its readers are told of a
  * loss instead, as one such key would push every other record out. When a
  * dead process's change made the dictionary start empty, its readers are
  * told of a loss too. */

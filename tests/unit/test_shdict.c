@@ -1508,6 +1508,39 @@ static void bench(void) {
     td_shdict_free(d);
 }
 
+/* The ring grows with the dictionary: a burst of 20,000 changes of short
+ * keys fits the ring of a 16 MiB dictionary (1 MiB) and not the smallest. */
+static void test_ring_size(void) {
+    CHECK_EQ_INT(td_shdict_ring_size((size_t)64 << 10), TD_SHDICT_RING);
+    CHECK_EQ_INT(td_shdict_ring_size((size_t)1 << 20), TD_SHDICT_RING);
+    CHECK_EQ_INT(td_shdict_ring_size((size_t)16 << 20), (size_t)1 << 20);
+    CHECK_EQ_INT(td_shdict_ring_size((size_t)1 << 30), TD_SHDICT_RING_MAX);
+    size_t sizes[] = {(size_t)16 << 20, (size_t)1 << 20};
+    for (int k = 0; k < 2; k++) {
+        td_shdict *d = td_shdict_new("burst", sizes[k]);
+        CHECK(d != NULL);
+        if (!d)
+            return;
+        uint64_t pos = td_shdict_watch(d, 0, 1);
+        char key[32];
+        for (int i = 0; i < 20000; i++) {
+            int n = snprintf(key, sizeof key, "k%d", i);
+            td_shvalue v = {.type = TD_SHV_NUMBER, .num = i};
+            CHECK_EQ_INT(td_shdict_store(d, TD_SHD_SET, key, (size_t)n, &v, 0, NULL), TD_SHD_OK);
+        }
+        td_buf buf = {0};
+        size_t n = 0;
+        int lost = td_shdict_changes(d, &pos, &buf, &n);
+        CHECK_EQ_INT(lost, k == 0 ? 0 : 1);
+        if (k == 0)
+            CHECK_EQ_INT(n, 20000);
+        else
+            CHECK(n < 20000);
+        td_buf_free(&buf);
+        td_shdict_free(d);
+    }
+}
+
 int main(void) {
     rng_state = 42;
     test_basic();
@@ -1519,6 +1552,7 @@ int main(void) {
     test_corrupt();
     rng_state = 7;
     test_ring();
+    test_ring_size();
     /* The repairs below log a line each: into a file, which then holds
      * one line per repair. */
     char log_path[] = "/tmp/test_shdict.XXXXXX";
