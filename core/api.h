@@ -99,6 +99,9 @@ void td_api_websocket_teardown(void);
 /* tendril.shared: the dictionaries of `shared` (NULL: none) and their
  * watches. */
 void td_api_shared_open(lua_State *L, td_vm *vm, td_shared *shared);
+/* A worker's heartbeat (every 100 ms): a wake-up of its watches that was
+ * marked but never written (the writer died in between) is taken. */
+void td_api_shared_tick(void);
 /* Shutdown: every watch's wait ends (its recv returns nil, "closed"). */
 void td_api_shared_stop(void);
 /* After the Lua state closed. */

@@ -227,7 +227,10 @@ static int dict_keys(lua_State *L) {
     if (!lua_isnoneornil(L, 2)) {
         max = lua_tonumber(L, 2);
         if (lua_type(L, 2) != LUA_TNUMBER || max < 0 || max != floor(max))
-            return luaL_error(L, "keys: max is a whole number >= 0 (0: all), got %s", lua_type(L, 2) == LUA_TNUMBER ? lua_tostring(L, 2) : luaL_typename(L, 2));
+            return luaL_error(L, "keys: max is a whole number >= 0 (0: all), got %s",
+                              lua_type(L, 2) == LUA_TNUMBER ? lua_tostring(L, 2) : luaL_typename(L, 2));
+        if (max >= 9007199254740992.0) /* 2^53: more than any dictionary holds */
+            max = 0;
     }
     size_t n;
     if (td_shdict_keys(d, (size_t)max, &S.buf, &n) != TD_SHD_OK)
@@ -427,12 +430,15 @@ static int shared_changes(lua_State *L) {
         size_t count;
         int rc = td_shdict_changes(S.sh->dicts[i], &S.pos[i], &S.buf, &count);
         const char *name = td_shdict_name(S.sh->dicts[i]);
+        if (rc < 0) {
+            /* No memory for the keys: they stay in the ring; read again. */
+            S.woken = 1;
+            continue;
+        }
         if (rc != 0) {
             lua_pushboolean(L, 1);
             lua_setfield(L, -2, name);
         }
-        if (rc < 0)
-            continue;
         const char *p = S.buf.data;
         for (size_t k = 0; k < count; k++) {
             uint32_t len;
@@ -445,6 +451,25 @@ static int shared_changes(lua_State *L) {
         }
     }
     return 2;
+}
+
+void td_api_shared_tick(void) {
+    static unsigned seen;
+    if (!S.sh || S.nwatching == 0 || S.stopped) {
+        seen = 0;
+        return;
+    }
+    /* A wake-up marked pending that did not come for two ticks: its writer
+     * died between marking it and writing the eventfd, and no writer would
+     * write again. */
+    if (!atomic_load(&S.sh->slots[S.sh->self].pending)) {
+        seen = 0;
+        return;
+    }
+    if (++seen >= 2) {
+        seen = 0;
+        on_notify(NULL, 0, 0);
+    }
 }
 
 void td_api_shared_stop(void) {

@@ -564,6 +564,20 @@ static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_sto
 
 static int bound_port(listener *l) { return td_listener_port(&l->base); }
 
+/* The load in progress listens where old does: the handler (at 3) and
+ * tls wait in old until the load commits. Pushes the port. */
+static void take_over(lua_State *L, listener *old, td_tls_server *tls, uint64_t timeout_ms) {
+    luaL_unref(L, LUA_REGISTRYINDEX, old->pending_ref);
+    lua_pushvalue(L, 3);
+    old->pending_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    old->claimed = 1;
+    old->timeout_ms = timeout_ms;
+    drop_pending_tls(old);
+    old->pending_tls = tls;
+    old->pending_tls_set = 1;
+    lua_pushinteger(L, bound_port(old));
+}
+
 /* [-6, +1|2] tcp_listen(ip, port, handler, timeout [, cert, key]) -> port | nil, err
  * With cert and key, the connections speak TLS; the files are read now
  * (each reload's tcp.listen reads them again). */
@@ -594,18 +608,10 @@ static int tcp_listen(lua_State *L) {
     td_list *pos;
     for (pos = listeners.next; port != 0 && pos != &listeners; pos = pos->next) {
         listener *old = td_container_of(pos, listener, link);
-        if (!same_addr(&old->addr, &addr))
-            continue;
-        luaL_unref(L, LUA_REGISTRYINDEX, old->pending_ref);
-        lua_pushvalue(L, 3);
-        old->pending_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        old->claimed = 1;
-        old->timeout_ms = timeout_ms;
-        drop_pending_tls(old);
-        old->pending_tls = tls;
-        old->pending_tls_set = 1;
-        lua_pushinteger(L, bound_port(old));
-        return 1;
+        if (same_addr(&old->addr, &addr)) {
+            take_over(L, old, tls, timeout_ms);
+            return 1;
+        }
     }
     listener *l = calloc(1, sizeof *l);
     if (!l) {
@@ -617,6 +623,26 @@ static int tcp_listen(lua_State *L) {
         td_tls_server_unref(tls);
         td_listener_close(&l->base, free_listener);
         return td_api_fail(L, rc);
+    }
+    if (port == 0) {
+        /* A worker's supervisor hands the k-th port-0 listener of every
+         * load the same socket: the one a generation before this load
+         * serves is taken over as an explicit port is, so that the new
+         * handler serves only once the load commits. */
+        struct sockaddr_storage bound = addr;
+        if (bound.ss_family == AF_INET)
+            ((struct sockaddr_in *)&bound)->sin_port = htons((uint16_t)bound_port(l));
+        else
+            ((struct sockaddr_in6 *)&bound)->sin6_port = htons((uint16_t)bound_port(l));
+        for (pos = listeners.next; pos != &listeners; pos = pos->next) {
+            listener *old = td_container_of(pos, listener, link);
+            if (same_addr(&old->addr, &bound)) {
+                td_listener_close(&l->base, free_listener);
+                take_over(L, old, tls, timeout_ms);
+                return 1;
+            }
+        }
+        addr = bound;
     }
     td_listener_set_tls(&l->base, tls, NULL, 0);
     td_tls_server_unref(tls);

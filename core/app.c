@@ -84,7 +84,10 @@ static void on_loop_turn(uv_prepare_t *p) {
  * seconds, measured from when it saw the beat last move: an idle loop
  * turns every 100 ms (a quarter of a shorter --stall-kill), so a worker
  * that sat idle before it stuck is not killed early by more than that. */
-static void on_heartbeat(uv_timer_t *t) { beat(t->data); }
+static void on_heartbeat(uv_timer_t *t) {
+    beat(t->data);
+    td_api_shared_tick();
+}
 
 static void start_heartbeat(td_app *app) {
     if (!app->slot)
@@ -422,10 +425,11 @@ static int listen_all(td_app *app) {
 static void tell_ready(td_app *app) {
     if (app->w->ready_fd < 0)
         return;
-    unsigned char id = (unsigned char)app->w->id;
+    /* Its id and pid: a replacement is not taken for the worker before it. */
+    int rec[2] = {app->w->id, (int)getpid()};
     ssize_t n;
     do
-        n = write(app->w->ready_fd, &id, 1);
+        n = write(app->w->ready_fd, rec, sizeof rec);
     while (n < 0 && errno == EINTR);
 }
 

@@ -13,8 +13,8 @@ typedef struct td_worker {
     /* Listening sockets the supervisor made (the worker owns its copies);
      * -1: made here (alone), or none on that side. */
     int http_fd, tls_fd;
-    /* The worker writes its id here once it serves; -1: alone, it prints
-     * the URLs itself. */
+    /* The worker writes its id and pid here (two ints, one write) once it
+     * serves; -1: alone, it prints the URLs itself. */
     int ready_fd;
     td_shared *shared; /* the dictionaries and the worker's slot */
 } td_worker;

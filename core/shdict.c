@@ -159,9 +159,14 @@ static void lock(td_shdict *d) {
     abort();
 }
 
+static void tell(td_shdict *d, uint64_t mask);
+
 static void unlock(td_shdict *d) {
     pthread_mutex_unlock(&d->mutex);
     if (__builtin_expect(repair_note != NOTE_NONE, 0)) {
+        /* The ring holds a loss (or the dead holder's last record): its
+         * watchers hear it now, not at some later change. */
+        tell(d, atomic_load(&d->watch));
         if (repair_note == NOTE_EMPTIED)
             td_log(TD_LOG_ERROR,
                    "shared dictionary \"%s\": a process died while changing it; emptied (could not be repaired)",
@@ -673,7 +678,7 @@ static inline uint64_t note_change(td_shdict *d, const char *key, size_t klen) {
     return mask;
 }
 
-static inline void tell(td_shdict *d, uint64_t mask) {
+static void tell(td_shdict *d, uint64_t mask) {
     void (*fn)(td_shdict *, uint64_t) = change_fn;
     if (mask && fn)
         fn(d, mask);

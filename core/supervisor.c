@@ -241,6 +241,7 @@ static void run_worker(sup *s, int i, int ctl) {
      * group) reaches the supervisor alone, which passes on one SIGTERM;
      * a worker hearing both would count the second as "stop waiting". */
     setpgid(0, 0);
+    td_log_set_worker(i + 1);
     /* Watches of the worker this one replaces ended with it. */
     for (size_t k = 0; k < s->shared->ndicts; k++)
         td_shdict_watch(s->shared->dicts[k], (unsigned)i, 0);
@@ -254,7 +255,11 @@ static void run_worker(sup *s, int i, int ctl) {
                 close(s->w[j].tls_fd);
         }
     }
+    /* A Ctrl-C that came before the group changed is the supervisor's to
+     * handle: ignored while the mask opens, it is dropped. */
+    signal(SIGINT, SIG_IGN);
     sigprocmask(SIG_SETMASK, &s->old_mask, NULL);
+    signal(SIGINT, SIG_DFL);
     s->shared->self = (unsigned)i;
     td_worker w = {
         .id = i + 1,
@@ -292,6 +297,8 @@ static int spawn(sup *s, int i) {
         close(sv[0]);
         run_worker(s, i, sv[1]);
     }
+    /* Both sides set the group, so that it is set whichever runs first. */
+    setpgid(pid, pid);
     close(sv[1]);
     w->ctl = sv[0];
     w->hup = w->held_hup = w->held_usr1 = 0;
@@ -333,8 +340,9 @@ static void stop(sup *s, int sig) {
     s->stop_deadline = now_ms() + (uint64_t)(s->cfg->shutdown_timeout * 1000.0) + TD_SUP_STOP_GRACE_MS;
     if (sig)
         td_log(TD_LOG_NOTICE, "%s: shutting down %d worker(s)", sig == SIGINT ? "SIGINT" : "SIGTERM", s->n);
-    /* SIGTERM to all: a Ctrl-C also reached the workers of the terminal's
-     * process group, and a second SIGINT would mean "stop waiting". */
+    /* SIGTERM to all, whichever came: a worker's second SIGINT means "stop
+     * waiting" (they have their own process groups: a terminal's Ctrl-C
+     * reaches the supervisor alone). */
     signal_all(s, SIGTERM, 0);
 }
 
@@ -452,12 +460,12 @@ static void check_stalls(sup *s, uint64_t now) {
 }
 
 static void read_ready(sup *s, uint64_t now) {
-    unsigned char ids[64];
-    ssize_t got = read(s->ready_r, ids, sizeof ids);
-    for (ssize_t k = 0; k < got; k++) {
-        int i = ids[k] - 1;
-        if (i < 0 || i >= s->n || s->w[i].pid <= 0)
-            continue;
+    int recs[64][2]; /* id, pid: each written whole (less than PIPE_BUF) */
+    ssize_t got = read(s->ready_r, recs, sizeof recs);
+    for (ssize_t k = 0; k < got / (ssize_t)sizeof recs[0]; k++) {
+        int i = recs[k][0] - 1;
+        if (i < 0 || i >= s->n || s->w[i].pid != recs[k][1])
+            continue; /* from a worker gone since */
         wslot *w = &s->w[i];
         w->ready = 1;
         if (w->held_hup)

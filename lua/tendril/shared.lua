@@ -33,9 +33,14 @@ local sub_methods = {}
 local sub_mt = { __index = sub_methods }
 
 local function deliver(sub, key)
-    if not sub.box:put(key) then
+    local box = sub.box
+    -- Keys were dropped while the mailbox was full: that comes first.
+    if sub.lost and box:put(LOST) then
+        sub.lost = nil
+    end
+    if sub.lost or not box:put(key) then
         sub.lost = true
-        sub.box:wake()
+        box:wake()
     end
 end
 

@@ -1539,6 +1539,32 @@ static void test_ring_size(void) {
         td_buf_free(&buf);
         td_shdict_free(d);
     }
+    /* A ring that is not a power of two (3 MiB: 196,608 bytes), wrapped many
+     * times by a reader that keeps up. */
+    td_shdict *d = td_shdict_new("odd", (size_t)3 << 20);
+    CHECK(d != NULL);
+    if (!d)
+        return;
+    CHECK_EQ_INT(td_shdict_ring_size((size_t)3 << 20), 196608);
+    uint64_t pos = td_shdict_watch(d, 0, 1);
+    td_buf buf = {0};
+    size_t total = 0, lost = 0;
+    char key[48];
+    for (int i = 0; i < 60000; i++) {
+        int n = snprintf(key, sizeof key, "odd-%0*d", 1 + i % 23, i);
+        td_shvalue v = {.type = TD_SHV_NUMBER, .num = i};
+        td_shdict_store(d, TD_SHD_SET, key, (size_t)n, &v, 0, NULL);
+        if (i % 1000 == 999) {
+            size_t got = 0;
+            lost += (size_t)td_shdict_changes(d, &pos, &buf, &got);
+            total += got;
+        }
+    }
+    CHECK_EQ_INT(lost, 0);
+    CHECK_EQ_INT(total, 60000);
+    CHECK_EQ_INT(td_shdict__check(d), 0);
+    td_buf_free(&buf);
+    td_shdict_free(d);
 }
 
 int main(void) {
