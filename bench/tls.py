@@ -229,6 +229,19 @@ def commit():
         return None
 
 
+def measure_one(label, peer, run, runs, fn, log=sys.stderr):
+    """fn() for one peer in one run of a round robin, after waiting for quiet
+    cores; a failure is kept as {"error": ...}, to be left out of medians."""
+    waited = wait_quiet()
+    print("bench: %s: %s, run %d of %d%s" % (label, peer, run + 1, runs, " (waited %.0f s for quiet cores)"
+                                             % waited if waited > 1 else ""), file=log, flush=True)
+    try:
+        return fn()
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+        print("bench: %s: %s: %s" % (label, peer, e), file=log)
+        return {"error": str(e)}
+
+
 def measure_all(tendril_bin, duration, runs, log=sys.stderr):
     """Round-robin over runs; returns medians per peer and the tool check."""
     results = {"servers": {p: [] for p in SERVERS}, "clients": {p: [] for p in CLIENTS}}
@@ -243,17 +256,11 @@ def measure_all(tendril_bin, duration, runs, log=sys.stderr):
         for i in range(runs):
             for kind, peers in (("servers", SERVERS), ("clients", CLIENTS)):
                 for peer in peers:
-                    waited = wait_quiet()
-                    print("bench: TLS: %s, run %d of %d%s" % (peer, i + 1, runs, " (waited %.0f s for quiet cores)"
-                                                              % waited if waited > 1 else ""), file=log, flush=True)
-                    try:
-                        if kind == "servers":
-                            r = measure_server(peer, tendril_bin, duration)
-                        else:
-                            r = measure_client(peer, tendril_bin, duration, up_port, up_worker)
-                    except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-                        print("bench: TLS: %s: %s" % (peer, e), file=log)
-                        r = {"error": str(e)}
+                    if kind == "servers":
+                        r = measure_one("TLS", peer, i, runs, lambda: measure_server(peer, tendril_bin, duration), log)
+                    else:
+                        r = measure_one("TLS", peer, i, runs,
+                                        lambda: measure_client(peer, tendril_bin, duration, up_port, up_worker), log)
                     results[kind][peer].append(r)
     finally:
         stop(up_master)

@@ -32,7 +32,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import HZ, ROOT, fmt, free_port, merge, run, start, stop  # noqa: E402
-from tls import commit, paired, splice, wait_quiet  # noqa: E402
+from tls import commit, measure_one, paired, splice  # noqa: E402
 
 PEERS = ("tendril", "nginx-lua", "node")
 DESCRIPTIONS = {
@@ -110,15 +110,8 @@ def measure_all(tendril_bin, duration, runs, workers, log=sys.stderr):
     raw = {p: [] for p in PEERS}
     for i in range(runs):
         for peer in PEERS:
-            waited = wait_quiet()
-            print("bench: workers: %s, run %d of %d%s" % (peer, i + 1, runs, " (waited %.0f s for quiet cores)"
-                                                          % waited if waited > 1 else ""), file=log, flush=True)
-            try:
-                r = measure(peer, tendril_bin, duration, workers)
-            except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-                print("bench: workers: %s: %s" % (peer, e), file=log)
-                r = {"error": str(e)}
-            raw[peer].append(r)
+            raw[peer].append(measure_one("workers", peer, i, runs,
+                                         lambda: measure(peer, tendril_bin, duration, workers), log))
     res = {"runs": runs, "duration": duration, "workers": workers, "raw": {"servers": raw}, "servers": {},
            "date": datetime.date.today().isoformat(), "commit": commit()}
     for peer, rs in raw.items():

@@ -37,7 +37,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import PEER_LOGS, PEERS_DIR, ROOT, fmt, free_port, merge, start, stop  # noqa: E402
-from tls import ATTEMPTS, NOISY_PCT, clean, commit, paired, ratio, splice, wait_quiet  # noqa: E402
+from tls import ATTEMPTS, NOISY_PCT, clean, commit, measure_one, paired, ratio, splice  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOAD_DIR = os.path.join(HERE, "load")
@@ -197,15 +197,8 @@ def measure_all(tendril_bin, duration, runs, log=sys.stderr):
     raw = {p: [] for p in PEERS}
     for i in range(runs):
         for peer in PEERS:
-            waited = wait_quiet()
-            print("bench: WebSocket: %s, run %d of %d%s" % (peer, i + 1, runs, " (waited %.0f s for quiet cores)"
-                                                            % waited if waited > 1 else ""), file=log, flush=True)
-            try:
-                r = measure(peer, tendril_bin, duration, nm)
-            except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
-                print("bench: WebSocket: %s: %s" % (peer, e), file=log)
-                r = {"error": str(e)}
-            raw[peer].append(r)
+            raw[peer].append(measure_one("WebSocket", peer, i, runs, lambda: measure(peer, tendril_bin, duration, nm),
+                                         log))
     res = {"runs": runs, "duration": duration, "raw": {"servers": raw}, "servers": {},
            "date": datetime.date.today().isoformat(), "commit": commit(), "versions": versions(nm)}
     for peer, rs in raw.items():
