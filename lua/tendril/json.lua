@@ -1,0 +1,266 @@
+-- tendril.json: JSON on top of lua-cjson, with arrays that stay arrays.
+--
+-- Debian ships lua-cjson 2.1.0, which has no array metatable: an empty
+-- table encodes as `{}` and `decode("[]")` gives a bare empty table, so
+-- `[]` and `{}` cannot survive a round trip through it. Here a table marked
+-- with json.array (every array json.decode returns carries the mark) encodes
+-- as `[]` when it is empty. cjson does all the parsing and printing; the
+-- extra work happens only when the text could hold an array:
+--
+-- * decode: with no `[` in the text, one cjson call. Otherwise a walk of the
+--   decoded tables marks the arrays (a non-empty one is told by its key 1,
+--   as cjson gives objects string keys only). An empty array cannot be told
+--   from an empty object after cjson, so when the text holds `[ ]` outside
+--   strings, each is first rewritten into a sentinel string that no JSON
+--   text can spell (it starts with a byte that is never UTF-8 and that the
+--   text does not hold raw; \u escapes only make valid UTF-8), and the walk
+--   turns the sentinel back into a marked empty table.
+-- * encode: one cjson call; only when its output holds `{}` somewhere can a
+--   marked empty table be inside, and then a walk looks for them. If there
+--   are, each gets a sentinel element for a second cjson call, and the
+--   sentinel arrays are replaced by `[]` in its output.
+--
+-- A private cjson instance (cjson.new) keeps the settings apart from an
+-- app's own `require "cjson"`, and decodes strictly: no NaN, Infinity or
+-- hexadecimal numbers, which JSON does not have.
+local cjson = require("cjson").new()
+
+local type, pcall, error, next, pairs, setmetatable, getmetatable, tostring =
+    type, pcall, error, next, pairs, setmetatable, getmetatable, tostring
+local find, sub, char, gsub = string.find, string.sub, string.char, string.gsub
+local concat = table.concat
+
+cjson.decode_invalid_numbers(false)
+cjson.encode_invalid_numbers(false)
+
+local cjson_encode, cjson_decode = cjson.encode, cjson.decode
+
+local _M = {}
+
+--- The value that stands for JSON null (cjson's own: a lightuserdata), so
+--- that a decoded array keeps its length and an object keeps the key.
+_M.null = cjson.null
+
+-- The mark: a metatable that is the same table for every array.
+local array_mt = { __name = "tendril.json.array" }
+_M.array_mt = array_mt
+
+--- Marks t as an array, so that it encodes as `[]` when empty; returns t.
+--- A table with a metatable of its own cannot be marked (it raises).
+function _M.array(t)
+    if t == nil then
+        return setmetatable({}, array_mt)
+    end
+    if type(t) ~= "table" then
+        error("json.array: expected a table, got " .. type(t), 2)
+    end
+    local mt = getmetatable(t)
+    if mt ~= nil and mt ~= array_mt then
+        error("json.array: the table has a metatable of its own", 2)
+    end
+    return setmetatable(t, array_mt)
+end
+
+--- True when t carries the array mark.
+function _M.is_array(t)
+    return type(t) == "table" and getmetatable(t) == array_mt
+end
+
+-- A sentinel string the text does not hold raw. Its first byte is never in
+-- UTF-8, so only the same raw bytes could spell it; the counter makes one
+-- whatever the text holds. Letters and digits only: it goes into patterns.
+local function sentinel(s)
+    local i = 0
+    while true do
+        local sent = "\255" .. char(65 + i % 26) .. (i >= 26 and tostring(i) or "")
+        if not find(s, sent, 1, true) then
+            return sent
+        end
+        i = i + 1
+    end
+end
+
+---------------------------------------------------------------- decode
+
+-- The text with each empty array outside strings replaced by the quoted
+-- sentinel, or nil when it has none (a `[]` inside a string only).
+local function rewrite_empty_arrays(s, sent)
+    local parts, n, from, pos = {}, 0, 1, 1
+    local quoted = '"' .. sent .. '"'
+    while true do
+        local at, _, c = find(s, '(["%[])', pos)
+        if not at then
+            break
+        end
+        if c == '"' then
+            -- Skip the string: its escapes, then its closing quote.
+            pos = at + 1
+            while true do
+                local q, _, qc = find(s, '(["\\])', pos)
+                if not q then
+                    pos = #s + 1 -- unterminated: cjson will say so
+                    break
+                end
+                if qc == '"' then
+                    pos = q + 1
+                    break
+                end
+                pos = q + 2
+            end
+        else
+            local _, close = find(s, "^[ \t\r\n]*%]", at + 1)
+            if close then
+                n = n + 1
+                parts[n] = sub(s, from, at - 1)
+                n = n + 1
+                parts[n] = quoted
+                from = close + 1
+                pos = close + 1
+            else
+                pos = at + 1
+            end
+        end
+    end
+    if n == 0 then
+        return nil
+    end
+    parts[n + 1] = sub(s, from)
+    return concat(parts)
+end
+
+-- Marks the arrays under t (t itself included); turns sentinels into
+-- marked empty tables. Returns false when the sentinel stands as an object
+-- key, where `[]` was not valid JSON in the first place.
+local function mark(t, sent)
+    if t[1] ~= nil then
+        setmetatable(t, array_mt)
+        for i = 1, #t do
+            local v = t[i]
+            if type(v) == "table" then
+                if not mark(v, sent) then
+                    return false
+                end
+            elseif v == sent then
+                t[i] = setmetatable({}, array_mt)
+            end
+        end
+    else
+        for k, v in pairs(t) do
+            if k == sent then
+                return false
+            end
+            if type(v) == "table" then
+                if not mark(v, sent) then
+                    return false
+                end
+            elseif v == sent then
+                t[k] = setmetatable({}, array_mt)
+            end
+        end
+    end
+    return true
+end
+
+--- Decodes a JSON text. Returns the value, or nil and cjson's message
+--- naming the position ("Expected value but found T_END at character 4").
+--- Arrays come back marked (json.array); null comes back as json.null.
+function _M.decode(s)
+    if type(s) ~= "string" then
+        error("json.decode: expected a string, got " .. type(s), 2)
+    end
+    if not find(s, "[", 1, true) then
+        local ok, v = pcall(cjson_decode, s)
+        if ok then
+            return v
+        end
+        return nil, v
+    end
+    local sent = nil -- nil: no sentinel to look for (no value or key is nil)
+    local text = s
+    if find(s, "%[[ \t\r\n]*%]") then
+        sent = sentinel(s)
+        text = rewrite_empty_arrays(s, sent) or s
+    end
+    local ok, v = pcall(cjson_decode, text)
+    if ok then
+        if type(v) == "table" then
+            if mark(v, sent) then
+                return v
+            end
+        elseif v ~= sent then
+            return v
+        else
+            return setmetatable({}, array_mt)
+        end
+    end
+    -- The rewritten text moved the positions (or hid an error): the
+    -- message comes from the text as given.
+    ok, v = pcall(cjson_decode, s)
+    if ok then
+        -- Unreachable unless the rewrite is wrong; never hand back a
+        -- value without its marks.
+        error("json.decode: internal error: the text decoded only without its empty arrays", 2)
+    end
+    return nil, v
+end
+
+---------------------------------------------------------------- encode
+
+-- Collects the marked empty tables under t.
+local function find_empty_arrays(t, found)
+    if next(t) == nil then
+        if getmetatable(t) == array_mt then
+            found[#found + 1] = t
+        end
+        return
+    end
+    for _, v in pairs(t) do
+        if type(v) == "table" then
+            find_empty_arrays(v, found)
+        end
+    end
+end
+
+local function encode_marked(v, out)
+    local found = {}
+    find_empty_arrays(v, found)
+    if #found == 0 then
+        return out
+    end
+    local sent = sentinel(out)
+    for i = 1, #found do
+        found[i][1] = sent
+    end
+    local ok, again = pcall(cjson_encode, v)
+    for i = 1, #found do
+        found[i][1] = nil
+    end
+    if not ok then
+        return nil, again
+    end
+    -- The sentinel is not in the first output, and `[` opens the pattern
+    -- only: every match is one of the arrays put in.
+    return (gsub(again, '%["' .. sent .. '"%]', "[]"))
+end
+
+--- Encodes a value as JSON text. Tables with the array mark encode as `[]`
+--- when empty; other empty tables as `{}`. A value JSON cannot hold (a
+--- function, a userdata other than json.null, NaN or an infinity, a cycle
+--- or nesting deeper than 1000, a table key that is not a string or
+--- number, an excessively sparse array) raises.
+function _M.encode(v)
+    local ok, out = pcall(cjson_encode, v)
+    if not ok then
+        error("json.encode: " .. tostring(out), 2)
+    end
+    if type(v) == "table" and find(out, "{}", 1, true) then
+        local err
+        out, err = encode_marked(v, out)
+        if not out then
+            error("json.encode: " .. tostring(err), 2)
+        end
+    end
+    return out
+end
+
+return _M
