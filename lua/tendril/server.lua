@@ -125,6 +125,35 @@ function req_methods.body(self)
     return body, err
 end
 
+-- tendril.json loads on first use: a server that never reads JSON does
+-- not need cjson.
+local json_decode
+
+--- The body decoded as JSON (arrays marked, see tendril.json), whatever the
+--- Content-Type says (`curl -d` sends a form type); decoded once. nil, err
+--- on failure: the body's own errors ("closed", "timeout", "too large"),
+--- or "invalid JSON: " and cjson's message with the position.
+function req_methods.json(self)
+    local v = rawget(self, "_json")
+    if v ~= nil then
+        return v
+    end
+    local body, err = self:body()
+    if not body then
+        return nil, err
+    end
+    if body == "" then
+        return nil, "invalid JSON: empty body"
+    end
+    json_decode = json_decode or require("tendril.json").decode
+    v, err = json_decode(body)
+    if v == nil then
+        return nil, "invalid JSON: " .. err
+    end
+    rawset(self, "_json", v)
+    return v
+end
+
 --- Sets the request's deadline: `seconds` from now (nil: none). When it
 --- passes, every wait of the request and of the threads it spawned fails
 --- with nil, "timeout", except reading the body and writing the answer.
@@ -289,6 +318,36 @@ function res_methods.finish(self, body)
     end
     ok, a = sent("res:finish", ok, a, b, b and where(2)) -- not a tail call: error levels
     return ok, a
+end
+
+local json_encode
+local pcall = pcall
+
+--- Answers with value encoded as JSON (Content-Type application/json unless
+--- one was set) and an optional status, and finishes the response. Returns
+--- nothing, so that `return res:json(v)` ends a handler.
+function res_methods.json(self, value, code)
+    if code ~= nil then
+        check_status("res:json", code, 2)
+    end
+    if self._done then
+        error("res:json: the response was finished already", 2)
+    end
+    if self._sent then
+        error("res:json: the head was sent already", 2)
+    end
+    json_encode = json_encode or require("tendril.json").encode
+    local ok, body = pcall(json_encode, value)
+    if not ok then
+        error("res:json: " .. tostring(body):gsub("^json%.encode: ", ""), 2)
+    end
+    if code then
+        self._status = code
+    end
+    if not (self._hi and self._hi["content-type"]) then
+        self:header("Content-Type", "application/json")
+    end
+    self:finish(body)
 end
 
 --- True once the head has gone to the client.
