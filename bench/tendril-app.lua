@@ -11,29 +11,51 @@ local tls_opts = {ca_file = (os.getenv("CERT_DIR") or "/tmp/tendril-bench-cert")
 local big = string.rep("x", 65536) -- /big: for slow readers (bench/slowloris.py)
 -- /incr: one increment of a shared counter (--shared counters=SIZE, as start.sh gives it)
 local counters = require("tendril.shared").dict("counters")
+-- /echo-json: a JSON body decoded and encoded back (bench/json_echo.py) with tendril.json; /echo-cjson
+-- the same with cjson alone (no array marks), to show what the marks cost.
+require "tendril.json" -- loaded at start, not by the first request
+local cjson = require "cjson"
 
-return function(req)
+return function(req, res)
     local p = req.path
     if p == "/sleep1ms" then
         tendril.sleep(0.001)
     elseif p == "/sleep" then
         tendril.sleep(1)
     elseif p == "/proxy" then
-        local res, err = http.get(upstream)
-        if not res then
+        local answer, err = http.get(upstream)
+        if not answer then
             return 502, nil, err
         end
-        return res.body
+        return answer.body
     elseif p == "/proxy-tls" then
-        local res, err = http.get(upstream_tls, tls_opts)
-        if not res then
+        local answer, err = http.get(upstream_tls, tls_opts)
+        if not answer then
             return 502, nil, err
         end
-        return res.body
+        return answer.body
     elseif p == "/big" then
         return big
     elseif p == "/incr" then
         return counters:incr("hits", 1, 0) .. "\n"
+    elseif p == "/echo-json" then
+        local v, err = req:json()
+        if v == nil then
+            return 400, nil, err
+        end
+        return res:json(v)
+    elseif p == "/echo-cjson" then
+        local body, err = req:body()
+        if not body then
+            return 400, nil, err
+        end
+        local ok, v = pcall(cjson.decode, body)
+        if not ok then
+            return 400, nil, v
+        end
+        res:header("Content-Type", "application/json")
+        res:finish(cjson.encode(v))
+        return
     end
     return "Hello World\n"
 end
