@@ -164,6 +164,71 @@ describe("tendril.json", function()
             assert.are.equal('{"list":[]}', json.encode(v))
         end)
 
+        it("keep a shared empty array in every place it stands", function()
+            local e = json.array()
+            assert.are.equal("[[],[]]", json.encode({ e, e }))
+            assert.are.equal("[[],{},[]]", json.encode({ e, {}, e }))
+        end)
+
+        it("keep random documents, marks and all", function()
+            -- Same value and same marks, table by table.
+            local function same(a, b)
+                if type(a) ~= "table" then
+                    return a == b
+                end
+                if type(b) ~= "table" or json.is_array(a) ~= json.is_array(b) then
+                    return false
+                end
+                for k, v in pairs(a) do
+                    if not same(v, b[k]) then
+                        return false
+                    end
+                end
+                for k in pairs(b) do
+                    if a[k] == nil then
+                        return false
+                    end
+                end
+                return true
+            end
+            local strings = { "[]", "{}", "[ ]", '"', "\\", "a[b]c", "", "\255A", "x" }
+            local seed = 1
+            local function rand(n)
+                seed = (seed * 1103515245 + 12345) % 2147483648
+                return seed % n + 1
+            end
+            local function gen(depth)
+                local r = rand(depth > 4 and 3 or 6)
+                if r == 1 then
+                    return strings[rand(#strings)]
+                elseif r == 2 then
+                    return rand(100) - 50
+                elseif r == 3 then
+                    return ({ true, false, json.null })[rand(3)]
+                elseif r == 4 then
+                    local t = json.array()
+                    for i = 1, rand(4) - 1 do
+                        t[i] = gen(depth + 1)
+                    end
+                    return t
+                end
+                local t = {}
+                for _ = 1, rand(4) - 1 do
+                    t[strings[rand(#strings)] .. rand(9)] = gen(depth + 1)
+                end
+                return t
+            end
+            for _ = 1, 2000 do
+                local v = gen(1)
+                local text = json.encode(v)
+                local back, err = json.decode(text)
+                assert(back ~= nil, err)
+                if not same(v, back) then
+                    error("did not survive: " .. text .. " -> " .. json.encode(back))
+                end
+            end
+        end)
+
         it("keep unicode", function()
             assert.are.equal('["caf\195\169"]', round_trip('["caf\\u00e9"]'))
         end)
