@@ -10,15 +10,17 @@
 -- * decode: with no `[` in the text, one cjson call. Otherwise a walk of the
 --   decoded tables marks the arrays (a non-empty one is told by its key 1,
 --   as cjson gives objects string keys only). An empty array cannot be told
---   from an empty object after cjson, so when the text holds `[ ]` outside
---   strings, each is first rewritten into a sentinel string that no JSON
---   text can spell (it starts with a byte that is never UTF-8 and that the
---   text does not hold raw; \u escapes only make valid UTF-8), and the walk
---   turns the sentinel back into a marked empty table.
--- * encode: one cjson call; only when its output holds `{}` somewhere can a
---   marked empty table be inside, and then a walk looks for them. If there
---   are, each gets a sentinel element for a second cjson call, and the
---   sentinel arrays are replaced by `[]` in its output.
+--   from an empty object after cjson: with no `{ }` anywhere in the text
+--   every empty table is an array; with no `[ ]`, none is. Only a text
+--   holding both is first rewritten, each `[ ]` outside strings into a
+--   sentinel string that no JSON text can spell (it starts with a byte that
+--   is never UTF-8 and that the text does not hold raw; \u escapes only
+--   make valid UTF-8), which the walk turns back into a marked empty table.
+-- * encode: one cjson call; only when its output holds `{}` can a marked
+--   empty table be inside, and then a walk looks for the empty tables. When
+--   all are marked and the text holds no other `{}` (none in a string),
+--   every `{}` becomes `[]`; otherwise each marked one gets a sentinel
+--   element for a second cjson call, whose sentinel arrays become `[]`.
 --
 -- A private cjson instance (cjson.new) keeps the settings apart from an
 -- app's own `require "cjson"`, and decodes strictly: no NaN, Infinity or
