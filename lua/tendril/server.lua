@@ -13,8 +13,8 @@ local core = require "tendril.core"
 local url = require "tendril.url"
 local trace = require "tendril.traceback"
 
-local setmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage =
-    setmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage
+local setmetatable, getmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage =
+    setmetatable, getmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage
 local lower, sub, find, concat = string.lower, string.sub, string.find, table.concat
 local getinfo = debug.getinfo
 local new_table = require "table.new"
@@ -314,6 +314,10 @@ local RETURN_FORMS = "(return nothing, a body, or status[, headers[, body]]; "
 
 -- Where the handler was defined: a return value has no line of its own.
 local function handler_where(handler)
+    if type(handler) ~= "function" then
+        -- A callable table (a tendril.router): its __call is the code.
+        handler = getmetatable(handler).__call
+    end
     local info = getinfo(handler, "S")
     return info and (info.short_src .. ":" .. info.linedefined) or "the handler"
 end
