@@ -11,6 +11,7 @@
 -- the other fields are read from C on first use only.
 local core = require "tendril.core"
 local url = require "tendril.url"
+local cookie = require "tendril.cookie"
 local trace = require "tendril.traceback"
 
 local setmetatable, getmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage =
@@ -78,6 +79,14 @@ function getters.headers(self)
     end
     rawset(self, "headers", h)
     return h
+end
+
+-- The Cookie header as { name = value } (tendril.cookie: first pair of a
+-- name wins, values as sent).
+function getters.cookies(self)
+    local c = cookie.parse(self.headers.cookie)
+    rawset(self, "cookies", c)
+    return c
 end
 
 function getters.remote_addr(self)
@@ -219,6 +228,28 @@ function res_methods.header(self, name, value)
         h[i + 1] = value
         self._hi[key] = i
     end
+    return self
+end
+
+--- Adds a Set-Cookie header (one line per cookie); a bad name, value or
+--- option raises (tendril.cookie).
+function res_methods.cookie(self, name, value, opts)
+    local line = cookie.serialize("res:cookie", name, value, opts, 2)
+    local i = self._hi and self._hi["set-cookie"]
+    local old = i and self._h[i + 1]
+    local lines
+    if type(old) == "table" then
+        lines = { unpack(old) }
+    elseif old then
+        lines = { old }
+    else
+        lines = {}
+    end
+    lines[#lines + 1] = line
+    if self._sent then
+        error("res:cookie: the head was sent already", 2)
+    end
+    self:header("Set-Cookie", lines)
     return self
 end
 
