@@ -364,7 +364,12 @@ end
 function Router:handle(req, res)
     local method = req.method
     local n = split(req.path, segs)
-    local e, _, nc = match(self._root, 1, n, 0, 0, method)
+    -- No segments (a target such as OPTIONS's "*") matches no route, not
+    -- even through a mount at "/".
+    local e, _, nc
+    if n > 0 then
+        e, _, nc = match(self._root, 1, n, 0, 0, method)
+    end
     local params = {}
     local final
     if e then
