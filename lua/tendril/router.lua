@@ -338,9 +338,23 @@ local function pack(...)
     return { n = select("#", ...), ... }
 end
 
+-- Whether a middleware returned next's values as they were (return next()).
+local function same(a, b)
+    if a.n ~= b.n then
+        return false
+    end
+    for i = 1, a.n do
+        if a[i] ~= b[i] then
+            return false
+        end
+    end
+    return true
+end
+
 local function run(mw, k, final, req, res)
     local fn = mw[k]
     if not fn then
+        res._handler = final
         return final(req, res)
     end
     local called, inner = false, nil
@@ -353,9 +367,10 @@ local function run(mw, k, final, req, res)
         return unpack(inner, 1, inner.n)
     end
     local out = pack(fn(req, res, nxt))
-    if out[1] == nil and called then
+    if called and (out[1] == nil or same(out, inner)) then
         return unpack(inner, 1, inner.n)
     end
+    res._handler = fn
     return unpack(out, 1, out.n)
 end
 
@@ -423,6 +438,9 @@ function Router:handle(req, res)
         mw = all
     end
     if mw[1] == nil then
+        -- res._handler: the function whose answer this is, so that the
+        -- server's errors about a return value name its line, not ours.
+        res._handler = final
         return final(req, res)
     end
     return run(mw, 1, final, req, res)

@@ -394,6 +394,8 @@ end
 -- nothing; a body; or status[, headers[, body]].
 local function respond(res, handler, a, b, c)
     local conn, serial = res[1], res[2]
+    -- A router names the route or middleware whose answer this is.
+    handler = res._handler or handler
     if res._done then
         return
     end

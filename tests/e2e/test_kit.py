@@ -54,6 +54,9 @@ router:post("/login", function(req, res)
     res:cookie("theme", url.encode("dark blue"))
     return "welcome"
 end)
+router:get("/bad-return", function(req, res)
+    return 99
+end)
 router:get("/bad-cookie", function(req, res)
     res:cookie("bad name", "x")
     return "unreachable"
@@ -145,6 +148,12 @@ class KitTest(ServerTestCase):
         r = get(self.port, "/bad-cookie")
         self.assertEqual(r.status, 500)
         self.assertRegex(self.server.stderr(), r"app\.lua:\d+: res:cookie: 'bad name' is not a valid cookie name")
+
+    def test_a_routes_bad_return_names_the_routes_line(self):
+        r = get(self.port, "/bad-return")
+        self.assertEqual(r.status, 500)
+        line = APP[:APP.index('router:get("/bad-return"')].count("\n") + 1
+        self.assertIn("app.lua:%d: the handler returned status 99" % line, self.server.stderr())
 
     def test_the_client_returns_set_cookie_as_a_list(self):
         r = get(self.port, "/client?port=%d" % self.port)

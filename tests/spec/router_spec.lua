@@ -196,6 +196,22 @@ describe("tendril.router", function()
             assert.are.equal("9", seen)
         end)
 
+        it("tells the server whose answer it is (res._handler), for its error messages", function()
+            local route = function() return "r" end
+            local gate = function(req, res, nxt) if req.path == "/no" then return 403 end return nxt() end
+            local pass = function(req, res, nxt) return nxt() end
+            r:use(pass)
+            r:use(gate)
+            r:get("/", route)
+            r:get("/no", route)
+            local res = {}
+            r({ method = "GET", path = "/" }, res)
+            assert.are.equal(route, res._handler)
+            res = {}
+            r({ method = "GET", path = "/no" }, res)
+            assert.are.equal(gate, res._handler)
+        end)
+
         it("raises when next is called twice", function()
             r:use(function(req, res, nxt) nxt() ; nxt() end)
             r:get("/", function() return "" end)
