@@ -76,6 +76,10 @@ void td_api_coroutine_open(lua_State *L, td_vm *vm);
 /* [-0, +1] A table of headers: lower-case names (text + h[i].name) to
  * values; a repeated header's values joined with ", ". */
 void td_api_push_headers(lua_State *L, const char *text, const td_http_header *h, size_t n);
+/* [-0, +0] In the headers table on top, makes "set-cookie" a list of its
+ * values in arrival order (a cookie's Expires holds a comma, so joining
+ * them is lossy); absent stays absent. For answers the client reads. */
+void td_api_set_cookie_list(lua_State *L, const char *text, const td_http_header *h, size_t n);
 /* The td_http_request_cb that runs a request in a pooled task; ud is the vm. */
 void td_api_http_dispatch(td_http_conn *hc, void *ud);
 /* Output to a client of TD_API_WRITE_BY_REF bytes or more is written from

@@ -231,6 +231,23 @@ void td_api_push_headers(lua_State *L, const char *text, const td_http_header *h
     }
 }
 
+void td_api_set_cookie_list(lua_State *L, const char *text, const td_http_header *h, size_t n) {
+    static const char name[] = "set-cookie";
+    int count = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (h[i].name_len != sizeof name - 1 || memcmp(text + h[i].name, name, sizeof name - 1) != 0)
+            continue;
+        if (count == 0) {
+            lua_pushlstring(L, name, sizeof name - 1);
+            lua_createtable(L, 1, 0);
+        }
+        lua_pushlstring(L, text + h[i].value, h[i].value_len);
+        lua_rawseti(L, -2, ++count);
+    }
+    if (count > 0)
+        lua_rawset(L, -3);
+}
+
 /* [-2, +1] req_headers(slot, serial) -> {name = value} | nil */
 static int req_headers(lua_State *L) {
     td_http_conn *hc = live_conn(L);

@@ -52,6 +52,7 @@ static int push_fail3(lua_State *L, int code, int got_bytes) {
 static int push_head(lua_State *L, td_http_reader *r) {
     lua_pushinteger(L, r->parser.status_code);
     td_api_push_headers(L, r->fields.text.data, td_http_fields_at(&r->fields), td_http_fields_count(&r->fields));
+    td_api_set_cookie_list(L, r->fields.text.data, td_http_fields_at(&r->fields), td_http_fields_count(&r->fields));
     return 2;
 }
 

@@ -168,7 +168,9 @@ function _M.load()
             error(err, 0)
         end
         local handler = chunk()
-        if type(handler) ~= "function" then
+        -- A callable table (a tendril.router) is a handler too.
+        local mt = type(handler) == "table" and getmetatable(handler)
+        if type(handler) ~= "function" and not (mt and mt.__call) then
             error(app_path .. " did not return a handler function (it returned " ..
                 (handler == nil and "nothing" or type(handler)) .. ")", 0)
         end

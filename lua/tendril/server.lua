@@ -11,10 +11,11 @@
 -- the other fields are read from C on first use only.
 local core = require "tendril.core"
 local url = require "tendril.url"
+local cookie = require "tendril.cookie"
 local trace = require "tendril.traceback"
 
-local setmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage =
-    setmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage
+local setmetatable, getmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage =
+    setmetatable, getmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage
 local lower, sub, find, concat = string.lower, string.sub, string.find, table.concat
 local getinfo = debug.getinfo
 local new_table = require "table.new"
@@ -78,6 +79,14 @@ function getters.headers(self)
     end
     rawset(self, "headers", h)
     return h
+end
+
+-- The Cookie header as { name = value } (tendril.cookie: first pair of a
+-- name wins, values as sent).
+function getters.cookies(self)
+    local c = cookie.parse(self.headers.cookie)
+    rawset(self, "cookies", c)
+    return c
 end
 
 function getters.remote_addr(self)
@@ -251,6 +260,28 @@ function res_methods.header(self, name, value)
     return self
 end
 
+--- Adds a Set-Cookie header (one line per cookie); a bad name, value or
+--- option raises (tendril.cookie).
+function res_methods.cookie(self, name, value, opts)
+    local line = cookie.serialize("res:cookie", name, value, opts, 2)
+    local i = self._hi and self._hi["set-cookie"]
+    local old = i and self._h[i + 1]
+    local lines
+    if type(old) == "table" then
+        lines = { unpack(old) }
+    elseif old then
+        lines = { old }
+    else
+        lines = {}
+    end
+    lines[#lines + 1] = line
+    if self._sent then
+        error("res:cookie: the head was sent already", 2)
+    end
+    self:header("Set-Cookie", lines)
+    return self
+end
+
 local function check_chunk(fname, chunk)
     local t = type(chunk)
     if t == "string" then
@@ -373,6 +404,10 @@ local RETURN_FORMS = "(return nothing, a body, or status[, headers[, body]]; "
 
 -- Where the handler was defined: a return value has no line of its own.
 local function handler_where(handler)
+    if type(handler) ~= "function" then
+        -- A callable table (a tendril.router): its __call is the code.
+        handler = getmetatable(handler).__call
+    end
     local info = getinfo(handler, "S")
     return info and (info.short_src .. ":" .. info.linedefined) or "the handler"
 end
@@ -418,6 +453,8 @@ end
 -- nothing; a body; or status[, headers[, body]].
 local function respond(res, handler, a, b, c)
     local conn, serial = res[1], res[2]
+    -- A router names the route or middleware whose answer this is.
+    handler = res._handler or handler
     if res._done then
         return
     end

@@ -1,5 +1,6 @@
 -- Percent-decoding and query strings (pure Lua, no runtime needed).
-local tonumber, char, type = tonumber, string.char, type
+local tonumber, tostring, char, type, error, pairs = tonumber, tostring, string.char, type, error, pairs
+local format, sort, concat = string.format, table.sort, table.concat
 local gsub, find, sub, byte = string.gsub, string.find, string.sub, string.byte
 local SLASH = 47 -- "/"
 
@@ -29,6 +30,60 @@ function _M.decode_component(s)
 end
 
 local decode_component = _M.decode_component
+
+local function hex(c)
+    return format("%%%02X", byte(c))
+end
+
+--- Percent-encodes every byte but RFC 3986's unreserved ones (letters,
+--- digits, "-", ".", "_", "~"): safe in a path segment, a query name or
+--- value, or a cookie value.
+function _M.encode(s)
+    local t = type(s)
+    if t == "number" then
+        s = tostring(s)
+    elseif t ~= "string" then
+        error("url.encode: expected a string, got " .. t, 2)
+    end
+    return (gsub(s, "[^%w%-%._~]", hex))
+end
+
+local encode = _M.encode
+
+--- Builds "a=1&b=x%20y" from { a = 1, b = "x y" }: names in sorted order
+--- (the same table gives the same string), an array value repeats its
+--- name, true gives a bare name. parse_query reads it back.
+function _M.build_query(args)
+    if type(args) ~= "table" then
+        error("url.build_query: expected a table, got " .. type(args), 2)
+    end
+    local names = {}
+    for k in pairs(args) do
+        if type(k) ~= "string" then
+            error("url.build_query: expected string names, got a " .. type(k), 2)
+        end
+        names[#names + 1] = k
+    end
+    sort(names)
+    local out = {}
+    for i = 1, #names do
+        local k = names[i]
+        local v = args[k]
+        local values = type(v) == "table" and v or { v }
+        for j = 1, #values do
+            local x = values[j]
+            local tx = type(x)
+            if x == true then
+                out[#out + 1] = encode(k)
+            elseif tx == "string" or tx == "number" then
+                out[#out + 1] = encode(k) .. "=" .. encode(x)
+            elseif x ~= false then
+                error("url.build_query: the value of '" .. k .. "' is a " .. tx, 2)
+            end
+        end
+    end
+    return concat(out, "&")
+end
 
 --- Parses "a=1&b=x+y&a=2" into { a = { "1", "2" }, b = "x y" }: a name seen
 --- twice gets an array of its values; a name without "=" gets "".

@@ -20,6 +20,43 @@ describe("tendril.url", function()
         end)
     end)
 
+    describe("encode", function()
+        it("keeps unreserved bytes and escapes the rest in upper-case hex", function()
+            assert.are.equal("aZ09-._~", url.encode("aZ09-._~"))
+            assert.are.equal("a%20b%2Fc%3F%26%3D%2B%25", url.encode("a b/c?&=+%"))
+            assert.are.equal("caf%C3%A9", url.encode("caf\195\169"))
+            assert.are.equal("12", url.encode(12))
+        end)
+
+        it("round-trips through decode and decode_component", function()
+            local s = "x y+z/%?&=\0\255"
+            assert.are.equal(s, url.decode(url.encode(s)))
+            assert.are.equal(s, url.decode_component(url.encode(s)))
+        end)
+
+        it("raises on a non-string", function()
+            assert.has_error(function() url.encode(nil) end, "url.encode: expected a string, got nil")
+        end)
+    end)
+
+    describe("build_query", function()
+        it("encodes names and values in sorted order, arrays repeated, true bare", function()
+            assert.are.equal("a=1&b=x%20y&flag&t=1&t=2",
+                url.build_query({ b = "x y", a = 1, t = { "1", 2 }, flag = true, off = false }))
+            assert.are.equal("", url.build_query({}))
+        end)
+
+        it("is read back by parse_query", function()
+            local t = { q = "a&b=c d+e", list = { "1", "2" }, ["n m"] = "" }
+            assert.are.same(t, url.parse_query(url.build_query(t)))
+        end)
+
+        it("raises on what it cannot encode", function()
+            assert.has_error(function() url.build_query("a=1") end, "url.build_query: expected a table, got string")
+            assert.has_error(function() url.build_query({ a = print }) end)
+        end)
+    end)
+
     describe("parse_query", function()
         it("parses names and values", function()
             assert.are.same({ a = "1", b = "x y" }, url.parse_query("a=1&b=x+y"))
