@@ -163,6 +163,43 @@ function req_methods.json(self)
     return v
 end
 
+-- tendril.multipart loads on first use, like tendril.json.
+local multipart_parse
+
+--- The body decoded as a form, once: application/x-www-form-urlencoded as
+--- url.parse_query does (a repeated name gives an array), multipart/form-data
+--- by tendril.multipart (fields as strings, files as { filename =,
+--- content_type =, headers =, data = }). nil, err: the body's own errors,
+--- "not a form" for another Content-Type, "bad multipart: ..." when
+--- malformed. The whole body is in memory (--max-body-bytes bounds it).
+function req_methods.form(self)
+    local v = rawget(self, "_form")
+    if v then
+        return v
+    end
+    local ct = self.headers["content-type"]
+    local lct = ct and lower(ct) or ""
+    local urlencoded = find(lct, "^%s*application/x%-www%-form%-urlencoded%s*;?")
+    if not urlencoded and not find(lct, "^%s*multipart/form%-data%s*;") then
+        return nil, "not a form"
+    end
+    local body, err = self:body()
+    if not body then
+        return nil, err
+    end
+    if urlencoded then
+        v = url.parse_query(body)
+    else
+        multipart_parse = multipart_parse or require("tendril.multipart").parse
+        v, err = multipart_parse(body, ct)
+        if not v then
+            return nil, err
+        end
+    end
+    rawset(self, "_form", v)
+    return v
+end
+
 --- Sets the request's deadline: `seconds` from now (nil: none). When it
 --- passes, every wait of the request and of the threads it spawned fails
 --- with nil, "timeout", except reading the body and writing the answer.

@@ -1,0 +1,296 @@
+-- tendril.multipart: multipart/form-data (RFC 7578 over RFC 2046), pure Lua.
+--
+-- The parser is incremental: feed it the body in pieces of any size (a
+-- delimiter may be split across them) and it returns what each piece
+-- completed, as events. req:form() feeds it the whole body at once; a
+-- streaming reader (req:parts(), to come) feeds it what the socket gives,
+-- holding at most one part's headers and a delimiter's length of data.
+--
+--   local p = multipart.new(boundary)
+--   local events, err = p:feed(chunk)   -- nil, "bad multipart: ..." on error
+--   -- { type = "part", name =, filename =, content_type =, headers = }
+--   -- { type = "data", data = "..." }   (any number per part, maybe none)
+--   -- { type = "end" }                  (the part is complete)
+--   local ok, err = p:finish()          -- the final delimiter was seen?
+local type, error, setmetatable, tostring = type, error, setmetatable, tostring
+local find, sub, lower, gsub, match, byte = string.find, string.sub, string.lower, string.gsub, string.match,
+    string.byte
+
+local _M = {}
+
+-- A part's head larger than this is refused: it is held whole.
+local MAX_HEAD = 16 * 1024
+
+local function bad(why)
+    return nil, "bad multipart: " .. why
+end
+
+-- Media type parameters: ; name=token or ; name="quoted \" string".
+-- Returns { lower(name) = value }.
+local function params(s, from)
+    local out = {}
+    local i = from
+    while true do
+        local _, e, name = find(s, "^%s*;%s*([^%s=;]+)%s*=%s*", i)
+        if not e then
+            break
+        end
+        name = lower(name)
+        local value
+        if byte(s, e + 1) == 34 then -- '"'
+            local j, v = e + 2, {}
+            while true do
+                local c = sub(s, j, j)
+                if c == "" then
+                    return out -- unterminated: keep what was whole
+                elseif c == "\\" then
+                    v[#v + 1] = sub(s, j + 1, j + 1)
+                    j = j + 2
+                elseif c == '"' then
+                    break
+                else
+                    v[#v + 1] = c
+                    j = j + 1
+                end
+            end
+            value = table.concat(v)
+            i = j + 1
+        else
+            local _, e2, v = find(s, "^([^;]*)", e + 1)
+            value = gsub(v, "%s+$", "")
+            i = e2 + 1
+        end
+        if out[name] == nil then
+            out[name] = value
+        end
+    end
+    return out
+end
+
+--- The boundary of a multipart Content-Type (quoted or not), or nil, err.
+function _M.boundary(content_type)
+    if type(content_type) ~= "string" or not find(lower(content_type), "^%s*multipart/") then
+        return nil, "not multipart"
+    end
+    local b = params(content_type, (find(content_type, ";", 1, true) or #content_type + 1))["boundary"]
+    if not b or b == "" or #b > 70 then
+        return bad("no boundary (1 to 70 characters) in the Content-Type")
+    end
+    return b
+end
+
+-- The percent-decoded value of an RFC 8187 ext-value (charset''text).
+local function ext_value(v)
+    local text = match(v, "^[^']*'[^']*'(.*)$")
+    if not text then
+        return nil
+    end
+    return (gsub(text, "%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- Parses a part's head ("Name: value" lines) into the part event.
+local function parse_head(head)
+    local headers = {}
+    for line in (head .. "\r\n"):gmatch("(.-)\r\n") do
+        if line ~= "" then
+            local name, value = match(line, "^([^:%s]+)%s*:%s*(.-)%s*$")
+            if not name then
+                return bad("malformed part header '" .. sub(line, 1, 60) .. "'")
+            end
+            name = lower(name)
+            local old = headers[name]
+            headers[name] = old and (old .. ", " .. value) or value
+        end
+    end
+    local part = { type = "part", headers = headers, content_type = headers["content-type"] }
+    local cd = headers["content-disposition"]
+    if cd then
+        local p = params(cd, (find(cd, ";", 1, true) or #cd + 1))
+        part.name = p.name
+        part.filename = p["filename*"] and ext_value(p["filename*"]) or p.filename
+    end
+    return part
+end
+
+local Parser = {}
+Parser.__index = Parser
+
+--- A parser for one body whose Content-Type gave `boundary`.
+function _M.new(boundary)
+    if type(boundary) ~= "string" or boundary == "" then
+        error("multipart.new: expected a boundary string, got " .. tostring(boundary), 2)
+    end
+    -- The body is read as if a CRLF came before it, so that the first
+    -- delimiter (which may open the body, without one) is found like the
+    -- others: every delimiter is CRLF "--" boundary.
+    return setmetatable({ _delim = "\r\n--" .. boundary, _buf = "\r\n", _state = "preamble" }, Parser)
+end
+
+--- Takes the next piece of the body; returns the events it completed (an
+--- array, maybe empty), or nil, err once the body is malformed.
+function Parser:feed(chunk)
+    if self._err then
+        return nil, self._err
+    end
+    local buf = self._buf .. chunk
+    local delim = self._delim
+    local dl = #delim
+    local out, n = {}, 0
+    local state = self._state
+    while true do
+        if state == "preamble" or state == "body" then
+            local i = find(buf, delim, 1, true)
+            if not i then
+                -- Keep what could be the start of a delimiter.
+                local keep = #buf - (dl - 1)
+                if keep > 0 then
+                    if state == "body" then
+                        n = n + 1
+                        out[n] = { type = "data", data = sub(buf, 1, keep) }
+                    end
+                    buf = sub(buf, keep + 1)
+                end
+                break
+            end
+            if state == "body" then
+                if i > 1 then
+                    n = n + 1
+                    out[n] = { type = "data", data = sub(buf, 1, i - 1) }
+                end
+                n = n + 1
+                out[n] = { type = "end" }
+            end
+            buf = sub(buf, i + dl)
+            state = "boundary"
+        elseif state == "boundary" then
+            -- After a delimiter: "--" closes the body; else optional
+            -- whitespace (RFC 2046's transport padding), then CRLF.
+            if #buf < 2 then
+                break
+            end
+            if sub(buf, 1, 2) == "--" then
+                state = "epilogue"
+                buf = ""
+            else
+                local _, e = find(buf, "^[ \t]*\r\n")
+                if not e then
+                    if find(buf, "^[ \t]*\r?$") and #buf < 256 then
+                        break -- the CRLF may be in the next piece
+                    end
+                    self._err = "bad multipart: a boundary line ends with something else than CRLF"
+                    return nil, self._err
+                end
+                buf = sub(buf, e + 1)
+                state = "head"
+            end
+        elseif state == "head" then
+            local e, body_at
+            if sub(buf, 1, 2) == "\r\n" then
+                e, body_at = 0, 3 -- a part without headers
+            else
+                e = find(buf, "\r\n\r\n", 1, true)
+                if not e and #buf > MAX_HEAD then
+                    self._err = "bad multipart: a part's headers pass " .. MAX_HEAD .. " bytes"
+                    return nil, self._err
+                end
+            end
+            if not e then
+                break
+            end
+            body_at = body_at or e + 4
+            if e > MAX_HEAD then
+                self._err = "bad multipart: a part's headers pass " .. MAX_HEAD .. " bytes"
+                return nil, self._err
+            end
+            local part, err = parse_head(sub(buf, 1, e - 1))
+            if not part then
+                self._err = err
+                return nil, err
+            end
+            n = n + 1
+            out[n] = part
+            -- The CRLF before the next delimiter belongs to the delimiter:
+            -- an empty body is the blank line followed by it.
+            buf = sub(buf, body_at)
+            state = "body"
+        else -- epilogue: ignored
+            buf = ""
+            break
+        end
+    end
+    self._buf, self._state = buf, state
+    return out
+end
+
+--- Ends the body: true when its final delimiter was seen, else nil, err.
+function Parser:finish()
+    if self._err then
+        return nil, self._err
+    end
+    if self._state ~= "epilogue" then
+        self._err = self._state == "preamble" and "bad multipart: no boundary in the body"
+            or "bad multipart: the body ends before its final boundary"
+        return nil, self._err
+    end
+    return true
+end
+
+-- Adds value under name: a name seen again gets an array of its values.
+local function add(form, name, value)
+    local old = form[name]
+    if old == nil then
+        form[name] = value
+    elseif type(old) == "table" and old[1] ~= nil then
+        old[#old + 1] = value
+    else
+        form[name] = { old, value }
+    end
+end
+
+--- Parses a whole multipart/form-data body into { name = value }: a field
+--- is a string, a file (a part with a filename) a table { filename =,
+--- content_type =, headers =, data = }, a repeated name an array of these.
+--- nil, err ("bad multipart: ...") when the body or a part is malformed.
+function _M.parse(body, content_type)
+    local boundary, err = _M.boundary(content_type)
+    if not boundary then
+        return nil, err
+    end
+    local p = _M.new(boundary)
+    local events
+    events, err = p:feed(body)
+    if not events then
+        return nil, err
+    end
+    local ok
+    ok, err = p:finish()
+    if not ok then
+        return nil, err
+    end
+    local form = {}
+    local part, pieces, np
+    for i = 1, #events do
+        local ev = events[i]
+        local t = ev.type
+        if t == "part" then
+            if not ev.name then
+                return bad("a part without a Content-Disposition name")
+            end
+            part, pieces, np = ev, {}, 0
+        elseif t == "data" then
+            np = np + 1
+            pieces[np] = ev.data
+        else
+            local data = table.concat(pieces, "", 1, np)
+            if part.filename then
+                add(form, part.name, { filename = part.filename, content_type = part.content_type,
+                    headers = part.headers, data = data })
+            else
+                add(form, part.name, data)
+            end
+        end
+    end
+    return form
+end
+
+return _M
