@@ -16,7 +16,7 @@ local trace = require "tendril.traceback"
 
 local setmetatable, getmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage =
     setmetatable, getmetatable, rawget, rawset, type, tostring, pairs, next, error, xpcall, collectgarbage
-local lower, sub, find, concat = string.lower, string.sub, string.find, table.concat
+local lower, sub, find, match, concat = string.lower, string.sub, string.find, string.match, table.concat
 local getinfo = debug.getinfo
 local new_table = require "table.new"
 local yield, running = coroutine.yield, coroutine.running
@@ -178,9 +178,9 @@ function req_methods.form(self)
         return v
     end
     local ct = self.headers["content-type"]
-    local lct = ct and lower(ct) or ""
-    local urlencoded = find(lct, "^%s*application/x%-www%-form%-urlencoded%s*;?")
-    if not urlencoded and not find(lct, "^%s*multipart/form%-data%s*;") then
+    local mt = ct and lower(match(ct, "^%s*([^;%s]*)")) or ""
+    local urlencoded = mt == "application/x-www-form-urlencoded"
+    if not urlencoded and mt ~= "multipart/form-data" then
         return nil, "not a form"
     end
     local body, err = self:body()
