@@ -67,6 +67,8 @@ void td_api_thread_open(lua_State *L, td_vm *vm);
 void td_api_dns_open(lua_State *L, td_vm *vm);
 /* tls_trust: a verifying client's trust store, loaded off the loop. */
 void td_api_tls_open(lua_State *L, td_vm *vm);
+/* core.gzip_new: gzip streams for tendril.compress. */
+void td_api_gzip_open(lua_State *L);
 /* fs.read, fs.write, fs.stat. */
 void td_api_fs_open(lua_State *L, td_vm *vm);
 /* tendril.run. */

@@ -114,6 +114,7 @@ static void open_core(td_app *app) {
     td_api_thread_open(L, app->vm);
     td_api_dns_open(L, app->vm);
     td_api_fs_open(L, app->vm);
+    td_api_gzip_open(L);
     td_api_process_open(L, app->vm);
     td_api_coroutine_open(L, app->vm);
     td_api_websocket_open(L, app->vm, app->hs);
