@@ -533,6 +533,11 @@ local function respond(res, handler, a, b, c)
     else
         error(handler_where(handler) .. ": the handler returned a " .. ta .. " " .. RETURN_FORMS, 0)
     end
+    local filter = res._filter
+    if filter then
+        -- A middleware rewrites the answer (tendril.compress gzips it).
+        status, h, body = filter(res, status, h, body)
+    end
     res._done = true
     local ok, x, y = res_send(conn, serial, status, h, body, true)
     sent(handler_where(handler) .. ": the handler's answer", ok, x, y, y and handler_where(handler))

@@ -1,0 +1,135 @@
+"""tendril.compress through the real server: gzip per Accept-Encoding
+(q-values), types, min_size, HEAD, 304, 206, already-encoded bodies,
+streamed res:write decompressing to the whole body, Vary and
+Content-Length."""
+import gzip
+import zlib
+
+from harness import ServerTestCase, main, request
+
+BIG = "tendril " * 400  # 3200 bytes, compressible
+
+APP = r'''
+local router = require("tendril.router").new()
+router:use(require("tendril.compress"){ min_size = 1024 })
+local BIG = string.rep("tendril ", 400)
+router:get("/text", function() return BIG end)
+router:get("/small", function() return "tiny" end)
+router:get("/json", function(req, res) return res:json({ s = BIG }) end)
+router:get("/png", function(req, res) res:header("Content-Type", "image/png") return BIG end)
+router:get("/status", function() return 201, { ["Content-Type"] = "text/html" }, BIG end)
+router:get("/encoded", function() return 200, { ["Content-Type"] = "text/plain", ["Content-Encoding"] = "br" }, BIG end)
+router:get("/304", function() return 304, { ["Content-Type"] = "text/plain" } end)
+router:get("/206", function() return 206, { ["Content-Type"] = "text/plain", ["Content-Range"] = "bytes 0-3199/9999" }, BIG end)
+router:get("/etag", function(req, res) res:header("ETag", '"abc"') return BIG end)
+router:get("/length", function(req, res)
+    res:header("Content-Type", "text/plain"):header("Content-Length", #BIG)
+    res:finish(BIG)
+end)
+router:get("/stream", function(req, res)
+    res:header("Content-Type", "text/event-stream")
+    for i = 1, 50 do
+        assert(res:write("event " .. i .. " " .. BIG:sub(1, i * 10) .. "\n"))
+    end
+    res:finish("end\n")
+end)
+router:get("/stream-return", function(req, res)
+    res:header("Content-Type", "text/plain")
+    res:write("first ")
+    return "last"
+end)
+router:get("/stream-nothing", function(req, res)
+    res:header("Content-Type", "text/plain")
+    res:write(BIG)
+end)
+return router
+'''
+
+
+def fetch(port, target, ae="gzip", method="GET"):
+    headers = {"Accept-Encoding": ae} if ae is not None else {}
+    r, rd = request(port, method, target, headers=headers)
+    rd.sock.close()
+    return r
+
+
+class CompressTest(ServerTestCase):
+    APP = APP
+
+    def gz(self, r, text):
+        self.assertEqual(r.header("content-encoding"), "gzip")
+        self.assertIn("Accept-Encoding", r.header("vary") or "")
+        self.assertEqual(gzip.decompress(r.body).decode(), text)
+        cl = r.header("content-length")
+        if cl is not None:
+            self.assertEqual(int(cl), len(r.body))
+
+    def plain(self, r, text=None):
+        self.assertIsNone(r.header("content-encoding"))
+        if text is not None:
+            self.assertEqual(r.body.decode(), text)
+
+    def test_returned_body_gzipped(self):
+        r = fetch(self.port, "/text")
+        self.assertEqual(r.status, 200)
+        self.gz(r, BIG)
+        self.assertLess(len(r.body), 200)
+
+    def test_accept_encoding_q_values(self):
+        for ae in ["gzip", "deflate, gzip;q=0.5", "*", "br;q=1, *;q=0.1", "GZIP"]:
+            self.gz(fetch(self.port, "/text", ae), BIG)
+        for ae in [None, "", "identity", "gzip;q=0", "br", "*;q=0", "gzip;q=0, *"]:
+            r = fetch(self.port, "/text", ae)
+            self.plain(r, BIG)
+            self.assertEqual(r.header("vary"), "Accept-Encoding", ae)
+
+    def test_types_and_min_size(self):
+        self.plain(fetch(self.port, "/small"), "tiny")
+        r = fetch(self.port, "/png")
+        self.plain(r, BIG)
+        self.assertIsNone(r.header("vary"))
+        r = fetch(self.port, "/json")
+        self.assertEqual(r.header("content-type"), "application/json")
+        self.gz(r, '{"s":"%s"}' % BIG)
+        r = fetch(self.port, "/status")
+        self.assertEqual(r.status, 201)
+        self.gz(r, BIG)
+
+    def test_never_compressed(self):
+        r = fetch(self.port, "/text", method="HEAD")
+        self.assertEqual(r.status, 200)
+        self.plain(r)
+        self.assertEqual(r.body, b"")
+        r = fetch(self.port, "/encoded")
+        self.assertEqual(r.header("content-encoding"), "br")
+        self.assertEqual(r.body.decode(), BIG)
+        self.assertEqual(fetch(self.port, "/304").status, 304)
+        self.plain(fetch(self.port, "/304"))
+        r = fetch(self.port, "/206")
+        self.assertEqual(r.status, 206)
+        self.plain(r, BIG)
+
+    def test_length_and_etag(self):
+        r = fetch(self.port, "/length")
+        self.gz(r, BIG)
+        r = fetch(self.port, "/length", None)
+        self.assertEqual(int(r.header("content-length")), len(BIG))
+        r = fetch(self.port, "/etag")
+        self.assertEqual(r.header("etag"), 'W/"abc"')
+        self.assertEqual(fetch(self.port, "/etag", None).header("etag"), '"abc"')
+
+    def test_streamed_writes(self):
+        r = fetch(self.port, "/stream")
+        want = "".join("event %d %s\n" % (i, BIG[:i * 10]) for i in range(1, 51)) + "end\n"
+        self.assertIsNone(r.header("content-length"))
+        self.gz(r, want)
+        # Each write is flushed: a decoder fed the body so far has output.
+        d = zlib.decompressobj(31)
+        self.assertEqual(d.decompress(r.body).decode(), want)
+        self.gz(fetch(self.port, "/stream-return"), "first last")
+        self.gz(fetch(self.port, "/stream-nothing"), BIG)
+        self.plain(fetch(self.port, "/stream", None))
+
+
+if __name__ == "__main__":
+    main()
