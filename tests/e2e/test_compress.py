@@ -42,6 +42,29 @@ router:get("/stream-nothing", function(req, res)
     res:header("Content-Type", "text/plain")
     res:write(BIG)
 end)
+-- 300 KB that deflate barely shrinks: output spans many zlib rounds.
+local function noise(n, seed)
+    local t, x = {}, seed
+    for i = 1, n do
+        x = (x * 1103515245 + 12345) % 2147483648
+        t[i] = string.char(33 + math.floor(x / 65536) % 90)
+    end
+    return table.concat(t)
+end
+local NOISE = noise(300000, 7)
+router:get("/noise", function() return NOISE end)
+router:get("/noise-stream", function(req, res)
+    res:header("Content-Type", "text/plain")
+    for i = 1, #NOISE, 70000 do
+        res:write(NOISE:sub(i, i + 69999))
+    end
+    res:finish()
+end)
+router:get("/raise", function(req, res)
+    res:header("Content-Type", "text/plain")
+    res:write(BIG)
+    error("mid-stream")
+end)
 return router
 '''
 
@@ -129,6 +152,21 @@ class CompressTest(ServerTestCase):
         self.gz(fetch(self.port, "/stream-return"), "first last")
         self.gz(fetch(self.port, "/stream-nothing"), BIG)
         self.plain(fetch(self.port, "/stream", None))
+
+
+    def test_large_bodies_and_errors(self):
+        a = fetch(self.port, "/noise")
+        self.assertEqual(a.header("content-encoding"), "gzip")
+        self.assertEqual(int(a.header("content-length")), len(a.body))
+        text = gzip.decompress(a.body)
+        self.assertEqual(len(text), 300000)
+        b = fetch(self.port, "/noise-stream")
+        self.assertEqual(gzip.decompress(b.body), text)
+        # A handler that raises mid-stream: the connection ends, the zlib
+        # stream is collected (the sanitizer's leak check), the server goes on.
+        r, rd = request(self.port, "GET", "/raise", headers={"Accept-Encoding": "gzip"})
+        rd.sock.close()
+        self.gz(fetch(self.port, "/text"), BIG)
 
 
 if __name__ == "__main__":
