@@ -132,93 +132,92 @@ function Parser:feed(chunk)
     if self._err then
         return nil, self._err
     end
-    local buf = self._buf .. chunk
+    -- buf is read from pos on: cutting it at each part would copy the rest
+    -- of the body once per part.
+    local buf = self._buf == "" and chunk or self._buf .. chunk
+    local pos = 1
     local delim = self._delim
     local dl = #delim
     local out, n = {}, 0
     local state = self._state
     while true do
         if state == "preamble" or state == "body" then
-            local i = find(buf, delim, 1, true)
+            local i = find(buf, delim, pos, true)
             if not i then
                 -- Keep what could be the start of a delimiter.
                 local keep = #buf - (dl - 1)
-                if keep > 0 then
+                if keep >= pos then
                     if state == "body" then
                         n = n + 1
-                        out[n] = { type = "data", data = sub(buf, 1, keep) }
+                        out[n] = { type = "data", data = sub(buf, pos, keep) }
                     end
-                    buf = sub(buf, keep + 1)
+                    pos = keep + 1
                 end
                 break
             end
             if state == "body" then
-                if i > 1 then
+                if i > pos then
                     n = n + 1
-                    out[n] = { type = "data", data = sub(buf, 1, i - 1) }
+                    out[n] = { type = "data", data = sub(buf, pos, i - 1) }
                 end
                 n = n + 1
                 out[n] = { type = "end" }
             end
-            buf = sub(buf, i + dl)
+            pos = i + dl
             state = "boundary"
         elseif state == "boundary" then
             -- After a delimiter: "--" closes the body; else optional
             -- whitespace (RFC 2046's transport padding), then CRLF.
-            if #buf < 2 then
+            if #buf - pos < 1 then
                 break
             end
-            if sub(buf, 1, 2) == "--" then
+            if sub(buf, pos, pos + 1) == "--" then
                 state = "epilogue"
-                buf = ""
+                pos = #buf + 1
             else
-                local _, e = find(buf, "^[ \t]*\r\n")
+                local _, e = find(buf, "^[ \t]*\r\n", pos)
                 if not e then
-                    if find(buf, "^[ \t]*\r?$") and #buf < 256 then
+                    if find(buf, "^[ \t]*\r?$", pos) and #buf - pos < 256 then
                         break -- the CRLF may be in the next piece
                     end
                     self._err = "bad multipart: a boundary line ends with something else than CRLF"
                     return nil, self._err
                 end
-                buf = sub(buf, e + 1)
+                pos = e + 1
                 state = "head"
             end
         elseif state == "head" then
             local e, body_at
-            if sub(buf, 1, 2) == "\r\n" then
-                e, body_at = 0, 3 -- a part without headers
+            if sub(buf, pos, pos + 1) == "\r\n" then
+                e, body_at = pos, pos + 2 -- a part without headers
             else
-                e = find(buf, "\r\n\r\n", 1, true)
-                if not e and #buf > MAX_HEAD then
+                e = find(buf, "\r\n\r\n", pos, true)
+                if (e or #buf) - pos > MAX_HEAD then
                     self._err = "bad multipart: a part's headers pass " .. MAX_HEAD .. " bytes"
                     return nil, self._err
                 end
+                if not e then
+                    break
+                end
+                -- The CRLF before the next delimiter belongs to the
+                -- delimiter: an empty body is the blank line followed by it.
+                body_at = e + 4
             end
-            if not e then
-                break
-            end
-            body_at = body_at or e + 4
-            if e > MAX_HEAD then
-                self._err = "bad multipart: a part's headers pass " .. MAX_HEAD .. " bytes"
-                return nil, self._err
-            end
-            local part, err = parse_head(sub(buf, 1, e - 1))
+            local part, err = parse_head(sub(buf, pos, e - 1))
             if not part then
                 self._err = err
                 return nil, err
             end
             n = n + 1
             out[n] = part
-            -- The CRLF before the next delimiter belongs to the delimiter:
-            -- an empty body is the blank line followed by it.
-            buf = sub(buf, body_at)
+            pos = body_at
             state = "body"
         else -- epilogue: ignored
-            buf = ""
+            pos = #buf + 1
             break
         end
     end
-    self._buf, self._state = buf, state
+    self._buf, self._state = sub(buf, pos), state
     return out
 end
 
