@@ -5,7 +5,7 @@ Content-Length."""
 import gzip
 import zlib
 
-from harness import ServerTestCase, main, request
+from harness import ServerTestCase, connect, main, request
 
 BIG = "tendril " * 400  # 3200 bytes, compressible
 
@@ -59,6 +59,12 @@ router:get("/noise-stream", function(req, res)
         res:write(NOISE:sub(i, i + 69999))
     end
     res:finish()
+end)
+router:get("/slow", function(req, res)
+    res:header("Content-Type", "text/event-stream")
+    res:write("data: first\n\n")
+    require("tendril").sleep(1)
+    res:finish("data: last\n\n")
 end)
 router:get("/raise", function(req, res)
     res:header("Content-Type", "text/plain")
@@ -167,6 +173,34 @@ class CompressTest(ServerTestCase):
         r, rd = request(self.port, "GET", "/raise", headers={"Accept-Encoding": "gzip"})
         rd.sock.close()
         self.gz(fetch(self.port, "/text"), BIG)
+
+
+    def test_each_write_arrives_decodable(self):
+        # The first event must decompress before the handler finishes (a
+        # second later): each write is flushed, not held in zlib's window.
+        with connect(self.port) as s:
+            s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n")
+            s.settimeout(0.8)
+            got, d, text = b"", zlib.decompressobj(31), b""
+            while b"first" not in text:
+                got += s.recv(65536)
+                head, sep, rest = got.partition(b"\r\n\r\n")
+                if not sep:
+                    continue
+                self.assertIn(b"content-encoding: gzip", head.lower())
+                # Chunked framing: size line, data, CRLF; complete chunks only.
+                data, d, text = b"", zlib.decompressobj(31), b""
+                while True:
+                    line, crlf, after = rest.partition(b"\r\n")
+                    if not crlf:
+                        break
+                    size = int(line, 16)
+                    if len(after) < size + 2 or size == 0:
+                        break
+                    data += after[:size]
+                    rest = after[size + 2:]
+                text = d.decompress(data)
+            self.assertEqual(text, b"data: first\n\n")
 
 
 if __name__ == "__main__":
