@@ -251,7 +251,9 @@ return function(opts)
     local cfg = { min_size = min_size, level = level, match = compile(fname, opts.types or DEFAULT_TYPES) }
 
     return function(req, res, nxt)
-        if req.method == "HEAD" then
+        -- Once per request: a second compress (a mounted router's) would
+        -- wrap the wrappers and gzip twice.
+        if req.method == "HEAD" or res._gz_cfg then
             return nxt()
         end
         res._gz_cfg = cfg

@@ -71,6 +71,11 @@ router:get("/raise", function(req, res)
     res:write(BIG)
     error("mid-stream")
 end)
+-- A mounted router with its own compress: the body is gzipped once.
+local sub = require("tendril.router").new()
+sub:use(require("tendril.compress")())
+sub:get("/text", function() return BIG end)
+router:mount("/sub", sub)
 return router
 '''
 
@@ -137,6 +142,9 @@ class CompressTest(ServerTestCase):
         r = fetch(self.port, "/206")
         self.assertEqual(r.status, 206)
         self.plain(r, BIG)
+
+    def test_mounted_compress_gzips_once(self):
+        self.gz(fetch(self.port, "/sub/text"), BIG)
 
     def test_length_and_etag(self):
         r = fetch(self.port, "/length")
