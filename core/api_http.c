@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <errno.h>
+#include <limits.h>
 
 #include "api.h"
 #include "errors.h"
@@ -510,18 +511,51 @@ static int file_gc(lua_State *L) {
     return 0;
 }
 
-/* [-1, +4|2] file_open(path) -> file, size, mtime, kind | nil, err.
- * open and fstat on the loop thread: a first version, cheap for local
- * files (the thread pool is what tendril.fs uses for whole reads).
- * kind: "file", "directory" or "other"; only a file stays open. */
+/* Whether the file open at fd lies under the directory `within` (a real
+ * path, no trailing slash): asked of the descriptor, not the name, so a
+ * symbolic link swapped in after the open cannot fool it. */
+static int fd_within(int fd, const char *within) {
+    char link[64], real[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, real, sizeof real - 1);
+    if (n < 0)
+        return 0;
+    real[n] = 0;
+    size_t wl = strlen(within);
+    if (wl == 1 && within[0] == '/')
+        return 1;
+    return strncmp(real, within, wl) == 0 && (real[wl] == '/' || real[wl] == 0);
+}
+
+/* [-1, +1|2] realpath(path) -> the absolute path without symbolic links |
+ * nil, err. */
+static int api_realpath(lua_State *L) {
+    char real[PATH_MAX];
+    if (!realpath(luaL_checkstring(L, 1), real))
+        return td_api_fail(L, -errno);
+    lua_pushstring(L, real);
+    return 1;
+}
+
+/* [-2, +4|2] file_open(path[, within]) -> file, size, mtime, kind |
+ * nil, err. open and fstat on the loop thread: a first version, cheap for
+ * local files (the thread pool is what tendril.fs uses for whole reads).
+ * kind: "file", "directory" or "other"; only a file stays open. within (a
+ * real path): a file that is not under it (a symbolic link out) is
+ * "no such file or directory". */
 static int file_open(lua_State *L) {
     size_t plen;
     const char *path = luaL_checklstring(L, 1, &plen);
+    const char *within = luaL_optstring(L, 2, NULL);
     if (strlen(path) != plen)
         return td_api_fail(L, UV_ENOENT);
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return td_api_fail(L, -errno);
+    if (within && !fd_within(fd, within)) {
+        close(fd);
+        return td_api_fail(L, UV_ENOENT);
+    }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int err = -errno;
@@ -648,7 +682,7 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
         {"req_body", req_body},     {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
         {"req_deadline", req_deadline}, {"req_tls", req_tls}, {"req_stream", req_stream}, {"req_header", req_header},
-        {"file_open", file_open}, {"file_close", file_gc}, {"res_sendfile", res_sendfile}, {"res_drain", res_drain}, {NULL, NULL},
+        {"file_open", file_open}, {"realpath", api_realpath}, {"file_close", file_gc}, {"res_sendfile", res_sendfile}, {"res_drain", res_drain}, {NULL, NULL},
     };
     server = hs;
     request_timeout_ms = timeout_ms;
