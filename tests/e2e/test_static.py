@@ -221,5 +221,90 @@ class StaticTest(TestCase):
             self.assertLess(grown, 10 * 1024, "RSS grew by %d KiB" % grown)
 
 
+SHRINK_APP = r'''
+local core = require "tendril.core"
+local fs = require "tendril.fs"
+local tendril = require "tendril"
+local root = os.getenv("STATIC_ROOT")
+local static = require("tendril.static")(root)
+return function(req, res)
+    if req.path == "/shrink" then
+        local path = root .. "/shrinking.bin"
+        assert(fs.write(path, string.rep("s", 1024 * 1024)))
+        local file = core.file_open(path)
+        assert(fs.write(path, "short"))
+        local ok, err = res:sendfile(file, { length = 1024 * 1024, size = 1024 * 1024 })
+        tendril.log("notice", "shrink: " .. tostring(ok) .. " " .. tostring(err))
+        return
+    end
+    return static(req, res)
+end
+'''
+
+
+class StaticTimeoutTest(TestCase):
+    """A reader that stops is cut off by the send timeout; a file that
+    shrinks mid-send ends its connection; the server carries on."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.root = tempfile.mkdtemp(prefix="tendril-static-")
+        subprocess.run(["truncate", "-s", "64M", os.path.join(cls.root, "sparse.bin")], check=True)
+        with open(os.path.join(cls.root, "a.txt"), "wb") as f:
+            f.write(b"a\n")
+        cls.server = Server(SHRINK_APP, env={"STATIC_ROOT": cls.root}, args=["--send-timeout", "1"]).start()
+        cls.port = cls.server.port
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.server.stop()
+        shutil.rmtree(cls.root)
+        assert code == 0, "exit %d: %s" % (code, cls.server.stderr()[-3000:])
+
+    def open_fds(self):
+        """The server's sockets and files under the root (what a download holds)."""
+        d = "/proc/%d/fd" % self.server.proc.pid
+        n = 0
+        for fd in os.listdir(d):
+            try:
+                target = os.readlink(os.path.join(d, fd))
+            except OSError:
+                continue
+            n += target.startswith("socket:") or target.startswith(self.root)
+        return n
+
+    def test_stalled_reader_is_disconnected(self):
+        time.sleep(0.3)  # connections of earlier tests are gone
+        fds = self.open_fds()
+        s = socket.create_connection(("127.0.0.1", self.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /sparse.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.recv(100)
+        time.sleep(0.3)
+        self.assertGreater(self.open_fds(), fds)  # sending, file open
+        # Taking nothing for longer than the send timeout: the server
+        # closes its socket and the file (the kernel may still deliver
+        # what its send buffer holds, slowly: not read here).
+        time.sleep(2.5)
+        self.assertEqual(self.open_fds(), fds)
+        s.close()
+        self.assertEqual(get(self.port, "/a.txt").body, b"a\n")
+
+    def test_file_that_shrinks_ends_the_connection(self):
+        s = connect(self.port)
+        s.sendall(b"GET /shrink HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        s.settimeout(10)
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+        s.close()
+        self.assertIn(b"Content-Length: 1048576", data)
+        self.assertLess(len(data), 1048576)
+        self.assertEqual(get(self.port, "/a.txt").body, b"a\n")
+
+
 if __name__ == "__main__":
     main()
