@@ -90,8 +90,14 @@ local function days_from_civil(y, m, d)
     return era * 146097 + doe - 719468
 end
 
+-- The last date made: a site's files share few mtimes, and os.date is
+-- the costliest call of a small file's answer.
+local last_t, last_date
 local function http_date(t)
-    return os.date("!%a, %d %b %Y %H:%M:%S GMT", t)
+    if t ~= last_t then
+        last_t, last_date = t, os.date("!%a, %d %b %Y %H:%M:%S GMT", t)
+    end
+    return last_date
 end
 
 -- An IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") as seconds, or nil.
