@@ -13,9 +13,11 @@ local core = require "tendril.core"
 local type, tonumber, tostring, error = type, tonumber, tostring, error
 local find, sub, lower, format, match, gmatch = string.find, string.sub, string.lower, string.format, string.match,
     string.gmatch
-local concat = table.concat
+local concat, byte = table.concat, string.byte
+local DOT, SLASH = byte("."), byte("/")
 local floor = math.floor
-local file_open, file_close, realpath = core.file_open, core.file_close, core.realpath
+local file_open, file_close, realpath, req_header = core.file_open, core.file_close, core.realpath, core.req_header
+local rawget = rawget
 
 local _M = {}
 
@@ -172,17 +174,25 @@ local function not_found()
     return 404, nil, "not found\n"
 end
 
--- The request's path relative to the root as segments, or nil when it
+-- The request's path relative to the root: the path itself (no segment
+-- starts with a dot), or its segments and their count; nil when it
 -- may not be served: dot segments, encoded slashes or backslashes, NUL,
 -- hidden names.
 local function segments(req, rel, hidden)
     -- The decoded path cannot tell "%2F" from "/": the raw target can.
-    local raw = match(req.target or "", "^[^?#]*") or ""
-    if find(lower(raw), "%2f", 1, true) or find(lower(raw), "%5c", 1, true) or find(raw, "%00", 1, true) then
+    local target = req.target or ""
+    if find(target, "%", 1, true) then
+        local raw = lower(match(target, "^[^?#]*"))
+        if find(raw, "%2f", 1, true) or find(raw, "%5c", 1, true) or find(raw, "%00", 1, true) then
+            return nil
+        end
+    end
+    if find(rel, "\\", 1, true) or find(rel, "\0", 1, true) then
         return nil
     end
-    if find(rel, "[%z\\]") then
-        return nil
+    -- Nearly every path: no segment starts with a dot, nothing to split.
+    if not find(rel, "/.", 1, true) and byte(rel, 1) ~= DOT then
+        return rel
     end
     local segs, n = {}, 0
     for seg in gmatch(rel, "[^/]+") do
@@ -225,7 +235,12 @@ function _M.new(root, opts)
         if not segs then
             return not_found()
         end
-        local path = n > 0 and real_root .. "/" .. concat(segs, "/", 1, n) or real_root
+        local path
+        if n then
+            path = n > 0 and real_root .. "/" .. concat(segs, "/", 1, n) or real_root
+        else
+            path = real_root .. (byte(segs, 1) == SLASH and "" or "/") .. segs -- the path as it came
+        end
         local file, size, mtime, kind = file_open(path, within)
         if file == nil then
             return not_found()
@@ -240,9 +255,19 @@ function _M.new(root, opts)
         if kind ~= "file" then
             return not_found()
         end
-        local h = req.headers
+        -- The five fields asked of C: the table of every header costs more
+        -- than the rest of a small file's answer.
+        local ae, inm, ims, range, if_range
+        local h = rawget(req, "headers")
+        if h then
+            ae, inm, ims, range, if_range = h["accept-encoding"], h["if-none-match"], h["if-modified-since"],
+                h.range, h["if-range"]
+        else
+            ae, inm, ims, range, if_range = req_header(req[1], req[2], "accept-encoding", "if-none-match",
+                "if-modified-since", "range", "if-range")
+        end
         local encoding
-        if gzip and accepts_gzip(h["accept-encoding"]) then
+        if gzip and accepts_gzip(ae) then
             local gz, gsize, gmtime, gkind = file_open(path .. ".gz", within)
             if gz and gkind == "file" then
                 file_close(file)
@@ -257,7 +282,6 @@ function _M.new(root, opts)
         if gzip then
             res:header("Vary", "Accept-Encoding")
         end
-        local inm, ims = h["if-none-match"], h["if-modified-since"]
         if (inm and etag_matches(inm, etag)) or (not inm and ims and (parse_date(ims) or -1) >= mtime) then
             file_close(file)
             return 304
@@ -267,8 +291,6 @@ function _M.new(root, opts)
             res:header("Content-Encoding", encoding)
         end
         local offset, length = 0, size
-        local range = h.range
-        local if_range = h["if-range"]
         if range and (not if_range or if_range == etag or if_range == last_modified) then
             local first, last = parse_range(range, size)
             if first == false then

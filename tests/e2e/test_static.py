@@ -234,6 +234,7 @@ return function(req, res)
         local file = core.file_open(path)
         assert(fs.write(path, "short"))
         local ok, err = res:sendfile(file, { length = 1024 * 1024, size = 1024 * 1024 })
+        core.file_close(file)
         tendril.log("notice", "shrink: " .. tostring(ok) .. " " .. tostring(err))
         return
     end
@@ -262,12 +263,12 @@ class StaticTimeoutTest(TestCase):
         assert code == 0, "exit %d: %s" % (code, cls.server.stderr()[-3000:])
 
     def open_files(self):
-        """The server's descriptors of files under the root."""
+        """The server's descriptors of the file the stalled reader asks for."""
         d = "/proc/%d/fd" % self.server.proc.pid
         n = 0
         for fd in os.listdir(d):
             try:
-                n += os.readlink(os.path.join(d, fd)).startswith(self.root)
+                n += os.readlink(os.path.join(d, fd)) == os.path.join(self.root, "sparse.bin")
             except OSError:
                 pass
         return n
