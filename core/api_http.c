@@ -19,6 +19,11 @@
 
 #include "tls.h"
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <errno.h>
+#include <limits.h>
 
 #include "api.h"
 #include "errors.h"
@@ -484,6 +489,140 @@ static int res_room(lua_State *L) {
     return 1;
 }
 
+/* ---- files ---- */
+
+/* A file to send, as a userdata that closes its descriptor when collected
+ * (a handler that fails mid-send leaks nothing). The descriptor is the
+ * userdata's alone; -1 once closed. */
+#define FILE_MT "tendril.file"
+
+static int *check_file(lua_State *L, int idx) {
+    int *fd = luaL_checkudata(L, idx, FILE_MT);
+    if (*fd < 0)
+        luaL_error(L, "res:sendfile: the file was closed");
+    return fd;
+}
+
+static int file_gc(lua_State *L) {
+    int *fd = luaL_checkudata(L, 1, FILE_MT);
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+    return 0;
+}
+
+/* Whether the file open at fd lies under the directory `within` (a real
+ * path, no trailing slash): asked of the descriptor, not the name, so a
+ * symbolic link swapped in after the open cannot fool it. */
+static int fd_within(int fd, const char *within) {
+    char link[64], real[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, real, sizeof real - 1);
+    if (n < 0)
+        return 0;
+    real[n] = 0;
+    size_t wl = strlen(within);
+    if (wl == 1 && within[0] == '/')
+        return 1;
+    return strncmp(real, within, wl) == 0 && (real[wl] == '/' || real[wl] == 0);
+}
+
+/* [-1, +1|2] realpath(path) -> the absolute path without symbolic links |
+ * nil, err. */
+static int api_realpath(lua_State *L) {
+    char real[PATH_MAX];
+    if (!realpath(luaL_checkstring(L, 1), real))
+        return td_api_fail(L, -errno);
+    lua_pushstring(L, real);
+    return 1;
+}
+
+/* [-2, +4|2] file_open(path[, within]) -> file, size, mtime, kind |
+ * nil, err. open and fstat on the loop thread: a first version, cheap for
+ * local files (the thread pool is what tendril.fs uses for whole reads).
+ * kind: "file", "directory" or "other"; only a file stays open. within (a
+ * real path): a file that is not under it (a symbolic link out) is
+ * "no such file or directory". */
+static int file_open(lua_State *L) {
+    size_t plen;
+    const char *path = luaL_checklstring(L, 1, &plen);
+    const char *within = luaL_optstring(L, 2, NULL);
+    if (strlen(path) != plen)
+        return td_api_fail(L, UV_ENOENT);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return td_api_fail(L, -errno);
+    if (within && !fd_within(fd, within)) {
+        close(fd);
+        return td_api_fail(L, UV_ENOENT);
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int err = -errno;
+        close(fd);
+        return td_api_fail(L, err);
+    }
+    const char *kind = S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "directory" : "other";
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        lua_pushboolean(L, 0);
+    } else {
+        int *ud = lua_newuserdata(L, sizeof *ud);
+        *ud = fd;
+        luaL_getmetatable(L, FILE_MT);
+        lua_setmetatable(L, -2);
+    }
+    lua_pushnumber(L, (lua_Number)st.st_size);
+    lua_pushnumber(L, (lua_Number)st.st_mtime);
+    lua_pushstring(L, kind);
+    return 4;
+}
+
+/* [-5, +1|2] res_sendfile(slot, serial, file, offset, length) -> sent |
+ * nil, err. Sends what the socket takes now of the file's bytes
+ * [offset, offset + length), after the head (which must have gone, with a
+ * Content-Length). Never waits: the caller waits with res_drain. A file
+ * that shrank ends the connection (the client has part of a body). */
+static int res_sendfile(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    int fd = *check_file(L, 3);
+    int64_t off = (int64_t)luaL_checknumber(L, 4);
+    uint64_t len = (uint64_t)luaL_checknumber(L, 5);
+    if (!hc || !hc->rq->head_sent)
+        return td_api_fail(L, TD_ECLOSED);
+    td_http_req *rq = hc->rq;
+    if (rq->no_body || len == 0) {
+        lua_pushnumber(L, (lua_Number)len);
+        return 1;
+    }
+    if (rq->chunked || !rq->user_length || rq->body_sent + len > rq->declared_length)
+        return luaL_error(L, "res:sendfile: the head must declare the file's Content-Length");
+    int64_t n = td_conn_send_file(&hc->conn, fd, &off, len);
+    if (n == TD_ESHORT) {
+        td_http_fail(hc);
+        return td_api_fail(L, TD_ESHORT);
+    }
+    if (n < 0)
+        return td_api_fail(L, (int)n);
+    rq->body_sent += (uint64_t)n;
+    lua_pushnumber(L, (lua_Number)n);
+    return 1;
+}
+
+/* [-2, +1|2] res_drain(slot, serial) -> true | nil, err; yields until the
+ * client took what is unsent (down to the low-water mark), if anything
+ * is. A transfer: outside the request's deadline, under the send
+ * timeout. */
+static int res_drain(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return td_api_fail(L, TD_ECLOSED);
+    if (td_http_unsent(hc) > 0)
+        return wait_for(L, hc, 0, "res:sendfile");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* [-3, +0] req_deadline(slot, serial, seconds | nil): the request's waits
  * fail with "timeout" that many seconds from now; nil: no deadline. */
 static int req_deadline(lua_State *L) {
@@ -542,12 +681,17 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
         {"req_headers", req_headers},     {"req_remote", req_remote},
         {"req_body", req_body},     {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
-        {"req_deadline", req_deadline}, {"req_tls", req_tls}, {"req_stream", req_stream}, {"req_header", req_header}, {NULL, NULL},
+        {"req_deadline", req_deadline}, {"req_tls", req_tls}, {"req_stream", req_stream}, {"req_header", req_header},
+        {"file_open", file_open}, {"realpath", api_realpath}, {"file_close", file_gc}, {"res_sendfile", res_sendfile}, {"res_drain", res_drain}, {NULL, NULL},
     };
     server = hs;
     request_timeout_ms = timeout_ms;
     main_L = td_vm_state(vm);
     luaL_setfuncs(L, funcs, 0);
+    luaL_newmetatable(L, FILE_MT);
+    lua_pushcfunction(L, file_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
     lua_createtable(L, 64, 2);
 #define TD_METHOD_NAME(num, name, string) \
     lua_pushliteral(L, #string);          \

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -528,6 +529,105 @@ int td_conn_write_ref(td_conn *c, const char *data, size_t len, void (*release)(
     }
     int rc = queue_rest(c, (size_t)n, data, len, release, ud);
     return rc < 0 ? rc : 1;
+}
+
+/* ---- files -------------------------------------------------------------- */
+
+/* sendfile(2) stops after this much in one call of td_conn_send_file: a
+ * client on a fast link would otherwise keep the loop for a whole file. */
+#define TD_SENDFILE_BURST (4 * 1024 * 1024)
+
+/* Reads up to one output block of the file into c->out: the queued write
+ * of it is how the transport waits for writability (and the send timeout
+ * watches it). Returns the bytes read, TD_ESHORT at an early end, or an
+ * error (c is closing). */
+static int64_t read_block(td_conn *c, int fd, int64_t *offset, uint64_t left) {
+    td_buf *out = td_conn_out(c, 0);
+    if (!out) {
+        close_with(c, UV_ENOMEM);
+        return UV_ENOMEM;
+    }
+    size_t room = out->cap > out->len ? out->cap - out->len : 0;
+    if (room < 4096) { /* a full block of other output: it goes first */
+        td_conn_flush(c);
+        return c->closing ? TD_ECLOSED : 0;
+    }
+    size_t want = left < room ? (size_t)left : room;
+    ssize_t n;
+    do
+        n = pread(fd, out->data + out->len, want, (off_t)*offset);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    if (n == 0)
+        return TD_ESHORT;
+    out->len += (size_t)n;
+    *offset += n;
+    return n;
+}
+
+int64_t td_conn_send_file(td_conn *c, int fd, int64_t *offset, uint64_t len) {
+    if (c->closing || c->ending)
+        return TD_ECLOSED;
+    uint64_t sent = 0;
+    /* A small file after a head still buffered joins it: one write for
+     * both instead of a write and a sendfile (the common static answer). */
+    if (!c->tls && c->out.len > 0 && c->out.cap - c->out.len >= len)
+        return read_block(c, fd, offset, len);
+    if (c->out.len > 0) /* the head first */
+        td_conn_flush(c);
+    if (c->closing)
+        return TD_ECLOSED;
+    if (!c->tls) {
+        if (td_conn_unsent(c) > 0)
+            return 0; /* the queued write's end brings on_drain */
+        int sock = -1;
+        uv_fileno((uv_handle_t *)&c->tcp, &sock);
+        while (sent < len && sent < TD_SENDFILE_BURST) {
+            uint64_t want = len - sent;
+            if (want > TD_SENDFILE_BURST - sent)
+                want = TD_SENDFILE_BURST - sent;
+            off_t off = (off_t)*offset;
+            ssize_t n = sendfile(sock, fd, &off, (size_t)want);
+            if (n > 0) {
+                *offset = off;
+                sent += (uint64_t)n;
+                continue;
+            }
+            if (n == 0)
+                return sent ? (int64_t)sent : TD_ESHORT;
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN)
+                break;
+            int err = -errno;
+            if (err != UV_EINVAL && err != UV_ENOSYS) {
+                close_with(c, err);
+                return err;
+            }
+            break; /* a file sendfile cannot read: read it below */
+        }
+        if (sent == len)
+            return (int64_t)sent;
+        /* The socket is full (or the burst went): one block queued makes
+         * the transport wait for writability and bring on_drain. */
+        int64_t n = read_block(c, fd, offset, len - sent);
+        if (n < 0)
+            return sent && n == TD_ESHORT ? (int64_t)sent : n;
+        return (int64_t)(sent + (uint64_t)n);
+    }
+    /* TLS: a block at a time, encrypted and written at once, while the
+     * kernel takes everything; then the caller waits for on_drain. */
+    while (sent < len && sent < TD_SENDFILE_BURST && td_conn_unsent(c) == 0) {
+        int64_t n = read_block(c, fd, offset, len - sent);
+        if (n < 0)
+            return sent && n == TD_ESHORT ? (int64_t)sent : n;
+        sent += (uint64_t)n;
+        td_conn_flush(c);
+        if (c->closing)
+            return TD_ECLOSED;
+    }
+    return (int64_t)sent;
 }
 
 void td_conn_defer(td_conn *c) {

@@ -272,6 +272,20 @@ void td_conn_flush(td_conn *c);
  * connection closes first), or a negative code (nothing is held; the
  * connection is closing). */
 int td_conn_write_ref(td_conn *c, const char *data, size_t len, void (*release)(void *ud), void *ud);
+/* Sends up to len bytes of the file fd from *offset (advanced by what was
+ * taken), without blocking and holding at most one output block of it:
+ * plain connections call sendfile(2) on the non-blocking socket until it
+ * is full (or a burst went, so one fast client cannot hold the loop), then
+ * read one block of the file into the output, whose queued write waits for
+ * writability under the send timeout; TLS connections read the file a
+ * block at a time into the output (plaintext) while the kernel takes what
+ * the engine makes. The file is read on the loop thread: a regular file
+ * served again and again is in the page cache (as nginx without aio does).
+ * Returns the bytes taken (0 when output is still unsent: call again after
+ * on_drain, see td_conn_want_drain), TD_ESHORT when the file ended before
+ * len (it shrank: the caller ends the connection), or a negative error
+ * (the connection is closing). fd stays the caller's. */
+int64_t td_conn_send_file(td_conn *c, int fd, int64_t *offset, uint64_t len);
 /* Bytes not yet handed to the kernel: buffered plus queued. */
 size_t td_conn_unsent(td_conn *c);
 /* One on_drain once td_conn_unsent(c) <= c->ops->low_water. */

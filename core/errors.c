@@ -23,6 +23,8 @@ const char *td_err_name(int code) {
         return "invalid response";
     case TD_ETLS:
         return "tls: failed";
+    case TD_ESHORT:
+        return "file shrank";
     case UV_ECONNREFUSED:
         return "connection refused";
     case UV_ENOENT:

@@ -15,6 +15,7 @@ enum {
     TD_EBADARG = -5004,   /* a value that cannot be sent, e.g. CR/LF in a header */
     TD_EPROTO = -5005,    /* the peer broke the protocol (an invalid HTTP response) */
     TD_ETLS = -5006,      /* TLS failed: the reason is the connection's (td_tls_error) */
+    TD_ESHORT = -5007,    /* a file ended before the bytes asked of it (it shrank) */
 };
 
 /* A short lower-case name for code: "closed", "timeout", "too large",

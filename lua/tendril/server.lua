@@ -25,6 +25,8 @@ local req_headers, req_remote, req_body = core.req_headers, core.req_remote, cor
 local req_deadline, req_tls = core.req_deadline, core.req_tls
 local res_send, res_room, res_fail, res_head_sent = core.res_send, core.res_room, core.res_fail, core.res_head_sent
 local log = core.log
+local file_open, file_close = core.file_open, core.file_close
+local res_sendfile, res_drain = core.res_sendfile, core.res_drain
 
 local _M = {}
 
@@ -419,6 +421,66 @@ function res_methods.json(self, value, code)
 end
 
 --- True once the head has gone to the client.
+--- Answers with a file: a path, or a file from core.file_open (then the
+--- caller's, left open). opts: offset (0), length (to the end). Sets
+--- Content-Length, sends the head, then the bytes (sendfile(2) on plain
+--- connections), waiting while the client is slower; ends the response.
+--- true, or nil, err (a missing file before anything is sent; "closed"
+--- or "file shrank" after, when the connection ends).
+function res_methods.sendfile(self, file, opts)
+    if self._done or self._sent then
+        error("res:sendfile: the response was started already", 2)
+    end
+    local size, kind
+    local opened = type(file) == "string"
+    if opened then
+        local _
+        file, size, _, kind = file_open(file)
+        if not file then
+            return nil, size
+        end
+        if kind ~= "file" then
+            return nil, "not a file"
+        end
+    elseif type(file) == "userdata" then
+        size = opts and opts.size
+    else
+        error("res:sendfile: expected a path or a file, got " .. type(file), 2)
+    end
+    local offset = opts and opts.offset or 0
+    local length = opts and opts.length or (size and size - offset)
+    if type(offset) ~= "number" or type(length) ~= "number" or offset < 0 or length < 0
+        or (size and offset + length > size) then
+        error("res:sendfile: offset and length must lie within the file", 2)
+    end
+    self:header("Content-Length", length)
+    self._done, self._sent = true, true
+    local conn, serial = self[1], self[2]
+    local ok, e = res_send(conn, serial, self._status, self._h, nil, false)
+    while ok and length > 0 do
+        local n
+        n, e = res_sendfile(conn, serial, file, offset, length)
+        if not n then
+            ok = nil
+        else
+            offset, length = offset + n, length - n
+            if length > 0 then
+                ok, e = res_drain(conn, serial)
+            end
+        end
+    end
+    if opened then
+        file_close(file)
+    end
+    if ok then
+        ok, e = res_send(conn, serial, self._status, self._h, nil, true)
+    end
+    if not ok then
+        return nil, e
+    end
+    return true
+end
+
 function res_methods.head_sent(self)
     return self._sent or res_head_sent(self[1], self[2])
 end

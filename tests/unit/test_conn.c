@@ -9,6 +9,7 @@
 #include "errors.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 static uv_loop_t loop;
 static td_transport tp;
@@ -303,6 +304,137 @@ static void test_close_inside_on_close(void) {
     CHECK_EQ_INT(tp.nconns, 0);
 }
 
+/* ---- files ---- */
+
+/* The accepted side sends a file, going on at each on_drain. */
+static struct {
+    int fd;
+    int64_t off;
+    uint64_t left;
+    int64_t last; /* the last return: bytes, or an error */
+    int calls;
+} sf;
+
+static void sf_step(td_conn *c) {
+    while (sf.left > 0) {
+        int64_t n = td_conn_send_file(c, sf.fd, &sf.off, sf.left);
+        sf.calls++;
+        sf.last = n;
+        if (n < 0)
+            return;
+        sf.left -= (uint64_t)n;
+        if (td_conn_unsent(c) > 0) {
+            td_conn_want_drain(c);
+            return;
+        }
+    }
+}
+
+static void sf_drain(td_conn *c) {
+    ev.drains++;
+    sf_step(c);
+}
+
+static const td_conn_ops file_ops = {
+    .low_water = 0,
+    .on_data = t_data,
+    .on_eof = t_eof,
+    .on_timeout = t_timeout,
+    .on_drain = sf_drain,
+    .on_deferred = t_deferred,
+    .on_connect = t_connect,
+    .on_close = t_close,
+};
+
+static int temp_file(size_t size) {
+    char name[] = "/tmp/td-test-conn-XXXXXX";
+    int fd = mkstemp(name);
+    CHECK(fd >= 0);
+    unlink(name);
+    char block[4096];
+    for (size_t i = 0; i < sizeof block; i++)
+        block[i] = (char)('a' + i % 26);
+    for (size_t done = 0; done < size;) {
+        size_t n = size - done < sizeof block ? size - done : sizeof block;
+        CHECK(write(fd, block, n) == (ssize_t)n);
+        done += n;
+    }
+    return fd;
+}
+
+/* A file larger than a sendfile burst arrives whole, in order of size,
+ * through sendfile and the blocks queued while the socket is full. */
+static void test_send_file(void) {
+    memset(&ev, 0, sizeof ev);
+    size_t size = (9u << 20) + 123;
+    td_conn *client = dial();
+    RUN_UNTIL(ev.opened == 1);
+    td_conn *server = ev.last_open;
+    server->ops = &file_ops;
+    td_conn_resume_reading(client);
+    sf.fd = temp_file(size);
+    sf.off = 100; /* from an offset */
+    sf.left = size - 100;
+    td_buf *out = td_conn_out(server, 4);
+    memcpy(out->data, "HEAD", 4); /* output before the file goes first */
+    out->len = 4;
+    sf_step(server);
+    for (int i = 0; i < 20 && ev.bytes < size - 100 + 4; i++)
+        RUN_UNTIL(ev.bytes == size - 100 + 4);
+    CHECK_EQ_INT(ev.bytes, size - 100 + 4);
+    CHECK_EQ_INT(sf.left, 0);
+    CHECK(sf.calls > 1); /* the burst bound made it come back */
+    CHECK_EQ_INT(td_conn_unsent(server), 0);
+    close(sf.fd);
+    td_conn_close(client);
+    RUN_UNTIL(ev.closes == 2);
+    settle();
+    CHECK_EQ_INT(tp.nconns, 0);
+}
+
+/* A file shorter than asked: TD_ESHORT once what there was went. */
+static void test_send_file_short(void) {
+    memset(&ev, 0, sizeof ev);
+    td_conn *client = dial();
+    RUN_UNTIL(ev.opened == 1);
+    td_conn *server = ev.last_open;
+    server->ops = &file_ops;
+    td_conn_resume_reading(client);
+    sf.fd = temp_file(1000);
+    sf.off = 0;
+    sf.left = 5000;
+    sf_step(server);
+    RUN_UNTIL(sf.last < 0);
+    CHECK_EQ_INT(sf.last, TD_ESHORT);
+    CHECK_EQ_INT(sf.left, 4000);
+    close(sf.fd);
+    td_conn_close(server);
+    td_conn_close(client);
+    settle();
+    CHECK_EQ_INT(tp.nconns, 0);
+}
+
+/* A client that never reads: the send timeout closes the sender. */
+static void test_send_file_timeout(void) {
+    memset(&ev, 0, sizeof ev);
+    td_conn *client = dial();
+    RUN_UNTIL(ev.opened == 1);
+    td_conn *server = ev.last_open;
+    server->ops = &file_ops;
+    td_conn_set_send_timeout(server, 100);
+    sf.fd = temp_file(64u << 20);
+    sf.off = 0;
+    sf.left = 64u << 20;
+    sf_step(server);
+    RUN_UNTIL(ev.closes == 1);
+    CHECK_EQ_INT(ev.close_reason, TD_ETIMEOUT);
+    CHECK(sf.left > 0);
+    close(sf.fd);
+    td_conn_close(client);
+    settle();
+    CHECK_EQ_INT(tp.nconns, 0);
+}
+
 int main(void) {
     uv_loop_init(&loop);
     td_transport_init(&tp, &loop, 0);
@@ -318,6 +450,9 @@ int main(void) {
     test_accept_limit();
     test_deferred();
     test_close_inside_on_close();
+    test_send_file();
+    test_send_file_short();
+    test_send_file_timeout();
     CHECK_EQ_INT(ev.depth, 0); /* every enter had its leave (they may nest) */
     td_listener_close(&listener, NULL);
     td_transport_close(&tp);
