@@ -321,6 +321,8 @@ function res_methods.cookie(self, name, value, opts)
     return self
 end
 
+-- A piece of body: a string, or a number (its text). Raises at the caller
+-- of the caller (res:write's, res:finish's), naming fname.
 local function check_chunk(fname, chunk)
     local t = type(chunk)
     if t == "string" then
@@ -330,6 +332,7 @@ local function check_chunk(fname, chunk)
     end
     error(fname .. ": expected a string, got " .. t, 3)
 end
+_M.check_chunk = check_chunk
 
 local function where(level)
     local info = getinfo(level + 1, "Sl")
