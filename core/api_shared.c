@@ -92,6 +92,16 @@ static int result_error(lua_State *L, int rc) {
     }
 }
 
+/* After the result on the stack: nil, "evicted" when live entries went to
+ * make room. Returns the number of results. */
+static int evicted_tail(lua_State *L, int evicted) {
+    if (!evicted)
+        return 1;
+    lua_pushnil(L);
+    lua_pushliteral(L, "evicted");
+    return 3;
+}
+
 /* d:get(key) -> value | nil */
 static int dict_get(lua_State *L) {
     td_shdict *d = check_dict(L);
@@ -143,11 +153,7 @@ static int store(lua_State *L, td_shd_mode mode, const char *fname) {
     if (rc != TD_SHD_OK)
         return result_error(L, rc);
     lua_pushboolean(L, 1);
-    if (!evicted)
-        return 1;
-    lua_pushnil(L);
-    lua_pushliteral(L, "evicted");
-    return 3;
+    return evicted_tail(L, evicted);
 }
 
 /* d:set(key, value [, ttl]) -> true [, nil, "evicted"] | nil, "too large" */
@@ -177,11 +183,7 @@ static int dict_incr(lua_State *L) {
     if (rc != TD_SHD_OK)
         return result_error(L, rc);
     lua_pushnumber(L, out);
-    if (!evicted)
-        return 1;
-    lua_pushnil(L);
-    lua_pushliteral(L, "evicted");
-    return 3;
+    return evicted_tail(L, evicted);
 }
 
 /* d:delete(key) -> true */

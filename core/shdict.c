@@ -994,6 +994,17 @@ int td_shdict_get(td_shdict *d, const char *key, size_t klen, td_shvalue *out, t
     return TD_SHD_OK;
 }
 
+/* The end of a store or an incr: the change is closed and the lock let go,
+ * then the watchers are told (mask) and the caller learns of evictions. */
+static int change_done(td_shdict *d, uint64_t mask, int rc, int ev, int *evicted) {
+    end(d);
+    unlock(d);
+    tell(d, mask);
+    if (evicted)
+        *evicted = ev;
+    return rc;
+}
+
 int td_shdict_store(td_shdict *d, td_shd_mode mode, const char *key, size_t klen, const td_shvalue *v,
                     uint64_t ttl_ms, int *evicted) {
     int ev = 0;
@@ -1042,12 +1053,7 @@ int td_shdict_store(td_shdict *d, td_shd_mode mode, const char *key, size_t klen
         if (rc == TD_SHD_OK)
             mask = note_change(d, key, klen);
     }
-    end(d);
-    unlock(d);
-    tell(d, mask);
-    if (evicted)
-        *evicted = ev;
-    return rc;
+    return change_done(d, mask, rc, ev, evicted);
 }
 
 int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int has_init, double init,
@@ -1095,12 +1101,7 @@ int td_shdict_incr(td_shdict *d, const char *key, size_t klen, double delta, int
     }
     if (rc == TD_SHD_OK)
         mask = note_change(d, key, klen);
-    end(d);
-    unlock(d);
-    tell(d, mask);
-    if (evicted)
-        *evicted = ev;
-    return rc;
+    return change_done(d, mask, rc, ev, evicted);
 }
 
 int td_shdict_delete(td_shdict *d, const char *key, size_t klen) {
