@@ -122,13 +122,13 @@ def ab(port, target, seconds, c):
         return int(m.group(1)) if m else 0
     if not re.search(r"^Complete requests:", text, re.M):
         raise AssertionError("ab did not finish: " + text[-2000:])
-    # ab counts a request cut off mid-answer twice (an exception, and a
-    # length that differs): the requests lost are the connect, receive and
-    # exception failures.
+    # ab counts one request cut off mid-answer under several heads at once
+    # (a receive error, an exception, a length that differs: seen as 44, 44
+    # and 44 for 44 requests, or 0, 31 and 31): the requests lost are the
+    # connect failures and the largest of the others.
     m = re.search(r"\(Connect: (\d+), Receive: (\d+), Length: (\d+), Exceptions: (\d+)\)", text)
-    lost = int(m.group(1)) + int(m.group(2)) + int(m.group(4)) if m else field("Failed requests")
-    if m and int(m.group(3)) > lost:
-        raise AssertionError("answers of another length: " + text[-2000:])
+    lost = int(m.group(1)) + max(int(m.group(2)), int(m.group(3)), int(m.group(4))) if m \
+        else field("Failed requests")
     return field("Complete requests"), lost, field("Non-2xx responses"), text
 
 
