@@ -12,7 +12,7 @@
 #include "api.h"
 #include "errors.h"
 
-enum { FS_READ, FS_WRITE, FS_STAT };
+enum { FS_READ, FS_WRITE, FS_APPEND, FS_STAT };
 
 /* Largest file fs.read returns: a bound, so one call cannot exhaust memory. */
 #define TD_FS_MAX_READ ((size_t)1 << 30)
@@ -79,7 +79,8 @@ done:
 }
 
 static int write_file(fs_work *w) {
-    int fd = open(w->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int mode = w->op == FS_APPEND ? O_APPEND : O_TRUNC;
+    int fd = open(w->path, O_WRONLY | O_CREAT | mode | O_CLOEXEC, 0644);
     if (fd < 0)
         return -errno;
     size_t done = 0;
@@ -104,6 +105,7 @@ static void work(uv_work_t *req) {
         w->result = read_file(w);
         break;
     case FS_WRITE:
+    case FS_APPEND:
         w->result = write_file(w);
         break;
     default:
@@ -120,6 +122,7 @@ static int push_results(lua_State *L, fs_work *w) {
         lua_pushlstring(L, w->data ? w->data : "", w->len);
         return 1;
     case FS_WRITE:
+    case FS_APPEND:
         lua_pushboolean(L, 1);
         return 1;
     default:
@@ -161,7 +164,7 @@ static int start(lua_State *L, int op, const char *fname) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
     const char *path = luaL_checkstring(L, 1);
     size_t len = 0;
-    const char *data = op == FS_WRITE ? luaL_checklstring(L, 2, &len) : NULL;
+    const char *data = op == FS_WRITE || op == FS_APPEND ? luaL_checklstring(L, 2, &len) : NULL;
     td_task *t = td_api_wait_start(L, fname, 0);
     if (!t)
         return 2;
@@ -190,6 +193,8 @@ static int start(lua_State *L, int op, const char *fname) {
 static int fs_read(lua_State *L) { return start(L, FS_READ, "fs.read"); }
 /* [-2, +1|2] fs_write(path, data) -> true | nil, err; yields */
 static int fs_write(lua_State *L) { return start(L, FS_WRITE, "fs.write"); }
+/* [-2, +1|2] fs_append(path, data) -> true | nil, err; yields */
+static int fs_append(lua_State *L) { return start(L, FS_APPEND, "fs.append"); }
 /* [-1, +1|2] fs_stat(path) -> {size, mtime, type} | nil, err; yields */
 static int fs_stat(lua_State *L) { return start(L, FS_STAT, "fs.stat"); }
 
@@ -197,6 +202,7 @@ void td_api_fs_open(lua_State *L, td_vm *vm) {
     static const luaL_Reg funcs[] = {
         {"fs_read", fs_read},
         {"fs_write", fs_write},
+        {"fs_append", fs_append},
         {"fs_stat", fs_stat},
         {NULL, NULL},
     };

@@ -28,10 +28,13 @@
 #include "api.h"
 #include "errors.h"
 
+enum { WAIT_DRAIN, WAIT_BODY, WAIT_PIECE };
+
 typedef struct http_wait {
     td_wait wait;
     td_http_waiter waiter;
-    int for_body;
+    int kind;   /* WAIT_* */
+    size_t max; /* WAIT_PIECE: the largest piece wanted */
 } http_wait;
 
 static td_http_server *server;
@@ -119,14 +122,33 @@ void td_api_http_over(td_http_conn *hc, int status, void *ud) {
 
 /* ---- waits ---- */
 
+/* A piece of the body for Lua: the piece, or nil when the body is over. */
+static int push_piece(lua_State *L, const char *data, size_t len) {
+    if (len > 0)
+        lua_pushlstring(L, data, len);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
 static void on_http_ready(td_http_conn *hc, int status, void *ud) {
     http_wait *hw = ud;
+    const char *data = NULL;
+    size_t len = 0;
+    if (hw->kind == WAIT_PIECE && status == 0) {
+        status = td_http_body_read(hc, hw->max, &data, &len);
+        if (status == 1) {
+            /* Another reader took the piece: wait for the next. */
+            td_http_wait_body(hc, &hw->waiter);
+            return;
+        }
+    }
     td_task *t = hw->wait.task;
     lua_State *co = td_vm_wait_end(&hw->wait);
     int nres;
-    if (hw->for_body && status == 0) {
-        const char *data;
-        size_t len;
+    if (hw->kind == WAIT_PIECE && status == 0) {
+        nres = push_piece(co, data, len);
+    } else if (hw->kind == WAIT_BODY && status == 0) {
         td_http_body(hc, &data, &len);
         lua_pushlstring(co, data, len);
         nres = 1;
@@ -146,24 +168,24 @@ static void cancel_http_wait(td_wait *w) {
     free(hw);
 }
 
-/* Reading the body and writing the answer are transfers with the client:
- * the request's deadline does not end them (their idle timeouts do). */
-static int wait_for(lua_State *L, td_http_conn *hc, int for_body, const char *fname) {
-    /* Writing the answer is a transfer the request's deadline leaves alone
-     * (the send timeout watches it); reading the body is not: the whole
-     * request is bounded by its deadline. */
-    int transfer = !for_body;
+/* Writing the answer and reading the body in pieces are transfers with
+ * the client: the request's deadline leaves them alone (the send and body
+ * timeouts watch them). Reading the body whole is not: it is bounded by
+ * --max-body-bytes and the request's deadline. */
+static int wait_for(lua_State *L, td_http_conn *hc, int kind, size_t max, const char *fname) {
+    int transfer = kind != WAIT_BODY;
     td_task *t = td_api_wait_start(L, fname, transfer);
     if (!t)
         return 2;
     http_wait *hw = calloc(1, sizeof *hw);
     if (!hw)
         return luaL_error(L, "%s: out of memory", fname);
-    hw->for_body = for_body;
+    hw->kind = kind;
+    hw->max = max;
     hw->waiter.cb = on_http_ready;
     hw->waiter.ud = hw;
     td_vm_wait_begin(t, &hw->wait, cancel_http_wait, transfer);
-    if (for_body)
+    if (kind != WAIT_DRAIN)
         td_http_wait_body(hc, &hw->waiter);
     else
         td_http_wait_drain(hc, &hw->waiter);
@@ -328,7 +350,8 @@ static int req_tls(lua_State *L) {
     return 3;
 }
 
-/* [-2, +1|2] req_body(slot, serial) -> body | nil, err; may yield */
+/* [-2, +1|2] req_body(slot, serial) -> body | false (read in pieces
+ * already) | nil, err; may yield */
 static int req_body(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
@@ -340,9 +363,44 @@ static int req_body(lua_State *L) {
         lua_pushlstring(L, data, len);
         return 1;
     }
+    if (st == TD_EBADARG) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
     if (st < 0)
         return td_api_fail(L, st);
-    return wait_for(L, hc, 1, "req:body");
+    return wait_for(L, hc, WAIT_BODY, 0, "req:body");
+}
+
+/* [-3, +1|2] req_read(slot, serial, max) -> piece | nil (the body is over)
+ * | false (read whole already) | nil, err; may yield */
+static int req_read(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return td_api_fail(L, TD_ECLOSED);
+    size_t max = (size_t)lua_tonumber(L, 3);
+    const char *data;
+    size_t len;
+    int st = td_http_body_read(hc, max, &data, &len);
+    if (st == 0)
+        return push_piece(L, data, len);
+    if (st == TD_EBADARG) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (st < 0)
+        return td_api_fail(L, st);
+    return wait_for(L, hc, WAIT_PIECE, max, "req:read");
+}
+
+/* [-3, +1|2] req_body_limit(slot, serial, bytes) -> true | false (the body
+ * is being read already) | nil, "closed" */
+static int req_body_limit(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return td_api_fail(L, TD_ECLOSED);
+    lua_pushboolean(L, td_http_set_body_limit(hc, (uint64_t)lua_tonumber(L, 3)) == 0);
+    return 1;
 }
 
 /* ---- the response ---- */
@@ -483,7 +541,7 @@ static int res_room(lua_State *L) {
         if (!live_conn(L)) /* the flush failed and closed it */
             return td_api_fail(L, TD_ECLOSED);
         if (td_http_unsent(hc) > TD_HTTP_HIGH_WATER)
-            return wait_for(L, hc, 0, "res:write");
+            return wait_for(L, hc, WAIT_DRAIN, 0, "res:write");
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -618,7 +676,7 @@ static int res_drain(lua_State *L) {
     if (!hc)
         return td_api_fail(L, TD_ECLOSED);
     if (td_http_unsent(hc) > 0)
-        return wait_for(L, hc, 0, "res:sendfile");
+        return wait_for(L, hc, WAIT_DRAIN, 0, "res:sendfile");
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -679,7 +737,8 @@ static int http_stats(lua_State *L) {
 void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t timeout_ms) {
     static const luaL_Reg funcs[] = {
         {"req_headers", req_headers},     {"req_remote", req_remote},
-        {"req_body", req_body},     {"res_send", res_send},           {"res_room", res_room},
+        {"req_body", req_body},     {"req_read", req_read},     {"req_body_limit", req_body_limit},
+        {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
         {"req_deadline", req_deadline}, {"req_tls", req_tls}, {"req_stream", req_stream}, {"req_header", req_header},
         {"file_open", file_open}, {"realpath", api_realpath}, {"file_close", file_gc}, {"res_sendfile", res_sendfile}, {"res_drain", res_drain}, {NULL, NULL},

@@ -4,6 +4,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -684,7 +685,81 @@ void td_conn_pause_reading(td_conn *c) {
     }
 }
 
+/* A hold's watch. Owned by the transport's list from the hold until it
+ * ends; its poll handle's close callback frees it. c is valid while the
+ * handle is open: the connection's close ends the hold (hold_end) before
+ * its own handle closes, and no poll callback comes after uv_close. */
+typedef struct td_conn_hold {
+    uv_poll_t poll;
+    td_list link; /* tp->holds */
+    td_conn *c;
+    int fd; /* the second descriptor, closed with the handle */
+} td_conn_hold;
+
+static void hold_closed(uv_handle_t *h) {
+    td_conn_hold *hd = h->data;
+    close(hd->fd);
+    free(hd);
+}
+
+static void hold_end(td_conn *c) {
+    if (!c->held)
+        return;
+    c->held = 0;
+    td_transport *tp = td_conn_tp(c);
+    for (td_list *n = tp->holds.next; n != &tp->holds; n = n->next) {
+        td_conn_hold *hd = td_container_of(n, td_conn_hold, link);
+        if (hd->c == c) {
+            td_list_remove(&hd->link);
+            uv_close((uv_handle_t *)&hd->poll, hold_closed);
+            return;
+        }
+    }
+}
+
+static void on_hold_event(uv_poll_t *p, int status, int events) {
+    (void)events;
+    td_conn_hold *hd = p->data;
+    td_conn *c = hd->c;
+    td_transport *tp = td_conn_tp(c);
+    hold_end(c);
+    if (c->closing)
+        return;
+    enter(tp);
+    c->ops->on_eof(c, status < 0 ? UV_ECONNRESET : UV_EOF);
+    leave(tp);
+}
+
+void td_conn_hold_reading(td_conn *c) {
+    td_conn_pause_reading(c);
+    if (c->held || c->closing || !c->connected)
+        return;
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0)
+        return;
+    td_conn_hold *hd = malloc(sizeof *hd);
+    int dupfd = hd ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (dupfd < 0) {
+        free(hd);
+        return;
+    }
+    td_transport *tp = td_conn_tp(c);
+    if (uv_poll_init_socket(tp->loop, &hd->poll, dupfd) != 0) {
+        close(dupfd);
+        free(hd);
+        return;
+    }
+    hd->poll.data = hd;
+    hd->c = c;
+    hd->fd = dupfd;
+    td_list_push_back(&tp->holds, &hd->link);
+    c->held = 1;
+    if (uv_poll_start(&hd->poll, UV_DISCONNECT, on_hold_event) != 0)
+        hold_end(c);
+}
+
 void td_conn_resume_reading(td_conn *c) {
+    hold_end(c);
     c->read_wanted = 1;
     if (c->throttled)
         return; /* once the peer has read what it made us send */
@@ -938,6 +1013,7 @@ static void close_with(td_conn *c, int reason) {
     c->io_deadline = c->send_deadline = 0;
     rekey_exact(c); /* both deadlines are 0: out of the heap */
     unlink_pending(c);
+    hold_end(c);
     c->closing = 1;
     c->reading = 0;
     uv_close((uv_handle_t *)&c->tcp, on_closed);
@@ -1321,6 +1397,7 @@ int td_transport_init(td_transport *tp, uv_loop_t *loop, size_t max_conns) {
     tp->deadlines.ud = tp;
     td_list_init(&tp->pending);
     td_list_init(&tp->waiting);
+    td_list_init(&tp->holds);
     loop->data = tp;
     td_buf_pool_init(&tp->out_pool, TD_CONN_OUT_BLOCK, TD_OUT_SPARE_MAX);
     uv_prepare_init(loop, &tp->turn);

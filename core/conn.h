@@ -114,6 +114,7 @@ struct td_conn {
     unsigned read_wanted : 1;   /* the protocol wants to read (its last pause or resume) */
     unsigned throttled : 1;     /* TLS: reading stopped until the peer takes what it made us send */
     unsigned shutdown_sent : 1; /* the half-close of a graceful end was asked */
+    unsigned held : 1;          /* reading held: a td_conn_hold in tp->holds watches for the peer's leaving */
 };
 
 /* A listener accepts with its own accept4 loop on a uv_poll_t: libuv's
@@ -157,6 +158,7 @@ struct td_transport {
     size_t ndeferred;   /* of those, the ones with want_defer */
     size_t nflush;      /* ... and those with want_flush */
     td_list waiting;    /* listeners held back by max_conns */
+    td_list holds;      /* td_conn_hold: connections whose reading is held */
     size_t nconns;      /* open, both kinds */
     size_t peak;        /* the most open since the owner last reset it */
     size_t naccepted;
@@ -295,7 +297,16 @@ void td_conn_defer(td_conn *c);
 
 /* ---- reading ---- */
 void td_conn_pause_reading(td_conn *c);
+/* Resumes reading (and ends a hold). */
 void td_conn_resume_reading(td_conn *c);
+/* Pauses reading for longer than a moment (a request body waiting for its
+ * handler) while still seeing the peer leave: its FIN or a reset calls
+ * on_eof, though what it sent stays unread in the kernel. A second
+ * descriptor of the socket is watched for EPOLLRDHUP (libuv's
+ * UV_DISCONNECT), which needs no read; the hold ends with
+ * td_conn_resume_reading or the close. Without a descriptor to spare it is
+ * a plain pause. */
+void td_conn_hold_reading(td_conn *c);
 
 /* ---- closing ---- */
 /* Abrupt: pending output is dropped. */

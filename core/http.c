@@ -32,6 +32,7 @@ static int on_message_begin(llhttp_t *p) {
     td_http_req *rq = hc_of_parser(p)->rq;
     td_http_fields_reset(&rq->fields);
     rq->body.len = 0;
+    rq->body_off = 0;
     rq->target_len = 0;
     rq->hosts = 0;
     rq->te_seen = 0;
@@ -126,6 +127,8 @@ static int crlf_ok(td_http_req *rq, const char *p, size_t avail) {
     return 1;
 }
 
+static void body_pause(td_http_conn *hc);
+
 static int on_body(llhttp_t *p, const char *at, size_t len) {
     td_http_conn *hc = hc_of_parser(p);
     td_http_req *rq = hc->rq;
@@ -148,16 +151,31 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
     }
     /* Discarded bodies count too: draining one is bounded the same way. */
     rq->body_seen += len;
-    if (rq->body_seen > td_http__server(hc)->cfg.max_body_bytes) {
-        rq->error_status = 413;
-        return HPE_USER;
+    if (rq->body_seen > rq->body_limit && !rq->body_over) {
+        /* Before the handler reads, it may still raise the limit (a
+         * route's own): hold the body. Once it reads, or after its
+         * answer, the body is refused. */
+        if (!td_http_is_live(hc) || rq->body_whole || rq->body_pieces || rq->body_status != 1) {
+            rq->error_status = 413;
+            return HPE_USER;
+        }
+        rq->body_over = 1;
+        body_pause(hc);
     }
     if (rq->body_status != 1)
         return 0; /* nobody will read it: the response ended, or it failed */
+    if (rq->body_off > 0) {
+        /* Pieces handed out are dropped before more come. */
+        memmove(rq->body.data, rq->body.data + rq->body_off, rq->body.len - rq->body_off);
+        rq->body.len -= rq->body_off;
+        rq->body_off = 0;
+    }
     if (td_buf_append(&rq->body, at, len) != 0) {
         rq->error_status = 503;
         return HPE_USER;
     }
+    if (!rq->body_whole && rq->body.len >= TD_HTTP_BODY_WINDOW)
+        body_pause(hc);
     return 0;
 }
 
@@ -253,6 +271,44 @@ void td_http_wait_drain(td_http_conn *hc, td_http_waiter *w) {
 static void feed(td_http_conn *hc, const char *data, size_t len);
 static void parse_failed(td_http_conn *hc, int status);
 
+/* Reading stops while a body waits for its handler: past the window, or
+ * held over its limit. The client is not the slow side then, so the body
+ * timeout does not run. */
+static void body_pause(td_http_conn *hc) {
+    if (hc->rq->body_paused)
+        return;
+    hc->rq->body_paused = 1;
+    td_conn_hold_reading(&hc->conn);
+    td_conn_clear_deadline(&hc->conn);
+}
+
+/* Reading goes on once the handler took what the window allows. After the
+ * message is complete the pause is the idle logic's to lift (start_idle,
+ * http_on_deferred), as for pipelined input. */
+static void body_resume(td_http_conn *hc) {
+    td_http_req *rq = hc->rq;
+    if (!rq->body_paused || rq->body_over)
+        return;
+    if (!rq->body_whole && rq->body.len - rq->body_off >= TD_HTTP_BODY_WINDOW)
+        return;
+    rq->body_paused = 0;
+    if (hc->conn.proto_state != TD_HTTP_BODY || hc->conn.closed)
+        return;
+    td_conn_resume_reading(&hc->conn);
+    td_conn_set_deadline(&hc->conn, td_http__server(hc)->cfg.body_timeout_ms);
+}
+
+/* 100 Continue, before any of the answer. */
+static void send_continue(td_http_conn *hc) {
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    hc->rq->continue_owed = 0;
+    if (hc->rq->head_sent)
+        return;
+    td_buf *out = td_conn_out(&hc->conn, sizeof cont - 1);
+    if (out)
+        td_buf_append(out, cont, sizeof cont - 1);
+}
+
 void td_http__request_over(td_http_conn *hc, int status) {
     if (!td_http_is_live(hc))
         return;
@@ -286,6 +342,7 @@ static void start_idle(td_http_conn *hc, int more) {
         rq->message_complete = 0;
         rq->head_sent = 0;
         rq->body.len = 0;
+        rq->body_off = 0;
         if (td_http_unsent(hc) > TD_HTTP_HIGH_WATER)
             td_conn_flush(&hc->conn); /* what the kernel takes now does not count */
         if (hc->conn.closed)
@@ -411,10 +468,6 @@ static void on_head(td_http_conn *hc) {
         }
     }
     int has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length > 0);
-    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > hs->cfg.max_body_bytes) {
-        td_http__error_response(hc, 413);
-        return;
-    }
     int expect_continue = 0;
     size_t n = td_http_fields_count(&rq->fields);
     const td_http_header *hdrs = td_http_fields_at(&rq->fields);
@@ -442,15 +495,22 @@ static void on_head(td_http_conn *hc) {
     rq->chunked = 0;
     rq->head_sent = 0;
     rq->user_date = rq->user_server = rq->user_length = 0;
+    rq->body_whole = rq->body_pieces = rq->body_over = rq->body_paused = rq->continue_owed = 0;
+    rq->body_limit = hs->cfg.max_body_bytes;
+    rq->body_declared = (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1;
     hc->conn.proto_state = TD_HTTP_BODY; /* until on_message_complete (at once without a body) */
     if (has_body) {
         rq->body_status = 1;
-        td_conn_set_deadline(&hc->conn, hs->cfg.body_timeout_ms);
-        if (expect_continue && p->http_minor == 1) {
-            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-            td_buf *out = td_conn_out(&hc->conn, sizeof cont - 1);
-            if (out)
-                td_buf_append(out, cont, sizeof cont - 1);
+        rq->continue_owed = expect_continue && p->http_minor == 1;
+        if (rq->body_declared > 0 && (uint64_t)rq->body_declared > rq->body_limit) {
+            /* Held, not refused yet: the handler may raise the limit (a
+             * route's own) or read it and get the 413. */
+            rq->body_over = 1;
+            body_pause(hc);
+        } else {
+            td_conn_set_deadline(&hc->conn, hs->cfg.body_timeout_ms);
+            if (rq->continue_owed)
+                send_continue(hc);
         }
     } else {
         rq->body_status = 0;
@@ -472,6 +532,7 @@ static void on_message(td_http_conn *hc) {
         rq->close_after = 1;
     if (hc->conn.proto_state == TD_HTTP_BODY)
         td_conn_clear_deadline(&hc->conn);
+    rq->body_paused = 0; /* reading resumes with the idle logic */
     if (rq->body_status == 1) {
         rq->body_status = 0;
         wake(hc, &rq->body_waiters, 0);
@@ -555,8 +616,13 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
          * request lives; a body discarded after the answer gets one body
          * timeout in all (set when the answer ended), as nginx's
          * lingering_time bounds its discarding. */
-        if (hc->conn.proto_state == TD_HTTP_BODY && used > 0 && td_http_is_live(hc))
+        if (hc->conn.proto_state == TD_HTTP_BODY && used > 0 && td_http_is_live(hc) && !rq->body_paused)
             td_conn_set_deadline(&hc->conn, hs->cfg.body_timeout_ms);
+        /* A handler reading the body in pieces hears of each. */
+        if (rq->body_pieces && rq->body.len > rq->body_off)
+            wake(hc, &rq->body_waiters, 0);
+        if (hc->conn.closed)
+            return;
         data += used;
         len -= used;
         if (err == HPE_OK)
@@ -847,13 +913,74 @@ const char *td_http_target(const td_http_conn *hc, size_t *len) {
 
 int td_http_minor(const td_http_conn *hc) { return hc->rq->parser.http_minor; }
 
+/* A body over its limit, asked for: the 413 goes now (the request is
+ * over). */
+static int refuse_body(td_http_conn *hc) {
+    parse_failed(hc, 413);
+    return TD_ETOOLARGE;
+}
+
 int td_http_body(td_http_conn *hc, const char **data, size_t *len) {
     td_http_req *rq = hc->rq;
+    if (rq->body_pieces)
+        return TD_EBADARG;
+    if (rq->body_over && rq->body_status >= 0)
+        return refuse_body(hc);
+    if (!rq->body_whole) {
+        rq->body_whole = 1;
+        body_resume(hc);
+    }
     if (rq->body_status == 0) {
         *data = rq->body.data ? rq->body.data : "";
         *len = rq->body.len;
     }
     return rq->body_status;
+}
+
+int td_http_body_read(td_http_conn *hc, size_t max, const char **data, size_t *len) {
+    td_http_req *rq = hc->rq;
+    if (rq->body_whole)
+        return TD_EBADARG;
+    if (rq->body_over && rq->body_status >= 0)
+        return refuse_body(hc);
+    rq->body_pieces = 1;
+    size_t avail = rq->body.len - rq->body_off;
+    if (avail > 0) {
+        size_t n = avail < max ? avail : max;
+        *data = rq->body.data + rq->body_off;
+        *len = n;
+        rq->body_off += n;
+        if (rq->body_off == rq->body.len)
+            rq->body.len = rq->body_off = 0; /* the bytes stay until the next append */
+        body_resume(hc);
+        return 0;
+    }
+    if (rq->body_status == 0) {
+        *data = "";
+        *len = 0;
+    }
+    return rq->body_status;
+}
+
+int td_http_set_body_limit(td_http_conn *hc, uint64_t limit) {
+    td_http_req *rq = hc->rq;
+    if (rq->body_whole || rq->body_pieces)
+        return TD_EBADARG;
+    rq->body_limit = limit;
+    if (rq->body_status < 0)
+        return 0;
+    uint64_t known = rq->body_declared >= 0 ? (uint64_t)rq->body_declared : rq->body_seen;
+    if (known > limit || rq->body_seen > limit) {
+        rq->body_over = 1;
+        if (rq->body_status == 1)
+            body_pause(hc);
+    } else if (rq->body_over) {
+        rq->body_over = 0;
+        if (rq->continue_owed)
+            send_continue(hc);
+        body_resume(hc);
+    }
+    return 0;
 }
 
 /* ---- ending a response (the head and body writers are in http_response.c) ---- */
@@ -871,7 +998,9 @@ void td_http_response_end(td_http_conn *hc) {
     td_http__access_log(hc);
     td_http__request_over(hc, 0);
     wake(hc, &rq->drain_waiters, TD_ECLOSED);
-    if (rq->close_after || !rq->keep_alive || hs->draining || rq->body_status < 0) {
+    /* A body held over its limit is never read: the connection ends. */
+    if (rq->close_after || !rq->keep_alive || hs->draining || rq->body_status < 0 ||
+        (rq->body_over && rq->body_status == 1)) {
         td_conn_end(&hc->conn);
         return;
     }
@@ -881,6 +1010,11 @@ void td_http_response_end(td_http_conn *hc) {
         rq->body_status = 0;
         wake(hc, &rq->body_waiters, TD_ECLOSED);
         td_buf_free(&rq->body);
+        rq->body_off = 0;
+        if (rq->body_paused) {
+            rq->body_paused = 0;
+            td_conn_resume_reading(&hc->conn);
+        }
         td_conn_set_deadline(&hc->conn, hs->cfg.body_timeout_ms);
     }
     if (rq->message_complete)

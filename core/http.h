@@ -40,6 +40,10 @@
 #define TD_HTTP_HIGH_WATER (256 * 1024)
 /* on_drain fires once unsent output is down to this. */
 #define TD_HTTP_LOW_WATER (64 * 1024)
+/* Body bytes buffered before reading pauses, while the handler reads the
+ * body in pieces or has not asked for it yet (one read more may come on
+ * top: the transport's read buffer). */
+#define TD_HTTP_BODY_WINDOW (64 * 1024)
 
 /* ---- header fields, for both directions ---- */
 
@@ -136,13 +140,16 @@ struct td_http_req {
     llhttp_t parser; /* parser.data: the td_http_conn */
     void *user;      /* the layer above's record of the request */
     td_http_fields fields;
-    td_buf body;
+    td_buf body;          /* from body_off: arrived, not yet handed out */
+    size_t body_off;      /* bytes of body handed out by td_http_body_read */
     td_buf pending;       /* input after a complete message */
     td_list body_waiters; /* td_http_waiter */
     td_list drain_waiters;
     const char *feed_start; /* the buffer llhttp is parsing */
     const char *feed_end;
-    uint64_t body_seen; /* body bytes parsed, kept or not: bounded by max_body_bytes */
+    uint64_t body_seen; /* body bytes parsed, kept or not: bounded by body_limit */
+    uint64_t body_limit; /* max_body_bytes unless the handler set another */
+    int64_t body_declared; /* Content-Length, or -1 */
     size_t head_bytes;
     uint64_t body_sent;
     uint64_t declared_length; /* the handler's Content-Length (user_length) */
@@ -168,6 +175,16 @@ struct td_http_req {
     unsigned user_date : 1;
     unsigned user_server : 1;
     unsigned user_length : 1;
+    /* How the handler takes the body: whole (td_http_body) or in pieces
+     * (td_http_body_read); neither yet: buffered up to the window. */
+    unsigned body_whole : 1;
+    unsigned body_pieces : 1;
+    /* The body passes the limit (declared, or seen before the handler
+     * read any): held unread, so that the handler may raise the limit;
+     * a read refuses it (413). */
+    unsigned body_over : 1;
+    unsigned body_paused : 1;   /* reading paused by the window or the hold */
+    unsigned continue_owed : 1; /* 100 Continue, once the held body is wanted */
 };
 
 /* A connection's HTTP state beyond rq is in its td_conn's protocol bytes:
@@ -220,11 +237,24 @@ const char *td_http_target(const td_http_conn *hc, size_t *len);
 /* 0 for HTTP/1.0, 1 for HTTP/1.1. */
 int td_http_minor(const td_http_conn *hc);
 static inline size_t td_http_header_count(const td_http_conn *hc) { return td_http_fields_count(&hc->rq->fields); }
-/* 0 and the body when it is complete; 1 while it is arriving; or a TD_E*. */
+/* The body, whole: 0 and the body when it is complete; 1 while it is
+ * arriving; or a TD_E*: TD_ETOOLARGE when it passes the limit (the 413
+ * went, the request is over), TD_EBADARG when it is read in pieces. */
 int td_http_body(td_http_conn *hc, const char **data, size_t *len);
+/* The body in pieces, never held whole: 0 and up to max bytes not handed
+ * out yet (*len 0: the body is over); 1 while none has arrived (wait with
+ * td_http_wait_body, which then also wakes when a piece arrives); or a
+ * TD_E* as td_http_body (TD_EBADARG: it was read whole). The piece is valid
+ * until the next call into this layer. */
+int td_http_body_read(td_http_conn *hc, size_t max, const char **data, size_t *len);
 /* Links w (its cb and ud set) to be called once the body is complete or
- * failed. */
+ * failed, or (for a body read in pieces) a piece arrived. */
 void td_http_wait_body(td_http_conn *hc, td_http_waiter *w);
+/* This request's body limit instead of max_body_bytes: a body known to
+ * pass it is held (reads refuse it with a 413), one held that it admits is
+ * read from now on. Returns TD_EBADARG once part of the body was handed
+ * out, else 0. */
+int td_http_set_body_limit(td_http_conn *hc, uint64_t limit);
 /* Unlinks a waiter that will not be called after all. */
 static inline void td_http_unwait(td_http_waiter *w) { td_list_remove(&w->link); }
 

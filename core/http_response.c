@@ -55,8 +55,11 @@ const char *td_http_reason(int status) {
     }
 }
 
+/* A body held over its limit is never read: the connection ends after the
+ * answer (td_http_response_end). */
 static int closing(td_http_conn *hc) {
-    return hc->rq->close_after || !hc->rq->keep_alive || td_http__server(hc)->draining;
+    td_http_req *rq = hc->rq;
+    return rq->close_after || !rq->keep_alive || td_http__server(hc)->draining || (rq->body_over && rq->body_status == 1);
 }
 
 size_t td_http_head_mark(td_http_conn *hc) { return hc->conn.out.len; }

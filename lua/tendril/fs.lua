@@ -22,13 +22,24 @@ function _M.read(path)
     return core.fs_read(path)
 end
 
+local function check_data(fname, data)
+    if type(data) ~= "string" then
+        error(fname .. ": expected the data as a string, got " .. type(data), 3)
+    end
+end
+
 --- Writes (replaces) the file: true, or nil, err.
 function _M.write(path, data)
     check_path("fs.write", path)
-    if type(data) ~= "string" then
-        error("fs.write: expected the data as a string, got " .. type(data), 2)
-    end
+    check_data("fs.write", data)
     return core.fs_write(path, data)
+end
+
+--- Adds data at the end of the file (made if missing): true, or nil, err.
+function _M.append(path, data)
+    check_path("fs.append", path)
+    check_data("fs.append", data)
+    return core.fs_append(path, data)
 end
 
 --- { size =, mtime =, type = "file" | "directory" | "other" }, or nil, err.

@@ -2,9 +2,10 @@
 --
 -- The parser is incremental: feed it the body in pieces of any size (a
 -- delimiter may be split across them) and it returns what each piece
--- completed, as events. req:form() feeds it the whole body at once; a
--- streaming reader (req:parts(), to come) feeds it what the socket gives,
--- holding at most one part's headers and a delimiter's length of data.
+-- completed, as events. req:form() feeds it the whole body at once; the
+-- streaming reader (multipart.reader, behind req:parts()) feeds it what
+-- the socket gives, holding at most one part's headers, one piece and a
+-- delimiter's length of data.
 --
 --   local p = multipart.new(boundary)
 --   local events, err = p:feed(chunk)   -- nil, "bad multipart: ..." on error
@@ -12,6 +13,9 @@
 --   -- { type = "data", data = "..." }   (any number per part, maybe none)
 --   -- { type = "end" }                  (the part is complete)
 --   local ok, err = p:finish()          -- the final delimiter was seen?
+--
+--   local r = multipart.reader(boundary, read) -- read(max): piece | nil | nil, err
+--   for part, err in r:parts() do ... part:read() ... part:save(path) end
 local type, error, setmetatable, tostring = type, error, setmetatable, tostring
 local find, sub, lower, gsub, match, byte = string.find, string.sub, string.lower, string.gsub, string.match,
     string.byte
@@ -245,6 +249,160 @@ local function add(form, name, value)
         form[name] = { old, value }
     end
 end
+
+---------------------------------------------------------------- reader
+
+local Reader = {}
+Reader.__index = Reader
+
+local Part = {}
+Part.__index = Part
+
+--- Parts of a body that read(max) gives in pieces (a piece, nil at its end,
+--- or nil, err), one at a time.
+function _M.reader(boundary, read)
+    if type(read) ~= "function" then
+        error("multipart.reader: expected a read function, got " .. type(read), 2)
+    end
+    return setmetatable({ _p = _M.new(boundary), _read = read, _q = {}, _qi = 1 }, Reader)
+end
+
+-- The next event, reading more of the body when none is queued; nil at
+-- the end of a well-formed body, nil, err otherwise.
+function Reader:_event()
+    while true do
+        local q, i = self._q, self._qi
+        local ev = q[i]
+        if ev then
+            q[i] = nil -- what was handed out is not held
+            self._qi = i + 1
+            return ev
+        end
+        if self._ended then
+            return nil
+        end
+        local piece, err = self._read()
+        if piece == nil then
+            if err then
+                return nil, err
+            end
+            local ok
+            ok, err = self._p:finish()
+            if not ok then
+                return nil, err
+            end
+            self._ended = true
+            return nil
+        end
+        local events
+        events, err = self._p:feed(piece)
+        if not events then
+            return nil, err
+        end
+        self._q, self._qi = events, 1
+    end
+end
+
+--- An iterator over the parts: each call gives the next part (skipping
+--- what is left of the one before), nil after the last, or once false,
+--- err (then nil), even when a part's read told the error already.
+function Reader:parts()
+    local function failed(err)
+        self._err = self._err or err
+        if self._told then
+            return nil
+        end
+        self._told = true
+        return false, self._err
+    end
+    return function()
+        if self._err then
+            return failed()
+        end
+        local cur = self._cur
+        if cur and not cur._done then
+            repeat
+                local piece, err = cur:read()
+                if piece == nil and err then
+                    return failed(err)
+                end
+            until piece == nil
+        end
+        local ev, err = self:_event()
+        if ev == nil then
+            if err then
+                return failed(err)
+            end
+            return nil
+        end
+        -- After a part's end event only a part (or the end) comes.
+        if not ev.name then
+            return failed("bad multipart: a part without a Content-Disposition name")
+        end
+        ev.type = nil
+        ev._r = self
+        self._cur = setmetatable(ev, Part)
+        return ev
+    end
+end
+
+--- The part's next piece of data, nil when the part is over, or nil, err.
+function Part:read()
+    if self._done then
+        return nil
+    end
+    local r = self._r
+    if r._err then
+        return nil, r._err
+    end
+    local ev, err = r:_event()
+    if ev == nil then
+        -- A well-formed body ends each part before it ends.
+        r._err = err or "bad multipart: the body ends before its final boundary"
+        return nil, r._err
+    end
+    if ev.type == "data" then
+        return ev.data
+    end
+    self._done = true -- its "end" event
+    return nil
+end
+
+--- Writes the rest of the part to the file at path (tendril.fs, on the
+--- thread pool); the bytes written, or nil, err.
+function Part:save(path)
+    local fs = require "tendril.fs"
+    local n, first = 0, true
+    while true do
+        local piece, err = self:read()
+        if piece == nil then
+            if err then
+                return nil, err
+            end
+            break
+        end
+        local ok, werr
+        if first then
+            ok, werr = fs.write(path, piece)
+            first = false
+        else
+            ok, werr = fs.append(path, piece)
+        end
+        if not ok then
+            return nil, werr
+        end
+        n = n + #piece
+    end
+    if first then
+        local ok, werr = fs.write(path, "")
+        if not ok then
+            return nil, werr
+        end
+    end
+    return n
+end
+
+---------------------------------------------------------------- whole bodies
 
 --- Parses a whole multipart/form-data body into { name = value }: a field
 --- is a string, a file (a part with a filename) a table { filename =,

@@ -126,12 +126,34 @@ local function check_fn(fname, fn, level)
     end
 end
 
-local function add(self, fname, methods, pattern, fn)
+-- A route's options: { max_body_bytes = n } (req:set_max_body_bytes
+-- before the middleware runs).
+local function check_opts(fname, opts, level)
+    if type(opts) ~= "table" then
+        error(fname .. ": expected the route's options as a table, got " .. type(opts), level + 1)
+    end
+    for k, v in pairs(opts) do
+        if k ~= "max_body_bytes" then
+            error(fname .. ": unknown route option '" .. tostring(k) .. "' (known: max_body_bytes)", level + 1)
+        end
+        if type(v) ~= "number" or v < 0 or v ~= v or v == 1 / 0 then
+            error(fname .. ": max_body_bytes must be a number of bytes >= 0, got " .. tostring(v), level + 1)
+        end
+    end
+    return opts
+end
+
+-- pattern[, opts], fn: the options go between, as Fastify has them.
+local function add(self, fname, methods, pattern, a, b)
     -- Levels: add is called by the router:<method> the script called.
     local segs, n = parse_pattern(fname, pattern, 3)
+    local fn, opts = a, nil
+    if b ~= nil then
+        fn, opts = b, check_opts(fname, a, 3)
+    end
     check_fn(fname, fn, 3)
     local node, names = walk(self._root, segs, n)
-    local entry = { fn = fn, names = names }
+    local entry = { fn = fn, names = names, max_body = opts and opts.max_body_bytes }
     if methods == nil then
         if node.any then
             error(fname .. ": a route for any method on '" .. pattern .. "' is declared already", 3)
@@ -153,20 +175,20 @@ end
 
 for _, m in pairs({ "get", "post", "put", "patch", "delete", "options" }) do
     local M, fname = upper(m), "router:" .. m
-    Router[m] = function(self, pattern, fn)
-        add(self, fname, { M }, pattern, fn) -- not a tail call: error levels
+    Router[m] = function(self, pattern, a, b)
+        add(self, fname, { M }, pattern, a, b) -- not a tail call: error levels
         return self
     end
 end
 
 --- A route for every method (it never answers 405).
-function Router:any(pattern, fn)
-    add(self, "router:any", nil, pattern, fn) -- not a tail call: error levels
+function Router:any(pattern, a, b)
+    add(self, "router:any", nil, pattern, a, b) -- not a tail call: error levels
     return self
 end
 
 --- A route for a method ("GET") or a list of methods ({ "GET", "POST" }).
-function Router:route(methods, pattern, fn)
+function Router:route(methods, pattern, a, b)
     if type(methods) == "string" then
         methods = { methods }
     end
@@ -179,7 +201,7 @@ function Router:route(methods, pattern, fn)
             error("router:route: '" .. tostring(m) .. "' is not a method name", 2)
         end
     end
-    add(self, "router:route", methods, pattern, fn) -- not a tail call: error levels
+    add(self, "router:route", methods, pattern, a, b) -- not a tail call: error levels
     return self
 end
 
@@ -401,6 +423,9 @@ function Router:handle(req, res)
             params[names[j]] = vals[k + j]
         end
         final = e.fn
+        if e.max_body then
+            req:set_max_body_bytes(e.max_body)
+        end
     else
         local set = {}
         if n > 0 then

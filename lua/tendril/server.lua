@@ -22,6 +22,7 @@ local new_table = require "table.new"
 local yield, running = coroutine.yield, coroutine.running
 
 local req_headers, req_remote, req_body = core.req_headers, core.req_remote, core.req_body
+local req_read, req_body_limit = core.req_read, core.req_body_limit
 local req_deadline, req_tls = core.req_deadline, core.req_tls
 local res_send, res_room, res_fail, res_head_sent = core.res_send, core.res_room, core.res_fail, core.res_head_sent
 local log = core.log
@@ -122,18 +123,95 @@ end
 
 local req_methods = {}
 
---- The whole request body (chunked bodies decoded), waiting for it if it is
---- still arriving; nil, err ("closed", "timeout", "too large") on failure.
-function req_methods.body(self)
+-- The whole body, for req:body, req:json and req:form (fname: which one,
+-- for the error raised at its caller's line).
+local function whole_body(self, fname)
     local b = rawget(self, "_body")
     if b then
         return b
     end
     local body, err = req_body(self[1], self[2])
+    if body == false then
+        error(fname .. ": the body is being read in pieces (req:read, req:parts): it cannot be read whole too", 3)
+    end
     if body then
         rawset(self, "_body", body)
     end
     return body, err
+end
+
+--- The whole request body (chunked bodies decoded), waiting for it if it is
+--- still arriving; nil, err ("closed", "timeout", "too large") on failure.
+--- "too large": the body passes the limit and the server answered 413.
+function req_methods.body(self)
+    local body, err = whole_body(self, "req:body") -- not a tail call: error levels
+    return body, err
+end
+
+-- The largest piece req:read returns by default, and at most.
+local READ_DEFAULT, READ_MAX = 65536, 2 ^ 30
+
+--- The body in pieces, never held whole: the next piece (what has arrived,
+--- up to `max` bytes, 64 KiB by default), nil when the body is over, or
+--- nil, err ("closed", "timeout", "too large"). Reading in pieces is a
+--- transfer: the body timeout bounds each pause, the request's deadline
+--- does not end it.
+function req_methods.read(self, max)
+    if max == nil then
+        max = READ_DEFAULT
+    elseif type(max) ~= "number" or max < 1 or max ~= max then
+        error("req:read: expected a number of bytes >= 1, got " .. tostring(max), 2)
+    elseif max > READ_MAX then
+        max = READ_MAX
+    end
+    local piece, err = req_read(self[1], self[2], max)
+    if piece == false then
+        error("req:read: the body was read whole already (req:body, req:json, req:form)", 2)
+    end
+    return piece, err
+end
+
+--- This request's body limit in bytes, instead of --max-body-bytes (a
+--- route's { max_body_bytes = } calls it). Set it before reading the body:
+--- a body that passes it gets 413 when read; a larger limit admits a body
+--- held for passing the old one.
+function req_methods.set_max_body_bytes(self, bytes)
+    if type(bytes) ~= "number" or bytes < 0 or bytes ~= bytes or bytes == 1 / 0 then
+        error("req:set_max_body_bytes: expected a number of bytes >= 0, got " .. tostring(bytes), 2)
+    end
+    local ok = req_body_limit(self[1], self[2], bytes)
+    if ok == false then
+        error("req:set_max_body_bytes: the body is being read already: set its limit before reading it", 2)
+    end
+    return self
+end
+
+-- tendril.multipart loads on first use.
+local multipart
+
+--- The parts of a multipart/form-data body as they arrive, never holding
+--- the body: `for part, err in req:parts() do ... end`. Each part has
+--- name, filename, content_type and headers, part:read([max]) (a piece,
+--- nil at the part's end, or nil, err) and part:save(path) (the bytes
+--- written, or nil, err); moving to the next part skips what is left of
+--- this one. A failure (not multipart, malformed, the body's own errors)
+--- comes once as false, err and ends the loop.
+function req_methods.parts(self)
+    multipart = multipart or require "tendril.multipart"
+    local boundary, err = multipart.boundary(self.headers["content-type"])
+    if not boundary then
+        local told = false
+        return function()
+            if told then
+                return nil
+            end
+            told = true
+            return false, err == "not multipart" and "not a form" or err
+        end
+    end
+    return multipart.reader(boundary, function(max)
+        return self:read(max)
+    end):parts()
 end
 
 -- tendril.json loads on first use: a server that never reads JSON does
@@ -149,7 +227,7 @@ function req_methods.json(self)
     if v ~= nil then
         return v
     end
-    local body, err = self:body()
+    local body, err = whole_body(self, "req:json")
     if not body then
         return nil, err
     end
@@ -165,8 +243,6 @@ function req_methods.json(self)
     return v
 end
 
--- tendril.multipart loads on first use, like tendril.json.
-local multipart_parse
 
 --- The body decoded as a form, once: application/x-www-form-urlencoded as
 --- url.parse_query does (a repeated name gives an array), multipart/form-data
@@ -185,15 +261,15 @@ function req_methods.form(self)
     if not urlencoded and mt ~= "multipart/form-data" then
         return nil, "not a form"
     end
-    local body, err = self:body()
+    local body, err = whole_body(self, "req:form")
     if not body then
         return nil, err
     end
     if urlencoded then
         v = url.parse_query(body)
     else
-        multipart_parse = multipart_parse or require("tendril.multipart").parse
-        v, err = multipart_parse(body, ct)
+        multipart = multipart or require "tendril.multipart"
+        v, err = multipart.parse(body, ct)
         if not v then
             return nil, err
         end
@@ -204,7 +280,8 @@ end
 
 --- Sets the request's deadline: `seconds` from now (nil: none). When it
 --- passes, every wait of the request and of the threads it spawned fails
---- with nil, "timeout", except reading the body and writing the answer.
+--- with nil, "timeout", except writing the answer and reading the body in
+--- pieces (req:read, req:parts), which their own timeouts bound.
 function req_methods.deadline(self, seconds)
     if seconds ~= nil and (type(seconds) ~= "number" or seconds < 0 or seconds ~= seconds) then
         error("req:deadline: expected a number of seconds >= 0 or nil, got " .. tostring(seconds), 2)

@@ -245,11 +245,18 @@ static void on_request(td_http_conn *hc, void *ud) {
     case FUZZ_READ_BODY: {
         const char *data;
         size_t len;
+        int64_t declared = hc->rq->body_declared; /* a refusal may free the request's state */
         int st = td_http_body(hc, &data, &len);
         if (st == 1) {
             r->waiter.cb = on_body_ready;
             r->waiter.ud = r;
             td_http_wait_body(hc, &r->waiter);
+        } else if (st == TD_ETOOLARGE) {
+            /* Content-Length over the limit: held, and refused (the 413
+             * went) once asked for. */
+            FUZZ_CHECK(declared > 0 && (uint64_t)declared > cur->max_body_bytes,
+                       "a body refused as too large before any of it came: %d", st);
+            r->body_status = st;
         } else {
             FUZZ_CHECK(st == 0, "the body failed before the request was handed over: %d", st);
             r->body_status = 0;

@@ -179,3 +179,99 @@ describe("multipart parser fed in pieces", function()
         assert.has_error(function() mp.new("") end, "multipart.new: expected a boundary string, got ")
     end)
 end)
+
+describe("tendril.multipart.reader", function()
+    -- A read function giving s in pieces of `size` bytes, then nil (or
+    -- nil, fail_with after the pieces).
+    local function reader_of(s, size, fail_with)
+        local i = 1
+        return mp.reader("XyZ", function()
+            if i > #s then
+                return nil, fail_with
+            end
+            local piece = s:sub(i, i + size - 1)
+            i = i + size
+            return piece
+        end)
+    end
+
+    local function collect(r)
+        local out = {}
+        for part, err in r:parts() do
+            if not part then
+                out.err = err
+                break
+            end
+            local data = {}
+            while true do
+                local piece, err2 = part:read()
+                if not piece then
+                    if err2 then
+                        out.err = err2
+                        return out
+                    end
+                    break
+                end
+                data[#data + 1] = piece
+            end
+            out[#out + 1] = { name = part.name, filename = part.filename, data = table.concat(data) }
+        end
+        return out
+    end
+
+    local b = body({
+        field("title", "hello"),
+        'Content-Disposition: form-data; name="f"; filename="a.txt"\r\nContent-Type: text/plain\r\n\r\n'
+            .. ("\r\n--XyX-ish\r\n"):rep(50),
+        field("empty", ""),
+    })
+
+    it("gives each part with its data, whatever the piece size", function()
+        for _, size in ipairs({ 1, 3, 7, 64, 1000, #b }) do
+            local out = collect(reader_of(b, size))
+            assert.is_nil(out.err)
+            assert.equal(3, #out)
+            assert.same({ name = "title", data = "hello" }, out[1])
+            assert.equal("a.txt", out[2].filename)
+            assert.equal(("\r\n--XyX-ish\r\n"):rep(50), out[2].data)
+            assert.equal("", out[3].data)
+        end
+    end)
+
+    it("skips what is left of a part when the loop moves on", function()
+        local names = {}
+        for part in reader_of(b, 5):parts() do
+            names[#names + 1] = part.name
+            part:read() -- at most one piece, then on
+        end
+        assert.same({ "title", "f", "empty" }, names)
+    end)
+
+    it("ends the loop with false, err once, for a malformed or cut body", function()
+        local out = collect(reader_of("--XyZ\r\n" .. field("a", "1"), 4))
+        assert.equal("bad multipart: the body ends before its final boundary", out.err)
+        out = collect(reader_of("nothing here", 4))
+        assert.equal("bad multipart: no boundary in the body", out.err)
+        out = collect(reader_of("--XyZ\r\nContent-Type: text/plain\r\n\r\nx\r\n--XyZ--\r\n", 4))
+        assert.equal("bad multipart: a part without a Content-Disposition name", out.err)
+        local calls = 0
+        for part, err in reader_of("--XyZ\r\n" .. field("a", "1"), 4, "timeout"):parts() do
+            calls = calls + 1
+            if part then
+                local piece, rerr = part:read()
+                while piece do
+                    piece, rerr = part:read()
+                end
+                assert.equal("timeout", rerr)
+            else
+                assert.equal("timeout", err)
+            end
+        end
+        assert.equal(2, calls) -- the part, then false, "timeout"; then the loop ends
+    end)
+
+    it("raises on a read that is not a function", function()
+        assert.has_error(function() mp.reader("XyZ", "nope") end,
+            "multipart.reader: expected a read function, got string")
+    end)
+end)

@@ -156,6 +156,36 @@ describe("tendril.router", function()
         end)
     end)
 
+    describe("route options", function()
+        it("sets the route's body limit before the middleware runs", function()
+            local log = {}
+            local function req_of(path)
+                return { method = "POST", path = path, set_max_body_bytes = function(self, n)
+                    log[#log + 1] = "limit " .. n
+                    return self
+                end }
+            end
+            r:use(function(req, res, nxt) log[#log + 1] = "mw" ; return nxt() end)
+            r:post("/up", { max_body_bytes = 5000 }, function() log[#log + 1] = "route" ; return "ok" end)
+            r:post("/plain", function() log[#log + 1] = "plain" ; return "ok" end)
+            assert.equal("ok", r(req_of("/up"), {}))
+            assert.same({ "limit 5000", "mw", "route" }, log)
+            log = {}
+            assert.equal("ok", r(req_of("/plain"), {}))
+            assert.same({ "mw", "plain" }, log)
+        end)
+
+        it("raises on unknown options and bad limits at the caller's line", function()
+            assert.matches(
+                "router_spec.lua:%d+: router:post: unknown route option 'max_body' %(known: max_body_bytes%)",
+                select(2, pcall(function() r:post("/a", { max_body = 1 }, print) end)))
+            assert.matches("router_spec.lua:%d+: router:any: max_body_bytes must be a number of bytes >= 0, got %-1",
+                select(2, pcall(function() r:any("/a", { max_body_bytes = -1 }, print) end)))
+            assert.matches("router:route: expected the route's options as a table, got string",
+                select(2, pcall(r.route, r, "GET", "/a", "x", print)))
+        end)
+    end)
+
     describe("middleware", function()
         it("runs in order of use, around the route, for 404s too", function()
             local log = {}
