@@ -399,7 +399,10 @@ static int req_body_limit(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
         return td_api_fail(L, TD_ECLOSED);
-    lua_pushboolean(L, td_http_set_body_limit(hc, (uint64_t)lua_tonumber(L, 3)) == 0);
+    /* Past 2^64 the conversion is undefined: that is no limit at all. */
+    lua_Number n = lua_tonumber(L, 3);
+    uint64_t limit = n >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t)n;
+    lua_pushboolean(L, td_http_set_body_limit(hc, limit) == 0);
     return 1;
 }
 

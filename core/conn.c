@@ -707,6 +707,7 @@ static void hold_end(td_conn *c) {
         return;
     c->held = 0;
     td_transport *tp = td_conn_tp(c);
+    tp->nholds--;
     for (td_list *n = tp->holds.next; n != &tp->holds; n = n->next) {
         td_conn_hold *hd = td_container_of(n, td_conn_hold, link);
         if (hd->c == c) {
@@ -723,7 +724,7 @@ static void on_hold_event(uv_poll_t *p, int status, int events) {
     td_conn *c = hd->c;
     td_transport *tp = td_conn_tp(c);
     hold_end(c);
-    if (c->closing)
+    if (c->closing || c->closed || c->ending)
         return;
     enter(tp);
     c->ops->on_eof(c, status < 0 ? UV_ECONNRESET : UV_EOF);
@@ -732,7 +733,8 @@ static void on_hold_event(uv_poll_t *p, int status, int events) {
 
 void td_conn_hold_reading(td_conn *c) {
     td_conn_pause_reading(c);
-    if (c->held || c->closing || !c->connected)
+    td_transport *tp = td_conn_tp(c);
+    if (c->held || c->closing || !c->connected || tp->nholds >= tp->max_holds)
         return;
     uv_os_fd_t fd;
     if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0)
@@ -743,7 +745,6 @@ void td_conn_hold_reading(td_conn *c) {
         free(hd);
         return;
     }
-    td_transport *tp = td_conn_tp(c);
     if (uv_poll_init_socket(tp->loop, &hd->poll, dupfd) != 0) {
         close(dupfd);
         free(hd);
@@ -753,6 +754,7 @@ void td_conn_hold_reading(td_conn *c) {
     hd->c = c;
     hd->fd = dupfd;
     td_list_push_back(&tp->holds, &hd->link);
+    tp->nholds++;
     c->held = 1;
     if (uv_poll_start(&hd->poll, UV_DISCONNECT, on_hold_event) != 0)
         hold_end(c);
@@ -1074,16 +1076,21 @@ static void start_shutdown(td_conn *c) {
  * short (the clients wait in the backlog meanwhile). */
 #define TD_ACCEPT_RETRY_MS 100
 
-size_t td_transport_fd_budget(void) {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
-        return 0;
-    size_t limit = (size_t)rl.rlim_cur, reserve = limit / 8;
+/* The descriptors kept back from connections, out of limit. */
+static size_t fd_reserve(size_t limit) {
+    size_t reserve = limit / 8;
     if (reserve < 16)
         reserve = 16;
     if (reserve > 4096)
         reserve = 4096;
-    reserve += 32;
+    return reserve + 32;
+}
+
+size_t td_transport_fd_budget(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+        return 0;
+    size_t limit = (size_t)rl.rlim_cur, reserve = fd_reserve(limit);
     return limit > reserve + 1 ? limit - reserve : 1;
 }
 
@@ -1398,6 +1405,12 @@ int td_transport_init(td_transport *tp, uv_loop_t *loop, size_t max_conns) {
     td_list_init(&tp->pending);
     td_list_init(&tp->waiting);
     td_list_init(&tp->holds);
+    /* A hold's second descriptor comes out of the reserve kept for what
+     * handlers open: half of it at most. */
+    struct rlimit rl;
+    tp->max_holds = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+                        ? fd_reserve((size_t)rl.rlim_cur) / 2
+                        : 4096;
     loop->data = tp;
     td_buf_pool_init(&tp->out_pool, TD_CONN_OUT_BLOCK, TD_OUT_SPARE_MAX);
     uv_prepare_init(loop, &tp->turn);

@@ -159,6 +159,7 @@ struct td_transport {
     size_t nflush;      /* ... and those with want_flush */
     td_list waiting;    /* listeners held back by max_conns */
     td_list holds;      /* td_conn_hold: connections whose reading is held */
+    size_t nholds, max_holds;
     size_t nconns;      /* open, both kinds */
     size_t peak;        /* the most open since the owner last reset it */
     size_t naccepted;
@@ -304,8 +305,9 @@ void td_conn_resume_reading(td_conn *c);
  * on_eof, though what it sent stays unread in the kernel. A second
  * descriptor of the socket is watched for EPOLLRDHUP (libuv's
  * UV_DISCONNECT), which needs no read; the hold ends with
- * td_conn_resume_reading or the close. Without a descriptor to spare it is
- * a plain pause. */
+ * td_conn_resume_reading or the close. Holds are bounded (tp->max_holds:
+ * half the descriptors kept back from connections); past that, or without
+ * a descriptor to spare, it is a plain pause. */
 void td_conn_hold_reading(td_conn *c);
 
 /* ---- closing ---- */

@@ -259,6 +259,16 @@ static void wake(td_http_conn *hc, td_list *waiters, int status) {
     }
 }
 
+/* A piece arrived for a body read in pieces: each reader waiting now is
+ * called once. One that finds the piece taken by another waits again: on
+ * the request's list, not on the one being walked. */
+static void wake_readers(td_http_conn *hc) {
+    td_list now;
+    td_list_init(&now);
+    td_list_splice(&hc->rq->body_waiters, &now);
+    wake(hc, &now, 0);
+}
+
 void td_http_wait_body(td_http_conn *hc, td_http_waiter *w) { td_list_push_back(&hc->rq->body_waiters, &w->link); }
 
 void td_http_wait_drain(td_http_conn *hc, td_http_waiter *w) {
@@ -273,12 +283,19 @@ static void parse_failed(td_http_conn *hc, int status);
 
 /* Reading stops while a body waits for its handler: past the window, or
  * held over its limit. The client is not the slow side then, so the body
- * timeout does not run. */
+ * timeout does not run. A handler that has not taken to the body may wait
+ * on anything for long: the client's leaving must still end its request
+ * (a hold). One reading pieces comes back for more soon, and learns of it
+ * then (a plain pause, without a hold's descriptor). */
 static void body_pause(td_http_conn *hc) {
-    if (hc->rq->body_paused)
+    td_http_req *rq = hc->rq;
+    if (rq->body_paused)
         return;
-    hc->rq->body_paused = 1;
-    td_conn_hold_reading(&hc->conn);
+    rq->body_paused = 1;
+    if (rq->body_pieces)
+        td_conn_pause_reading(&hc->conn);
+    else
+        td_conn_hold_reading(&hc->conn);
     td_conn_clear_deadline(&hc->conn);
 }
 
@@ -298,7 +315,8 @@ static void body_resume(td_http_conn *hc) {
     td_conn_set_deadline(&hc->conn, td_http__server(hc)->cfg.body_timeout_ms);
 }
 
-/* 100 Continue, before any of the answer. */
+/* 100 Continue, once the handler asks for the body (then the limit it may
+ * have set is known), and before any of the answer. */
 static void send_continue(td_http_conn *hc) {
     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
     hc->rq->continue_owed = 0;
@@ -509,8 +527,6 @@ static void on_head(td_http_conn *hc) {
             body_pause(hc);
         } else {
             td_conn_set_deadline(&hc->conn, hs->cfg.body_timeout_ms);
-            if (rq->continue_owed)
-                send_continue(hc);
         }
     } else {
         rq->body_status = 0;
@@ -532,7 +548,12 @@ static void on_message(td_http_conn *hc) {
         rq->close_after = 1;
     if (hc->conn.proto_state == TD_HTTP_BODY)
         td_conn_clear_deadline(&hc->conn);
-    rq->body_paused = 0; /* reading resumes with the idle logic */
+    /* The body is whole: what follows is pipelined input, read (and
+     * bounded) as such. */
+    if (rq->body_paused) {
+        rq->body_paused = 0;
+        td_conn_resume_reading(&hc->conn);
+    }
     if (rq->body_status == 1) {
         rq->body_status = 0;
         wake(hc, &rq->body_waiters, 0);
@@ -620,7 +641,7 @@ static void feed(td_http_conn *hc, const char *data, size_t len) {
             td_conn_set_deadline(&hc->conn, hs->cfg.body_timeout_ms);
         /* A handler reading the body in pieces hears of each. */
         if (rq->body_pieces && rq->body.len > rq->body_off)
-            wake(hc, &rq->body_waiters, 0);
+            wake_readers(hc);
         if (hc->conn.closed)
             return;
         data += used;
@@ -926,6 +947,8 @@ int td_http_body(td_http_conn *hc, const char **data, size_t *len) {
         return TD_EBADARG;
     if (rq->body_over && rq->body_status >= 0)
         return refuse_body(hc);
+    if (rq->continue_owed)
+        send_continue(hc);
     if (!rq->body_whole) {
         rq->body_whole = 1;
         body_resume(hc);
@@ -943,6 +966,8 @@ int td_http_body_read(td_http_conn *hc, size_t max, const char **data, size_t *l
         return TD_EBADARG;
     if (rq->body_over && rq->body_status >= 0)
         return refuse_body(hc);
+    if (rq->continue_owed)
+        send_continue(hc);
     rq->body_pieces = 1;
     size_t avail = rq->body.len - rq->body_off;
     if (avail > 0) {
@@ -976,8 +1001,6 @@ int td_http_set_body_limit(td_http_conn *hc, uint64_t limit) {
             body_pause(hc);
     } else if (rq->body_over) {
         rq->body_over = 0;
-        if (rq->continue_owed)
-            send_continue(hc);
         body_resume(hc);
     }
     return 0;

@@ -55,11 +55,15 @@ const char *td_http_reason(int status) {
     }
 }
 
-/* A body held over its limit is never read: the connection ends after the
- * answer (td_http_response_end). */
+/* The connection ends after the answer when a body is left unread that
+ * would not be worth discarding: held over its limit, or one the client
+ * has not sent, waiting for a 100 Continue that a final answer replaced
+ * (whether it sends it now is its choice). */
 static int closing(td_http_conn *hc) {
     td_http_req *rq = hc->rq;
-    return rq->close_after || !rq->keep_alive || td_http__server(hc)->draining || (rq->body_over && rq->body_status == 1);
+    if (rq->close_after || !rq->keep_alive || td_http__server(hc)->draining)
+        return 1;
+    return rq->body_status == 1 && (rq->body_over || (rq->continue_owed && rq->body_seen == 0));
 }
 
 size_t td_http_head_mark(td_http_conn *hc) { return hc->conn.out.len; }

@@ -267,9 +267,9 @@ function _M.reader(boundary, read)
     return setmetatable({ _p = _M.new(boundary), _read = read, _q = {}, _qi = 1 }, Reader)
 end
 
--- The next event, reading more of the body when none is queued; nil at
--- the end of a well-formed body, nil, err otherwise.
-function Reader:_event()
+-- The next event, reading more of the body (at most max bytes) when none
+-- is queued; nil at the end of a well-formed body, nil, err otherwise.
+function Reader:_event(max)
     while true do
         local q, i = self._q, self._qi
         local ev = q[i]
@@ -281,7 +281,7 @@ function Reader:_event()
         if self._ended then
             return nil
         end
-        local piece, err = self._read()
+        local piece, err = self._read(max)
         if piece == nil then
             if err then
                 return nil, err
@@ -346,8 +346,14 @@ function Reader:parts()
     end
 end
 
---- The part's next piece of data, nil when the part is over, or nil, err.
-function Part:read()
+--- The part's next piece of data (at most max bytes, 64 KiB by default),
+--- nil when the part is over, or nil, err.
+function Part:read(max)
+    if max == nil then
+        max = 65536
+    elseif type(max) ~= "number" or max < 1 or max ~= max then
+        error("part:read: expected a number of bytes >= 1, got " .. tostring(max), 2)
+    end
     if self._done then
         return nil
     end
@@ -355,14 +361,29 @@ function Part:read()
     if r._err then
         return nil, r._err
     end
-    local ev, err = r:_event()
+    -- What an earlier, larger piece left.
+    local rest = self._rest
+    if rest then
+        if #rest > max then
+            self._rest = sub(rest, max + 1)
+            return sub(rest, 1, max)
+        end
+        self._rest = nil
+        return rest
+    end
+    local ev, err = r:_event(max)
     if ev == nil then
         -- A well-formed body ends each part before it ends.
         r._err = err or "bad multipart: the body ends before its final boundary"
         return nil, r._err
     end
     if ev.type == "data" then
-        return ev.data
+        local data = ev.data
+        if #data > max then
+            self._rest = sub(data, max + 1)
+            return sub(data, 1, max)
+        end
+        return data
     end
     self._done = true -- its "end" event
     return nil

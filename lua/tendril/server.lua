@@ -174,14 +174,18 @@ end
 --- This request's body limit in bytes, instead of --max-body-bytes (a
 --- route's { max_body_bytes = } calls it). Set it before reading the body:
 --- a body that passes it gets 413 when read; a larger limit admits a body
---- held for passing the old one.
+--- held for passing the old one. Returns req, or nil, "closed" once the
+--- request is over.
 function req_methods.set_max_body_bytes(self, bytes)
     if type(bytes) ~= "number" or bytes < 0 or bytes ~= bytes or bytes == 1 / 0 then
         error("req:set_max_body_bytes: expected a number of bytes >= 0, got " .. tostring(bytes), 2)
     end
-    local ok = req_body_limit(self[1], self[2], bytes)
+    local ok, err = req_body_limit(self[1], self[2], bytes)
     if ok == false then
         error("req:set_max_body_bytes: the body is being read already: set its limit before reading it", 2)
+    end
+    if not ok then
+        return nil, err
     end
     return self
 end

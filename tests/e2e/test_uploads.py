@@ -94,6 +94,30 @@ router:post("/sleep", function(req)
     return "slept\n"
 end)
 router:get("/slept", function() return slept.last or "-" end)
+router:post("/after-finish", function(req, res)
+    res:finish("finished\n")
+    local r, err = req:set_max_body_bytes(10)
+    slept.last = tostring(r) .. " " .. tostring(err)
+end)
+-- Two readers of one body: the handler and a thread it spawned.
+router:post("/two-readers", function(req, res)
+    local other = require("tendril").spawn(function()
+        local n = 0
+        while true do
+            local p = req:read()
+            if not p then return n end
+            n = n + #p
+        end
+    end)
+    local n = 0
+    while true do
+        local p = req:read()
+        if not p then break end
+        n = n + #p
+    end
+    local _, m = other:join()
+    return string.format("%d %s", n + m, tostring(n > 0 or m > 0))
+end)
 router:post("/whole", function(req, res)
     local b, err = req:body()
     if not b then return 499, nil, err end
@@ -228,6 +252,61 @@ class UploadTest(ServerTestCase):
             self.assertTrue(got, "the sleep did not end when the client left: %r" % self.get_text("/slept"))
             self.assertLess(float(got.split()[2]), 2.5 * SLOW)
             self.post("/read", b"reset")  # the next case starts afresh
+
+    def test_two_readers_share_the_pieces(self):
+        with connect(self.port) as s:
+            s.sendall(b"POST /two-readers HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+            time.sleep(0.3)
+            s.sendall(b"12345")
+            time.sleep(0.3)
+            s.sendall(b"67890")
+            r = Reader(s).response()
+            self.assertEqual((r.status, r.body), (200, b"10 true"))
+        self.assertEqual(self.post("/read", b"still serving").status, 200)
+
+    def test_pipelined_after_a_body_that_filled_the_window_as_it_ended(self):
+        # The read that completes the first body also fills the window: the
+        # pipelined request behind it must still be read.
+        with connect(self.port) as s:
+            s.sendall(b"POST /late?wait=0.5 HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n" + b"a" * 60000)
+            time.sleep(0.2)
+            s.sendall(b"a" * 10000 + b"POST /read HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" + b"b" * 1000)
+            time.sleep(1.0)
+            s.sendall(b"b" * 4000)
+            rd = Reader(s)
+            self.assertEqual(json.loads(rd.response().body)["bytes"], 70000)
+            r = rd.response()
+            self.assertEqual((r.status, json.loads(r.body)["bytes"]), (200, 5000), r.body)
+
+    def test_a_huge_limit_is_no_limit(self):
+        for to in ("1e20", "1e300", "18446744073709551616"):
+            r = self.post("/raise?to=" + to, b"12345")
+            self.assertEqual((r.status, json.loads(r.body)["bytes"]), (200, 5), to)
+
+    def test_100_continue_waits_for_the_handler(self):
+        # Under the global limit but over the route's: 413, no 100 first.
+        with connect(self.port) as s:
+            s.sendall(b"POST /small HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n")
+            r = Reader(s).response()
+            self.assertEqual(r.status, 413)
+        with connect(self.port) as s:
+            s.sendall(b"POST /small HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n")
+            rd = Reader(s)
+            self.assertEqual(rd.response().status, 100)
+            s.sendall(b"c" * 100)
+            self.assertEqual(rd.response().body, b"got 100")
+        # A handler that never reads: its answer, no 100, and the
+        # connection ends (the body was never sent).
+        with connect(self.port) as s:
+            s.sendall(b"POST /ignore HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n")
+            rd = Reader(s)
+            r = rd.response()
+            self.assertEqual((r.status, r.header("connection")), (200, "close"))
+            self.assertTrue(rd.closed())
+
+    def test_setting_a_limit_after_the_answer_says_closed(self):
+        self.assertEqual(self.post("/after-finish", b"x").body, b"finished\n")
+        self.assertTrue(poll(lambda: self.get_text("/slept") == b"nil closed", 5))
 
     def get_text(self, target):
         r, rd = request(self.port, "GET", target)

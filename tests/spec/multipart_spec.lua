@@ -238,6 +238,24 @@ describe("tendril.multipart.reader", function()
         end
     end)
 
+    it("gives pieces of at most max bytes", function()
+        local r = reader_of(b, 1000)
+        local next_part = r:parts()
+        next_part() -- title
+        local f = next_part()
+        local pieces, all = 0, {}
+        while true do
+            local piece = f:read(7)
+            if not piece then break end
+            assert.is_true(#piece >= 1 and #piece <= 7)
+            pieces = pieces + 1
+            all[#all + 1] = piece
+        end
+        assert.equal(("\r\n--XyX-ish\r\n"):rep(50), table.concat(all))
+        assert.is_true(pieces >= math.ceil(#table.concat(all) / 7))
+        assert.has_error(function() f:read(0) end, "part:read: expected a number of bytes >= 1, got 0")
+    end)
+
     it("skips what is left of a part when the loop moves on", function()
         local names = {}
         for part in reader_of(b, 5):parts() do
