@@ -1,4 +1,5 @@
 """The examples run as the README says."""
+import json
 import os
 import re
 import socket
@@ -90,6 +91,83 @@ class ExamplesTest(TestCase):
                                capture_output=True, timeout=deadline(30))
             self.assertEqual(re.findall(r"data: (.*)\n", r.stdout.decode()),
                              ["browser 1", "browser 2", "browser 3"])
+
+
+class TodoExampleTest(TestCase):
+    """examples/todo: the JSON API with a session cookie per visitor, CORS
+    for a development front end, the page and its files."""
+
+    def call(self, port, method, path, body=None, cookie=None, headers=None):
+        hdrs = dict(headers or {})
+        if cookie:
+            hdrs["Cookie"] = "todo_session=" + cookie
+        if body is not None:
+            hdrs["Content-Type"] = "application/json"
+        r, rd = request(port, method, path, headers=hdrs, body=body)
+        rd.sock.close()
+        return r
+
+    def test_api(self):
+        with Server(app_path=example("todo/app.lua")) as srv:
+            p = srv.port
+            r = self.call(p, "GET", "/api/todos")
+            self.assertEqual((r.status, r.body), (200, b"[]"))
+            m = re.match(r"todo_session=([0-9a-f]{32}); Path=/; Max-Age=2592000; HttpOnly; SameSite=Lax$",
+                         r.header("set-cookie"))
+            self.assertTrue(m, r.header("set-cookie"))
+            me = m.group(1)
+            r = self.call(p, "POST", "/api/todos", b'{"title": "buy milk"}', me)
+            self.assertEqual((r.status, r.header("location"), r.header("set-cookie")), (201, "/api/todos/1", None))
+            self.assertEqual(json.loads(r.body), {"id": 1, "title": "buy milk", "done": False})
+            self.call(p, "POST", "/api/todos", b'{"title": "write docs"}', me)
+            r = self.call(p, "PATCH", "/api/todos/1", b'{"done": true}', me)
+            self.assertEqual(json.loads(r.body), {"id": 1, "title": "buy milk", "done": True})
+            r = self.call(p, "GET", "/api/todos/2", cookie=me)
+            self.assertEqual(json.loads(r.body), {"id": 2, "title": "write docs", "done": False})
+            # Another visitor has a list of their own.
+            r = self.call(p, "GET", "/api/todos")
+            self.assertEqual(r.body, b"[]")
+            self.assertNotIn(me, r.header("set-cookie"))
+            # Bad input gets the right status and a JSON error.
+            for method, path, body, status, error in (
+                    ("POST", "/api/todos", b"{nope", 400, "invalid JSON"),
+                    ("POST", "/api/todos", b'{"title": "  "}', 422, "title: expected a non-empty string"),
+                    ("POST", "/api/todos", b'{"title": "%s"}' % (b"x" * 201), 422, "title: at most 200 bytes"),
+                    ("PATCH", "/api/todos/1", b'{"done": "yes"}', 422, "done: expected true or false"),
+                    ("GET", "/api/todos/9", None, 404, "no item 9"),
+                    ("DELETE", "/api/todos/x", None, 404, "no item x")):
+                r = self.call(p, method, path, body, me)
+                self.assertEqual(r.status, status, (method, path, r.body))
+                self.assertIn(error, json.loads(r.body)["error"])
+            r = self.call(p, "PUT", "/api/todos/1", b"{}", me)
+            self.assertEqual((r.status, r.header("allow")), (405, "DELETE, GET, HEAD, PATCH"))
+            r = self.call(p, "DELETE", "/api/todos/1", cookie=me)
+            self.assertEqual((r.status, r.body), (204, b""))
+            r = self.call(p, "GET", "/api/todos", cookie=me)
+            self.assertEqual(json.loads(r.body), [{"id": 2, "title": "write docs", "done": False}])
+            # A front end on the development port may call it with the cookie.
+            r = self.call(p, "OPTIONS", "/api/todos", headers={
+                "Origin": "http://localhost:5173", "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "content-type"})
+            self.assertEqual((r.status, r.header("access-control-allow-origin"),
+                              r.header("access-control-allow-credentials")), (204, "http://localhost:5173", "true"))
+            # The page and its files; nothing outside public/.
+            r = get(p, "/")
+            self.assertEqual((r.status, r.header("content-type")), (200, "text/html; charset=utf-8"))
+            self.assertIn(b"<title>To do</title>", r.body)
+            self.assertEqual(get(p, "/style.css").header("content-type"), "text/css; charset=utf-8")
+            for path in ("/../app.lua", "/%2e%2e/app.lua", "/app.lua"):
+                self.assertEqual(get(p, path).status, 404, path)
+
+    def test_the_page_in_a_real_browser(self):
+        """Headless Chromium adds two items through the page's form, ticks
+        one, deletes the other, and reads back what the API holds."""
+        with Server(app_path=example("todo/app.lua")) as srv:
+            r = subprocess.run([SYSTEM_PYTHON, os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser.py"),
+                                "http://127.0.0.1:%d/?selftest" % srv.port, "result", str(deadline(30))],
+                               capture_output=True, text=True, timeout=deadline(120))
+            self.assertEqual((r.returncode, r.stdout.strip()), (0, "first (done) | cookie http-only"),
+                             r.stderr[-2000:] + srv.stderr()[-2000:])
 
 
 class ReadmeTest(TestCase):
