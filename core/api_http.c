@@ -24,6 +24,8 @@
 #include <unistd.h>
 #include <errno.h>
 #include <limits.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 
 #include "api.h"
 #include "errors.h"
@@ -598,8 +600,41 @@ static int api_realpath(lua_State *L) {
     return 1;
 }
 
-/* [-2, +4|2] file_open(path[, within]) -> file, size, mtime, kind |
- * nil, err. open and fstat on the loop thread: a first version, cheap for
+/* A descriptor for fd, which the userdata now owns (file_gc closes it). */
+static void push_file(lua_State *L, int fd) {
+    int *ud = lua_newuserdata(L, sizeof *ud);
+    *ud = fd;
+    luaL_getmetatable(L, FILE_MT);
+    lua_setmetatable(L, -2);
+}
+
+/* [-1, +1|2] dir_open(path) -> dir | nil, err: a directory to open files
+ * under (file_open's dir). */
+static int dir_open(lua_State *L) {
+    int fd = open(luaL_checkstring(L, 1), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return td_api_fail(L, -errno);
+    push_file(L, fd);
+    return 1;
+}
+
+/* rel opened under dir without leaving it (no "..", no absolute or
+ * magic link out): one openat2 call, where open and a look at
+ * /proc/self/fd would be two and a path walk. -1 with errno; EXDEV when it
+ * would leave (or take an absolute link, which may stay inside), ENOSYS
+ * or EPERM where openat2 is missing or filtered. */
+static int open_beneath(int dir, const char *rel) {
+    struct open_how how = {
+        .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK,
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+    };
+    return (int)syscall(SYS_openat2, dir, rel, &how, sizeof how);
+}
+
+/* [-4, +4|2] file_open(path[, within[, dir, rel]]) -> file, size, mtime,
+ * kind | nil, err. With dir (dir_open(within)) and rel (path under it),
+ * openat2 confines the path at once; what it will not open that way (an
+ * absolute link, an old kernel) takes the open-then-check path. open and fstat on the loop thread: a first version, cheap for
  * local files (the thread pool is what tendril.fs uses for whole reads).
  * kind: "file", "directory" or "other"; only a file stays open. within (a
  * real path): a file that is not under it (a symbolic link out) is
@@ -610,12 +645,21 @@ static int file_open(lua_State *L) {
     const char *within = luaL_optstring(L, 2, NULL);
     if (strlen(path) != plen)
         return td_api_fail(L, UV_ENOENT);
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0)
-        return td_api_fail(L, -errno);
-    if (within && !fd_within(fd, within)) {
-        close(fd);
-        return td_api_fail(L, UV_ENOENT);
+    int fd = -1;
+    if (within && lua_isuserdata(L, 3)) {
+        int dir = *check_file(L, 3);
+        fd = open_beneath(dir, luaL_checkstring(L, 4));
+        if (fd < 0 && errno != EXDEV && errno != ENOSYS && errno != EPERM && errno != ELOOP)
+            return td_api_fail(L, -errno);
+    }
+    if (fd < 0) {
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0)
+            return td_api_fail(L, -errno);
+        if (within && !fd_within(fd, within)) {
+            close(fd);
+            return td_api_fail(L, UV_ENOENT);
+        }
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -628,10 +672,7 @@ static int file_open(lua_State *L) {
         close(fd);
         lua_pushboolean(L, 0);
     } else {
-        int *ud = lua_newuserdata(L, sizeof *ud);
-        *ud = fd;
-        luaL_getmetatable(L, FILE_MT);
-        lua_setmetatable(L, -2);
+        push_file(L, fd);
     }
     lua_pushnumber(L, (lua_Number)st.st_size);
     lua_pushnumber(L, (lua_Number)st.st_mtime);
@@ -744,7 +785,7 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
         {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
         {"req_deadline", req_deadline}, {"req_tls", req_tls}, {"req_stream", req_stream}, {"req_header", req_header},
-        {"file_open", file_open}, {"realpath", api_realpath}, {"file_close", file_gc}, {"res_sendfile", res_sendfile}, {"res_drain", res_drain}, {NULL, NULL},
+        {"file_open", file_open}, {"dir_open", dir_open}, {"realpath", api_realpath}, {"file_close", file_gc}, {"res_sendfile", res_sendfile}, {"res_drain", res_drain}, {NULL, NULL},
     };
     server = hs;
     request_timeout_ms = timeout_ms;

@@ -17,6 +17,7 @@ local concat, byte = table.concat, string.byte
 local DOT, SLASH = byte("."), byte("/")
 local floor = math.floor
 local file_open, file_close, realpath, req_header = core.file_open, core.file_close, core.realpath, core.req_header
+local dir_open = core.dir_open
 local rawget = rawget
 
 local _M = {}
@@ -223,6 +224,9 @@ function _M.new(root, opts)
     local gzip = opts.gzip ~= false
     local types = load_types(opts.mime_types or "/etc/mime.types")
     local within = not follow and real_root or nil
+    -- Paths are opened under the root's descriptor (openat2 keeps them
+    -- there in one call) unless symbolic links may lead out.
+    local dir = within and dir_open(real_root) or nil
 
     return function(req, res)
         local method = req.method
@@ -230,18 +234,21 @@ function _M.new(root, opts)
             return 405, { Allow = "GET, HEAD" }, "method not allowed\n"
         end
         local params = req.params
-        local rel = params and params.path or req.path
-        local segs, n = segments(req, rel, hidden)
+        local segs, n = segments(req, params and params.path or req.path, hidden)
         if not segs then
             return not_found()
         end
-        local path
+        local path, rel
         if n then
-            path = n > 0 and real_root .. "/" .. concat(segs, "/", 1, n) or real_root
+            rel = n > 0 and concat(segs, "/", 1, n) or "."
         else
-            path = real_root .. (byte(segs, 1) == SLASH and "" or "/") .. segs -- the path as it came
+            rel = byte(segs, 1) == SLASH and sub(segs, 2) or segs -- the path as it came
+            if rel == "" then
+                rel = "."
+            end
         end
-        local file, size, mtime, kind = file_open(path, within)
+        path = rel == "." and real_root or real_root .. "/" .. rel
+        local file, size, mtime, kind = file_open(path, within, dir, rel)
         if file == nil then
             return not_found()
         end
@@ -249,8 +256,8 @@ function _M.new(root, opts)
             if not index then
                 return not_found() -- no listings
             end
-            path = path .. "/" .. index
-            file, size, mtime, kind = file_open(path, within)
+            path, rel = path .. "/" .. index, rel .. "/" .. index
+            file, size, mtime, kind = file_open(path, within, dir, rel)
         end
         if kind ~= "file" then
             return not_found()
@@ -268,7 +275,7 @@ function _M.new(root, opts)
         end
         local encoding
         if gzip and accepts_gzip(ae) then
-            local gz, gsize, gmtime, gkind = file_open(path .. ".gz", within)
+            local gz, gsize, gmtime, gkind = file_open(path .. ".gz", within, dir, rel .. ".gz")
             if gz and gkind == "file" then
                 file_close(file)
                 file, size, mtime, encoding = gz, gsize, gmtime, "gzip"

@@ -52,6 +52,11 @@ class StaticTest(TestCase):
             f.write(b"outside\n")
         os.symlink(os.path.join(cls.outside, "secret.txt"), os.path.join(r, "link-out.txt"))
         os.symlink(os.path.join(r, "a.txt"), os.path.join(r, "link-in.txt"))
+        # Relative links, which openat2 resolves itself (absolute ones take
+        # the open-then-check path): one climbing out, one staying in.
+        os.symlink(os.path.relpath(os.path.join(cls.outside, "secret.txt"), os.path.join(r, "dir")),
+                   os.path.join(r, "dir", "rel-out.txt"))
+        os.symlink("../a.txt", os.path.join(r, "dir", "rel-in.txt"))
         subprocess.run(["truncate", "-s", "200M", os.path.join(r, "sparse.bin")], check=True)
         cls.pki = Pki()
         p = cls.pki
@@ -170,7 +175,8 @@ class StaticTest(TestCase):
                "/assets/dir%2findex.html", "/assets/dir%2Findex.html", "/assets/..\\..\\etc\\passwd",
                "/assets/dir\\index.html", "/assets/%5c..%5cetc", "/assets/link-out.txt", "/assets/a.txt%00.png",
                "/assets/.secret", "/assets/%2esecret", "/assets/dir/../.secret", "/assets/../../../../etc/passwd",
-               "/assets/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/assets/nope.txt", "/assets/dir/..%00/a.txt"]
+               "/assets/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/assets/nope.txt", "/assets/dir/..%00/a.txt",
+               "/assets/dir/rel-out.txt"]
         for target in bad:
             s = connect(self.port)
             s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target).encode())
@@ -186,6 +192,8 @@ class StaticTest(TestCase):
             self.assertNotIn(b"root:", data, target)
             self.assertNotIn(b"outside", data, target)
         self.assertEqual(get(self.port, "/assets/link-in.txt").status, 200)
+        self.assertEqual(get(self.port, "/assets/dir/rel-in.txt").body, get(self.port, "/assets/a.txt").body)
+        self.assertEqual(get(self.port, "/follow/dir/rel-out.txt").body, b"outside\n")
         self.assertEqual(get(self.port, "/follow/link-out.txt").body, b"outside\n")
         self.assertEqual(get(self.port, "/hidden/.secret").body, b"hidden\n")
         self.assertEqual(get(self.port, "/assets/a.txt", method="POST", body=b"").status, 405)

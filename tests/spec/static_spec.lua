@@ -4,6 +4,7 @@
 local opened = {}
 package.loaded["tendril.core"] = {
     realpath = function(p) return p end,
+    dir_open = function() return "a dir" end,
     file_open = function(p)
         opened[#opened + 1] = p
         return nil, "no such file or directory"
