@@ -15,6 +15,7 @@
 # under $NODE_MODULES_DIR (default /tmp/tendril-bench-npm); WS_PACKAGE pins its version.
 # UPSTREAM_PORT (environment) is where node's and nginx-lua's /proxy send their one GET;
 # UPSTREAM_TLS_PORT where node's and tendril's /proxy-tls send theirs (over TLS).
+# STATIC_ROOT (environment) is the directory nginx serves under /static/ (default /tmp/tendril-bench-static).
 # Needs: nodejs (npm for node-ws); python3-eventlet; nginx libnginx-mod-http-lua; lua-http lua-cqueues luajit2; openssl (all Debian).
 set -e
 D=$(cd "$(dirname "$0")" && pwd)
@@ -42,7 +43,8 @@ case $PEER in
     case $PEER in nginx-lua*) [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] ||
       { echo "ngx_http_lua_module.so missing: apt-get install libnginx-mod-http-lua" >&2; exit 1; } ;; esac
     P=$(mktemp -d /tmp/peer-$PEER.XXXX); mkdir -p "$P/logs"
-    sed -e "s|@PORT@|$PORT|" -e "s|@UPSTREAM_PORT@|$UP|" -e "s|@WORKERS@|$W|" -e "s|@CERT@|$CD/cert.pem|" -e "s|@KEY@|$CD/key.pem|" \
+    SR=${STATIC_ROOT:-/tmp/tendril-bench-static}; mkdir -p "$SR"
+    sed -e "s|@STATIC_ROOT@|$SR|" -e "s|@PORT@|$PORT|" -e "s|@UPSTREAM_PORT@|$UP|" -e "s|@WORKERS@|$W|" -e "s|@CERT@|$CD/cert.pem|" -e "s|@KEY@|$CD/key.pem|" \
         -e "s|@ACCESS_LOG@|$LOGS/$PEER-access.log|" "$D/servers/$PEER.conf" >"$P/nginx.conf"
     taskset -c $CPUS nginx -p "$P" -c "$P/nginx.conf" -e "$P/logs/error.log" >"$LOG" 2>&1 & ;;
   *) echo "unknown peer $PEER" >&2; exit 2 ;;
