@@ -11,16 +11,14 @@ The body is bench/load/echo.json (it holds an empty array, as real
 documents do). Every load run is bounded in seconds; traffic goes to
 127.0.0.1 only.
 """
-import argparse
 import datetime
 import os
 import re
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import HZ, ROOT, cpu_ticks, free_port, median, run, start, stop  # noqa: E402
+from run import HZ, ROOT, cpu_ticks, free_port, head_commit, median, run, start, stop, workload_args  # noqa: E402
 from tls import splice  # noqa: E402
 
 BODY = os.path.join(ROOT, "bench", "load", "echo.json")
@@ -96,8 +94,7 @@ def measure(tendril_bin, duration, runs):
 
 
 def section(res, duration, runs):
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = head_commit()
     lines = ["## JSON echo\n",
              "Measured on %s at commit %s by `bench/json_echo.py` (`scripts/bench --json-only`): a %d-byte JSON "
              "object (`bench/load/echo.json`, with an empty array) POSTed, decoded and encoded back; "
@@ -128,11 +125,7 @@ def section(res, duration, runs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--tendril", default=os.path.join(ROOT, "build", "tendril"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks-extra.md"))
+    ap = workload_args(__doc__, 1, "benchmarks-extra.md")
     args = ap.parse_args()
     res = measure(args.tendril, args.duration, args.runs)
     text = section(res, args.duration, args.runs)

@@ -9,14 +9,13 @@ usage: bench/router.py [--tendril BIN] [--runs N] [--duration S] [--out FILE]
 (scripts/bench --router-only); writes the "Router: 10 routes against 1,000"
 section of docs/benchmarks-extra.md.
 """
-import argparse
 import datetime
 import os
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import HERE, ROOT, free_port, median, wait_ready, wrk  # noqa: E402
+from run import HERE, ROOT, free_port, head_commit, median, wait_ready, workload_args, wrk  # noqa: E402
 from tls import splice  # noqa: E402
 
 HEADING = "Router: 10 routes against 1,000"
@@ -36,11 +35,7 @@ def serve(tendril_bin, routes):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tendril", default=os.path.join(ROOT, "build", "tendril"))
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks-extra.md"))
+    ap = workload_args(__doc__, 3, "benchmarks-extra.md")
     a = ap.parse_args()
     results = {10: [], 1000: []}
     for _ in range(a.runs):
@@ -60,8 +55,7 @@ def main():
         print("%5d routes: %s req/s (median of %s)" % (routes, "{:,.0f}".format(median(results[routes])),
                                                         ", ".join("{:,.0f}".format(x) for x in results[routes])))
     print("1,000 routes / 10 routes: %.3f" % (m1000 / m10))
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = head_commit()
     rows = "\n".join("| %s | %s | %s |" % ("{:,}".format(n), "{:,.0f}".format(median(results[n])),
                                           ", ".join("{:,.0f}".format(x) for x in results[n])) for n in (10, 1000))
     text = ("## %s\n\n"

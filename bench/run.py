@@ -56,6 +56,23 @@ def free_port():
         return s.getsockname()[1]
 
 
+def workload_args(doc, runs, out):
+    """The options every workload script takes (--runs, --duration,
+    --tendril, --out: a file under docs/); the caller may add its own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=runs)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--tendril", default=os.path.join(ROOT, "build", "tendril"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", out))
+    return ap
+
+
+def head_commit():
+    """The short hash of the commit measured, for a section's first line."""
+    return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def cpu_ticks(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()

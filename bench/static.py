@@ -10,7 +10,6 @@ least 0.9 of nginx in both).
 usage: bench/static.py [--runs N] [--duration S] [--tendril PATH] [--out FILE]
 (scripts/bench --static-only). Traffic goes to 127.0.0.1 only.
 """
-import argparse
 import datetime
 import os
 import re
@@ -21,7 +20,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import HZ, PEER_LOGS, ROOT, cpu_ticks, free_port, median, run, start, stop  # noqa: E402
+from run import (HZ, PEER_LOGS, ROOT, cpu_ticks, free_port, head_commit, median, run, start, stop,  # noqa: E402
+                 workload_args)
 from tls import splice  # noqa: E402
 
 APP = """local router = require("tendril.router").new()
@@ -97,8 +97,7 @@ def measure(tendril_bin, duration, runs):
 
 
 def section(results, duration, runs):
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = head_commit()
     lines = ["## Static files\n",
              "Measured on %s at commit %s by `bench/static.py` (`scripts/bench --static-only`): "
              "`tendril.static` under `/static/*path` against nginx's `/static/` (`sendfile on; tcp_nopush on`), "
@@ -129,11 +128,7 @@ def section(results, duration, runs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--tendril", default=os.path.join(ROOT, "build", "tendril"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks-extra.md"))
+    ap = workload_args(__doc__, 3, "benchmarks-extra.md")
     a = ap.parse_args()
     text = section(measure(a.tendril, a.duration, a.runs), a.duration, a.runs)
     print(text)

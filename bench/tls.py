@@ -17,7 +17,6 @@ and is pinned to core 0; the load tools run on core 1. Workloads:
   the handler) to one nginx-tls upstream pinned to core 1 with the load tool.
 Every load run is bounded in seconds; traffic goes to 127.0.0.1 only.
 """
-import argparse
 import datetime
 import json
 import os
@@ -31,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import (HZ, PEER_LOGS, PEERS_DIR, ROOT, cpu_ticks, fmt, free_port, median,  # noqa: E402
-                 merge, run, start, stop, wrk)
+                 merge, run, start, stop, workload_args, wrk)
 
 SERVERS = ("tendril-tls", "nginx-lua-tls", "nginx-tls")  # HTTPS servers
 CLIENTS = ("tendril", "node")  # /proxy-tls: an HTTPS client in the handler
@@ -455,11 +454,7 @@ def splice(path, text, heading="TLS"):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--tendril", default=os.path.join(ROOT, "build", "tendril"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    ap = workload_args(__doc__, 1, "benchmarks.md")
     ap.add_argument("--json", help="also write the raw results here")
     args = ap.parse_args()
     res = measure_all(args.tendril, args.duration, args.runs)

@@ -22,7 +22,6 @@ of two cores. Workloads, on each server in each run (interleaved):
   nginx: ngx.shared.DICT:incr), the same figures.
 Every load run is bounded in seconds; traffic goes to 127.0.0.1 only.
 """
-import argparse
 import datetime
 import json
 import os
@@ -31,7 +30,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import HZ, ROOT, fmt, free_port, merge, run, start, stop  # noqa: E402
+from run import HZ, ROOT, fmt, free_port, merge, run, start, stop, workload_args  # noqa: E402
 from tls import commit, measure_one, paired, splice  # noqa: E402
 
 PEERS = ("tendril", "nginx-lua", "node")
@@ -174,12 +173,8 @@ def section(res, note=None):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=5)
+    ap = workload_args(__doc__, 3, "benchmarks.md")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--tendril", default=os.path.join(ROOT, "build", "tendril"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--note", help="a line in italics under the heading (say, how the machine was)")
     args = ap.parse_args()

@@ -24,7 +24,6 @@ Workloads, on each server in each run:
   (utime+stime of /proc/PID/stat over the run) per round trip.
 Every load run is bounded in seconds; traffic goes to 127.0.0.1 only.
 """
-import argparse
 import datetime
 import json
 import os
@@ -36,7 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import PEER_LOGS, PEERS_DIR, ROOT, fmt, free_port, merge, start, stop  # noqa: E402
+from run import PEERS_DIR, PEER_LOGS, ROOT, fmt, free_port, merge, start, stop, workload_args  # noqa: E402
 from tls import ATTEMPTS, NOISY_PCT, clean, commit, measure_one, paired, ratio, splice  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -296,11 +295,7 @@ def section(res, note=None):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=5)
-    ap.add_argument("--tendril", default=os.path.join(ROOT, "build", "tendril"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    ap = workload_args(__doc__, 3, "benchmarks.md")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--note", help="a line in italics under the heading (say, how the machine was)")
     args = ap.parse_args()
