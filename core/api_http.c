@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <errno.h>
 #include <limits.h>
+#include <dirent.h>
 #include <linux/openat2.h>
 #include <sys/syscall.h>
 
@@ -618,23 +619,80 @@ static int dir_open(lua_State *L) {
     return 1;
 }
 
-/* rel opened under dir without leaving it (no "..", no absolute or
- * magic link out): one openat2 call, where open and a look at
- * /proc/self/fd would be two and a path walk. -1 with errno; EXDEV when it
- * would leave (or take an absolute link, which may stay inside), ENOSYS
- * or EPERM where openat2 is missing or filtered. */
-static int open_beneath(int dir, const char *rel) {
-    struct open_how how = {
-        .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK,
-        .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
-    };
-    return (int)syscall(SYS_openat2, dir, rel, &how, sizeof how);
+static int open_confined(lua_State *L, const char *path, int w, int flags);
+
+/* The largest directory listed: a bound on one answer's work and size. */
+#define TD_DIR_LIST_MAX 10000
+
+/* [-4, +1|2] dir_list(path[, within[, dir, rel]]) -> { "name", "sub/", ... }
+ * | nil, err: a directory's entries (subdirectories end in "/"; "." and ".."
+ * left out), confined as file_open's path; at most TD_DIR_LIST_MAX. On the
+ * loop thread, as file_open. */
+static int dir_list(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    int fd = open_confined(L, path, 2, O_DIRECTORY);
+    if (fd < 0)
+        return td_api_fail(L, fd);
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        int err = -errno;
+        close(fd);
+        return td_api_fail(L, err);
+    }
+    lua_newtable(L);
+    int n = 0;
+    struct dirent *e;
+    while (n < TD_DIR_LIST_MAX && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        int is_dir = e->d_type == DT_DIR;
+        if (e->d_type == DT_UNKNOWN || e->d_type == DT_LNK) {
+            struct stat st;
+            is_dir = fstatat(fd, e->d_name, &st, 0) == 0 && S_ISDIR(st.st_mode);
+        }
+        lua_pushstring(L, e->d_name);
+        if (is_dir) {
+            lua_pushliteral(L, "/");
+            lua_concat(L, 2);
+        }
+        lua_rawseti(L, -2, ++n);
+    }
+    closedir(d);
+    return 1;
+}
+
+/* Opens path (flags added to O_RDONLY | O_CLOEXEC), confined under `within`
+ * when the Lua arguments give it (within at index w, then dir and rel):
+ * openat2 under dir at once; what it will not open that way (an absolute
+ * link, an old kernel) takes the open-then-check path. The descriptor, or
+ * a negative errno (-ENOENT for a path that leaves). */
+static int open_confined(lua_State *L, const char *path, int w, int flags) {
+    const char *within = luaL_optstring(L, w, NULL);
+    int fd = -1;
+    if (within && lua_isuserdata(L, w + 1)) {
+        struct open_how how = {
+            .flags = (uint64_t)(O_RDONLY | O_CLOEXEC | flags),
+            .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+        };
+        fd = (int)syscall(SYS_openat2, *check_file(L, w + 1), luaL_checkstring(L, w + 2), &how, sizeof how);
+        if (fd < 0 && errno != EXDEV && errno != ENOSYS && errno != EPERM && errno != ELOOP)
+            return -errno;
+    }
+    if (fd < 0) {
+        fd = open(path, O_RDONLY | O_CLOEXEC | flags);
+        if (fd < 0)
+            return -errno;
+        if (within && !fd_within(fd, within)) {
+            close(fd);
+            return -ENOENT;
+        }
+    }
+    return fd;
 }
 
 /* [-4, +4|2] file_open(path[, within[, dir, rel]]) -> file, size, mtime,
  * kind | nil, err. With dir (dir_open(within)) and rel (path under it),
- * openat2 confines the path at once; what it will not open that way (an
- * absolute link, an old kernel) takes the open-then-check path. open and fstat on the loop thread: a first version, cheap for
+ * the path is opened confined (open_confined). open and fstat on the loop thread: a first version, cheap for
  * local files (the thread pool is what tendril.fs uses for whole reads).
  * kind: "file", "directory" or "other"; only a file stays open. within (a
  * real path): a file that is not under it (a symbolic link out) is
@@ -642,25 +700,11 @@ static int open_beneath(int dir, const char *rel) {
 static int file_open(lua_State *L) {
     size_t plen;
     const char *path = luaL_checklstring(L, 1, &plen);
-    const char *within = luaL_optstring(L, 2, NULL);
     if (strlen(path) != plen)
         return td_api_fail(L, UV_ENOENT);
-    int fd = -1;
-    if (within && lua_isuserdata(L, 3)) {
-        int dir = *check_file(L, 3);
-        fd = open_beneath(dir, luaL_checkstring(L, 4));
-        if (fd < 0 && errno != EXDEV && errno != ENOSYS && errno != EPERM && errno != ELOOP)
-            return td_api_fail(L, -errno);
-    }
-    if (fd < 0) {
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-        if (fd < 0)
-            return td_api_fail(L, -errno);
-        if (within && !fd_within(fd, within)) {
-            close(fd);
-            return td_api_fail(L, UV_ENOENT);
-        }
-    }
+    int fd = open_confined(L, path, 2, O_NONBLOCK);
+    if (fd < 0)
+        return td_api_fail(L, fd);
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int err = -errno;
@@ -785,7 +829,7 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
         {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
         {"req_deadline", req_deadline}, {"req_tls", req_tls}, {"req_stream", req_stream}, {"req_header", req_header},
-        {"file_open", file_open}, {"dir_open", dir_open}, {"realpath", api_realpath}, {"file_close", file_gc}, {"res_sendfile", res_sendfile}, {"res_drain", res_drain}, {NULL, NULL},
+        {"file_open", file_open}, {"dir_open", dir_open}, {"dir_list", dir_list}, {"realpath", api_realpath}, {"file_close", file_gc}, {"res_sendfile", res_sendfile}, {"res_drain", res_drain}, {NULL, NULL},
     };
     server = hs;
     request_timeout_ms = timeout_ms;

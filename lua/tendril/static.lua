@@ -4,10 +4,11 @@
 -- opts: follow_symlinks (false: a file whose real path leaves the root is
 -- 404), hidden (false: dot-files are 404), index ("index.html"), gzip
 -- (true: a ".gz" twin goes to clients that accept gzip), mime_types (a
--- path, "/etc/mime.types").
+-- path, "/etc/mime.types"), listing (false: a directory without its index
+-- is 404; true: an HTML list of its entries).
 -- Files leave through res:sendfile (sendfile(2) on plain connections);
 -- ETag and Last-Modified with 304s, one Range per request (206, 416).
--- Directory listings are never made.
+-- Directory listings are made only when asked (opts.listing).
 local core = require "tendril.core"
 
 local type, tonumber, tostring, error = type, tonumber, tostring, error
@@ -17,7 +18,8 @@ local concat, byte = table.concat, string.byte
 local DOT, SLASH = byte("."), byte("/")
 local floor = math.floor
 local file_open, file_close, realpath, req_header = core.file_open, core.file_close, core.realpath, core.req_header
-local dir_open = core.dir_open
+local dir_open, dir_list = core.dir_open, core.dir_list
+local gsub, sort = string.gsub, table.sort
 local rawget = rawget
 
 local _M = {}
@@ -175,6 +177,46 @@ local function not_found()
     return 404, nil, "not found\n"
 end
 
+local HTML_ESCAPES = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&#39;" }
+local function html(s)
+    return (gsub(s, "[&<>\"']", HTML_ESCAPES))
+end
+
+-- An entry's name as a relative link: every byte but the unreserved ones
+-- percent-encoded ("a b" -> "a%20b", "x?y" -> "x%3Fy"), the trailing "/"
+-- of a directory kept.
+local function href(name)
+    return (gsub(name, "[^%w%-%._~/]", function(c) return format("%%%02X", byte(c)) end))
+end
+
+-- The entries of the directory at path (its URL path is `at`, ending in
+-- "/"), as a page of links; hidden names only when allowed.
+local function listing(res, at, path, within, dir, rel, hidden)
+    local names = dir_list(path, within, dir, rel)
+    if not names then
+        return not_found()
+    end
+    local shown = {}
+    for i = 1, #names do
+        if hidden or byte(names[i], 1) ~= DOT then
+            shown[#shown + 1] = names[i]
+        end
+    end
+    sort(shown)
+    local title = "Index of " .. html(at)
+    local out = { "<!doctype html>\n<meta charset=\"utf-8\">\n<title>", title, "</title>\n<h1>", title,
+        "</h1>\n<ul>\n" }
+    if at ~= "/" then
+        out[#out + 1] = "<li><a href=\"../\">../</a></li>\n"
+    end
+    for i = 1, #shown do
+        out[#out + 1] = "<li><a href=\"" .. href(shown[i]) .. "\">" .. html(shown[i]) .. "</a></li>\n"
+    end
+    out[#out + 1] = "</ul>\n"
+    res:header("Content-Type", "text/html; charset=utf-8")
+    return concat(out)
+end
+
 -- The request's path relative to the root: the path itself (no segment
 -- starts with a dot), or its segments and their count; nil when it
 -- may not be served: dot segments, encoded slashes or backslashes, NUL,
@@ -219,7 +261,7 @@ function _M.new(root, opts)
     if not real_root then
         error("static: the root '" .. root .. "': " .. tostring(err), 2)
     end
-    local follow, hidden = opts.follow_symlinks, opts.hidden
+    local follow, hidden, list = opts.follow_symlinks, opts.hidden, opts.listing
     local index = opts.index == nil and "index.html" or opts.index
     local gzip = opts.gzip ~= false
     local types = load_types(opts.mime_types or "/etc/mime.types")
@@ -253,11 +295,22 @@ function _M.new(root, opts)
             return not_found()
         end
         if kind == "directory" then
-            if not index then
-                return not_found() -- no listings
+            local dir_path, dir_rel = path, rel
+            if index then
+                path, rel = path .. "/" .. index, rel .. "/" .. index
+                file, size, mtime, kind = file_open(path, within, dir, rel)
             end
-            path, rel = path .. "/" .. index, rel .. "/" .. index
-            file, size, mtime, kind = file_open(path, within, dir, rel)
+            if not index or (file == nil and list) then
+                if not list then
+                    return not_found() -- no listings unless asked
+                end
+                -- Relative links need the trailing slash.
+                local at = req.path
+                if sub(at, -1) ~= "/" then
+                    return 301, { Location = href(at) .. "/" }, ""
+                end
+                return listing(res, at, dir_path, within, dir, dir_rel, hidden)
+            end
         end
         if kind ~= "file" then
             return not_found()

@@ -20,6 +20,7 @@ local root = os.getenv("STATIC_ROOT")
 router:get("/assets/*path", static(root))
 router:get("/follow/*path", static(root, { follow_symlinks = true }))
 router:get("/hidden/*path", static(root, { hidden = true }))
+router:get("/list/*path", static(root, { listing = true }))
 router:get("/one", function(req, res) return res:sendfile(root .. "/a.txt", { offset = 2, length = 3 }) end)
 return router
 '''
@@ -128,7 +129,7 @@ class StaticTest(TestCase):
         r = get(self.port, "/assets/a.txt", headers={"Range": "bytes=5-100"})
         self.assertEqual(r.header("content-range"), "bytes 5-12/13")
         r = get(self.port, "/assets/a.txt", headers={"Range": "bytes=13-"})
-        self.assertEqual(r.status, 416)
+        self.assertEqual((r.status, r.reason), (416, "Range Not Satisfiable"))
         self.assertEqual(r.header("content-range"), "bytes */13")
         r = get(self.port, "/assets/a.txt", headers={"Range": "bytes=0-1,3-4"})
         self.assertEqual((r.status, r.body), (200, b"hello static\n"))
@@ -142,6 +143,32 @@ class StaticTest(TestCase):
         self.assertEqual((r.status, r.body), (200, b"<h1>index</h1>\n"))
         self.assertEqual(r.header("content-type"), "text/html; charset=utf-8")
         self.assertEqual(get(self.port, "/assets/empty/").status, 404)
+
+    def test_listing_when_asked(self):
+        # A directory with its index still serves the index.
+        self.assertEqual(get(self.port, "/list/dir/").body, b"<h1>index</h1>\n")
+        # Without one: the entries, names escaped, links encoded, no hidden ones.
+        self.write("empty/a <b>&.txt", b"x")
+        try:
+            r = get(self.port, "/list/empty/")
+            self.assertEqual((r.status, r.header("content-type")), (200, "text/html; charset=utf-8"))
+            self.assertIn(b"<title>Index of /list/empty/</title>", r.body)
+            self.assertIn(b'<li><a href="a%20%3Cb%3E%26.txt">a &lt;b&gt;&amp;.txt</a></li>', r.body)
+            self.assertIn(b'<li><a href="x.txt">x.txt</a></li>', r.body)
+            self.assertIn(b'<li><a href="../">../</a></li>', r.body)
+            root = get(self.port, "/list/").body
+            self.assertIn(b'<a href="dir/">dir/</a>', root)
+            self.assertNotIn(b".secret", root)
+            # Relative links need the trailing slash.
+            r = get(self.port, "/list/empty")
+            self.assertEqual((r.status, r.header("location")), (301, "/list/empty/"))
+            # Confined as files are: no listing of a directory outside.
+            os.symlink(self.outside, os.path.join(self.root, "outdir"))
+            self.assertEqual(get(self.port, "/list/outdir/").status, 404)
+        finally:
+            os.unlink(os.path.join(self.root, "empty", "a <b>&.txt"))
+            if os.path.islink(os.path.join(self.root, "outdir")):
+                os.unlink(os.path.join(self.root, "outdir"))
 
     def test_head(self):
         r, rd = request(self.port, method="HEAD", target="/assets/big.bin")

@@ -194,6 +194,9 @@ static void test_bodyless_statuses_and_head(void) {
 
 static void test_reasons(void) {
     CHECK(strcmp(td_http_reason(431), "Request Header Fields Too Large") == 0);
+    /* What tendril.static and conditional requests answer. */
+    CHECK(strcmp(td_http_reason(416), "Range Not Satisfiable") == 0);
+    CHECK(strcmp(td_http_reason(412), "Precondition Failed") == 0);
     CHECK(strcmp(td_http_reason(299), "Unknown") == 0);
     CHECK(strcmp(td_err_name(TD_ETIMEOUT), "timeout") == 0);
     CHECK(strcmp(td_err_name(UV_ECONNREFUSED), "connection refused") == 0);
