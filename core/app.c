@@ -508,12 +508,13 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
     int exit_code = 0;
     if (load_app(&app) != 0) {
         exit_code = 1;
-    } else if (listen_all(&app) != 0) {
+    } else if ((catch_stop_signals(&app), listen_all(&app)) != 0) {
+        /* (The handlers come before the "listening on" line: a SIGTERM
+         * sent as soon as it shows drains, rather than killing.) */
         exit_code = 1;
     } else {
         td_reload_on_reload(app.reload, reload_certificates, &app);
         td_reload_arm(app.reload);
-        catch_stop_signals(&app);
         tell_ready(&app);
         uv_prepare_start(&app.log_flusher, on_loop_turn);
         uv_unref((uv_handle_t *)&app.log_flusher);
