@@ -58,6 +58,8 @@ void td_api_tcp_close_listeners(void);
 /* tcp.listen sessions running, and a callback for when the last ends:
  * shutdown waits for them as it waits for HTTP requests. */
 size_t td_api_tcp_sessions(void);
+/* tcp.listen listeners open (tendril run waits for them to close). */
+size_t td_api_tcp_listeners(void);
 void td_api_tcp_on_sessions_over(void (*cb)(void *ud), void *ud);
 /* The HTTP client's response reader over TCP sockets. */
 void td_api_http_client_open(lua_State *L, td_vm *vm, td_transport *tp);

@@ -499,6 +499,13 @@ static void *sessions_over_ud;
 
 size_t td_api_tcp_sessions(void) { return sessions; }
 
+size_t td_api_tcp_listeners(void) {
+    size_t n = 0;
+    for (td_list *pos = listeners.next; pos != &listeners; pos = pos->next)
+        n++;
+    return n;
+}
+
 void td_api_tcp_on_sessions_over(void (*cb)(void *ud), void *ud) {
     sessions_over = cb;
     sessions_over_ud = ud;

@@ -1,7 +1,9 @@
 /* Owns the process-wide pieces and their order: logs and limits, then the
  * loop, the vm and its library, the app's top level, the listener; and on
  * SIGTERM/SIGINT the drain, then teardown in reverse with a check that the
- * loop closes clean. */
+ * loop closes clean. `tendril run` is the same process without the HTTP
+ * side: its script runs in a task, and the loop stops once that task and
+ * everything it started (threads, tcp.listen listeners) are done. */
 #include "app.h"
 
 #include <errno.h>
@@ -44,6 +46,9 @@ typedef struct td_app {
     td_tls_server *tls; /* the HTTPS listener's certificates; NULL: none */
     int stopping;
     int cut_off;
+    /* tendril run: the script's task ended; the exit status it chose. */
+    int script_done;
+    int run_exit;
 } td_app;
 
 /* Why the app could not start: on stderr, or in a worker the error log
@@ -73,11 +78,27 @@ static void beat(td_app *app) {
         atomic_fetch_add_explicit(&app->slot->beat, 1, memory_order_relaxed);
 }
 
+static void finish(td_app *app);
+
+/* tendril run is over once its script returned and no task it started
+ * (a thread, a session) is alive, nor a tcp.listen listener. */
+static void check_run_done(td_app *app) {
+    if (!app->script_done || app->stopping)
+        return;
+    td_vm_stats st;
+    td_vm_stats_get(app->vm, &st);
+    if (st.tasks == st.pooled && td_api_tcp_listeners() == 0)
+        finish(app);
+}
+
 /* Once per loop turn: the access log's lines go out, and a worker's
  * heartbeat moves. */
 static void on_loop_turn(uv_prepare_t *p) {
+    td_app *app = p->data;
     td_log_access_flush();
-    beat(p->data);
+    beat(app);
+    if (app->cfg->command == TD_CMD_RUN)
+        check_run_done(app);
 }
 
 /* The supervisor kills a worker whose beat stood still for --stall-kill
@@ -204,6 +225,66 @@ static int load_app(td_app *app) {
     return 0;
 }
 
+/* ---- tendril run ---- */
+
+/* The script returned (an integer is the exit status) or raised (the vm
+ * logged it with its traceback: 1). */
+static void on_script_end(td_task *t, int status) {
+    td_app *app = t->data;
+    app->script_done = 1;
+    if (status != 0)
+        app->run_exit = 1;
+    else if (lua_type(t->co, 1) == LUA_TNUMBER)
+        app->run_exit = (int)lua_tointeger(t->co, 1) & 0xff;
+}
+
+/* Loads the library and starts the script (or -e's code) in a task. */
+static int load_script(td_app *app) {
+    const td_config *cfg = app->cfg;
+    lua_State *L = td_vm_state(app->vm);
+    char abs_path[PATH_MAX];
+    const char *path = NULL;
+    if (cfg->app_path)
+        path = realpath(cfg->app_path, abs_path) ? abs_path : cfg->app_path;
+    open_core(app);
+    set_app_path(L, path ? path : "./-e");
+    td_vm_set_stall_guard(app->vm, cfg->stall_warn_ms, (uint64_t)(cfg->shutdown_timeout * 1000.0));
+    td_vm_set_memory_limit(app->vm, cfg->lua_memory_limit);
+    if (require_module(L, "tendril.boot") != 0 || (lua_pop(L, 1), require_module(L, "tendril.runner")) != 0) {
+        startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
+        return -1;
+    }
+    lua_getfield(L, -1, "prepare");
+    if (cfg->app_path)
+        lua_pushstring(L, cfg->app_path);
+    else
+        lua_pushnil(L);
+    if (cfg->run_code)
+        lua_pushstring(L, cfg->run_code);
+    else
+        lua_pushnil(L);
+    lua_createtable(L, cfg->run_nargs, 0);
+    for (int i = 0; i < cfg->run_nargs; i++) {
+        lua_pushstring(L, cfg->run_args[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    if (lua_pcall(L, 3, 2, 0) != 0 || lua_isnil(L, -2)) {
+        startup_error("%s", lua_tostring(L, -1));
+        return -1;
+    }
+    lua_pop(L, 1);
+    td_task *t = td_vm_task_new(app->vm, on_script_end);
+    lua_pop(L, 1); /* the runner module */
+    if (!t) {
+        startup_error("out of memory");
+        return -1;
+    }
+    t->data = app;
+    t->label = "the script";
+    td_vm_resume(t, 0);
+    return 0;
+}
+
 /* ---- memory after a burst ---- */
 
 /* Connections that must have gone since the last look for it to count as
@@ -228,6 +309,7 @@ static void on_trim_tick(uv_timer_t *t) {
 
 static void finish(td_app *app) { uv_stop(&app->loop); }
 
+
 /* What a drain waits for: accepted connections (HTTP and tcp.listen) and
  * tcp.listen sessions whose handler still runs. */
 static size_t in_flight(td_app *app) { return app->tp->naccepted + td_api_tcp_sessions(); }
@@ -243,6 +325,13 @@ static void on_shutdown_timeout(uv_timer_t *t) {
 }
 
 static void on_stop_signal(td_app *app, int signum) {
+    if (app->cfg->command == TD_CMD_RUN) {
+        /* A script is stopped at once, as luajit would be. */
+        app->run_exit = 128 + signum;
+        app->stopping = 1;
+        finish(app);
+        return;
+    }
     if (app->stopping) {
         if (signum == SIGINT) {
             /* A second Ctrl-C: stop waiting. */
@@ -506,7 +595,16 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
     /* Before the app loads too: a top level stuck in a loop is a stuck worker. */
     start_heartbeat(&app);
     int exit_code = 0;
-    if (load_app(&app) != 0) {
+    if (cfg->command == TD_CMD_RUN) {
+        catch_stop_signals(&app);
+        uv_prepare_start(&app.log_flusher, on_loop_turn);
+        if (load_script(&app) != 0) {
+            exit_code = 1;
+        } else {
+            uv_run(&app.loop, UV_RUN_DEFAULT);
+            exit_code = app.run_exit;
+        }
+    } else if (load_app(&app) != 0) {
         exit_code = 1;
     } else if ((catch_stop_signals(&app), listen_all(&app)) != 0) {
         /* (The handlers come before the "listening on" line: a SIGTERM
@@ -530,7 +628,8 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
     td_api_tcp_close_listeners();
     td_reload_stop(app.reload);
     td_api_http_teardown();
-    report_leftovers(app.vm);
+    if (cfg->command != TD_CMD_RUN || !app.stopping)
+        report_leftovers(app.vm);
     /* Nothing below may reach into Lua: its tasks and scopes are gone. */
     app.tp->enter = app.tp->leave = NULL;
     app.hs->on_request = NULL;

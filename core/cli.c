@@ -11,9 +11,15 @@
 
 static const char usage_text[] =
     "usage: tendril serve APP.lua [options]\n"
+    "       tendril run SCRIPT.lua [ARGS...]\n"
+    "       tendril run -e CODE [ARGS...]\n"
     "       tendril --help | --version\n"
     "\n"
-    "Serves HTTP with the handler that APP.lua returns.\n"
+    "serve: serves HTTP with the handler that APP.lua returns.\n"
+    "run: runs a script in a task with the whole waiting API (http, tcp, sleep,\n"
+    "spawn, fs, run), arg set as luajit sets it; exits when the script returned\n"
+    "and nothing it started still runs, with the integer it returned (default 0),\n"
+    "or 1 and a traceback when it raised.\n"
     "\n"
     "options:\n"
     "  --host H                 address to listen on (default 127.0.0.1)\n"
@@ -141,6 +147,33 @@ static int parse_shared(td_config *cfg, const char *value) {
     return 0;
 }
 
+/* tendril run SCRIPT.lua [ARGS...] | -e CODE [ARGS...]: what follows the
+ * script (or the code) is the script's, options included. */
+static int parse_run(int argc, char **argv, int i, td_config *cfg) {
+    cfg->command = TD_CMD_RUN;
+    cfg->no_watch = 1;
+    cfg->request_timeout = 0;
+    if (i < argc && (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)) {
+        fputs(usage_text, stdout);
+        return TD_CLI_DONE;
+    }
+    if (i < argc && strcmp(argv[i], "-e") == 0) {
+        if (i + 1 >= argc)
+            return usage_error("%s", "-e needs the code to run: tendril run -e 'print(1)'");
+        cfg->run_code = argv[i + 1];
+        i += 2;
+    } else if (i < argc && argv[i][0] == '-' && argv[i][1] != '\0') {
+        return usage_error("unknown option '%s' for run (tendril run SCRIPT.lua or -e CODE)", argv[i]);
+    } else if (i < argc) {
+        cfg->app_path = argv[i++];
+    } else {
+        return usage_error("%s", "missing the script: tendril run SCRIPT.lua [ARGS...], or -e CODE");
+    }
+    cfg->run_args = argv + i;
+    cfg->run_nargs = argc - i;
+    return TD_CLI_RUN;
+}
+
 int td_cli_parse(int argc, char **argv, td_config *cfg) {
     *cfg = (td_config){
         .host = "127.0.0.1",
@@ -168,9 +201,11 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         return TD_CLI_DONE;
     }
     if (i >= argc)
-        return usage_error("%s", "missing command: tendril serve APP.lua");
+        return usage_error("%s", "missing command: tendril serve APP.lua, or tendril run SCRIPT.lua");
+    if (strcmp(argv[i], "run") == 0)
+        return parse_run(argc, argv, i + 1, cfg);
     if (strcmp(argv[i], "serve") != 0)
-        return usage_error("unknown command '%s' (the command is serve)", argv[i]);
+        return usage_error("unknown command '%s' (the commands are serve and run)", argv[i]);
     for (i++; i < argc; i++) {
         char *arg = argv[i];
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {

@@ -1,4 +1,5 @@
-/* The command line: `tendril serve APP.lua [options]`. */
+/* The command line: `tendril serve APP.lua [options]` and
+ * `tendril run SCRIPT.lua|-e CODE [ARGS...]`. */
 #ifndef TD_CLI_H
 #define TD_CLI_H
 
@@ -11,8 +12,15 @@
 /* Worker processes at most (a watch's mask has a bit per worker). */
 #define TD_CLI_MAX_WORKERS 64
 
+enum { TD_CMD_SERVE, TD_CMD_RUN };
+
 typedef struct td_config {
-    const char *app_path;
+    int command;          /* TD_CMD_* */
+    const char *app_path; /* serve: the app; run: the script (NULL with -e) */
+    /* run: the code of -e, and the script's arguments (its arg[1..]). */
+    const char *run_code;
+    char **run_args;
+    int run_nargs;
     const char *host;
     int port;
     const char *access_log; /* NULL: off; "-": stdout */

@@ -200,8 +200,37 @@ static void test_worker_options(void) {
     said("--stall-kill takes a number of seconds, 0 (off) or at least 1, not '0.5'", 5, tiny);
 }
 
+/* tendril run: the script, or -e's code, then the script's own arguments
+ * (options included: they are not tendril's). */
+static void test_run(void) {
+    td_config cfg;
+    const char *script[] = {"tendril", "run", "job.lua", "a", "--port", "1"};
+    CHECK_EQ_INT(parse(&cfg, 6, script), TD_CLI_RUN);
+    CHECK_EQ_INT(cfg.command, TD_CMD_RUN);
+    CHECK(strcmp(cfg.app_path, "job.lua") == 0 && cfg.run_code == NULL);
+    CHECK_EQ_INT(cfg.run_nargs, 3);
+    CHECK(strcmp(cfg.run_args[0], "a") == 0 && strcmp(cfg.run_args[1], "--port") == 0);
+    CHECK(cfg.request_timeout == 0 && cfg.no_watch);
+    const char *code[] = {"tendril", "run", "-e", "print(1)", "x"};
+    CHECK_EQ_INT(parse(&cfg, 5, code), TD_CLI_RUN);
+    CHECK(cfg.app_path == NULL && strcmp(cfg.run_code, "print(1)") == 0);
+    CHECK_EQ_INT(cfg.run_nargs, 1);
+    const char *serve[] = {"tendril", "serve", "app.lua"};
+    CHECK_EQ_INT(parse(&cfg, 3, serve), TD_CLI_RUN);
+    CHECK_EQ_INT(cfg.command, TD_CMD_SERVE);
+    const char *none[] = {"tendril", "run"};
+    said("missing the script", 2, none);
+    const char *bare_e[] = {"tendril", "run", "-e"};
+    said("-e needs the code", 3, bare_e);
+    const char *option[] = {"tendril", "run", "--workers", "2", "x.lua"};
+    said("unknown option '--workers' for run", 5, option);
+    const char *other[] = {"tendril", "frobnicate"};
+    said("the commands are serve and run", 2, other);
+}
+
 int main(void) {
     test_defaults();
+    test_run();
     test_worker_options();
     test_tls_options();
     test_every_option();
