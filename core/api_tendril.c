@@ -40,6 +40,8 @@ static int td_vm_stats_lua(lua_State *L) {
     lua_setfield(L, -2, "waits");
     lua_pushnumber(L, (lua_Number)td_vm_memory(vm));
     lua_setfield(L, -2, "memory");
+    lua_pushinteger(L, (lua_Integer)td_api_tcp_listeners());
+    lua_setfield(L, -2, "listeners");
     return 1;
 }
 

@@ -85,6 +85,10 @@ static void finish(td_app *app);
 static void check_run_done(td_app *app) {
     if (!app->script_done || app->stopping)
         return;
+    if (app->cfg->run_no_wait) {
+        finish(app);
+        return;
+    }
     td_vm_stats st;
     td_vm_stats_get(app->vm, &st);
     if (st.tasks == st.pooled && td_api_tcp_listeners() == 0)
@@ -628,7 +632,7 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
     td_api_tcp_close_listeners();
     td_reload_stop(app.reload);
     td_api_http_teardown();
-    if (cfg->command != TD_CMD_RUN || !app.stopping)
+    if (cfg->command != TD_CMD_RUN || (!app.stopping && !cfg->run_no_wait))
         report_leftovers(app.vm);
     /* Nothing below may reach into Lua: its tasks and scopes are gone. */
     app.tp->enter = app.tp->leave = NULL;

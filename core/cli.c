@@ -13,6 +13,7 @@ static const char usage_text[] =
     "usage: tendril serve APP.lua [options]\n"
     "       tendril run SCRIPT.lua [ARGS...]\n"
     "       tendril run -e CODE [ARGS...]\n"
+    "       tendril test [BUSTED OPTIONS] [PATH...]\n"
     "       tendril --help | --version\n"
     "\n"
     "serve: serves HTTP with the handler that APP.lua returns.\n"
@@ -20,6 +21,9 @@ static const char usage_text[] =
     "spawn, fs, run), arg set as luajit sets it; exits when the script returned\n"
     "and nothing it started still runs, with the integer it returned (default 0),\n"
     "or 1 and a traceback when it raised.\n"
+    "test: runs busted specs (default spec/, else tests/spec/) inside the runtime,\n"
+    "each it in a task of its own; a test that leaves a task or listener behind\n"
+    "fails. Busted's own options apply (tendril test --help lists them).\n"
     "\n"
     "options:\n"
     "  --host H                 address to listen on (default 127.0.0.1)\n"
@@ -204,8 +208,20 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         return usage_error("%s", "missing command: tendril serve APP.lua, or tendril run SCRIPT.lua");
     if (strcmp(argv[i], "run") == 0)
         return parse_run(argc, argv, i + 1, cfg);
+    if (strcmp(argv[i], "test") == 0) {
+        /* A script of the runtime's own, with busted's command line. */
+        cfg->command = TD_CMD_RUN;
+        cfg->no_watch = 1;
+        cfg->request_timeout = 0;
+        cfg->run_code = "return require('tendril.test').run({ ... })";
+        cfg->stall_warn_ms = 0; /* a slow test is not a stuck server */
+        cfg->run_no_wait = 1;   /* what specs left running was reported */
+        cfg->run_args = argv + i + 1;
+        cfg->run_nargs = argc - i - 1;
+        return TD_CLI_RUN;
+    }
     if (strcmp(argv[i], "serve") != 0)
-        return usage_error("unknown command '%s' (the commands are serve and run)", argv[i]);
+        return usage_error("unknown command '%s' (the commands are serve, run and test)", argv[i]);
     for (i++; i < argc; i++) {
         char *arg = argv[i];
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {

@@ -21,6 +21,7 @@ typedef struct td_config {
     const char *run_code;
     char **run_args;
     int run_nargs;
+    int run_no_wait; /* test: exit when the script returns, whatever it left running */
     const char *host;
     int port;
     const char *access_log; /* NULL: off; "-": stdout */

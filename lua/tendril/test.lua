@@ -1,0 +1,113 @@
+-- tendril test: busted inside the runtime (app.c runs it as a script).
+--
+-- Debian's lua-busted does the rest: its command line, output handlers
+-- and exit status. Two things are tendril's: every `it` (with its
+-- before_each and after_each) runs in a task of its own, so specs may wait
+-- (http.get, sleep, tcp.connect, threads, servers); and a test that leaves
+-- something running behind it (a task, a wait) gets an error naming what.
+-- tcp.listen listeners have no close yet: they are left out of the count,
+-- and the run ends when busted does, whatever specs left running.
+local tendril = require "tendril"
+local core = require "tendril.core"
+
+local type, pcall, error, ipairs, loadstring, format = type, pcall, error, ipairs, loadstring, string.format
+
+local _M = {}
+
+-- A test that runs longer than this is reported and left behind.
+_M.TEST_TIMEOUT = 300
+
+-- What runs now besides the runner itself.
+local function running()
+    local s = core.vm_stats()
+    return { tasks = s.tasks - s.pooled, waits = s.waits }
+end
+
+-- What a test left behind, compared with before it, or nil.
+local function leftovers(before)
+    local now = running()
+    local parts = {}
+    if now.tasks > before.tasks then
+        parts[#parts + 1] = format("%d task(s)", now.tasks - before.tasks)
+    end
+    if now.waits > before.waits then
+        parts[#parts + 1] = format("%d wait(s)", now.waits - before.waits)
+    end
+    if #parts == 0 then
+        return nil
+    end
+    return "the test left " .. table.concat(parts, ", ") .. " running (a thread not joined, a socket "
+        .. "waited on): end what a test starts"
+end
+
+-- busted.core, with its `it` executor run in a task of its own.
+local function patched_core(make_core)
+    return function(...)
+        local busted = make_core(...)
+        local register = busted.register
+        busted.register = function(descriptor, executor, attributes)
+            if descriptor == "it" and type(executor) == "function" then
+                local inner = executor
+                executor = function(element)
+                    local before = running()
+                    local th = tendril.spawn_detached(inner, element)
+                    local ok, err = th:join(_M.TEST_TIMEOUT)
+                    local parent = busted.context.parent(element)
+                    if not ok then
+                        busted.publish({ "error", "it" }, element, parent,
+                            err == "timeout" and format("the test ran past %d s", _M.TEST_TIMEOUT) or tostring(err),
+                            "")
+                        return
+                    end
+                    local left = leftovers(before)
+                    if left then
+                        busted.publish({ "error", "it" }, element, parent, left, "")
+                    end
+                end
+            end
+            return register(descriptor, executor, attributes)
+        end
+        return busted
+    end
+end
+
+local function is_dir(path)
+    local st = require("tendril.fs").stat(path)
+    return st and st.type == "directory"
+end
+
+--- Runs busted with args (a command line, as `busted` takes it); the exit
+--- status: 0 when every test passed.
+function _M.run(args)
+    -- A path given is one that exists (an option's value, "-o TAP", is not).
+    local fs = require "tendril.fs"
+    local paths = false
+    for _, a in ipairs(args) do
+        if a:sub(1, 1) ~= "-" and fs.stat(a) then
+            paths = true
+        end
+    end
+    -- busted's default is spec/; a project laid out as tendril is has
+    -- tests/spec/.
+    if not paths and not is_dir("spec") and is_dir("tests/spec") then
+        args[#args + 1] = "tests/spec"
+    end
+    package.loaded["busted.core"] = patched_core(require "busted.core")
+    _G.arg = args
+    args[0] = "tendril test"
+    -- busted ends a failed run with error() (its way of exiting non-zero
+    -- under Lua 5.1) unless it runs standalone: that error is the status.
+    -- Called from a chunk named as the command: busted names itself after
+    -- its caller's file, and would os.exit (no teardown) without one.
+    local call = loadstring("local runner, options = ... return runner(options)", "@tendril test")
+    local ok, err = pcall(call, require "busted.runner", { standalone = false })
+    if ok then
+        return 0
+    end
+    if err ~= nil then
+        error(err, 0)
+    end
+    return 1
+end
+
+return _M

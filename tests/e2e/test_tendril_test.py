@@ -1,0 +1,118 @@
+"""tendril test: busted specs inside the runtime (Debian's lua-busted):
+specs that wait (sleep, a server and a client, threads), busted's report
+and exit status for a failing spec, a spec that leaves a thread running,
+the default directories, busted's options, and the project's own specs."""
+import os
+import re
+import subprocess
+import tempfile
+import textwrap
+
+from harness import BIN, TestCase, deadline, main
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+WAITING_SPEC = r'''
+local tendril = require "tendril"
+local tcp = require "tendril.tcp"
+local http = require "tendril.http"
+
+describe("a spec inside tendril", function()
+    it("sleeps", function()
+        assert.is_true(tendril.sleep(0.02))
+    end)
+    it("serves and fetches", function()
+        local port = tcp.listen("127.0.0.1", 0, function(sock)
+            sock:receive("*l")
+            sock:send("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        end)
+        local res = assert(http.get("http://127.0.0.1:" .. port .. "/"))
+        assert.are.equal("ok", res.body)
+    end)
+    it("joins its threads", function()
+        local a = tendril.spawn(function() tendril.sleep(0.02) return 1 end)
+        local b = tendril.spawn(function() return 2 end)
+        assert.are.same({ true, 1 }, { a:join() })
+        assert.are.same({ true, 2 }, { b:join() })
+    end)
+end)
+'''
+
+FAILING_SPEC = r'''
+describe("arithmetic", function()
+    it("is wrong here", function()
+        assert.are.equal(3, 1 + 1)
+    end)
+end)
+'''
+
+LEAKING_SPEC = r'''
+local tendril = require "tendril"
+describe("a leak", function()
+    it("leaves a thread sleeping", function()
+        tendril.spawn(function() tendril.sleep(0.3) end)
+    end)
+    it("runs after it", function() end)
+end)
+'''
+
+
+def tendril_test(cwd, *args, timeout=120):
+    return subprocess.run([BIN, "test"] + list(args), cwd=cwd, capture_output=True, text=True,
+                          timeout=deadline(timeout))
+
+
+class TendrilTestTest(TestCase):
+    def project(self, files):
+        d = tempfile.mkdtemp(prefix="tendril-test-")
+        for name, text in files.items():
+            path = os.path.join(d, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(textwrap.dedent(text))
+        self.addCleanup(subprocess.run, ["rm", "-rf", d])
+        return d
+
+    def test_specs_wait_inside_the_runtime(self):
+        d = self.project({"spec/wait_spec.lua": WAITING_SPEC})
+        r = tendril_test(d)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("3 successes / 0 failures / 0 errors / 0 pending", r.stdout)
+
+    def test_a_failing_spec_exits_non_zero_with_the_report(self):
+        d = self.project({"spec/fail_spec.lua": FAILING_SPEC})
+        r = tendril_test(d)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("0 successes / 1 failure / 0 errors", r.stdout)
+        self.assertIn("Failure -> spec/fail_spec.lua @ 3", r.stdout)
+        self.assertIn("spec/fail_spec.lua:4: Expected objects to be equal.", r.stdout)
+
+    def test_a_spec_that_leaves_a_thread_fails(self):
+        d = self.project({"spec/leak_spec.lua": LEAKING_SPEC})
+        r = tendril_test(d)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("a leak leaves a thread sleeping", r.stdout)
+        self.assertIn("the test left 1 task(s), 1 wait(s) running", r.stdout)
+        # The next test is not blamed.
+        self.assertIn("2 successes / 0 failures / 1 error", r.stdout)
+
+    def test_default_directories_and_busted_options(self):
+        d = self.project({"tests/spec/wait_spec.lua": WAITING_SPEC})
+        r = tendril_test(d, "-o", "TAP")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(re.findall(r"^ok \d+ - (.*)$", r.stdout, re.M),
+                         ["a spec inside tendril sleeps", "a spec inside tendril serves and fetches",
+                          "a spec inside tendril joins its threads"])
+        # spec/ wins when both exist; a path given wins over both.
+        d = self.project({"spec/fail_spec.lua": FAILING_SPEC, "tests/spec/wait_spec.lua": WAITING_SPEC})
+        self.assertNotEqual(tendril_test(d).returncode, 0)
+        self.assertEqual(tendril_test(d, "tests/spec").returncode, 0)
+
+    def test_the_projects_own_specs(self):
+        r = tendril_test(ROOT, "tests/spec")
+        self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-3000:])
+        self.assertRegex(r.stdout, r"\d+ successes / 0 failures / 0 errors / 0 pending")
+
+
+if __name__ == "__main__":
+    main()
