@@ -812,6 +812,35 @@ static int res_head_sent(lua_State *L) {
     return 1;
 }
 
+/* ---- more listeners (tendril.testing serves an app in its test's process) ---- */
+
+#define LISTENER_MT "tendril.listener"
+
+/* [-2, +2|2] serve_listen(host, port) -> listener, port | nil, err */
+static int serve_listen(lua_State *L) {
+    const char *host = luaL_checkstring(L, 1);
+    int port = (int)luaL_checkinteger(L, 2);
+    td_http_listener **ud = lua_newuserdata(L, sizeof *ud);
+    *ud = NULL;
+    luaL_getmetatable(L, LISTENER_MT);
+    lua_setmetatable(L, -2);
+    int err = 0;
+    *ud = td_http_server_listen_more(server, td_listen_socket(host, port, 0), &err);
+    if (!*ud)
+        return td_api_fail(L, err);
+    lua_pushinteger(L, td_http_listener_port(*ud));
+    return 2;
+}
+
+/* [-1, +0] serve_unlisten(listener): closes it (again: nothing) */
+static int serve_unlisten(lua_State *L) {
+    td_http_listener **ud = luaL_checkudata(L, 1, LISTENER_MT);
+    if (*ud && server)
+        td_http_server_unlisten(*ud);
+    *ud = NULL;
+    return 0;
+}
+
 /* [-0, +1] http_stats() -> {connections=, requests=} */
 static int http_stats(lua_State *L) {
     lua_createtable(L, 0, 2);
@@ -825,6 +854,7 @@ static int http_stats(lua_State *L) {
 void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t timeout_ms) {
     static const luaL_Reg funcs[] = {
         {"req_headers", req_headers},     {"req_remote", req_remote},
+        {"serve_listen", serve_listen}, {"serve_unlisten", serve_unlisten},
         {"req_body", req_body},     {"req_read", req_read},     {"req_body_limit", req_body_limit},
         {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
@@ -837,6 +867,10 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
     luaL_setfuncs(L, funcs, 0);
     luaL_newmetatable(L, FILE_MT);
     lua_pushcfunction(L, file_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, LISTENER_MT);
+    lua_pushcfunction(L, serve_unlisten);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
     lua_createtable(L, 64, 2);

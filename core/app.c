@@ -254,7 +254,15 @@ static int load_script(td_app *app) {
     set_app_path(L, path ? path : "./-e");
     td_vm_set_stall_guard(app->vm, cfg->stall_warn_ms, (uint64_t)(cfg->shutdown_timeout * 1000.0));
     td_vm_set_memory_limit(app->vm, cfg->lua_memory_limit);
-    if (require_module(L, "tendril.boot") != 0 || (lua_pop(L, 1), require_module(L, "tendril.runner")) != 0) {
+    if (require_module(L, "tendril.boot") != 0 || (lua_pop(L, 1), require_module(L, "tendril.server")) != 0) {
+        startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
+        return -1;
+    }
+    /* The request driver: a script may serve (tendril.testing). */
+    lua_getfield(L, -1, "driver");
+    td_vm_set_pool_function(app->vm);
+    lua_pop(L, 1);
+    if (require_module(L, "tendril.runner") != 0) {
         startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
         return -1;
     }

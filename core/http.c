@@ -815,12 +815,44 @@ const td_conn_ops td_http__ops = {
 int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_config *cfg,
                         td_http_request_cb on_request, td_http_over_cb on_over, void *ud) {
     memset(hs, 0, sizeof *hs);
+    td_list_init(&hs->more);
     hs->tp = tp;
     hs->cfg = *cfg;
     hs->on_request = on_request;
     hs->on_over = on_over;
     hs->ud = ud;
     return 0;
+}
+
+struct td_http_listener {
+    td_listener l; /* first: the close callback gets it */
+    td_list link;  /* hs->more */
+};
+
+td_http_listener *td_http_server_listen_more(td_http_server *hs, int fd, int *err) {
+    td_http_listener *hl = malloc(sizeof *hl);
+    if (!hl) {
+        if (fd >= 0)
+            close(fd);
+        *err = UV_ENOMEM;
+        return NULL;
+    }
+    *err = td_listener_adopt(&hl->l, hs->tp, fd, &td_http__ops, sizeof(td_http_conn), http_on_open, hs);
+    if (*err) {
+        free(hl);
+        return NULL;
+    }
+    td_list_push_back(&hs->more, &hl->link);
+    return hl;
+}
+
+int td_http_listener_port(td_http_listener *hl) { return td_listener_port(&hl->l); }
+
+static void free_more(td_listener *l) { free(l); }
+
+void td_http_server_unlisten(td_http_listener *hl) {
+    td_list_remove(&hl->link);
+    td_listener_close(&hl->l, free_more);
 }
 
 int td_http_server_listen(td_http_server *hs, int fd) {
@@ -891,6 +923,8 @@ void td_http_server_drain(td_http_server *hs) {
     hs->draining = 1;
     td_listener_close(&hs->listener, NULL);
     td_listener_close(&hs->tls_listener, NULL);
+    while (!td_list_empty(&hs->more))
+        td_http_server_unlisten(td_container_of(hs->more.next, td_http_listener, link));
     td_transport_foreach(hs->tp, drain_one, hs);
 }
 

@@ -118,6 +118,7 @@ struct td_http_server {
     td_transport *tp;
     td_listener listener;     /* plain HTTP */
     td_listener tls_listener; /* HTTPS */
+    td_list more;             /* td_http_listener: listeners opened later (tendril.testing) */
     td_http_config cfg;
     td_http_request_cb on_request;
     td_http_over_cb on_over;
@@ -210,6 +211,14 @@ int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_conf
 int td_http_server_listen(td_http_server *hs, int fd);
 /* The same for HTTPS with tls's certificates (a reference is taken). */
 int td_http_server_listen_tls(td_http_server *hs, int fd, struct td_tls_server *tls);
+/* Another plain listener for the same server (a test's app, served in
+ * the test's process), on fd: it is the server's until
+ * td_http_server_unlisten, or the drain. NULL (fd closed) on failure. */
+typedef struct td_http_listener td_http_listener;
+td_http_listener *td_http_server_listen_more(td_http_server *hs, int fd, int *err);
+int td_http_listener_port(td_http_listener *hl);
+/* Closes it; its memory goes once libuv is done. Open connections stay. */
+void td_http_server_unlisten(td_http_listener *hl);
 /* New HTTPS connections use tls from now on (a reload renewed them). */
 void td_http_server_set_tls(td_http_server *hs, struct td_tls_server *tls);
 /* The bound ports, or -1. */

@@ -147,7 +147,9 @@ watch = function()
     for i = 1, #dirs do
         watched[dirs[i]] = true
     end
-    core.watch_dirs(dirs)
+    if core.watch_dirs then -- not under tendril run and test
+        core.watch_dirs(dirs)
+    end
 end
 
 --- Runs the app's top level as a new generation, in the calling task.
@@ -201,6 +203,18 @@ function _M.load()
         retire(old)
     end
     return true, committed
+end
+
+--- Makes handler (a function or callable table) the current generation's,
+--- without a file (tendril.testing serving a function). Its number.
+function _M.install(handler)
+    committed = committed + 1
+    local old = current
+    current = { users = 0, loaded = {}, sources = {}, committed = true, number = committed, handler = handler }
+    if old and old.users == 0 and not old.retired then
+        retire(old)
+    end
+    return committed
 end
 
 --- Given files that changed on disk, whether a reload is due: a file of

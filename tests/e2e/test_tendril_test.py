@@ -46,6 +46,51 @@ describe("arithmetic", function()
 end)
 '''
 
+APP = r'''
+local router = require("tendril.router").new()
+local greet = require "greet"
+router:get("/hello/:name", function(req) return greet.hello(req.params.name) end)
+router:post("/echo", function(req, res) return res:json(req:json()) end)
+return router
+'''
+
+GREET = r'''
+local _M = {}
+function _M.hello(name) return "hello " .. name .. "\n" end
+return _M
+'''
+
+APP_SPEC = r'''
+local testing = require "tendril.testing"
+
+describe("the app", function()
+    local app
+    setup(function() app = testing.app("app.lua") end)
+    teardown(function() app:close() end)
+
+    it("greets through its module", function()
+        local res = assert(app:get("/hello/ann"))
+        assert.are.equal(200, res.status)
+        assert.are.equal("hello ann\n", res.body)
+        assert.are.equal("text/plain", res.headers["content-type"])
+    end)
+    it("echoes JSON", function()
+        local res = assert(app:post("/echo", '{"a":[1,2]}', { headers = { ["Content-Type"] = "application/json" } }))
+        assert.are.same({ 200, '{"a":[1,2]}' }, { res.status, res.body })
+    end)
+    it("answers 404 and 405", function()
+        assert.are.equal(404, app:get("/nope").status)
+        local res = app:request({ method = "DELETE", path = "/echo" })
+        assert.are.same({ 405, "POST" }, { res.status, res.headers.allow })
+    end)
+    it("serves a handler function too", function()
+        local f = testing.app(function(req) return "fn " .. req.path end)
+        assert.are.equal("fn /x", f:get("/x").body)
+        f:close()
+    end)
+end)
+'''
+
 LEAKING_SPEC = r'''
 local tendril = require "tendril"
 describe("a leak", function()
@@ -107,6 +152,30 @@ class TendrilTestTest(TestCase):
         d = self.project({"spec/fail_spec.lua": FAILING_SPEC, "tests/spec/wait_spec.lua": WAITING_SPEC})
         self.assertNotEqual(tendril_test(d).returncode, 0)
         self.assertEqual(tendril_test(d, "tests/spec").returncode, 0)
+
+    def test_testing_app_serves_inside_the_test(self):
+        d = self.project({"app.lua": APP, "greet.lua": GREET, "spec/app_spec.lua": APP_SPEC})
+        r = tendril_test(d)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("4 successes / 0 failures / 0 errors / 0 pending", r.stdout)
+
+    def test_testing_app_that_does_not_load(self):
+        d = self.project({"app.lua": "return 42\n", "spec/app_spec.lua":
+                          'it("loads", function() require("tendril.testing").app("app.lua") end)\n'})
+        r = tendril_test(d)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("testing.app: ", r.stdout)
+        self.assertIn("did not return a handler function (it returned number)", r.stdout)
+
+    def test_the_readme_testing_block(self):
+        with open(os.path.join(ROOT, "README.md")) as f:
+            text = f.read()
+        section = text[text.index("`tendril.testing` serves an app"):]
+        block = re.search(r"```lua\n(.*?)```", section, re.S).group(1)
+        d = self.project({"app.lua": APP, "greet.lua": GREET, "spec/readme_spec.lua": block})
+        r = tendril_test(d)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("2 successes / 0 failures / 0 errors / 0 pending", r.stdout)
 
     def test_the_projects_own_specs(self):
         r = tendril_test(ROOT, "tests/spec")

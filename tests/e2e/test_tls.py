@@ -1077,7 +1077,10 @@ class TrustStoreTest(PkiTestCase):
             bodies = list(pool.map(lambda _: get(server.port, url, timeout=30).body.decode(), range(5)))
         self.assertEqual(bodies, ["nil tls: certificate verify failed: unable to get local issuer certificate"] * 5)
         self.assertEqual(server.stop(), 0, server.stderr()[-3000:])
-        self.assertNotIn("stall", server.stderr())
+        # The requests' own: loading the app's top level may stall a
+        # loaded machine's sanitizer build (81 ms once), which is not what
+        # this asks.
+        self.assertNotIn("stall: GET", server.stderr())
 
 
 class ClientResumptionTest(PkiTestCase):
