@@ -12,7 +12,7 @@
 #include "api.h"
 #include "errors.h"
 
-enum { FS_READ, FS_WRITE, FS_APPEND, FS_STAT };
+enum { FS_READ, FS_WRITE, FS_APPEND, FS_STAT, FS_MKDIR };
 
 /* Largest file fs.read returns: a bound, so one call cannot exhaust memory. */
 #define TD_FS_MAX_READ ((size_t)1 << 30)
@@ -108,6 +108,13 @@ static void work(uv_work_t *req) {
     case FS_APPEND:
         w->result = write_file(w);
         break;
+    case FS_MKDIR:
+        /* A directory there already is what was asked for. */
+        if (mkdir(w->path, 0755) == 0 || (errno == EEXIST && stat(w->path, &w->st) == 0 && S_ISDIR(w->st.st_mode)))
+            w->result = 0;
+        else
+            w->result = -errno;
+        break;
     default:
         w->result = stat(w->path, &w->st) == 0 ? 0 : -errno;
         break;
@@ -123,6 +130,7 @@ static int push_results(lua_State *L, fs_work *w) {
         return 1;
     case FS_WRITE:
     case FS_APPEND:
+    case FS_MKDIR:
         lua_pushboolean(L, 1);
         return 1;
     default:
@@ -195,6 +203,8 @@ static int fs_read(lua_State *L) { return start(L, FS_READ, "fs.read"); }
 static int fs_write(lua_State *L) { return start(L, FS_WRITE, "fs.write"); }
 /* [-2, +1|2] fs_append(path, data) -> true | nil, err; yields */
 static int fs_append(lua_State *L) { return start(L, FS_APPEND, "fs.append"); }
+/* [-1, +1|2] fs_mkdir(path) -> true | nil, err; yields */
+static int fs_mkdir(lua_State *L) { return start(L, FS_MKDIR, "fs.mkdir"); }
 /* [-1, +1|2] fs_stat(path) -> {size, mtime, type} | nil, err; yields */
 static int fs_stat(lua_State *L) { return start(L, FS_STAT, "fs.stat"); }
 
@@ -203,6 +213,7 @@ void td_api_fs_open(lua_State *L, td_vm *vm) {
         {"fs_read", fs_read},
         {"fs_write", fs_write},
         {"fs_append", fs_append},
+        {"fs_mkdir", fs_mkdir},
         {"fs_stat", fs_stat},
         {NULL, NULL},
     };

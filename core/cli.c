@@ -14,6 +14,7 @@ static const char usage_text[] =
     "       tendril run SCRIPT.lua [ARGS...]\n"
     "       tendril run -e CODE [ARGS...]\n"
     "       tendril test [BUSTED OPTIONS] [PATH...]\n"
+    "       tendril new DIR\n"
     "       tendril --help | --version\n"
     "\n"
     "serve: serves HTTP with the handler that APP.lua returns.\n"
@@ -24,6 +25,8 @@ static const char usage_text[] =
     "test: runs busted specs (default spec/, else tests/spec/) inside the runtime,\n"
     "each it in a task of its own; a test that leaves a task or listener behind\n"
     "fails. Busted's own options apply (tendril test --help lists them).\n"
+    "new: writes a starting project into DIR (an app with a router, a module,\n"
+    "a spec, .luacheckrc and a README).\n"
     "\n"
     "options:\n"
     "  --host H                 address to listen on (default 127.0.0.1)\n"
@@ -208,6 +211,14 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         return usage_error("%s", "missing command: tendril serve APP.lua, or tendril run SCRIPT.lua");
     if (strcmp(argv[i], "run") == 0)
         return parse_run(argc, argv, i + 1, cfg);
+    if (strcmp(argv[i], "new") == 0) {
+        cfg->command = TD_CMD_RUN;
+        cfg->no_watch = 1;
+        cfg->run_code = "return require('tendril.new').run({ ... })";
+        cfg->run_args = argv + i + 1;
+        cfg->run_nargs = argc - i - 1;
+        return TD_CLI_RUN;
+    }
     if (strcmp(argv[i], "test") == 0) {
         /* A script of the runtime's own, with busted's command line. */
         cfg->command = TD_CMD_RUN;
@@ -221,7 +232,7 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         return TD_CLI_RUN;
     }
     if (strcmp(argv[i], "serve") != 0)
-        return usage_error("unknown command '%s' (the commands are serve, run and test)", argv[i]);
+        return usage_error("unknown command '%s' (the commands are serve, run, test and new)", argv[i]);
     for (i++; i < argc; i++) {
         char *arg = argv[i];
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {

@@ -42,6 +42,13 @@ function _M.append(path, data)
     return core.fs_append(path, data)
 end
 
+--- Makes the directory (its parent must exist; one there already is
+--- fine): true, or nil, err.
+function _M.mkdir(path)
+    check_path("fs.mkdir", path)
+    return core.fs_mkdir(path)
+end
+
 --- { size =, mtime =, type = "file" | "directory" | "other" }, or nil, err.
 function _M.stat(path)
     check_path("fs.stat", path)

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import textwrap
 
-from harness import BIN, TestCase, deadline, main
+from harness import BIN, Server, TestCase, deadline, get, main
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -176,6 +176,30 @@ class TendrilTestTest(TestCase):
         r = tendril_test(d)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("2 successes / 0 failures / 0 errors / 0 pending", r.stdout)
+
+    def test_tendril_new_makes_a_project_that_passes_its_tests(self):
+        base = self.project({})
+        d = os.path.join(base, "work", "demo")
+        r = subprocess.run([BIN, "new", d], capture_output=True, text=True, timeout=deadline(30))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sorted(os.listdir(d)), [".luacheckrc", "README.md", "app.lua", "greet.lua", "spec"])
+        r = tendril_test(d)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("3 successes / 0 failures / 0 errors / 0 pending", r.stdout)
+        lint = subprocess.run(["luacheck", "--no-color", "."], cwd=d, capture_output=True, text=True,
+                              timeout=deadline(30))
+        self.assertEqual(lint.returncode, 0, lint.stdout)
+        with Server(app_path=os.path.join(d, "app.lua")) as srv:
+            self.assertEqual(get(srv.port, "/").body, b"hello from tendril\n")
+            self.assertEqual(get(srv.port, "/hello/bo").body, b'{"greeting":"hello, bo"}')
+        with open(os.path.join(d, "README.md")) as f:
+            self.assertIn("tendril serve app.lua", f.read())
+        # Never over an existing project.
+        r = subprocess.run([BIN, "new", d], capture_output=True, text=True, timeout=deadline(30))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("app.lua exists already: nothing was written", r.stderr)
+        r = subprocess.run([BIN, "new"], capture_output=True, text=True, timeout=deadline(30))
+        self.assertEqual((r.returncode, r.stderr), (1, "tendril new: usage: tendril new DIR\n"))
 
     def test_the_projects_own_specs(self):
         r = tendril_test(ROOT, "tests/spec")

@@ -225,7 +225,7 @@ static void test_run(void) {
     const char *option[] = {"tendril", "run", "--workers", "2", "x.lua"};
     said("unknown option '--workers' for run", 5, option);
     const char *other[] = {"tendril", "frobnicate"};
-    said("the commands are serve, run and test", 2, other);
+    said("the commands are serve, run, test and new", 2, other);
 }
 
 int main(void) {
