@@ -279,8 +279,9 @@ end
 
 
 class StaticTimeoutTest(TestCase):
-    """A reader that stops is cut off by the send timeout; a file that
-    shrinks mid-send ends its connection; the server carries on."""
+    """A reader that stops is cut off by the send timeout; a slow, steady
+    one outlasts the request's deadline; a file that shrinks mid-send ends
+    its connection; the server carries on."""
 
     @classmethod
     def setUpClass(cls):
@@ -288,7 +289,11 @@ class StaticTimeoutTest(TestCase):
         subprocess.run(["truncate", "-s", "64M", os.path.join(cls.root, "sparse.bin")], check=True)
         with open(os.path.join(cls.root, "a.txt"), "wb") as f:
             f.write(b"a\n")
-        cls.server = Server(SHRINK_APP, env={"STATIC_ROOT": cls.root}, args=["--send-timeout", "1"]).start()
+        cls.steady = os.urandom(1536 * 1024)
+        with open(os.path.join(cls.root, "steady.bin"), "wb") as f:
+            f.write(cls.steady)
+        cls.server = Server(SHRINK_APP, env={"STATIC_ROOT": cls.root},
+                            args=["--send-timeout", "1", "--request-timeout", "1"]).start()
         cls.port = cls.server.port
 
     @classmethod
@@ -329,6 +334,27 @@ class StaticTimeoutTest(TestCase):
         self.assertTrue(poll(lambda: self.open_files() == 0 and not self.server_side_open(client_port), 5))
         s.close()
         self.assertEqual(get(self.port, "/a.txt").body, b"a\n")
+
+    def test_a_download_outlasts_the_request_deadline(self):
+        # 1.5 MiB taken 32 KiB at most every 0.05 s: at least 2.4 s, past
+        # the 1 s deadline, never idle as long as the 1 s send timeout.
+        s = socket.create_connection(("127.0.0.1", self.port))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.sendall(b"GET /steady.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        s.settimeout(10)
+        data = b""
+        start = time.monotonic()
+        while True:
+            b = s.recv(32768)
+            if not b:
+                break
+            data += b
+            time.sleep(0.05)
+        s.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b"200 OK", head)
+        self.assertEqual(body, self.steady)
+        self.assertGreater(time.monotonic() - start, 2.0)
 
     def test_file_that_shrinks_ends_the_connection(self):
         s = connect(self.port)
