@@ -554,6 +554,7 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
         startup_error("cannot open the error log %s: %s", cfg->error_log, uv_strerror(rc));
         return 1;
     }
+    td_log_set_access_format((td_access_format)cfg->access_log_format);
     if ((rc = td_log_open_access(cfg->access_log)) != 0) {
         startup_error("cannot open the access log %s: %s", cfg->access_log, uv_strerror(rc));
         td_log_close();

@@ -1,6 +1,7 @@
 /* Parses the command line into a td_config; prints help, version and usage
  * errors. */
 #include "cli.h"
+#include "log.h"
 
 #include <errno.h>
 #include <math.h>
@@ -31,7 +32,10 @@ static const char usage_text[] =
     "options:\n"
     "  --host H                 address to listen on (default 127.0.0.1)\n"
     "  --port P                 port to listen on; 0 picks a free one (default 8080)\n"
-    "  --access-log PATH|-      Common Log Format access log; - is stdout (default off)\n"
+    "  --access-log PATH|-      access log; - is stdout (default off)\n"
+    "  --access-log-format F    common (Common Log Format, the default), combined (with\n"
+    "                           referer and user agent) or json (one object a line, with the\n"
+    "                           request's time and the worker)\n"
     "  --error-log PATH         error log (default stderr)\n"
     "  --max-header-bytes N     largest request head (default 16384)\n"
     "  --max-body-bytes N       largest request body (default 1048576)\n"
@@ -106,7 +110,7 @@ static int parse_bytes(const char *s, size_t *out) {
 /* The options that take a value: any other name is unknown, wherever it
  * stands on the line. */
 static const char *const valued[] = {
-    "--host", "--port", "--access-log", "--error-log", "--max-header-bytes", "--max-body-bytes",
+    "--host", "--port", "--access-log", "--access-log-format", "--error-log", "--max-header-bytes", "--max-body-bytes",
     "--max-connections", "--header-timeout", "--body-timeout", "--keepalive-timeout", "--shutdown-timeout",
     "--send-timeout", "--request-timeout", "--stall-warn-ms", "--lua-memory-limit", "--tls-cert", "--tls-key",
     "--tls-port", "--workers", "--stall-kill", "--shared", NULL,
@@ -283,6 +287,15 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
             cfg->port = (int)p;
         } else if (strcmp(name, "--access-log") == 0) {
             cfg->access_log = value;
+        } else if (strcmp(name, "--access-log-format") == 0) {
+            if (strcmp(value, "common") == 0)
+                cfg->access_log_format = TD_ACCESS_COMMON;
+            else if (strcmp(value, "combined") == 0)
+                cfg->access_log_format = TD_ACCESS_COMBINED;
+            else if (strcmp(value, "json") == 0)
+                cfg->access_log_format = TD_ACCESS_JSON;
+            else
+                return usage_error("--access-log-format takes common, combined or json, not '%s'", value);
         } else if (strcmp(name, "--error-log") == 0) {
             cfg->error_log = value;
         } else if (strcmp(name, "--max-header-bytes") == 0) {

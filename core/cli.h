@@ -25,6 +25,7 @@ typedef struct td_config {
     const char *host;
     int port;
     const char *access_log; /* NULL: off; "-": stdout */
+    int access_log_format;  /* td_access_format (log.h) */
     const char *error_log;  /* NULL: stderr */
     size_t max_header_bytes;
     size_t max_body_bytes;

@@ -148,6 +148,7 @@ struct td_http_req {
     td_list drain_waiters;
     const char *feed_start; /* the buffer llhttp is parsing */
     const char *feed_end;
+    uint64_t started;   /* the loop's time (ms) at the request's first byte, for the access log */
     uint64_t body_seen; /* body bytes parsed, kept or not: bounded by body_limit */
     uint64_t body_limit; /* max_body_bytes unless the handler set another */
     int64_t body_declared; /* Content-Length, or -1 */

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "clock.h"
 #include "errors.h"
@@ -323,6 +324,88 @@ static void append_escaped(td_buf *b, const char *p, size_t n) {
     }
 }
 
+/* The first value of a request header, or NULL (the access log's referer
+ * and user agent). */
+static const char *header_value(const td_http_req *rq, const char *name, size_t nlen, size_t *vlen) {
+    const td_http_header *h = td_http_fields_at(&rq->fields);
+    for (size_t i = 0, n = td_http_fields_count(&rq->fields); i < n; i++) {
+        if (h[i].name_len == nlen && memcmp(rq->fields.text.data + h[i].name, name, nlen) == 0) {
+            *vlen = h[i].value_len;
+            return rq->fields.text.data + h[i].value;
+        }
+    }
+    return NULL;
+}
+
+/* A quoted field of the combined format: escaped as the request line is,
+ * "-" when absent. */
+static void append_quoted(td_buf *b, const char *p, size_t n) {
+    td_buf_append(b, " \"", 2);
+    if (p)
+        append_escaped(b, p, n > 1024 ? 1024 : n);
+    else
+        td_buf_append(b, "-", 1);
+    td_buf_append(b, "\"", 1);
+}
+
+/* A JSON string: quotes, backslashes and control bytes escaped, and bytes
+ * of 0x80 or more as \u00XX, so that the line is valid JSON whatever the
+ * client sent (a non-UTF-8 byte would not be). */
+static void append_json_string(td_buf *b, const char *p, size_t n) {
+    td_buf_append(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '"' || ch == '\\')
+            td_buf_printf(b, "\\%c", ch);
+        else if (ch < 0x20 || ch >= 0x7f)
+            td_buf_printf(b, "\\u%04x", ch);
+        else
+            td_buf_append(b, (const char *)&ch, 1);
+    }
+    td_buf_append(b, "\"", 1);
+}
+
+static void append_json_field(td_buf *b, const char *key, const char *p, size_t n) {
+    td_buf_printf(b, ",\"%s\":", key);
+    if (p)
+        append_json_string(b, p, n > 2048 ? 2048 : n);
+    else
+        td_buf_append(b, "null", 4);
+}
+
+static void json_line(td_buf *b, td_http_conn *hc, const char *peer) {
+    td_http_req *rq = hc->rq;
+    uv_loop_t *loop = hc->conn.tcp.loop;
+    double now = td_clock_now(loop);
+    time_t sec = (time_t)now;
+    struct tm tm;
+    char when[40];
+    gmtime_r(&sec, &tm);
+    size_t wl = strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(when + wl, sizeof when - wl, ".%03dZ", (int)((now - (double)sec) * 1000.0) % 1000);
+    td_buf_printf(b, "{\"time\":\"%s\",\"remote\":", when);
+    append_json_string(b, peer, strlen(peer));
+    if (rq->target_len > 0) {
+        size_t tlen;
+        const char *target = td_http_target(hc, &tlen);
+        const char *method = td_http_method(hc);
+        append_json_field(b, "method", method, strlen(method));
+        append_json_field(b, "target", target, tlen);
+        td_buf_printf(b, ",\"version\":\"1.%d\"", td_http_minor(hc));
+    } else {
+        td_buf_printf(b, ",\"method\":null,\"target\":null,\"version\":null");
+    }
+    uint64_t ms = uv_now(loop) - rq->started;
+    td_buf_printf(b, ",\"status\":%d,\"bytes\":%" PRIu64 ",\"request_time\":%.3f", rq->status, rq->body_sent,
+                  (double)ms / 1000.0);
+    size_t vlen = 0;
+    const char *v = header_value(rq, "referer", 7, &vlen);
+    append_json_field(b, "referer", v, vlen);
+    v = header_value(rq, "user-agent", 10, &vlen);
+    append_json_field(b, "user_agent", v, vlen);
+    td_buf_printf(b, ",\"worker\":%d}", td_log_worker() > 0 ? td_log_worker() : 1);
+}
+
 void td_http__access_log(td_http_conn *hc) {
     td_http_req *rq = hc->rq;
     if (!td_log_access_enabled() || !rq)
@@ -332,6 +415,12 @@ void td_http__access_log(td_http_conn *hc) {
     char peer[64] = "-";
     td_conn_peer(&hc->conn, peer, sizeof peer);
     b.len = 0;
+    td_access_format format = td_log_access_format();
+    if (format == TD_ACCESS_JSON) {
+        json_line(&b, hc, peer);
+        td_log_access(b.data, b.len);
+        return;
+    }
     td_buf_printf(&b, "%s - - [%s] \"", peer, td_clock_log_time(hc->conn.tcp.loop));
     if (rq->target_len > 0) {
         size_t tlen;
@@ -346,6 +435,13 @@ void td_http__access_log(td_http_conn *hc) {
         td_buf_printf(&b, "%" PRIu64, rq->body_sent);
     else
         td_buf_append(&b, "-", 1);
+    if (format == TD_ACCESS_COMBINED) {
+        size_t vlen = 0;
+        const char *v = header_value(rq, "referer", 7, &vlen);
+        append_quoted(&b, v, vlen);
+        v = header_value(rq, "user-agent", 10, &vlen);
+        append_quoted(&b, v, vlen);
+    }
     if (td_log_worker() > 0)
         td_buf_printf(&b, " worker=%d", td_log_worker());
     td_log_access(b.data, b.len);

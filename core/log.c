@@ -27,6 +27,10 @@ static int worker_id;
 void td_log_set_worker(int id) { worker_id = id; }
 int td_log_worker(void) { return worker_id; }
 
+static td_access_format access_format;
+void td_log_set_access_format(td_access_format f) { access_format = f; }
+td_access_format td_log_access_format(void) { return access_format; }
+
 static const char *const level_names[] = {"debug", "info", "notice", "warn", "error", "crit"};
 
 static int open_append(const char *path) {

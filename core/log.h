@@ -40,6 +40,11 @@ void td_log(td_log_level level, const char *fmt, ...) __attribute__((format(prin
 /* Logs msg as it is (it may hold newlines, e.g. a traceback). */
 void td_log_raw(td_log_level level, const char *msg, size_t len);
 
+/* The access log's line format (--access-log-format). */
+typedef enum td_access_format { TD_ACCESS_COMMON, TD_ACCESS_COMBINED, TD_ACCESS_JSON } td_access_format;
+void td_log_set_access_format(td_access_format f);
+td_access_format td_log_access_format(void);
+
 /* Asked for every request: inline. */
 extern int td_log__access_fd;
 static inline int td_log_access_enabled(void) { return td_log__access_fd >= 0; }

@@ -1,4 +1,5 @@
 """Starting, configuring and stopping the real binary."""
+import json
 import os
 import re
 import signal
@@ -136,6 +137,41 @@ class StartupTest(TestCase):
         clf = r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "%s" %d %s$'
         self.assertRegex(lines[0], clf % (r'GET /a\?b=\\x22c\\x22 HTTP/1\.1', 200, "2"))
         self.assertRegex(lines[1], clf % (r'GET / HTTP/1\.1', 400, r"\d+"))
+
+    def test_access_log_combined_and_json(self):
+        d = tempfile.mkdtemp()
+        combined = os.path.join(d, "combined.log")
+        with Server(SLOW_APP, args=["--access-log", combined, "--access-log-format", "combined"]) as srv:
+            get(srv.port, "/", headers={"Referer": "http://a.example/", "User-Agent": 'probe "1"'})
+            get(srv.port, "/")
+        with open(combined) as f:
+            lines = f.read().splitlines()
+        clf = r'^127\.0\.0\.1 - - \[[^]]+\] "GET / HTTP/1\.1" 200 5 '
+        self.assertRegex(lines[0], clf + r'"http://a\.example/" "probe \\x221\\x22"$')
+        self.assertRegex(lines[1], clf + r'"-" "-"$')
+        path = os.path.join(d, "access.json")
+        with Server(SLOW_APP, args=["--access-log", path, "--access-log-format", "json"]) as srv:
+            get(srv.port, "/slow?s=0.3", headers={"User-Agent": "caf\xe9 \"x\"\\"})
+            raw_bad = socket.create_connection(("127.0.0.1", srv.port))
+            raw_bad.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            Reader(raw_bad).response()
+            raw_bad.close()
+        with open(path) as f:
+            entries = [json.loads(line) for line in f.read().splitlines()]
+        self.assertEqual(len(entries), 2, entries)
+        e = entries[0]
+        self.assertRegex(e.pop("time"), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        t = e.pop("request_time")
+        self.assertTrue(0.28 <= t < 3, t)
+        self.assertEqual(e, {"remote": "127.0.0.1", "method": "GET", "target": "/slow?s=0.3", "version": "1.1",
+                             "status": 200, "bytes": 4, "referer": None, "user_agent": 'caf\u00c3\u00a9 "x"\\',
+                             "worker": 1})
+        self.assertEqual((entries[1]["status"], entries[1]["target"]), (400, "/"))
+
+    def test_access_log_format_refused(self):
+        r = subprocess.run([BIN, "serve", "app.lua", "--access-log-format", "xml"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--access-log-format takes common, combined or json, not 'xml'", r.stderr)
 
     def test_access_log_to_stdout(self):
         with Server(HELLO, args=["--access-log", "-"]) as srv:

@@ -1,6 +1,7 @@
 /* td_cli_parse: defaults, options and refusals. */
 #include "check.h"
 #include "cli.h"
+#include "log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -200,6 +201,21 @@ static void test_worker_options(void) {
     said("--stall-kill takes a number of seconds, 0 (off) or at least 1, not '0.5'", 5, tiny);
 }
 
+static void test_access_log_format(void) {
+    td_config cfg;
+    const char *dflt[] = {"tendril", "serve", "a.lua"};
+    CHECK_EQ_INT(parse(&cfg, 3, dflt), TD_CLI_RUN);
+    CHECK_EQ_INT(cfg.access_log_format, TD_ACCESS_COMMON);
+    const char *json[] = {"tendril", "serve", "a.lua", "--access-log-format", "json"};
+    CHECK_EQ_INT(parse(&cfg, 5, json), TD_CLI_RUN);
+    CHECK_EQ_INT(cfg.access_log_format, TD_ACCESS_JSON);
+    const char *combined[] = {"tendril", "serve", "a.lua", "--access-log-format=combined"};
+    CHECK_EQ_INT(parse(&cfg, 4, combined), TD_CLI_RUN);
+    CHECK_EQ_INT(cfg.access_log_format, TD_ACCESS_COMBINED);
+    const char *bad[] = {"tendril", "serve", "a.lua", "--access-log-format", "xml"};
+    said("--access-log-format takes common, combined or json, not 'xml'", 5, bad);
+}
+
 /* tendril run: the script, or -e's code, then the script's own arguments
  * (options included: they are not tendril's). */
 static void test_run(void) {
@@ -231,6 +247,7 @@ static void test_run(void) {
 int main(void) {
     test_defaults();
     test_run();
+    test_access_log_format();
     test_worker_options();
     test_tls_options();
     test_every_option();
