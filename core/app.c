@@ -176,27 +176,33 @@ static int require_module(lua_State *L, const char *name) {
     return lua_pcall(L, 1, 1, 0);
 }
 
+/* The library, for serve and run alike: the core API, the script's
+ * directory first on package.path, the vm's guards, tendril.boot and the
+ * request driver (a script may serve too: tendril.testing). Leaves
+ * tendril.server on the stack; -1 when something did not load. */
+static int open_runtime(td_app *app, const char *path) {
+    lua_State *L = td_vm_state(app->vm);
+    open_core(app);
+    set_app_path(L, path);
+    td_vm_set_stall_guard(app->vm, app->cfg->stall_warn_ms, (uint64_t)(app->cfg->shutdown_timeout * 1000.0));
+    td_vm_set_memory_limit(app->vm, app->cfg->lua_memory_limit);
+    if (require_module(L, "tendril.boot") != 0 || (lua_pop(L, 1), require_module(L, "tendril.server")) != 0) {
+        startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
+        return -1;
+    }
+    lua_getfield(L, -1, "driver");
+    td_vm_set_pool_function(app->vm);
+    return 0;
+}
+
 /* Loads the library and runs the app's top level as generation 1 (in a
  * task, so it may wait). Returns 0 when the app is ready to serve. */
 static int load_app(td_app *app) {
     lua_State *L = td_vm_state(app->vm);
     char abs_path[PATH_MAX];
     const char *path = realpath(app->cfg->app_path, abs_path) ? abs_path : app->cfg->app_path;
-    open_core(app);
-    set_app_path(L, path);
-    td_vm_set_stall_guard(app->vm, app->cfg->stall_warn_ms, (uint64_t)(app->cfg->shutdown_timeout * 1000.0));
-    td_vm_set_memory_limit(app->vm, app->cfg->lua_memory_limit);
-    if (require_module(L, "tendril.boot") != 0) {
-        startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
+    if (open_runtime(app, path) != 0)
         return -1;
-    }
-    lua_pop(L, 1);
-    if (require_module(L, "tendril.server") != 0) {
-        startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
-        return -1;
-    }
-    lua_getfield(L, -1, "driver");
-    td_vm_set_pool_function(app->vm);
     lua_pop(L, 1);
     if (require_module(L, "tendril.generation") != 0) {
         startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
@@ -250,17 +256,8 @@ static int load_script(td_app *app) {
     const char *path = NULL;
     if (cfg->app_path)
         path = realpath(cfg->app_path, abs_path) ? abs_path : cfg->app_path;
-    open_core(app);
-    set_app_path(L, path ? path : "./-e");
-    td_vm_set_stall_guard(app->vm, cfg->stall_warn_ms, (uint64_t)(cfg->shutdown_timeout * 1000.0));
-    td_vm_set_memory_limit(app->vm, cfg->lua_memory_limit);
-    if (require_module(L, "tendril.boot") != 0 || (lua_pop(L, 1), require_module(L, "tendril.server")) != 0) {
-        startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
+    if (open_runtime(app, path ? path : "./-e") != 0)
         return -1;
-    }
-    /* The request driver: a script may serve (tendril.testing). */
-    lua_getfield(L, -1, "driver");
-    td_vm_set_pool_function(app->vm);
     lua_pop(L, 1);
     if (require_module(L, "tendril.runner") != 0) {
         startup_error("cannot load the runtime library: %s", lua_tostring(L, -1));
