@@ -851,10 +851,38 @@ static int http_stats(lua_State *L) {
     return 1;
 }
 
+/* [-0, +1] http_counts() -> { classes = {other, 1xx, ... 5xx}, buckets =
+ * {n...}, bounds = {ms...}, sum_ms = } for tendril.metrics */
+static int http_counts(lua_State *L) {
+    const td_http_counts *c = &server->counts;
+    lua_createtable(L, 0, 4);
+    lua_createtable(L, 6, 0);
+    for (int i = 0; i < 6; i++) {
+        lua_pushnumber(L, (lua_Number)c->by_class[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "classes");
+    lua_createtable(L, TD_HTTP_LATENCY_BUCKETS, 0);
+    for (int i = 0; i < TD_HTTP_LATENCY_BUCKETS; i++) {
+        lua_pushnumber(L, (lua_Number)c->latency[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "buckets");
+    lua_createtable(L, TD_HTTP_LATENCY_BUCKETS - 1, 0);
+    for (int i = 0; i < TD_HTTP_LATENCY_BUCKETS - 1; i++) {
+        lua_pushnumber(L, (lua_Number)td_http_latency_ms[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "bounds");
+    lua_pushnumber(L, (lua_Number)c->latency_ms_sum);
+    lua_setfield(L, -2, "sum_ms");
+    return 1;
+}
+
 void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t timeout_ms) {
     static const luaL_Reg funcs[] = {
         {"req_headers", req_headers},     {"req_remote", req_remote},
-        {"serve_listen", serve_listen}, {"serve_unlisten", serve_unlisten},
+        {"serve_listen", serve_listen}, {"serve_unlisten", serve_unlisten}, {"http_counts", http_counts},
         {"req_body", req_body},     {"req_read", req_read},     {"req_body_limit", req_body_limit},
         {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},

@@ -42,6 +42,8 @@ static int td_vm_stats_lua(lua_State *L) {
     lua_setfield(L, -2, "memory");
     lua_pushinteger(L, (lua_Integer)td_api_tcp_listeners());
     lua_setfield(L, -2, "listeners");
+    lua_pushnumber(L, (lua_Number)st.stalls);
+    lua_setfield(L, -2, "stalls");
     return 1;
 }
 

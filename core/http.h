@@ -114,6 +114,18 @@ typedef struct td_http_waiter {
     void *ud;
 } td_http_waiter;
 
+/* A request's time to its answer's end, in these buckets (ms; the last is
+ * everything longer): tendril.metrics' histogram. */
+#define TD_HTTP_LATENCY_BUCKETS 12
+extern const uint32_t td_http_latency_ms[TD_HTTP_LATENCY_BUCKETS - 1];
+
+/* Requests ended, counted as they end (the access log's moment). */
+typedef struct td_http_counts {
+    uint64_t by_class[6]; /* [1..5]: 1xx..5xx; [0]: anything else */
+    uint64_t latency[TD_HTTP_LATENCY_BUCKETS];
+    uint64_t latency_ms_sum;
+} td_http_counts;
+
 struct td_http_server {
     td_transport *tp;
     td_listener listener;     /* plain HTTP */
@@ -127,6 +139,7 @@ struct td_http_server {
     size_t nspare;
     size_t nconns; /* open connections */
     size_t live;   /* requests whose response has not ended */
+    td_http_counts counts;
     unsigned draining : 1;
 };
 

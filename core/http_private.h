@@ -10,7 +10,8 @@ static inline td_http_server *td_http__server(td_http_conn *hc) { return hc->con
 /* Answers with a short server-made response and ends the connection; the
  * live request, if any, is over. */
 void td_http__error_response(td_http_conn *hc, int status);
-/* Writes the access log line of the request that just ended. */
+/* The request that just ended: counted (td_http_counts), and its access
+ * log line written. */
 void td_http__access_log(td_http_conn *hc);
 /* Ends the live request's bookkeeping (serial, counts) and tells the layer
  * above (status as in td_http_over_cb); no I/O. */

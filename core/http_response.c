@@ -406,8 +406,27 @@ static void json_line(td_buf *b, td_http_conn *hc, const char *peer) {
     td_buf_printf(b, ",\"worker\":%d}", td_log_worker() > 0 ? td_log_worker() : 1);
 }
 
+const uint32_t td_http_latency_ms[TD_HTTP_LATENCY_BUCKETS - 1] = {5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
+                                                                    10000};
+
+/* The request ended: counted by status class and time. */
+static void count(td_http_conn *hc) {
+    td_http_req *rq = hc->rq;
+    td_http_counts *c = &td_http__server(hc)->counts;
+    int cls = rq->status / 100;
+    c->by_class[cls >= 1 && cls <= 5 ? cls : 0]++;
+    uint64_t ms = uv_now(hc->conn.tcp.loop) - rq->started;
+    c->latency_ms_sum += ms;
+    size_t b = 0;
+    while (b < TD_HTTP_LATENCY_BUCKETS - 1 && ms > td_http_latency_ms[b])
+        b++;
+    c->latency[b]++;
+}
+
 void td_http__access_log(td_http_conn *hc) {
     td_http_req *rq = hc->rq;
+    if (rq && hc->conn.owner)
+        count(hc);
     if (!td_log_access_enabled() || !rq)
         return;
     /* One line buffer for the process, grown once. */

@@ -38,6 +38,7 @@ struct td_vm {
     td_list posted;
     size_t ntasks;
     size_t nwaits;
+    uint64_t nstalls;
     int depth; /* lua_resume calls on the C stack */
     int held;  /* td_vm_hold calls not yet released: resumes are posted */
     td_stall *stall;
@@ -162,6 +163,7 @@ void td_vm_stats_get(td_vm *vm, td_vm_stats *st) {
     st->tasks = vm->ntasks;
     st->pooled = vm->npool;
     st->waits = vm->nwaits;
+    st->stalls = vm->nstalls;
 }
 
 /* ---- tasks ---- */
@@ -345,6 +347,7 @@ static void report_stall(td_task *t) {
     char where[TD_STALL_TEXT], who[TD_STALL_TEXT];
     if (!td_stall_leave(t->vm->stall, &ms, where, who))
         return;
+    t->vm->nstalls++;
     if (!who[0])
         describe_task(t, who, sizeof who);
     if (where[0])

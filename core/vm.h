@@ -106,6 +106,7 @@ typedef struct td_vm_stats {
     size_t tasks;    /* tasks alive, pooled ones included */
     size_t pooled;
     size_t waits;
+    uint64_t stalls; /* resumes that held the loop past the stall guard's threshold */
 } td_vm_stats;
 
 /* Creates the Lua state: standard libraries, the embedded tendril library,

@@ -7,7 +7,7 @@ local owned = require "tendril.owned"
 local select, tostring, type, error, concat, unpack = select, tostring, type, error, table.concat, unpack
 local setmetatable, xpcall, pcall, pairs, next = setmetatable, xpcall, pcall, pairs, next
 local getinfo = debug.getinfo
-local find = string.find
+local find, format, floor, ipairs = string.find, string.format, math.floor, ipairs
 local log_message = core.log
 local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
 
@@ -221,6 +221,61 @@ function _M.stats()
     s.websockets = core.ws_count()
     s.dns_cached = dns_cached
     return s
+end
+
+-- The text of one metric: HELP and TYPE, then its samples.
+local function metric(out, name, kind, help, samples)
+    out[#out + 1] = "# HELP " .. name .. " " .. help
+    out[#out + 1] = "# TYPE " .. name .. " " .. kind
+    for i = 1, #samples do
+        out[#out + 1] = samples[i]
+    end
+end
+
+-- A number as Prometheus writes it: integers without a decimal point.
+local function num(v)
+    if v == floor(v) and v < 2 ^ 53 then
+        return format("%d", v)
+    end
+    return format("%.6g", v)
+end
+
+--- This process's counters in Prometheus' text format (version 0.0.4),
+--- every name prefixed tendril_ and every sample labelled with its worker.
+--- Serve it as is: res:header("Content-Type", "text/plain; version=0.0.4").
+function _M.metrics()
+    local w = format('worker="%d"', core.worker_id)
+    local s, h, c = core.vm_stats(), core.http_stats(), core.http_counts()
+    local out = {}
+    local classes = {}
+    for i, name in ipairs({ "other", "1xx", "2xx", "3xx", "4xx", "5xx" }) do
+        classes[i] = format('tendril_requests_total{%s,class="%s"} %s', w, name, num(c.classes[i]))
+    end
+    metric(out, "tendril_requests_total", "counter", "Requests answered (or cut off), by status class.", classes)
+    local buckets, total = {}, 0
+    for i = 1, #c.buckets do
+        total = total + c.buckets[i]
+        local le = c.bounds[i] and num(c.bounds[i] / 1000) or "+Inf"
+        buckets[i] = format('tendril_request_duration_seconds_bucket{%s,le="%s"} %s', w, le, num(total))
+    end
+    buckets[#buckets + 1] = format("tendril_request_duration_seconds_sum{%s} %s", w, num(c.sum_ms / 1000))
+    buckets[#buckets + 1] = format("tendril_request_duration_seconds_count{%s} %s", w, num(total))
+    metric(out, "tendril_request_duration_seconds", "histogram",
+        "Time from a request's first byte to its answer's end.", buckets)
+    local function gauge(name, kind, help, v)
+        metric(out, name, kind, help, { format("%s{%s} %s", name, w, num(v)) })
+    end
+    gauge("tendril_connections", "gauge", "Open HTTP connections.", h.connections)
+    gauge("tendril_requests_in_flight", "gauge", "Requests whose answer has not ended.", h.requests)
+    gauge("tendril_websockets", "gauge", "Open WebSockets.", core.ws_count())
+    gauge("tendril_tasks", "gauge", "Tasks alive (requests, threads, sessions), the pool aside.", s.tasks - s.pooled)
+    gauge("tendril_waits", "gauge", "Tasks waiting (on I/O, a timer, a thread).", s.waits)
+    gauge("tendril_reloads_total", "counter", "Generations of the app loaded after the first.",
+        math.max(generation.number() - 1, 0))
+    gauge("tendril_stalls_total", "counter", "Resumes that held the event loop past --stall-warn-ms.", s.stalls)
+    gauge("tendril_lua_memory_bytes", "gauge", "Bytes the Lua state holds.", s.memory)
+    out[#out + 1] = ""
+    return concat(out, "\n")
 end
 
 ---------------------------------------------------------------- processes
