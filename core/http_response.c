@@ -373,6 +373,10 @@ static void append_json_field(td_buf *b, const char *key, const char *p, size_t 
         td_buf_append(b, "null", 4);
 }
 
+/* The body's bytes that went out: none for HEAD (its handler's body is
+ * counted, to frame the head, but not sent). */
+static uint64_t body_bytes(const td_http_req *rq) { return rq->no_body ? 0 : rq->body_sent; }
+
 static void json_line(td_buf *b, td_http_conn *hc, const char *peer) {
     td_http_req *rq = hc->rq;
     uv_loop_t *loop = hc->conn.tcp.loop;
@@ -396,7 +400,7 @@ static void json_line(td_buf *b, td_http_conn *hc, const char *peer) {
         td_buf_printf(b, ",\"method\":null,\"target\":null,\"version\":null");
     }
     uint64_t ms = uv_now(loop) - rq->started;
-    td_buf_printf(b, ",\"status\":%d,\"bytes\":%" PRIu64 ",\"request_time\":%.3f", rq->status, rq->body_sent,
+    td_buf_printf(b, ",\"status\":%d,\"bytes\":%" PRIu64 ",\"request_time\":%.3f", rq->status, body_bytes(rq),
                   (double)ms / 1000.0);
     size_t vlen = 0;
     const char *v = header_value(rq, "referer", 7, &vlen);
@@ -450,8 +454,8 @@ void td_http__access_log(td_http_conn *hc) {
     } else {
         td_buf_printf(&b, "-\" %d ", rq->status);
     }
-    if (rq->body_sent)
-        td_buf_printf(&b, "%" PRIu64, rq->body_sent);
+    if (body_bytes(rq))
+        td_buf_printf(&b, "%" PRIu64, body_bytes(rq));
     else
         td_buf_append(&b, "-", 1);
     if (format == TD_ACCESS_COMBINED) {

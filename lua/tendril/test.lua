@@ -3,8 +3,9 @@
 -- Debian's lua-busted does the rest: its command line, output handlers
 -- and exit status. Two things are tendril's: every `it` (with its
 -- before_each and after_each) runs in a task of its own, so specs may wait
--- (http.get, sleep, tcp.connect, threads, servers); and a test that leaves
--- something running behind it (a task, a wait) gets an error naming what.
+-- (http.get, sleep, tcp.connect, threads, servers); and a test whose body
+-- leaves something running behind it (a task, a wait) fails with an error
+-- naming what (things its before_each started are not its own).
 -- tcp.listen listeners have no close yet: they are left out of the count,
 -- and the run ends when busted does, whatever specs left running.
 local tendril = require "tendril"
@@ -49,19 +50,26 @@ local function patched_core(make_core)
             if descriptor == "it" and type(executor) == "function" then
                 local inner = executor
                 executor = function(element)
-                    local before = running()
+                    -- The body's leftovers are the test's error, so that
+                    -- every output handler reports it as the test's own.
+                    local body = element.run
+                    element.run = function(...)
+                        local before = running()
+                        body(...)
+                        local left = leftovers(before)
+                        if left then
+                            -- Named at the test's own line, not this one.
+                            local at = element.trace or {}
+                            error(format("%s:%s: %s", at.short_src or "?", at.currentline or "?", left), 0)
+                        end
+                    end
                     local th = tendril.spawn_detached(inner, element)
                     local ok, err = th:join(_M.TEST_TIMEOUT)
-                    local parent = busted.context.parent(element)
+                    element.run = body
                     if not ok then
-                        busted.publish({ "error", "it" }, element, parent,
+                        busted.publish({ "error", "it" }, element, busted.context.parent(element),
                             err == "timeout" and format("the test ran past %d s", _M.TEST_TIMEOUT) or tostring(err),
                             "")
-                        return
-                    end
-                    local left = leftovers(before)
-                    if left then
-                        busted.publish({ "error", "it" }, element, parent, left, "")
                     end
                 end
             end

@@ -22,6 +22,14 @@ local _M = {}
 local App = {}
 App.__index = App
 
+-- The app's directory first on package.path, as tendril serve has it.
+local function on_path(dir)
+    local entry = dir .. "/?.lua;" .. dir .. "/?/init.lua;"
+    if package.path:sub(1, #entry) ~= entry then
+        package.path = entry .. package.path
+    end
+end
+
 local function absolute(path)
     if path:sub(1, 1) == "/" then
         return path
@@ -36,7 +44,9 @@ function _M.app(what)
     local t = type(what)
     if t == "string" then
         local path = absolute(what)
-        generation.set_app(path, match(path, "^(.*)/[^/]*$") or ".")
+        local dir = match(path, "^(.*)/[^/]*$") or "."
+        on_path(dir)
+        generation.set_app(path, dir)
         local ok, err = generation.load()
         if not ok then
             error("testing.app: " .. tostring(err), 2)

@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 
-from harness import BIN, Reader, Server, TestCase, connect, deadline, get, main, poll
+from harness import BIN, Reader, Server, TestCase, connect, deadline, get, main, poll, request
 
 HELLO = 'return function() return "hi" end\n'
 
@@ -152,13 +152,18 @@ class StartupTest(TestCase):
         path = os.path.join(d, "access.json")
         with Server(SLOW_APP, args=["--access-log", path, "--access-log-format", "json"]) as srv:
             get(srv.port, "/slow?s=0.3", headers={"User-Agent": "caf\xe9 \"x\"\\"})
+            r, rd = request(srv.port, "HEAD", "/")
+            rd.sock.close()
+            self.assertEqual(r.header("content-length"), "5")
             raw_bad = socket.create_connection(("127.0.0.1", srv.port))
             raw_bad.sendall(b"GET / HTTP/1.1\r\n\r\n")
             Reader(raw_bad).response()
             raw_bad.close()
         with open(path) as f:
             entries = [json.loads(line) for line in f.read().splitlines()]
-        self.assertEqual(len(entries), 2, entries)
+        self.assertEqual(len(entries), 3, entries)
+        # A HEAD's body is counted to frame its head, but none was sent.
+        self.assertEqual((entries.pop(1)["bytes"]), 0)
         e = entries[0]
         self.assertRegex(e.pop("time"), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         t = e.pop("request_time")

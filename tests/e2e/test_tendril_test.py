@@ -137,9 +137,16 @@ class TendrilTestTest(TestCase):
         r = tendril_test(d)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("a leak leaves a thread sleeping", r.stdout)
-        self.assertIn("the test left 1 task(s), 1 wait(s) running", r.stdout)
-        # The next test is not blamed.
-        self.assertIn("2 successes / 0 failures / 1 error", r.stdout)
+        # A thread spawned starts when the test next waits or returns: a
+        # task not yet waiting.
+        self.assertIn("spec/leak_spec.lua:4: the test left 1 task(s) running", r.stdout)
+        # The test is an error, once, and the next test is not blamed.
+        self.assertIn("1 success / 0 failures / 1 error", r.stdout)
+        # Every output handler says so: TAP too.
+        r = tendril_test(d, "-o", "TAP")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("not ok 1 - a leak leaves a thread sleeping", r.stdout)
+        self.assertIn("ok 2 - a leak runs after it", r.stdout)
 
     def test_default_directories_and_busted_options(self):
         d = self.project({"tests/spec/wait_spec.lua": WAITING_SPEC})
@@ -158,6 +165,17 @@ class TendrilTestTest(TestCase):
         r = tendril_test(d)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("4 successes / 0 failures / 0 errors / 0 pending", r.stdout)
+
+    def test_testing_app_finds_its_modules_in_its_directory(self):
+        d = self.project({"sub/app.lua": APP, "sub/greet.lua": GREET, "spec/sub_spec.lua":
+                          'it("greets", function()\n'
+                          '  local app = require("tendril.testing").app("sub/app.lua")\n'
+                          '  assert.are.equal("hello bo\\n", app:get("/hello/bo").body)\n'
+                          '  app:close()\n'
+                          'end)\n'})
+        r = tendril_test(d)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("1 success / 0 failures / 0 errors", r.stdout)
 
     def test_testing_app_that_does_not_load(self):
         d = self.project({"app.lua": "return 42\n", "spec/app_spec.lua":
