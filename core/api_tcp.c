@@ -616,6 +616,12 @@ static int tcp_listen(lua_State *L) {
     for (pos = listeners.next; port != 0 && pos != &listeners; pos = pos->next) {
         listener *old = td_container_of(pos, listener, link);
         if (same_addr(&old->addr, &addr)) {
+            /* Asked for twice by the same load (or script): the second
+             * would never be served. */
+            if (old->claimed) {
+                td_tls_server_unref(tls);
+                return td_api_fail(L, UV_EADDRINUSE);
+            }
             take_over(L, old, tls, timeout_ms);
             return 1;
         }

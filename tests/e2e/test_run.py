@@ -112,6 +112,19 @@ class RunTest(TestCase):
             p.stdout.close()
             p.stderr.close()
 
+    def test_listening_twice_on_one_port_says_in_use(self):
+        p = subprocess.Popen([BIN, "run", "-e", "local tcp = require 'tendril.tcp'\n"
+                              "local port = assert(tcp.listen('127.0.0.1', 0, function() end))\n"
+                              "print(tcp.listen('127.0.0.1', port, function() end))\n"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        try:
+            self.assertEqual(p.stdout.readline(), "nil\taddress in use\n")
+        finally:
+            p.send_signal(signal.SIGTERM)  # the first listener keeps it running
+            self.assertEqual(p.wait(timeout=deadline(5)), 128 + signal.SIGTERM)
+            p.stdout.close()
+            p.stderr.close()
+
     def test_sigterm_stops_a_sleeping_script_at_once(self):
         p = subprocess.Popen([BIN, "run", "-e", "require('tendril').sleep(30) print('never')"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
