@@ -816,7 +816,6 @@ const td_conn_ops td_http__ops = {
 int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_config *cfg,
                         td_http_request_cb on_request, td_http_over_cb on_over, void *ud) {
     memset(hs, 0, sizeof *hs);
-    td_list_init(&hs->more);
     hs->tp = tp;
     hs->cfg = *cfg;
     hs->on_request = on_request;
@@ -827,7 +826,6 @@ int td_http_server_init(td_http_server *hs, td_transport *tp, const td_http_conf
 
 struct td_http_listener {
     td_listener l; /* first: the close callback gets it */
-    td_list link;  /* hs->more */
 };
 
 td_http_listener *td_http_server_listen_more(td_http_server *hs, int fd, int *err) {
@@ -843,7 +841,6 @@ td_http_listener *td_http_server_listen_more(td_http_server *hs, int fd, int *er
         free(hl);
         return NULL;
     }
-    td_list_push_back(&hs->more, &hl->link);
     return hl;
 }
 
@@ -852,7 +849,6 @@ int td_http_listener_port(td_http_listener *hl) { return td_listener_port(&hl->l
 static void free_more(td_listener *l) { free(l); }
 
 void td_http_server_unlisten(td_http_listener *hl) {
-    td_list_remove(&hl->link);
     td_listener_close(&hl->l, free_more);
 }
 
@@ -924,8 +920,9 @@ void td_http_server_drain(td_http_server *hs) {
     hs->draining = 1;
     td_listener_close(&hs->listener, NULL);
     td_listener_close(&hs->tls_listener, NULL);
-    while (!td_list_empty(&hs->more))
-        td_http_server_unlisten(td_container_of(hs->more.next, td_http_listener, link));
+    /* Listeners from td_http_server_listen_more are their owners' to close
+     * (a Lua userdata's close or __gc): what they accept now is closed at
+     * once. */
     td_transport_foreach(hs->tp, drain_one, hs);
 }
 

@@ -130,7 +130,6 @@ struct td_http_server {
     td_transport *tp;
     td_listener listener;     /* plain HTTP */
     td_listener tls_listener; /* HTTPS */
-    td_list more;             /* td_http_listener: listeners opened later (tendril.testing) */
     td_http_config cfg;
     td_http_request_cb on_request;
     td_http_over_cb on_over;
@@ -226,8 +225,10 @@ int td_http_server_listen(td_http_server *hs, int fd);
 /* The same for HTTPS with tls's certificates (a reference is taken). */
 int td_http_server_listen_tls(td_http_server *hs, int fd, struct td_tls_server *tls);
 /* Another plain listener for the same server (a test's app, served in
- * the test's process), on fd: it is the server's until
- * td_http_server_unlisten, or the drain. NULL (fd closed) on failure. */
+ * the test's process), on fd. The caller owns it and ends it with
+ * td_http_server_unlisten, before the transport closes (the drain leaves it
+ * open: connections it accepts while draining are closed at once). NULL
+ * (fd closed) on failure. */
 typedef struct td_http_listener td_http_listener;
 td_http_listener *td_http_server_listen_more(td_http_server *hs, int fd, int *err);
 int td_http_listener_port(td_http_listener *hl);
