@@ -19,6 +19,7 @@ local DOT, SLASH = byte("."), byte("/")
 local floor = math.floor
 local file_open, file_close, realpath, req_header = core.file_open, core.file_close, core.realpath, core.req_header
 local dir_open, dir_list = core.dir_open, core.dir_list
+local url_encode = require("tendril.url").encode
 local gsub, sort = string.gsub, table.sort
 local rawget = rawget
 
@@ -182,11 +183,10 @@ local function html(s)
     return (gsub(s, "[&<>\"']", HTML_ESCAPES))
 end
 
--- An entry's name as a relative link: every byte but the unreserved ones
--- percent-encoded ("a b" -> "a%20b", "x?y" -> "x%3Fy"), the trailing "/"
--- of a directory kept.
+-- An entry's name as a relative link: url.encode's, the trailing "/" of
+-- a directory kept ("a b/" -> "a%20b/", "x?y" -> "x%3Fy").
 local function href(name)
-    return (gsub(name, "[^%w%-%._~/]", function(c) return format("%%%02X", byte(c)) end))
+    return (gsub(url_encode(name), "%%2F", "/"))
 end
 
 -- The entries of the directory at path (its URL path is `at`, ending in
