@@ -210,6 +210,7 @@ def measure(peer, tendril_bin, duration, upstream_port):
 OPTION_COSTS = [
     ("loop-stall guard", "--stall-warn-ms 0"),
     ("file watching (hot reload)", "--no-watch"),
+    ("per-request time breakdown", "--no-timings"),
 ]
 
 

@@ -17,6 +17,7 @@
 typedef struct td_api_socket {
     uint32_t slot, serial;
     uint64_t timeout_ms; /* each send and each read */
+    int kind; /* enum td_wait_kind its waits count as: TD_WAIT_TCP, or TD_WAIT_HTTP for tendril.http's */
 } td_api_socket;
 
 /* [-0, +2] The failure half of the Lua I/O convention: nil, and the one
@@ -48,6 +49,8 @@ void td_api_sleep_open(lua_State *L, td_vm *vm);
 /* The request and response primitives, and http statistics; timeout_ms is
  * every request's deadline (--request-timeout; 0: none). */
 void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t timeout_ms);
+/* Whether requests' time is counted (timings.h; on by default). */
+void td_api_http_set_timings(int on);
 /* Before the Lua state closes: output still held by reference lets go of
  * its strings without touching Lua. */
 void td_api_http_teardown(void);

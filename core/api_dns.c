@@ -80,7 +80,7 @@ static int resolve(lua_State *L) {
         free(w);
         return td_api_fail(L, rc);
     }
-    td_vm_wait_begin(t, &w->wait, cancel_dns, 0);
+    td_vm_wait_begin(t, &w->wait, cancel_dns, 0, TD_WAIT_DNS);
     return lua_yield(L, 0);
 }
 

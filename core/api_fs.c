@@ -193,7 +193,7 @@ static int start(lua_State *L, int op, const char *fname) {
         free_work(w);
         return td_api_fail(L, rc);
     }
-    td_vm_wait_begin(t, &w->wait, cancel_fs, 0);
+    td_vm_wait_begin(t, &w->wait, cancel_fs, 0, TD_WAIT_FS);
     return lua_yield(L, 0);
 }
 

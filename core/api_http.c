@@ -43,6 +43,7 @@ typedef struct http_wait {
 static td_http_server *server;
 static lua_State *main_L; /* for the references of chunks written by reference; NULL after teardown */
 static uint64_t request_timeout_ms;
+static int time_requests = 1; /* td_api_http_set_timings */
 /* Registry reference of the table of method names (by llhttp's number) and
  * versions ("1.1" at -1, "1.0" at -2). */
 static int names_ref = LUA_NOREF;
@@ -91,8 +92,11 @@ void td_api_http_dispatch(td_http_conn *hc, void *ud) {
     if (scope && request_timeout_ms)
         td_vm_scope_deadline(scope, request_timeout_ms);
     hc->rq->user = scope;
-    if (scope)
+    if (scope) {
         scope->ref = &hc->rq->user; /* a scope that ends first (its task ended) lets go */
+        if (time_requests)
+            scope->timings = &hc->rq->timings;
+    }
     /* The request line comes along: nearly every handler reads it, and one
      * C call fewer per request is one trace stitch fewer. Method and
      * version strings are kept (names_ref), not interned per request. */
@@ -187,7 +191,7 @@ static int wait_for(lua_State *L, td_http_conn *hc, int kind, size_t max, const 
     hw->max = max;
     hw->waiter.cb = on_http_ready;
     hw->waiter.ud = hw;
-    td_vm_wait_begin(t, &hw->wait, cancel_http_wait, transfer);
+    td_vm_wait_begin(t, &hw->wait, cancel_http_wait, transfer, TD_WAIT_BODY);
     if (kind != WAIT_DRAIN)
         td_http_wait_body(hc, &hw->waiter);
     else
@@ -484,6 +488,13 @@ static int write_chunk(lua_State *L, td_http_conn *hc, int idx, const char *chun
     return rc < 0 ? rc : 0;
 }
 
+/* The answer is complete: the Lua time spent on it so far is counted
+ * first, for its access log line. */
+static void end_response(lua_State *L, td_http_conn *hc) {
+    td_vm_account(lua_getexdata(L));
+    td_http_response_end(hc);
+}
+
 /* [-6, +1|2] res_send(slot, serial, status, headers, chunk, final)
  * -> true | nil, err. Sends the head first if it has not gone; `final`
  * ends the response (with a Content-Length when the head goes with it).
@@ -524,15 +535,35 @@ static int res_send(lua_State *L) {
              * body: the connection ends with it. The caller logs it. */
             uint64_t sent = hc->rq->body_sent, declared = hc->rq->declared_length;
             hc->rq->close_after = 1;
-            td_http_response_end(hc);
+            end_response(L, hc);
             lua_pushboolean(L, 1);
             lua_pushnumber(L, (lua_Number)sent);
             lua_pushnumber(L, (lua_Number)declared);
             return 3;
         }
-        td_http_response_end(hc);
+        end_response(L, hc);
     }
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* [-2, +1|2] req_timings(slot, serial) -> {lua =, http =, ..., total =}
+ * (seconds) | nil, "closed": where the request's time went so far. */
+static int req_timings(lua_State *L) {
+    td_http_conn *hc = live_conn(L);
+    if (!hc)
+        return td_api_fail(L, TD_ECLOSED);
+    td_vm_account(lua_getexdata(L));
+    const td_timings *tm = &hc->rq->timings;
+    lua_createtable(L, 0, TD_WAIT_KINDS + 2);
+    lua_pushnumber(L, (lua_Number)tm->lua_ns / 1e9);
+    lua_setfield(L, -2, "lua");
+    for (int k = 0; k < TD_WAIT_KINDS; k++) {
+        lua_pushnumber(L, (lua_Number)tm->wait_ns[k] / 1e9);
+        lua_setfield(L, -2, td_wait_kind_name(k));
+    }
+    lua_pushnumber(L, (lua_Number)(uv_now(hc->conn.tcp.loop) - hc->rq->started) / 1e3);
+    lua_setfield(L, -2, "total");
     return 1;
 }
 
@@ -886,7 +917,7 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
         {"req_body", req_body},     {"req_read", req_read},     {"req_body_limit", req_body_limit},
         {"res_send", res_send},           {"res_room", res_room},
         {"res_fail", res_fail},     {"res_head_sent", res_head_sent}, {"http_stats", http_stats},
-        {"req_deadline", req_deadline}, {"req_tls", req_tls}, {"req_stream", req_stream}, {"req_header", req_header},
+        {"req_deadline", req_deadline}, {"req_timings", req_timings}, {"req_tls", req_tls}, {"req_stream", req_stream}, {"req_header", req_header},
         {"file_open", file_open}, {"dir_open", dir_open}, {"dir_list", dir_list}, {"realpath", api_realpath}, {"file_close", file_gc}, {"res_sendfile", res_sendfile}, {"res_drain", res_drain}, {NULL, NULL},
     };
     server = hs;
@@ -915,3 +946,5 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
 }
 
 void td_api_http_teardown(void) { main_L = NULL; }
+
+void td_api_http_set_timings(int on) { time_requests = on; }

@@ -153,7 +153,7 @@ static int read_response(lua_State *L, int want_body, const char *fname) {
     w->s = s;
     w->timeout_ms = timeout_ms ? timeout_ms : 1;
     w->want_body = want_body;
-    td_vm_wait_begin(t, &w->wait, cancel_httpc_wait, 0);
+    td_vm_wait_begin(t, &w->wait, cancel_httpc_wait, 0, TD_WAIT_HTTP);
     /* td_sock_read never ends in the call for a usable, unended socket. */
     td_sock_read(s, w->timeout_ms, on_sock_event, w);
     return lua_yield(L, 0);
@@ -163,6 +163,9 @@ static int read_response(lua_State *L, int want_body, const char *fname) {
  * (skip_body for the answer to HEAD). */
 static int httpc_begin(lua_State *L) {
     td_sock *s = check_sock(L);
+    /* The socket is tendril.http's from now on (it may have come from the
+     * pool tcp.connect shares): its waits count as http. */
+    ((td_api_socket *)lua_touserdata(L, 1))->kind = TD_WAIT_HTTP;
     if (!s)
         return 0; /* the read that follows says "closed" */
     td_http_reader *r = s->owner_data;

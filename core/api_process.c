@@ -277,7 +277,7 @@ static int run(lua_State *L) {
     uv_timer_start(&r->timer, on_timeout, ms < 1 ? 1 : ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms, 0);
     r->in_call = 0;
     r->waiting = 1;
-    td_vm_wait_begin(t, &r->wait, cancel_run, 0);
+    td_vm_wait_begin(t, &r->wait, cancel_run, 0, TD_WAIT_RUN);
     return lua_yield(L, 0);
 }
 

@@ -416,7 +416,7 @@ static int shared_wait(lua_State *L) {
     if (!t)
         return 2;
     S.waiting = 1;
-    td_vm_wait_begin(t, &S.wait, cancel_pump, 0);
+    td_vm_wait_begin(t, &S.wait, cancel_pump, 0, TD_WAIT_OTHER);
     return lua_yield(L, 0);
 }
 

@@ -42,7 +42,7 @@ static int td_sleep(lua_State *L) {
     if (!sw)
         return luaL_error(L, "tendril.sleep: out of memory");
     uv_timer_init(td_vm_loop(vm), &sw->timer);
-    td_vm_wait_begin(t, &sw->wait, cancel_sleep, 0);
+    td_vm_wait_begin(t, &sw->wait, cancel_sleep, 0, TD_WAIT_SLEEP);
     uv_timer_start(&sw->timer, on_timer, (uint64_t)llround(seconds * 1000.0), 0);
     return lua_yield(L, 0);
 }

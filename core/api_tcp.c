@@ -32,6 +32,7 @@ typedef struct sock_wait {
     int pattern;
     size_t n;
     size_t len; /* send: the length sent */
+    int kind;      /* enum td_wait_kind (td_api_socket.kind) */
     int owns_sock; /* connect: the socket is not in a userdata yet */
     int in_call;   /* the starting C function has not yielded yet */
     int done;      /* ... and the operation ended meanwhile */
@@ -53,17 +54,18 @@ static sock_box *check_box(lua_State *L, int idx) { return luaL_checkudata(L, id
 /* The open socket the box names, or NULL. */
 static td_sock *box_sock(const sock_box *box) { return td_sock_find(transport, box->slot, box->serial); }
 
-static void push_socket(lua_State *L, td_sock *s, uint64_t timeout_ms) {
+static void push_socket(lua_State *L, td_sock *s, uint64_t timeout_ms, int kind) {
     sock_box *box = lua_newuserdata(L, sizeof *box);
     box->slot = s->conn.slot;
     box->serial = td_conn_serial(&s->conn);
     box->timeout_ms = timeout_ms;
+    box->kind = kind;
     luaL_getmetatable(L, SOCKET_MT);
     lua_setmetatable(L, -2);
 }
 
 /* NULL after pushing nil, err when the task's request is over. */
-static sock_wait *new_wait(lua_State *L, const char *fname, td_sock *s, uint64_t timeout_ms) {
+static sock_wait *new_wait(lua_State *L, const char *fname, td_sock *s, uint64_t timeout_ms, int kind) {
     if (!td_api_wait_start(L, fname, 0))
         return NULL;
     sock_wait *w = calloc(1, sizeof *w);
@@ -71,6 +73,7 @@ static sock_wait *new_wait(lua_State *L, const char *fname, td_sock *s, uint64_t
         luaL_error(L, "%s: out of memory", fname);
     w->s = s;
     w->timeout_ms = timeout_ms;
+    w->kind = kind;
     w->in_call = 1;
     return w;
 }
@@ -121,7 +124,7 @@ static int wait_or_finish(lua_State *L, sock_wait *w, int (*finish)(lua_State *,
         free_wait(w);
         return n;
     }
-    td_vm_wait_begin(td_vm_task_of(L), &w->wait, cancel_sock_wait, 0);
+    td_vm_wait_begin(td_vm_task_of(L), &w->wait, cancel_sock_wait, 0, w->kind);
     return lua_yield(L, 0);
 }
 
@@ -138,7 +141,7 @@ static void resume_with(sock_wait *w, int status, int (*finish)(lua_State *, soc
 
 static int connect_results(lua_State *L, sock_wait *w, int status) {
     if (status == 0 && td_sock_usable(w->s)) {
-        push_socket(L, w->s, w->timeout_ms);
+        push_socket(L, w->s, w->timeout_ms, w->kind);
         return 1;
     }
     td_sock_close(w->s);
@@ -168,9 +171,9 @@ static td_tls *new_client_tls(lua_State *L, int idx) {
     return t;
 }
 
-/* [-9, +1|2] sock_connect(ip, port, timeout [, tls, server_name, verify, ca_file, alpn, session_key])
- * -> socket | nil, err; yields. With tls, the socket comes after the handshake;
- * session_key: see td_tls_connect. */
+/* [-10, +1|2] sock_connect(ip, port, timeout [, tls, server_name, verify, ca_file, alpn, session_key,
+ * for_http]) -> socket | nil, err; yields. With tls, the socket comes after the handshake;
+ * session_key: see td_tls_connect; for_http: tendril.http's (its waits count as http). */
 static int sock_connect(lua_State *L) {
     const char *ip = luaL_checkstring(L, 1);
     int port = (int)luaL_checkinteger(L, 2);
@@ -182,7 +185,7 @@ static int sock_connect(lua_State *L) {
     td_tls *t = NULL;
     if (lua_toboolean(L, 4) && !(t = new_client_tls(L, 5)))
         return 2;
-    sock_wait *w = new_wait(L, "tcp.connect", NULL, timeout_ms);
+    sock_wait *w = new_wait(L, "tcp.connect", NULL, timeout_ms, lua_toboolean(L, 10) ? TD_WAIT_HTTP : TD_WAIT_TCP);
     if (!w) {
         td_tls_free(t);
         return 2;
@@ -244,7 +247,7 @@ static int sock_starttls(lua_State *L) {
     td_tls *t = new_client_tls(L, 2);
     if (!t)
         return 2;
-    sock_wait *w = new_wait(L, "sock:starttls", s, box->timeout_ms);
+    sock_wait *w = new_wait(L, "sock:starttls", s, box->timeout_ms, box->kind);
     if (!w) {
         td_tls_free(t);
         return 2;
@@ -279,7 +282,7 @@ static int sock_send(lua_State *L) {
         return td_api_fail(L, TD_ECLOSED);
     if (s->op != TD_SOCK_IDLE)
         return luaL_error(L, "sock:send: another coroutine is using this socket");
-    sock_wait *w = new_wait(L, "sock:send", s, box->timeout_ms);
+    sock_wait *w = new_wait(L, "sock:send", s, box->timeout_ms, box->kind);
     if (!w)
         return 2;
     w->len = len;
@@ -394,7 +397,7 @@ static int sock_receive(lua_State *L) {
         return push_partial(L, s, TD_ECLOSED);
     if (s->read_end)
         return push_partial(L, s, s->read_end);
-    sock_wait *w = new_wait(L, "sock:receive", s, box->timeout_ms);
+    sock_wait *w = new_wait(L, "sock:receive", s, box->timeout_ms, box->kind);
     if (!w)
         return 2;
     w->pattern = pattern;
@@ -537,7 +540,7 @@ static void on_listener_open(td_listener *base, td_conn *c) {
     t->serial = td_conn_serial(c);
     t->label = "a tcp.listen connection";
     sessions++;
-    push_socket(t->co, s, l->timeout_ms);
+    push_socket(t->co, s, l->timeout_ms, TD_WAIT_TCP);
     td_vm_resume(t, 1);
 }
 

@@ -92,7 +92,7 @@ static int event_wait_lua(lua_State *L) {
     lua_pushvalue(L, 1);
     w->event_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     td_list_push_back(&ev->waiters, &w->link);
-    td_vm_wait_begin(t, &w->wait, cancel_event_wait, 0);
+    td_vm_wait_begin(t, &w->wait, cancel_event_wait, 0, TD_WAIT_OTHER);
     if (timer) {
         uv_timer_init(td_vm_loop(vm), timer);
         timer->data = w;

@@ -114,7 +114,7 @@ static int tls_trust(lua_State *L) {
         td_list_push_back(&loads, &l->link);
     }
     td_list_push_back(&l->waiters, &w->link);
-    td_vm_wait_begin(t, &w->wait, cancel_trust_wait, 0);
+    td_vm_wait_begin(t, &w->wait, cancel_trust_wait, 0, TD_WAIT_FS);
     return lua_yield(L, 0);
 }
 

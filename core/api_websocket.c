@@ -162,7 +162,7 @@ static int wait_for(lua_State *L, ws_ud *u, int for_end, const char *fname) {
         return luaL_error(L, "%s: out of memory", fname);
     ww->for_end = for_end;
     td_list_push_back(&u->waits, &ww->link);
-    td_vm_wait_begin(t, &ww->wait, cancel_wait, 1);
+    td_vm_wait_begin(t, &ww->wait, cancel_wait, 1, TD_WAIT_WS);
     if (!for_end)
         td_ws_conn_want_drain(&u->w);
     return lua_yield(L, 0);
@@ -231,6 +231,7 @@ static int ws_upgrade(lua_State *L) {
     td_buf rest = {0};
     /* Taken from the request, which would close it as it ends. */
     hc->rq->user = NULL;
+    td_vm_account(lua_getexdata(L)); /* for the 101's access log line */
     int rc = td_http_upgrade(hc, "websocket", lines, len, &rest);
     if (rc != 0) {
         hc->rq->user = scope;
@@ -243,6 +244,7 @@ static int ws_upgrade(lua_State *L) {
         td_vm_scope_deadline(scope, 0);
         u->scope = scope;
         scope->ref = (void **)&u->scope;
+        scope->timings = NULL; /* they were the request state's */
     }
     opened(u);
     td_ws_conn_attach(&u->w, &hc->conn, 0, &cfg, &hooks, &rest);
@@ -294,7 +296,7 @@ static int ws_recv(lua_State *L) {
     if (!t)
         return 2;
     u->receiving = 1;
-    td_vm_wait_begin(t, &u->rwait, cancel_recv, 1);
+    td_vm_wait_begin(t, &u->rwait, cancel_recv, 1, TD_WAIT_WS);
     if (ms)
         td_ws_conn_set_recv_deadline(&u->w, ms);
     return lua_yield(L, 0);

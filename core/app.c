@@ -133,6 +133,7 @@ static void open_core(td_app *app) {
     td_api_tendril_open(L, app->vm);
     td_api_sleep_open(L, app->vm);
     td_api_http_open(L, app->vm, app->hs, (uint64_t)(app->cfg->request_timeout * 1000.0));
+    td_api_http_set_timings(!app->cfg->no_timings);
     td_api_tcp_open(L, app->vm, app->tp);
     td_api_tls_open(L, app->vm);
     td_api_http_client_open(L, app->vm, app->tp);

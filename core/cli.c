@@ -54,6 +54,8 @@ static const char usage_text[] =
     "  --lua-memory-limit N     bytes the Lua state may hold (suffix k, m or g); a task that\n"
     "                           needs more fails with \"not enough memory\" (default 0: no limit)\n"
     "  --no-watch               do not reload when the app's files change (SIGHUP still does)\n"
+    "  --no-timings             do not count where each request's time goes (req:timings()\n"
+    "                           and the JSON log's timings then say 0)\n"
     "  --tls-cert FILE          serve HTTPS with this certificate (PEM, chain after the leaf);\n"
     "                           repeat with --tls-key for more names, chosen by SNI (the first\n"
     "                           pair is the default); a reload rereads them\n"
@@ -249,6 +251,10 @@ int td_cli_parse(int argc, char **argv, td_config *cfg) {
         }
         if (strcmp(arg, "--no-watch") == 0) {
             cfg->no_watch = 1;
+            continue;
+        }
+        if (strcmp(arg, "--no-timings") == 0) {
+            cfg->no_timings = 1;
             continue;
         }
         if (strncmp(arg, "--", 2) != 0) {

@@ -39,6 +39,7 @@ typedef struct td_config {
     unsigned long stall_warn_ms; /* 0: the stall guard is off */
     size_t lua_memory_limit;     /* bytes; 0: none beyond the system's */
     int no_watch;                /* reload on SIGHUP only */
+    int no_timings;              /* requests' time is not counted (timings.h) */
     /* TLS: certificate and key files, in pairs; the first is the default. */
     const char *tls_certs[TD_CLI_MAX_TLS];
     const char *tls_keys[TD_CLI_MAX_TLS];

@@ -32,6 +32,7 @@ static int on_message_begin(llhttp_t *p) {
     td_http_req *rq = hc_of_parser(p)->rq;
     td_http_fields_reset(&rq->fields);
     rq->started = uv_now(hc_of_parser(p)->conn.tcp.loop);
+    memset(&rq->timings, 0, sizeof rq->timings);
     rq->body.len = 0;
     rq->body_off = 0;
     rq->target_len = 0;

@@ -33,6 +33,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "timings.h"
 #include "conn.h"
 
 /* Unsent output past which a handler's write waits and pipelined requests
@@ -161,6 +162,7 @@ struct td_http_req {
     const char *feed_start; /* the buffer llhttp is parsing */
     const char *feed_end;
     uint64_t started;   /* the loop's time (ms) at the request's first byte, for the access log */
+    td_timings timings; /* where its time went (timings.h), for the access log and req:timings() */
     uint64_t body_seen; /* body bytes parsed, kept or not: bounded by body_limit */
     uint64_t body_limit; /* max_body_bytes unless the handler set another */
     int64_t body_declared; /* Content-Length, or -1 */

@@ -377,6 +377,17 @@ static void append_json_field(td_buf *b, const char *key, const char *p, size_t 
  * counted, to frame the head, but not sent). */
 static uint64_t body_bytes(const td_http_req *rq) { return rq->no_body ? 0 : rq->body_sent; }
 
+/* ,"key":seconds (to the microsecond), or 0: most kinds are, and short
+ * lines are cheaper to write and to read. The first key of an object has
+ * no comma: a "{" ends the buffer then. */
+static void append_seconds(td_buf *b, const char *key, uint64_t ns) {
+    const char *comma = b->len > 0 && b->data[b->len - 1] == '{' ? "" : ",";
+    if (ns == 0)
+        td_buf_printf(b, "%s\"%s\":0", comma, key);
+    else
+        td_buf_printf(b, "%s\"%s\":%.6f", comma, key, (double)ns / 1e9);
+}
+
 static void json_line(td_buf *b, td_http_conn *hc, const char *peer) {
     td_http_req *rq = hc->rq;
     uv_loop_t *loop = hc->conn.tcp.loop;
@@ -402,6 +413,15 @@ static void json_line(td_buf *b, td_http_conn *hc, const char *peer) {
     uint64_t ms = uv_now(loop) - rq->started;
     td_buf_printf(b, ",\"status\":%d,\"bytes\":%" PRIu64 ",\"request_time\":%.3f", rq->status, body_bytes(rq),
                   (double)ms / 1000.0);
+    /* Where the time went (timings.h), in seconds to the microsecond; the
+     * upstream time, nginx's name, is the wait on tendril.http. */
+    const td_timings *tg = &rq->timings;
+    append_seconds(b, "upstream_time", tg->wait_ns[TD_WAIT_HTTP]);
+    td_buf_append(b, ",\"timings\":{", 12);
+    append_seconds(b, "lua", tg->lua_ns);
+    for (int k = 0; k < TD_WAIT_KINDS; k++)
+        append_seconds(b, td_wait_kind_name(k), tg->wait_ns[k]);
+    td_buf_append(b, "}", 1);
     size_t vlen = 0;
     const char *v = header_value(rq, "referer", 7, &vlen);
     append_json_field(b, "referer", v, vlen);

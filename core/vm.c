@@ -46,6 +46,7 @@ struct td_vm {
      * nest (they are posted while one runs), so this is the one task any
      * tendril call made now can act for (see td_vm_task_of). */
     td_task *current;
+    uint64_t run_since; /* uv_hrtime() at the current run's start (or last td_vm_account), if it is timed; else 0 */
     uint32_t next_run; /* numbers the runs of tasks: td_task.run */
     td_deadlines deadlines; /* of scopes (td_scope.timer) */
     td_lalloc *alloc; /* Lua's memory (lalloc.h); its own block, freed after the state */
@@ -450,6 +451,17 @@ static void run_once(td_task *t, int nargs) {
             nargs++;
         }
     }
+    /* A request's task is timed (td_scope.timings): the wait that ends
+     * now, up to this resume, then the run. Two clock reads a run. */
+    uint64_t since = t->waited_since;
+    t->waited_since = 0;
+    td_timings *tm = t->scope ? t->scope->timings : NULL;
+    vm->run_since = 0;
+    if (tm) {
+        vm->run_since = uv_hrtime();
+        if (since)
+            tm->wait_ns[t->wait_kind] += vm->run_since - since;
+    }
     vm->depth++;
     if (vm->stall)
         td_stall_enter(vm->stall);
@@ -458,6 +470,17 @@ static void run_once(td_task *t, int nargs) {
     int rc = lua_resume(co, nargs);
     vm->alloc->enforce = 0;
     vm->current = NULL;
+    /* The scope may have closed meanwhile (the response was finished). */
+    tm = t->scope ? t->scope->timings : NULL;
+    if (tm && vm->run_since) {
+        uint64_t now = uv_hrtime();
+        tm->lua_ns += now - vm->run_since;
+        if (rc == LUA_YIELD && t->wait) {
+            t->waited_since = now;
+            t->wait_kind = (uint8_t)t->wait->kind;
+        }
+    }
+    vm->run_since = 0;
     if (vm->stall)
         report_stall(t);
     vm->depth--;
@@ -616,6 +639,7 @@ td_scope *td_vm_scope_open(td_task *t) {
     s->doom = 0;
     s->due = 0;
     s->ref = NULL;
+    s->timings = NULL;
     td_vm_scope_join(s, t);
     return s;
 }
@@ -646,6 +670,7 @@ static void scope_end(td_scope *s) {
     if (s->ref)
         *s->ref = NULL;
     s->ref = NULL;
+    s->timings = NULL;
 }
 
 void td_vm_scope_kill(td_scope *s, int code) {
@@ -697,11 +722,12 @@ void td_vm_task_inherit(td_task *child, td_task *parent) {
     td_vm_scope_join(parent->scope, child);
 }
 
-void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *), int transfer) {
-    assert(!t->wait && !t->pooled);
+void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *), int transfer, int kind) {
+    assert(!t->wait && !t->pooled && kind >= 0 && kind < TD_WAIT_KINDS);
     w->task = t;
     w->cancel = cancel;
     w->transfer = transfer ? 1 : 0;
+    w->kind = (unsigned)kind;
     td_list_push_back(&t->vm->waits, &w->link);
     t->vm->nwaits++;
     t->wait = w;
@@ -713,6 +739,16 @@ lua_State *td_vm_wait_end(td_wait *w) {
     t->vm->nwaits--;
     t->wait = NULL;
     return t->co;
+}
+
+void td_vm_account(td_vm *vm) {
+    td_task *t = vm->current;
+    td_timings *tm = t && t->scope ? t->scope->timings : NULL;
+    if (!tm || !vm->run_since)
+        return;
+    uint64_t now = uv_hrtime();
+    tm->lua_ns += now - vm->run_since;
+    vm->run_since = now;
 }
 
 void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms, uint64_t shutdown_ms) {

@@ -40,6 +40,7 @@
 
 #include "deadlines.h"
 #include "list.h"
+#include "timings.h"
 
 typedef struct td_vm td_vm;
 typedef struct td_task td_task;
@@ -55,6 +56,7 @@ struct td_wait {
     /* A transfer with the request's own client: outside its deadline (set
      * by td_vm_wait_begin). */
     unsigned transfer : 1;
+    unsigned kind : 4; /* enum td_wait_kind: where a request's time went */
 };
 
 /* A request's fate, shared by the tasks bound to it (see above). Lives in
@@ -67,6 +69,10 @@ typedef struct td_scope {
     uint64_t due;       /* its deadline, loop time; 0: none */
     int doom;           /* TD_ETIMEOUT once the deadline passed */
     void **ref;         /* the owner's pointer to it, set to NULL when it ends */
+    /* The request's time by where it went (timings.h), or NULL: its tasks'
+     * runs and waits add to it while the scope is open. Set by the owner
+     * after td_vm_scope_open; cleared when the scope ends. */
+    td_timings *timings;
     unsigned open : 1;
 } td_scope;
 
@@ -94,6 +100,8 @@ struct td_task {
     const char *label;
     uint32_t serial; /* the owner's */
     uint32_t run;    /* new for each use of the task (pooled tasks are reused) */
+    uint64_t waited_since; /* uv_hrtime() when its timed wait began; 0: none */
+    uint8_t wait_kind;     /* that wait's kind */
     unsigned alive : 1;
     unsigned fresh : 1;
     unsigned pooled : 1;
@@ -181,8 +189,9 @@ void td_vm_relay_mark(lua_State *L, int co_idx);
  * deadline); the primitive then returns nil, err. `transfer` as in td_wait. */
 int td_vm_doom(td_task *t, int transfer);
 /* Records that t waits on w (before the C function yields). `transfer`: a
- * transfer with the request's own client, outside its deadline. */
-void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *), int transfer);
+ * transfer with the request's own client, outside its deadline. `kind`
+ * (enum td_wait_kind): what the request's timings count the wait as. */
+void td_vm_wait_begin(td_task *t, td_wait *w, void (*cancel)(td_wait *), int transfer, int kind);
 /* Ends the wait, before the callback pushes results and calls td_vm_resume.
  * Returns the coroutine to push them on. */
 lua_State *td_vm_wait_end(td_wait *w);
@@ -207,6 +216,12 @@ void td_vm_scope_close(td_scope *s);
 void td_vm_scope_kill_threads(td_scope *s, int code, int interrupt_lead);
 /* A thread starts: it shares its spawner's fate (and doom). */
 void td_vm_task_inherit(td_task *child, td_task *parent);
+
+/* Adds the running task's time in Lua so far to its request's timings
+ * (they are otherwise added as the run ends): before reading them, from
+ * inside the run (the access log of a response finished now,
+ * req:timings()). */
+void td_vm_account(td_vm *vm);
 
 /* Logs the error on top of co's stack with a traceback, prefixed by what. */
 void td_vm_log_error(lua_State *co, const char *what);

@@ -237,16 +237,16 @@ local function exchange(method, u, headers, body, opts, retried)
     local timeout = opts.timeout or DEFAULT_TIMEOUT
     local read_timeout = opts.read_timeout or timeout
     local https = u.scheme == "https"
-    local sock, err = tcp_open(u.host, u.port, opts, https, nil, https and "http/1.1" or nil, retried)
+    local sock, err = tcp_open(u.host, u.port, opts, https, nil, https and "http/1.1" or nil, retried, true)
     if not sock then
         return nil, err
     end
     local reused = sock:reused() > 0
     local ok
+    httpc_begin(sock, method == "HEAD")
     ok, err = sock:send(build_request(method, u, headers, body))
     local status, res_headers, got_bytes
     if ok then
-        httpc_begin(sock, method == "HEAD")
         status, res_headers, got_bytes = httpc_head(sock, read_timeout)
         if not status then
             err = res_headers

@@ -23,7 +23,7 @@ local yield, running = coroutine.yield, coroutine.running
 
 local req_headers, req_remote, req_body = core.req_headers, core.req_remote, core.req_body
 local req_read, req_body_limit = core.req_read, core.req_body_limit
-local req_deadline, req_tls = core.req_deadline, core.req_tls
+local req_deadline, req_tls, req_timings = core.req_deadline, core.req_tls, core.req_timings
 local res_send, res_room, res_fail, res_head_sent = core.res_send, core.res_room, core.res_fail, core.res_head_sent
 local log = core.log
 local file_open, file_close = core.file_open, core.file_close
@@ -292,6 +292,15 @@ function req_methods.deadline(self, seconds)
     end
     req_deadline(self[1], self[2], seconds)
     return self
+end
+
+--- Where the request's time went so far, in seconds: `lua` (running its
+--- handler and threads), a field per kind of wait (`http`, `tcp`, `sleep`,
+--- `fs`, `dns`, `run`, `body`, `ws`, `other`; every task of the request
+--- counts, so parallel waits add up) and `total` since its first byte.
+--- nil, "closed" once the request is over.
+function req_methods.timings(self)
+    return req_timings(self[1], self[2])
 end
 
 local req_mt = {

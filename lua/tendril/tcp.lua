@@ -90,8 +90,9 @@ end
 -- as tendril.http passes its user's options without letting others in.
 -- fresh: a new connection whatever the pool holds (tendril.http's retry:
 -- idle connections often die together, at the server's keep-alive timeout,
--- and the next pooled one may be as stale as the last).
-local function open(host, port, opts, tls, server_name, alpn, fresh)
+-- and the next pooled one may be as stale as the last). for_http: the
+-- socket's waits count as http in the request's timings, not tcp.
+local function open(host, port, opts, tls, server_name, alpn, fresh, for_http)
     local timeout = opts.timeout or DEFAULT_TIMEOUT
     local read_timeout = opts.read_timeout or timeout
     local verify = opts.verify ~= false
@@ -119,7 +120,7 @@ local function open(host, port, opts, tls, server_name, alpn, fresh)
         -- The pool's key says what makes two connections alike: a session
         -- kept under it resumes the next one's handshake.
         s, err = sock_connect(addrs[i], port, opts.connect_timeout or timeout, tls, server_name, verify,
-            opts.ca_file, alpn, tls and key or nil)
+            opts.ca_file, alpn, tls and key or nil, for_http)
         if s then
             sock_settimeout(s, read_timeout)
             pool_key[s] = key

@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 
-from harness import BIN, Reader, Server, TestCase, connect, deadline, get, main, poll, request
+from harness import BIN, SLOW, Reader, Server, TestCase, connect, deadline, get, main, poll, request
 
 HELLO = 'return function() return "hi" end\n'
 
@@ -35,7 +35,7 @@ class CliTest(TestCase):
         for flag in ["--host", "--port", "--access-log", "--error-log", "--max-header-bytes",
                      "--max-body-bytes", "--max-connections", "--header-timeout", "--body-timeout",
                      "--keepalive-timeout", "--shutdown-timeout", "--send-timeout", "--stall-warn-ms",
-                     "--no-watch"]:
+                     "--no-watch", "--no-timings"]:
             self.assertIn(flag, r.stdout)
         self.assertEqual(run_cli("serve", "--help").returncode, 0)
 
@@ -168,10 +168,61 @@ class StartupTest(TestCase):
         self.assertRegex(e.pop("time"), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         t = e.pop("request_time")
         self.assertTrue(0.28 <= t < 3, t)
+        timings = e.pop("timings")
+        self.assertEqual(e.pop("upstream_time"), 0)
+        self.assertTrue(0.28 <= timings.pop("sleep") < 3, timings)
+        self.assertTrue(0 < timings.pop("lua") < 0.1, timings)
+        self.assertEqual(timings, {k: 0 for k in ["http", "tcp", "fs", "dns", "run", "body", "ws", "other"]})
         self.assertEqual(e, {"remote": "127.0.0.1", "method": "GET", "target": "/slow?s=0.3", "version": "1.1",
                              "status": 200, "bytes": 4, "referer": None, "user_agent": 'caf\u00c3\u00a9 "x"\\',
                              "worker": 1})
         self.assertEqual((entries[1]["status"], entries[1]["target"]), (400, "/"))
+
+    def test_access_log_time_breakdown(self):
+        # The issue's proof: a handler that sleeps 100 ms and makes one
+        # upstream call of 50 ms shows about that much of each in its line.
+        upstream = Server(SLOW_APP).start()
+        path = os.path.join(tempfile.mkdtemp(), "access.json")
+        app = textwrap.dedent('''
+            local tendril = require "tendril"
+            local http = require "tendril.http"
+            return function(req)
+                tendril.sleep(0.1)
+                local res = assert(http.get("http://127.0.0.1:%d/slow?s=0.05"))
+                local t = req:timings()
+                return string.format("%%s %%.3f %%.3f", res.body, t.sleep, t.http)
+            end
+        ''' % upstream.port)
+        try:
+            with Server(app, args=["--access-log", path, "--access-log-format", "json"]) as srv:
+                r = get(srv.port, "/")
+                body, sleep, waited = r.body.decode().split()
+                self.assertEqual(body, "done")
+                # req:timings(), asked in the handler, has what was done so far.
+                self.assertTrue(0.095 <= float(sleep) < 0.1 + 0.2 * SLOW, sleep)
+                self.assertTrue(0.045 <= float(waited) < 0.05 + 0.2 * SLOW, waited)
+        finally:
+            upstream.stop()
+        with open(path) as f:
+            e = json.loads(f.read().splitlines()[0])
+        t = e["timings"]
+        self.assertTrue(0.095 <= t["sleep"] < 0.1 + 0.2 * SLOW, e)
+        self.assertTrue(0.045 <= t["http"] < 0.05 + 0.2 * SLOW, e)
+        self.assertEqual(e["upstream_time"], t["http"])
+        self.assertTrue(0 < t["lua"] < 0.05 * SLOW, e)
+        self.assertEqual([k for k in t if k not in ("sleep", "http", "lua") and t[k] != 0], [], e)
+        # The parts are within the whole (request_time has ms resolution).
+        self.assertTrue(t["lua"] + t["sleep"] + t["http"] <= e["request_time"] + 0.0015, e)
+
+    def test_no_timings(self):
+        path = os.path.join(tempfile.mkdtemp(), "access.json")
+        app = SLOW_APP.replace('return "done"', 'return tostring(req:timings().sleep)')
+        with Server(app, args=["--access-log", path, "--access-log-format", "json", "--no-timings"]) as srv:
+            self.assertEqual(get(srv.port, "/slow?s=0.05").body, b"0")
+        with open(path) as f:
+            e = json.loads(f.read())
+        self.assertEqual(set(e["timings"].values()), {0}, e)
+        self.assertEqual(e["upstream_time"], 0)
 
     def test_access_log_format_refused(self):
         r = subprocess.run([BIN, "serve", "app.lua", "--access-log-format", "xml"], capture_output=True, text=True)

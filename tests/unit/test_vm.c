@@ -36,7 +36,7 @@ static int park(lua_State *L) {
      * their request's deadline). */
     park_wait *w = malloc(sizeof *w);
     memset(w, 0xff, sizeof *w);
-    td_vm_wait_begin(t, &w->wait, cancel_park, lua_toboolean(L, 1));
+    td_vm_wait_begin(t, &w->wait, cancel_park, lua_toboolean(L, 1), TD_WAIT_OTHER);
     last_park = w;
     return lua_yield(L, 0);
 }
