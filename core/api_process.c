@@ -274,6 +274,7 @@ static int run(lua_State *L) {
     uv_read_start((uv_stream_t *)&r->out, on_alloc, on_output);
     uv_read_start((uv_stream_t *)&r->err, on_alloc, on_output);
     double ms = timeout * 1000.0;
+    uv_update_time(r->timer.loop); /* the turn's start may be long past (see tendril.sleep) */
     uv_timer_start(&r->timer, on_timeout, ms < 1 ? 1 : ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms, 0);
     r->in_call = 0;
     r->waiting = 1;

@@ -43,6 +43,9 @@ static int td_sleep(lua_State *L) {
         return luaL_error(L, "tendril.sleep: out of memory");
     uv_timer_init(td_vm_loop(vm), &sw->timer);
     td_vm_wait_begin(t, &sw->wait, cancel_sleep, 0, TD_WAIT_SLEEP);
+    /* The loop's time is its turn's start: after a long turn (a script's
+     * load, a burst of requests) a timer from it would end early. */
+    uv_update_time(td_vm_loop(vm));
     uv_timer_start(&sw->timer, on_timer, (uint64_t)llround(seconds * 1000.0), 0);
     return lua_yield(L, 0);
 }

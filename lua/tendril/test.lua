@@ -5,7 +5,9 @@
 -- before_each and after_each) runs in a task of its own, so specs may wait
 -- (http.get, sleep, tcp.connect, threads, servers); and a test whose body
 -- leaves something running behind it (a task, a wait) fails with an error
--- naming what (things its before_each started are not its own).
+-- naming what (things its before_each started are not its own); what ends
+-- by itself within SETTLE seconds (the server side of a socket the test
+-- closed) is not left behind.
 -- tcp.listen listeners have no close yet: they are left out of the count,
 -- and the run ends when busted does, whatever specs left running.
 local tendril = require "tendril"
@@ -24,9 +26,19 @@ local function running()
     return { tasks = s.tasks - s.pooled, waits = s.waits }
 end
 
+-- How long a test's leftovers get to end by themselves (the server side
+-- of a socket the test closed hears of it a loop turn later).
+_M.SETTLE = 0.5
+
 -- What a test left behind, compared with before it, or nil.
 local function leftovers(before)
     local now = running()
+    local waited = 0
+    while (now.tasks > before.tasks or now.waits > before.waits) and waited < _M.SETTLE do
+        tendril.sleep(0.005)
+        waited = waited + 0.005
+        now = running()
+    end
     local parts = {}
     if now.tasks > before.tasks then
         parts[#parts + 1] = format("%d task(s)", now.tasks - before.tasks)

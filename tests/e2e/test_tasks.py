@@ -8,8 +8,8 @@ import socket
 import threading
 import time
 
-from harness import (STATS_FILES, Reader, Server, ServerTestCase, TestCase, assert_nothing_left, connect, deadline,
-                     get, main, poll)
+from harness import (STATS_FILES, Reader, ServerTestCase, assert_nothing_left, connect, deadline, get, main,
+                     poll)
 
 APP = r'''
 local tendril = require "tendril"
@@ -51,21 +51,6 @@ function routes.body2(req)
 end
 
 function routes.stats() return stats_line() end
-
--- A coroutine waiting in a tendril call, resumed by someone else meanwhile.
-function routes.busyco()
-    local co = coroutine.create(function()
-        local ok, err = tendril.sleep(0.3)
-        return "slept " .. tostring(ok) .. " " .. tostring(err)
-    end)
-    local th = tendril.spawn(function()
-        tendril.sleep(0.05)
-        return pcall(coroutine.resume, co, "from the thread")
-    end)
-    local ok, inner = coroutine.resume(co)
-    local _, pok, perr = th:join(5)
-    return tostring(ok) .. " " .. inner .. " | " .. tostring(pok) .. " " .. tostring(perr)
-end
 
 -- Waits that outlive their client, and what a handler learns.
 local function note(what, ok, err)
@@ -201,14 +186,6 @@ class TaskTest(ServerTestCase):
         for _ in range(10):
             self.assertEqual(get(self.port, "/make").body, b"made")
         self.assertRegex(get(self.port, "/tick").body.decode(), r"^tick ")
-        assert_nothing_left(self, self.port)
-
-    def test_coroutine_waiting_in_a_call_cannot_be_resumed_by_another(self):
-        # It used to take the other resumer's values as the result of its
-        # sleep, and its own wake-up came later into something else.
-        self.assertRegex(get(self.port, "/busyco").body.decode(),
-                         r"^true slept true nil \| false coroutine\.resume: the coroutine "
-                         r"is waiting in a tendril call")
         assert_nothing_left(self, self.port)
 
     def test_two_waiters_on_one_request_body(self):
