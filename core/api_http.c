@@ -488,13 +488,6 @@ static int write_chunk(lua_State *L, td_http_conn *hc, int idx, const char *chun
     return rc < 0 ? rc : 0;
 }
 
-/* The answer is complete: the Lua time spent on it so far is counted
- * first, for its access log line. */
-static void end_response(lua_State *L, td_http_conn *hc) {
-    td_vm_account(lua_getexdata(L));
-    td_http_response_end(hc);
-}
-
 /* [-6, +1|2] res_send(slot, serial, status, headers, chunk, final)
  * -> true | nil, err. Sends the head first if it has not gone; `final`
  * ends the response (with a Content-Length when the head goes with it).
@@ -535,13 +528,13 @@ static int res_send(lua_State *L) {
              * body: the connection ends with it. The caller logs it. */
             uint64_t sent = hc->rq->body_sent, declared = hc->rq->declared_length;
             hc->rq->close_after = 1;
-            end_response(L, hc);
+            td_http_response_end(hc);
             lua_pushboolean(L, 1);
             lua_pushnumber(L, (lua_Number)sent);
             lua_pushnumber(L, (lua_Number)declared);
             return 3;
         }
-        end_response(L, hc);
+        td_http_response_end(hc);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -553,7 +546,8 @@ static int req_timings(lua_State *L) {
     td_http_conn *hc = live_conn(L);
     if (!hc)
         return td_api_fail(L, TD_ECLOSED);
-    td_vm_account(lua_getexdata(L));
+    uint64_t now = uv_hrtime();
+    td_vm_account(lua_getexdata(L), now);
     const td_timings *tm = &hc->rq->timings;
     lua_createtable(L, 0, TD_WAIT_KINDS + 2);
     lua_pushnumber(L, (lua_Number)tm->lua_ns / 1e9);
@@ -562,7 +556,7 @@ static int req_timings(lua_State *L) {
         lua_pushnumber(L, (lua_Number)tm->wait_ns[k] / 1e9);
         lua_setfield(L, -2, td_wait_kind_name(k));
     }
-    lua_pushnumber(L, (lua_Number)(uv_now(hc->conn.tcp.loop) - hc->rq->started) / 1e3);
+    lua_pushnumber(L, (lua_Number)(now - hc->rq->started) / 1e9);
     lua_setfield(L, -2, "total");
     return 1;
 }
@@ -910,6 +904,10 @@ static int http_counts(lua_State *L) {
     return 1;
 }
 
+/* td_http_server.on_log: the Lua time of the run that ends the request
+ * (answering, failing, refusing its body) is counted before its line. */
+static void account_for_log(void *ud, uint64_t now_ns) { td_vm_account(ud, now_ns); }
+
 void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t timeout_ms) {
     static const luaL_Reg funcs[] = {
         {"req_headers", req_headers},     {"req_remote", req_remote},
@@ -921,6 +919,7 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
         {"file_open", file_open}, {"dir_open", dir_open}, {"dir_list", dir_list}, {"realpath", api_realpath}, {"file_close", file_gc}, {"res_sendfile", res_sendfile}, {"res_drain", res_drain}, {NULL, NULL},
     };
     server = hs;
+    hs->on_log = account_for_log;
     request_timeout_ms = timeout_ms;
     main_L = td_vm_state(vm);
     luaL_setfuncs(L, funcs, 0);
@@ -948,3 +947,4 @@ void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t time
 void td_api_http_teardown(void) { main_L = NULL; }
 
 void td_api_http_set_timings(int on) { time_requests = on; }
+

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "clock.h"
 #include "errors.h"
 
 /* Output kept per stream; a child that writes more is killed. */
@@ -274,8 +275,8 @@ static int run(lua_State *L) {
     uv_read_start((uv_stream_t *)&r->out, on_alloc, on_output);
     uv_read_start((uv_stream_t *)&r->err, on_alloc, on_output);
     double ms = timeout * 1000.0;
-    uv_update_time(r->timer.loop); /* the turn's start may be long past (see tendril.sleep) */
-    uv_timer_start(&r->timer, on_timeout, ms < 1 ? 1 : ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms, 0);
+    uv_timer_start(&r->timer, on_timeout,
+                   td_clock_timer_ms(r->timer.loop, ms < 1 ? 1 : ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms), 0);
     r->in_call = 0;
     r->waiting = 1;
     td_vm_wait_begin(t, &r->wait, cancel_run, 0, TD_WAIT_RUN);

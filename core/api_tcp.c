@@ -431,6 +431,14 @@ static int sock_usable(lua_State *L) {
     return 1;
 }
 
+/* [-1, +1] sock_open(sock) -> boolean: open and not idle in a pool
+ * (tendril test: a socket a test left open) */
+static int sock_open(lua_State *L) {
+    td_sock *s = box_sock(check_box(L, 1));
+    lua_pushboolean(L, s && !s->pooled && !s->conn.closing && !s->conn.closed);
+    return 1;
+}
+
 /* [-2, +1|2] sock_pool(sock, idle_seconds) -> true | nil, err */
 static int sock_pool(lua_State *L) {
     sock_box *box = check_box(L, 1);
@@ -734,7 +742,7 @@ void td_api_tcp_close_listeners(void) {
 void td_api_tcp_open(lua_State *L, td_vm *vm, td_transport *tp) {
     transport = tp;
     static const luaL_Reg funcs[] = {
-        {"sock_connect", sock_connect},   {"sock_send", sock_send},     {"sock_receive", sock_receive},
+        {"sock_connect", sock_connect}, {"sock_open", sock_open},   {"sock_send", sock_send},     {"sock_receive", sock_receive},
         {"sock_settimeout", sock_settimeout}, {"sock_close", sock_close}, {"sock_usable", sock_usable},
         {"sock_pool", sock_pool},         {"sock_unpool", sock_unpool}, {"tcp_listen", tcp_listen},
         {"sock_starttls", sock_starttls},

@@ -143,10 +143,40 @@ static int spawn(lua_State *L) {
     return 0;
 }
 
+/* [-0, +1] task_scope_open() -> true | false: the running task (one in
+ * no request's scope) leads a scope of its own from now on, which the
+ * threads it spawns share (tendril test: what a test started). */
+static int task_scope_open(lua_State *L) {
+    td_task *t = td_vm_task_of(L);
+    lua_pushboolean(L, t && !t->scope && td_vm_scope_open(t) != NULL);
+    return 1;
+}
+
+/* [-0, +2] task_scope_census() -> tasks, waits: the threads in the running
+ * task's own scope (see task_scope_open), and how many of them wait. */
+static int task_scope_census(lua_State *L) {
+    td_task *t = td_vm_task_of(L);
+    size_t tasks = 0, waits = 0;
+    if (t && t->scope == &t->lead)
+        td_vm_scope_census(&t->lead, &tasks, &waits);
+    lua_pushinteger(L, (lua_Integer)tasks);
+    lua_pushinteger(L, (lua_Integer)waits);
+    return 2;
+}
+
+/* [-0, +0] task_scope_close(): its threads run on, detached. */
+static int task_scope_close(lua_State *L) {
+    td_task *t = td_vm_task_of(L);
+    if (t && t->scope == &t->lead)
+        td_vm_scope_close(&t->lead);
+    return 0;
+}
+
 void td_api_thread_open(lua_State *L, td_vm *vm) {
     static const luaL_Reg funcs[] = {
         {"event_new", event_new}, {"event_wait", event_wait_lua}, {"event_set", event_set},
-        {"event_is_set", event_is_set}, {NULL, NULL},
+        {"event_is_set", event_is_set}, {"task_scope_open", task_scope_open},
+        {"task_scope_census", task_scope_census}, {"task_scope_close", task_scope_close}, {NULL, NULL},
     };
     luaL_newmetatable(L, EVENT_MT);
     lua_pop(L, 1);

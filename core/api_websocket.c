@@ -231,7 +231,6 @@ static int ws_upgrade(lua_State *L) {
     td_buf rest = {0};
     /* Taken from the request, which would close it as it ends. */
     hc->rq->user = NULL;
-    td_vm_account(lua_getexdata(L)); /* for the 101's access log line */
     int rc = td_http_upgrade(hc, "websocket", lines, len, &rest);
     if (rc != 0) {
         hc->rq->user = scope;

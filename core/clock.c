@@ -1,6 +1,7 @@
 /* Owns the cached wall-clock reading and the strings formatted from it. */
 #include "clock.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -43,4 +44,10 @@ const char *td_clock_log_time(uv_loop_t *loop) {
         log_sec = sec;
     }
     return log_time;
+}
+
+uint64_t td_clock_timer_ms(uv_loop_t *loop, uint64_t ms) {
+    uint64_t now = uv_hrtime() / 1000000, then = uv_now(loop);
+    uint64_t lag = now > then ? now - then : 0;
+    return ms > UINT64_MAX - lag ? UINT64_MAX : ms + lag;
 }

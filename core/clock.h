@@ -14,5 +14,12 @@ double td_clock_now(uv_loop_t *loop);
 const char *td_clock_http_date(uv_loop_t *loop);
 /* "06/Nov/1994:08:49:37 +0000" for the Common Log Format (26 bytes). */
 const char *td_clock_log_time(uv_loop_t *loop);
+/* The timeout to give uv_timer_start for a wait of ms from now: ms plus how
+ * far the loop's time (its turn's start) lags behind the clock, so that a
+ * wait started late in a long turn lasts its full length. The loop's time
+ * is not updated: moving it inside the timers phase would make other
+ * timers due again and again (libuv runs every due timer before leaving
+ * the phase). */
+uint64_t td_clock_timer_ms(uv_loop_t *loop, uint64_t ms);
 
 #endif

@@ -31,7 +31,7 @@ static int fields_failed(td_http_req *rq) {
 static int on_message_begin(llhttp_t *p) {
     td_http_req *rq = hc_of_parser(p)->rq;
     td_http_fields_reset(&rq->fields);
-    rq->started = uv_now(hc_of_parser(p)->conn.tcp.loop);
+    rq->started = uv_hrtime();
     memset(&rq->timings, 0, sizeof rq->timings);
     rq->body.len = 0;
     rq->body_off = 0;

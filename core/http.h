@@ -134,6 +134,11 @@ struct td_http_server {
     td_http_config cfg;
     td_http_request_cb on_request;
     td_http_over_cb on_over;
+    /* Called (with ud) as a request's access log line is made and it is
+     * counted, whatever ended it, with uv_hrtime() then: the layer above
+     * settles what the line reports (the Lua bridge adds the running task's
+     * time so far). */
+    void (*on_log)(void *ud, uint64_t now_ns);
     void *ud;
     td_http_req **spare; /* request states kept for reuse */
     size_t nspare;
@@ -161,7 +166,7 @@ struct td_http_req {
     td_list drain_waiters;
     const char *feed_start; /* the buffer llhttp is parsing */
     const char *feed_end;
-    uint64_t started;   /* the loop's time (ms) at the request's first byte, for the access log */
+    uint64_t started;   /* uv_hrtime() at the request's first byte: its time in the log, metrics, req:timings() */
     td_timings timings; /* where its time went (timings.h), for the access log and req:timings() */
     uint64_t body_seen; /* body bytes parsed, kept or not: bounded by body_limit */
     uint64_t body_limit; /* max_body_bytes unless the handler set another */

@@ -388,7 +388,7 @@ static void append_seconds(td_buf *b, const char *key, uint64_t ns) {
         td_buf_printf(b, "%s\"%s\":%.6f", comma, key, (double)ns / 1e9);
 }
 
-static void json_line(td_buf *b, td_http_conn *hc, const char *peer) {
+static void json_line(td_buf *b, td_http_conn *hc, const char *peer, uint64_t now_ns) {
     td_http_req *rq = hc->rq;
     uv_loop_t *loop = hc->conn.tcp.loop;
     double now = td_clock_now(loop);
@@ -410,9 +410,8 @@ static void json_line(td_buf *b, td_http_conn *hc, const char *peer) {
     } else {
         td_buf_printf(b, ",\"method\":null,\"target\":null,\"version\":null");
     }
-    uint64_t ms = uv_now(loop) - rq->started;
-    td_buf_printf(b, ",\"status\":%d,\"bytes\":%" PRIu64 ",\"request_time\":%.3f", rq->status, body_bytes(rq),
-                  (double)ms / 1000.0);
+    td_buf_printf(b, ",\"status\":%d,\"bytes\":%" PRIu64 ",\"request_time\":%.6f", rq->status, body_bytes(rq),
+                  (double)(now_ns - rq->started) / 1e9);
     /* Where the time went (timings.h), in seconds to the microsecond; the
      * upstream time, nginx's name, is the wait on tendril.http. */
     const td_timings *tg = &rq->timings;
@@ -434,12 +433,12 @@ const uint32_t td_http_latency_ms[TD_HTTP_LATENCY_BUCKETS - 1] = {5, 10, 25, 50,
                                                                     10000};
 
 /* The request ended: counted by status class and time. */
-static void count(td_http_conn *hc) {
+static void count(td_http_conn *hc, uint64_t now_ns) {
     td_http_req *rq = hc->rq;
     td_http_counts *c = &td_http__server(hc)->counts;
     int cls = rq->status / 100;
     c->by_class[cls >= 1 && cls <= 5 ? cls : 0]++;
-    uint64_t ms = uv_now(hc->conn.tcp.loop) - rq->started;
+    uint64_t ms = (now_ns - rq->started) / 1000000;
     c->latency_ms_sum += ms;
     size_t b = 0;
     while (b < TD_HTTP_LATENCY_BUCKETS - 1 && ms > td_http_latency_ms[b])
@@ -449,8 +448,12 @@ static void count(td_http_conn *hc) {
 
 void td_http__access_log(td_http_conn *hc) {
     td_http_req *rq = hc->rq;
+    td_http_server *hs = td_http__server(hc);
+    uint64_t now_ns = uv_hrtime();
+    if (rq && hs->on_log)
+        hs->on_log(hs->ud, now_ns);
     if (rq && hc->conn.owner)
-        count(hc);
+        count(hc, now_ns);
     if (!td_log_access_enabled() || !rq)
         return;
     /* One line buffer for the process, grown once. */
@@ -460,7 +463,7 @@ void td_http__access_log(td_http_conn *hc) {
     b.len = 0;
     td_access_format format = td_log_access_format();
     if (format == TD_ACCESS_JSON) {
-        json_line(&b, hc, peer);
+        json_line(&b, hc, peer, now_ns);
         td_log_access(b.data, b.len);
         return;
     }

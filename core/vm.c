@@ -715,6 +715,21 @@ void td_vm_scope_close(td_scope *s) {
     scope_end(s);
 }
 
+void td_vm_scope_census(const td_scope *s, size_t *tasks, size_t *waits) {
+    *tasks = *waits = 0;
+    if (!s || !s->open)
+        return;
+    const td_task *lead = td_container_of(s, td_task, lead);
+    for (const td_list *l = s->tasks.next; l != &s->tasks; l = l->next) {
+        const td_task *t = td_container_of(l, td_task, scope_link);
+        if (t == lead)
+            continue;
+        (*tasks)++;
+        if (t->wait)
+            (*waits)++;
+    }
+}
+
 void td_vm_task_inherit(td_task *child, td_task *parent) {
     if (!parent)
         return;
@@ -741,12 +756,11 @@ lua_State *td_vm_wait_end(td_wait *w) {
     return t->co;
 }
 
-void td_vm_account(td_vm *vm) {
+void td_vm_account(td_vm *vm, uint64_t now) {
     td_task *t = vm->current;
     td_timings *tm = t && t->scope ? t->scope->timings : NULL;
-    if (!tm || !vm->run_since)
+    if (!tm || !vm->run_since || now < vm->run_since)
         return;
-    uint64_t now = uv_hrtime();
     tm->lua_ns += now - vm->run_since;
     vm->run_since = now;
 }

@@ -214,14 +214,17 @@ void td_vm_scope_close(td_scope *s);
  * lead's current wait, if any, fails with code too (it had not heard of
  * the end); its later waits do not. */
 void td_vm_scope_kill_threads(td_scope *s, int code, int interrupt_lead);
+/* The tasks bound to s besides the one that leads it, and how many of
+ * them wait (tendril test: what a test left running). */
+void td_vm_scope_census(const td_scope *s, size_t *tasks, size_t *waits);
 /* A thread starts: it shares its spawner's fate (and doom). */
 void td_vm_task_inherit(td_task *child, td_task *parent);
 
-/* Adds the running task's time in Lua so far to its request's timings
- * (they are otherwise added as the run ends): before reading them, from
- * inside the run (the access log of a response finished now,
- * req:timings()). */
-void td_vm_account(td_vm *vm);
+/* Adds the running task's time in Lua until now (uv_hrtime()) to its
+ * request's timings (they are otherwise added as the run ends): before
+ * reading them, from inside the run (the access log of a response
+ * finished now, req:timings()). */
+void td_vm_account(td_vm *vm, uint64_t now);
 
 /* Logs the error on top of co's stack with a traceback, prefixed by what. */
 void td_vm_log_error(lua_State *co, const char *what);

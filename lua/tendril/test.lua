@@ -4,53 +4,53 @@
 -- and exit status. Two things are tendril's: every `it` (with its
 -- before_each and after_each) runs in a task of its own, so specs may wait
 -- (http.get, sleep, tcp.connect, threads, servers); and a test whose body
--- leaves something running behind it (a task, a wait) fails with an error
--- naming what (things its before_each started are not its own); what ends
--- by itself within SETTLE seconds (the server side of a socket the test
--- closed) is not left behind.
--- tcp.listen listeners have no close yet: they are left out of the count,
--- and the run ends when busted does, whatever specs left running.
+-- leaves something behind fails with an error naming what: a thread it
+-- spawned still running (the body leads a scope of its own, which its
+-- threads share), a client socket it opened still open (not closed, not
+-- back in a pool). What its before_each started is not its own; a server's
+-- sessions (tcp.listen, testing.app) are not the test's threads. Leftovers
+-- get a few loop turns to end first.
+-- tcp.listen listeners have no close yet: the run ends when busted does,
+-- whatever specs left running.
 local tendril = require "tendril"
 local core = require "tendril.core"
+local tcp = require "tendril.tcp"
 
 local type, pcall, error, ipairs, loadstring, format = type, pcall, error, ipairs, loadstring, string.format
+local scope_open, scope_census, scope_close = core.task_scope_open, core.task_scope_census, core.task_scope_close
+local open_sockets = tcp._open_count
 
 local _M = {}
 
 -- A test that runs longer than this is reported and left behind.
 _M.TEST_TIMEOUT = 300
 
--- What runs now besides the runner itself.
-local function running()
-    local s = core.vm_stats()
-    return { tasks = s.tasks - s.pooled, waits = s.waits }
-end
-
--- How long a test's leftovers get to end by themselves (the server side
--- of a socket the test closed hears of it a loop turn later).
-_M.SETTLE = 0.5
-
--- What a test left behind, compared with before it, or nil.
-local function leftovers(before)
-    local now = running()
-    local waited = 0
-    while (now.tasks > before.tasks or now.waits > before.waits) and waited < _M.SETTLE do
-        tendril.sleep(0.005)
-        waited = waited + 0.005
-        now = running()
+-- What a test's body left behind (sockets: the count open before it), or
+-- nil.
+local function leftovers(sockets)
+    local threads, waits = scope_census()
+    local open = open_sockets() - sockets
+    -- A thread that ends now, or a socket whose close is under way.
+    for _ = 1, 3 do
+        if threads == 0 and open <= 0 then
+            return nil
+        end
+        tendril.sleep(0.001)
+        threads, waits = scope_census()
+        open = open_sockets() - sockets
     end
     local parts = {}
-    if now.tasks > before.tasks then
-        parts[#parts + 1] = format("%d task(s)", now.tasks - before.tasks)
+    if threads > 0 then
+        parts[#parts + 1] = format("%d thread(s) running (%d waiting)", threads, waits)
     end
-    if now.waits > before.waits then
-        parts[#parts + 1] = format("%d wait(s)", now.waits - before.waits)
+    if open > 0 then
+        parts[#parts + 1] = format("%d socket(s) open", open)
     end
     if #parts == 0 then
         return nil
     end
-    return "the test left " .. table.concat(parts, ", ") .. " running (a thread not joined, a socket "
-        .. "waited on): end what a test starts"
+    return "the test left " .. table.concat(parts, " and ") .. ": join the threads a test spawns and "
+        .. "close the sockets it opens"
 end
 
 -- busted.core, with its `it` executor run in a task of its own.
@@ -66,9 +66,12 @@ local function patched_core(make_core)
                     -- every output handler reports it as the test's own.
                     local body = element.run
                     element.run = function(...)
-                        local before = running()
+                        local sockets = open_sockets()
+                        scope_open()
                         body(...)
-                        local left = leftovers(before)
+                        local left = leftovers(sockets)
+                        -- What is left runs on, detached.
+                        scope_close()
                         if left then
                             -- Named at the test's own line, not this one.
                             local at = element.trace or {}

@@ -95,9 +95,25 @@ LEAKING_SPEC = r'''
 local tendril = require "tendril"
 describe("a leak", function()
     it("leaves a thread sleeping", function()
-        tendril.spawn(function() tendril.sleep(0.3) end)
+        tendril.spawn(function() tendril.sleep(5) end)
     end)
     it("runs after it", function() end)
+end)
+'''
+
+SOCKET_SPEC = r'''
+local tcp = require "tendril.tcp"
+local port = assert(tcp.listen("127.0.0.1", 0, function(s) s:receive("*a") end))
+describe("a socket", function()
+    it("left open", function()
+        local s = assert(tcp.connect("127.0.0.1", port))
+        assert(s:send("x"))
+    end)
+    it("closed, the server's session still reading", function()
+        local s = assert(tcp.connect("127.0.0.1", port))
+        assert(s:send("x"))
+        s:close()
+    end)
 end)
 '''
 
@@ -137,9 +153,10 @@ class TendrilTestTest(TestCase):
         r = tendril_test(d)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("a leak leaves a thread sleeping", r.stdout)
-        # A thread spawned starts when the test next waits or returns: a
-        # task not yet waiting.
-        self.assertIn("spec/leak_spec.lua:4: the test left 1 task(s) running", r.stdout)
+        # What is left gets a few loop turns to end by itself (this one
+        # sleeps on): past that it is the test's error.
+        self.assertIn("spec/leak_spec.lua:4: the test left 1 thread(s) running (1 waiting): join the threads "
+                      "a test spawns and close the sockets it opens", r.stdout)
         # The test is an error, once, and the next test is not blamed.
         self.assertIn("1 success / 0 failures / 1 error", r.stdout)
         # Every output handler says so: TAP too.
@@ -147,6 +164,14 @@ class TendrilTestTest(TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("not ok 1 - a leak leaves a thread sleeping", r.stdout)
         self.assertIn("ok 2 - a leak runs after it", r.stdout)
+
+    def test_a_spec_that_leaves_a_socket_open_fails(self):
+        d = self.project({"spec/sock_spec.lua": SOCKET_SPEC})
+        r = tendril_test(d)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("spec/sock_spec.lua:5: the test left 1 socket(s) open", r.stdout)
+        # A server's sessions are not the test's (tcp.listen's, here).
+        self.assertIn("1 success / 0 failures / 1 error", r.stdout)
 
     def test_default_directories_and_busted_options(self):
         d = self.project({"tests/spec/wait_spec.lua": WAITING_SPEC})

@@ -43,16 +43,61 @@ describe("tendril.spawn", function()
         local done = false
         local app = testing.app(function()
             tendril.spawn(function()
-                tendril.sleep(0.1)
+                tendril.sleep(0.5)
                 done = true
             end)
             return "answered first"
         end)
         assert.are.equal("answered first", assert(app:get("/")).body)
         assert.is_false(done)
-        tendril.sleep(0.3)
+        local t0 = tendril.now()
+        while not done and tendril.now() - t0 < 5 do
+            tendril.sleep(0.05)
+        end
         assert.is_true(done)
         app:close()
+    end)
+end)
+
+describe("timers", function()
+    it("keep the loop serving while threads sleep briefly between bursts of work", function()
+        -- A timer started late in a long turn must not make the timers
+        -- phase run for ever (moving the loop's clock inside it did).
+        local function spin(s)
+            local t0 = os.clock()
+            while os.clock() - t0 < s do
+            end
+        end
+        local app = testing.app(function() return "pong" end)
+        local threads = {}
+        for i = 1, 2 do
+            threads[i] = tendril.spawn(function()
+                local t0 = tendril.now()
+                while tendril.now() - t0 < 0.6 do
+                    spin(0.003)
+                    tendril.sleep(0.001)
+                end
+            end)
+        end
+        tendril.sleep(0.05)
+        local t0 = tendril.now()
+        assert.are.equal("pong", assert(app:get("/")).body)
+        local took = tendril.now() - t0
+        assert.is_true(took < 0.4, took)
+        for i = 1, 2 do
+            assert(threads[i]:join())
+        end
+        app:close()
+    end)
+
+    it("last at least as long as asked, even started late in a long turn", function()
+        local t0 = tendril.now()
+        local clock0 = os.clock()
+        while os.clock() - clock0 < 0.05 do
+        end
+        tendril.sleep(0.1)
+        local took = tendril.now() - t0
+        assert.is_true(took >= 0.149, took)
     end)
 end)
 
@@ -66,14 +111,17 @@ describe("the coroutine relay", function()
             return "end"
         end)
         assert.are.same({ 1, 2, 3, "end" }, { gen(), gen(), gen(), gen() })
+        local app = testing.app(function() return "from the app" end)
         local co = coroutine.create(function(a)
             local b = coroutine.yield(a + 1)
             tendril.sleep(0.01)
-            return b .. "!"
+            local res = assert(require("tendril.http").get(app.url .. "/"))
+            return b .. ":" .. res.body
         end)
         assert.are.same({ true, 2 }, { coroutine.resume(co, 1) })
-        assert.are.same({ true, "x!" }, { coroutine.resume(co, "x") })
+        assert.are.same({ true, "x:from the app" }, { coroutine.resume(co, "x") })
         assert.are.equal("dead", coroutine.status(co))
+        app:close()
     end)
 
     it("waits through pcall and metamethods", function()
@@ -118,13 +166,13 @@ describe("the coroutine relay", function()
 
     it("does not let another resume a coroutine that waits in a tendril call", function()
         local co = coroutine.create(function()
-            local ok, err = tendril.sleep(0.1)
+            local ok, err = tendril.sleep(0.3)
             return "slept " .. tostring(ok) .. " " .. tostring(err)
         end)
         local th = tendril.spawn(function()
             return coroutine.resume(co)
         end)
-        tendril.sleep(0.02) -- the thread waits in its sleep now
+        tendril.sleep(0.05) -- the thread waits in its sleep now
         local ok, err = pcall(coroutine.resume, co, "intruder")
         assert.is_false(ok)
         assert.matches("coroutine%.resume: the coroutine is waiting in a tendril call", err)

@@ -3,14 +3,13 @@
 -- misbehaves on purpose (close-delimited bodies, bodies cut short, slow
 -- answers, stale keep-alive connections).
 --
--- An idle connection is closed after IDLE seconds, as servers do: a test
--- that leaves one in the client's pool leaves no task behind for long
--- (tendril test waits that long for leftovers to end).
+-- An idle connection is closed after IDLE seconds, as servers do (a
+-- request's ?idle=S sets it for what follows on its connection).
 local tendril = require "tendril"
 local tcp = require "tendril.tcp"
 local url = require "tendril.url"
 
-local _M = { connections = 0, IDLE = 0.25 }
+local _M = { connections = 0, idle_closed = 0, IDLE = 10 }
 
 local function send(sock, status, body, headers)
     local head = { "HTTP/1.1 " .. status .. " X\r\n" }
@@ -23,10 +22,13 @@ end
 
 -- method, path, query, headers, body; or nil when the connection ends
 -- (or stays idle past IDLE).
-local function read_request(sock, first)
-    sock:settimeout(first and 5 or _M.IDLE)
-    local line = sock:receive("*l")
+local function read_request(sock, idle)
+    sock:settimeout(idle)
+    local line, err = sock:receive("*l")
     if not line then
+        if err == "timeout" then
+            _M.idle_closed = _M.idle_closed + 1
+        end
         return nil
     end
     sock:settimeout(5)
@@ -86,12 +88,13 @@ end
 
 local port = assert(tcp.listen("127.0.0.1", 0, function(sock)
     _M.connections = _M.connections + 1
-    local served = 0
+    local served, idle = 0, 5
     while true do
-        local method, path, q, headers, body = read_request(sock, served == 0)
+        local method, path, q, headers, body = read_request(sock, idle)
         if not method then
             break
         end
+        idle = tonumber(q.idle) or _M.IDLE
         -- A stale keep-alive connection: closed as the next request arrives.
         if path == "/once" and served > 0 then
             break
