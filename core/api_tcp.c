@@ -431,6 +431,25 @@ static int sock_usable(lua_State *L) {
     return 1;
 }
 
+/* [-2, +1|2] sock_queue(sock, data) -> true | nil, "closed": data joins the
+ * socket's output, which leaves at the end of the loop turn with whatever
+ * else was queued meanwhile (tendril.redis: the commands of every task in
+ * a turn in one write). Never waits: the caller bounds what it queues. */
+static int sock_queue(lua_State *L) {
+    td_sock *s = box_sock(check_box(L, 1));
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    if (!s || !td_sock_usable(s) || s->conn.closing || s->read_end)
+        return td_api_fail(L, TD_ECLOSED);
+    td_buf *out = td_conn_out(&s->conn, len);
+    if (!out)
+        return luaL_error(L, "sock_queue: out of memory");
+    memcpy(out->data + out->len, data, len);
+    out->len += len;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* [-1, +1] sock_open(sock) -> boolean: open and not idle in a pool
  * (tendril test: a socket a test left open) */
 static int sock_open(lua_State *L) {
@@ -742,7 +761,7 @@ void td_api_tcp_close_listeners(void) {
 void td_api_tcp_open(lua_State *L, td_vm *vm, td_transport *tp) {
     transport = tp;
     static const luaL_Reg funcs[] = {
-        {"sock_connect", sock_connect}, {"sock_open", sock_open},   {"sock_send", sock_send},     {"sock_receive", sock_receive},
+        {"sock_connect", sock_connect}, {"sock_open", sock_open}, {"sock_queue", sock_queue},   {"sock_send", sock_send},     {"sock_receive", sock_receive},
         {"sock_settimeout", sock_settimeout}, {"sock_close", sock_close}, {"sock_usable", sock_usable},
         {"sock_pool", sock_pool},         {"sock_unpool", sock_unpool}, {"tcp_listen", tcp_listen},
         {"sock_starttls", sock_starttls},

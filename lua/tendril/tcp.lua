@@ -32,6 +32,7 @@ local pools = {} -- "host:port" (and the TLS options) -> idle sockets, oldest fi
 local weak = { __mode = "k" }
 local pool_key = setmetatable({}, weak) -- socket -> "host:port" (client sockets)
 local reuses = setmetatable({}, weak)   -- socket -> times taken from a pool
+local shared = setmetatable({}, weak)   -- socket -> true: a library's long-lived connection
 
 local function check_timeout(fname, t)
     if t ~= nil and (type(t) ~= "number" or t < 0) then
@@ -137,13 +138,19 @@ end
 --- For tendril.http: open without the checks (it made its own).
 _M._open = open
 
+--- A library's connection that outlives the tasks using it (tendril.redis's
+--- shared one), like a pool's: tendril test does not count it as a test's.
+function _M._shared(s)
+    shared[s] = true
+end
+
 --- For tendril test: the client sockets open now and not idle in a pool
 --- (those not yet collected count: a socket dropped unclosed is open until
 --- the collector finds it).
 function _M._open_count()
     local n = 0
     for s in pairs(pool_key) do
-        if sock_open(s) then
+        if not shared[s] and sock_open(s) then
             n = n + 1
         end
     end

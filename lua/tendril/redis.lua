@@ -1,0 +1,778 @@
+-- Redis on the event loop: local redis = require "tendril.redis"
+--
+--   local r, err = redis.connect("redis://:secret@127.0.0.1:6379/0")
+--   r:set("k", "v", "EX", 10)            -- "OK"
+--   local v = r:get("k")                 -- "v"; nil when missing
+--   local n, err = r:incr("k")           -- nil, "ERR value is not an integer ..."
+--   r:release()
+--
+-- RESP over tendril's sockets, in Lua (docs/benchmarks.md has the
+-- measurements). Every command is a method (its name in any case);
+-- r:call(name, ...) sends any. Replies: status and bulk strings as
+-- strings, integers as numbers, arrays as tables; a missing value is nil
+-- for a command and redis.null inside an array; an error reply is nil,
+-- "ERR ..." for a command and { false, "ERR ..." } inside a pipeline's or a
+-- transaction's replies; a failed connection is nil, "closed" or
+-- "timeout" (the next call connects again).
+--
+-- Connections, per server, database and credentials:
+-- - One shared connection carries the plain commands of every task: the
+--   commands tasks send in one loop turn leave in one write, and one
+--   reader task hands each reply to its caller, in order (as ioredis's
+--   auto-pipelining does). A caller that stops waiting (its timeout, its
+--   request gone) leaves its reply to be dropped.
+-- - What needs a connection of its own (a transaction, a subscription, a
+--   blocking command such as BLPOP, SELECT) takes one from a bounded pool
+--   (pool_size, in use or idle; connect waits for one to come back, up to
+--   the timeout) and keeps it until r:release(), r:close() or the end of
+--   the task that made r; it goes back to the pool only when it is clean
+--   (no reply pending, not subscribed, no transaction open), else it is
+--   closed.
+local core = require "tendril.core"
+local tcp = require "tendril.tcp"
+local owned = require "tendril.owned"
+local url_mod = require "tendril.url"
+
+local type, tostring, tonumber, error, select, setmetatable = type, tostring, tonumber, error, select, setmetatable
+local concat, remove, pairs, ipairs = table.concat, table.remove, pairs, ipairs
+local sub, byte, upper, lower, format, match = string.sub, string.byte, string.upper, string.lower, string.format,
+    string.match
+local open_socket = tcp._open
+local sock_pool, sock_unpool, sock_usable = core.sock_pool, core.sock_unpool, core.sock_usable
+local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
+local sock_queue, spawn_detached = core.sock_queue, core.spawn_detached
+
+local _M = {}
+
+--- Stands for a missing value inside an array reply.
+_M.null = setmetatable({}, { __tostring = function() return "redis.null" end })
+local null = _M.null
+
+local DEFAULTS = { host = "127.0.0.1", port = 6379, db = 0, timeout = 10, pool_size = 64, idle_timeout = 60 }
+
+-- Replies a shared connection may owe at once: past it a call fails with
+-- nil, "busy" rather than queue without bound.
+local MAX_PENDING = 65536
+
+-- Commands that need a connection of their own.
+local EXCLUSIVE = {}
+for name in ("MULTI EXEC DISCARD WATCH UNWATCH SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE "
+    .. "SUNSUBSCRIBE SELECT AUTH HELLO RESET QUIT MONITOR CLIENT BLPOP BRPOP BRPOPLPUSH BLMOVE BLMPOP BZPOPMIN "
+    .. "BZPOPMAX BZMPOP XREAD XREADGROUP WAIT WAITAOF"):gmatch("%S+") do
+    EXCLUSIVE[name] = true
+end
+
+-- ---- the protocol ----
+
+-- A command in RESP: an array of bulk strings.
+local function encode(buf, n, name, ...)
+    local count = select("#", ...)
+    n = n + 1
+    buf[n] = "*" .. (count + 1) .. "\r\n$" .. #name .. "\r\n" .. name .. "\r\n"
+    for i = 1, count do
+        local v = select(i, ...)
+        local t = type(v)
+        if t == "number" then
+            v = tostring(v)
+        elseif t ~= "string" then
+            return nil, i, t
+        end
+        n = n + 1
+        buf[n] = "$" .. #v .. "\r\n" .. v .. "\r\n"
+    end
+    return n
+end
+
+local read_reply
+
+-- The array of count replies; inside it a missing value is null and an
+-- error is { false, message }.
+local function read_array(sock, count)
+    local out = {}
+    for i = 1, count do
+        local v, err, kind = read_reply(sock)
+        if kind == "io" then
+            return nil, err, "io"
+        end
+        if v == nil then
+            v = err and { false, err } or null
+        end
+        out[i] = v
+    end
+    return out
+end
+
+-- value | nil (missing) | nil, message (error reply) | nil, err, "io"
+function read_reply(sock)
+    local line, err = sock:receive("*l")
+    if not line then
+        return nil, err, "io"
+    end
+    local prefix, rest = byte(line), sub(line, 2)
+    if prefix == 36 then -- $ bulk string
+        local len = tonumber(rest)
+        if not len then
+            return nil, "protocol error: bad bulk length", "io"
+        end
+        if len < 0 then
+            return nil
+        end
+        local data
+        data, err = sock:receive(len + 2)
+        if not data then
+            return nil, err, "io"
+        end
+        return sub(data, 1, len)
+    elseif prefix == 43 then -- + status
+        return rest
+    elseif prefix == 58 then -- : integer
+        return tonumber(rest)
+    elseif prefix == 45 then -- - error
+        return nil, rest
+    elseif prefix == 42 then -- * array
+        local count = tonumber(rest)
+        if not count then
+            return nil, "protocol error: bad array length", "io"
+        end
+        if count < 0 then
+            return nil
+        end
+        return read_array(sock, count)
+    end
+    return nil, "protocol error: unexpected reply " .. format("%q", sub(line, 1, 40)), "io"
+end
+
+-- ---- pools ----
+
+-- key -> { idle = {sockets, oldest first}, open = n (dedicated, in use or
+-- idle), waiting = {waiters}, mux = the shared connection or nil, server }
+local pools = {}
+
+local function pool_of(o)
+    local p = pools[o.key]
+    if not p then
+        p = { idle = {}, open = 0, waiting = {}, server = o.host .. ":" .. o.port .. "/" .. o.db }
+        pools[o.key] = p
+    end
+    return p
+end
+
+-- A dedicated connection of the pool ended: a waiter may open one.
+local function pool_closed(p)
+    p.open = p.open - 1
+    local w = remove(p.waiting, 1)
+    if w then
+        event_set(w.event)
+    end
+end
+
+-- Options from a URL (redis://[[user]:password@]host[:port][/db],
+-- rediss:// for TLS) or a table; the pool's key.
+local function parse_options(spec, extra)
+    local o = {}
+    if type(spec) == "string" then
+        local scheme, rest = match(spec, "^(rediss?)://(.*)$")
+        if not scheme then
+            error("redis.connect: expected a redis:// or rediss:// URL, got " .. format("%q", spec), 3)
+        end
+        local auth, hostport, path = match(rest, "^([^@/]*)@([^/]*)(.*)$")
+        if not auth then
+            hostport, path = match(rest, "^([^/]*)(.*)$")
+        end
+        if auth then
+            local user, pass = match(auth, "^([^:]*):(.*)$")
+            if user then
+                o.username = user ~= "" and url_mod.decode_component(user) or nil
+                o.password = url_mod.decode_component(pass)
+            else
+                o.password = url_mod.decode_component(auth)
+            end
+        end
+        local host, port = match(hostport, "^%[(.+)%]:?(%d*)$")
+        if not host then
+            host, port = match(hostport, "^([^:]*):?(%d*)$")
+        end
+        o.host = host ~= "" and host or nil
+        o.port = tonumber(port)
+        local db = match(path, "^/(%d+)$")
+        if path ~= "" and path ~= "/" and not db then
+            error("redis.connect: the URL's path is a database number, got " .. format("%q", path), 3)
+        end
+        o.db = tonumber(db)
+        o.tls = scheme == "rediss" or nil
+    elseif type(spec) == "table" then
+        for k, v in pairs(spec) do
+            o[k] = v
+        end
+    elseif spec ~= nil then
+        error("redis.connect: expected a URL or an options table, got " .. type(spec), 3)
+    end
+    if extra ~= nil then
+        if type(extra) ~= "table" then
+            error("redis.connect: expected an options table, got " .. type(extra), 3)
+        end
+        for k, v in pairs(extra) do
+            o[k] = v
+        end
+    end
+    for k, v in pairs(DEFAULTS) do
+        if o[k] == nil then
+            o[k] = v
+        end
+    end
+    for _, k in ipairs({ "port", "db", "timeout", "pool_size", "idle_timeout" }) do
+        local v = o[k]
+        if type(v) ~= "number" or v < 0 or v ~= v then
+            error("redis.connect: " .. k .. " must be a number >= 0, got " .. tostring(v), 3)
+        end
+    end
+    if o.pool_size < 1 then
+        error("redis.connect: pool_size must be at least 1", 3)
+    end
+    for _, k in ipairs({ "host", "password", "username" }) do
+        if o[k] ~= nil and type(o[k]) ~= "string" then
+            error("redis.connect: " .. k .. " must be a string, got " .. type(o[k]), 3)
+        end
+    end
+    local function field(s)
+        s = s or ""
+        return #s .. ":" .. s
+    end
+    o.key = field(o.host) .. o.port .. "/" .. o.db .. "|" .. field(o.username) .. field(o.password)
+        .. (o.tls and "|tls" or "")
+    return o
+end
+
+-- Parsed options by URL (bounded): connect is called once a request.
+local option_cache, cached = {}, 0
+
+local function options(spec, extra)
+    if extra == nil and type(spec) == "string" then
+        local o = option_cache[spec]
+        if not o then
+            o = parse_options(spec)
+            if cached >= 64 then
+                option_cache, cached = {}, 0
+            end
+            option_cache[spec], cached = o, cached + 1
+        end
+        return o
+    end
+    return parse_options(spec, extra)
+end
+
+-- A new connection, authenticated and on its database: sock | nil, err.
+local function dial(o)
+    local sock, err = open_socket(o.host, o.port, { timeout = o.timeout }, o.tls and true or false, o.server_name,
+        nil, true)
+    if not sock then
+        return nil, err
+    end
+    local buf, n, count = {}, 0, 0
+    if o.password then
+        if o.username then
+            n = encode(buf, n, "AUTH", o.username, o.password)
+        else
+            n = encode(buf, n, "AUTH", o.password)
+        end
+        count = count + 1
+    end
+    if o.db ~= 0 then
+        n = encode(buf, n, "SELECT", o.db)
+        count = count + 1
+    end
+    if count > 0 then
+        local ok, replies
+        ok, err = sock:send(concat(buf, "", 1, n))
+        if ok then
+            replies, err = read_array(sock, count)
+        end
+        if not replies then
+            sock:close()
+            return nil, err
+        end
+        for i = 1, count do
+            local r = replies[i]
+            if type(r) == "table" and r[1] == false then
+                sock:close()
+                return nil, r[2]
+            end
+        end
+    end
+    return sock
+end
+
+-- ---- the shared connection ----
+
+-- mux = { sock, waiters = FIFO { event, n (replies), value, err },
+-- head, tail, reading, broken, dialing (an event) }
+
+-- Fails every caller still waiting and ends the connection.
+local function mux_fail(mux, err)
+    mux.broken = true
+    mux.sock:close()
+    for i = mux.head, mux.tail do
+        local w = mux.waiters[i]
+        mux.waiters[i] = nil
+        if w then
+            w.err = err
+            event_set(w.event)
+        end
+    end
+    mux.head, mux.tail = 1, 0
+end
+
+-- The reader: hands each reply to its caller, in order, while any is owed.
+local function mux_read(mux)
+    local sock, waiters = mux.sock, mux.waiters
+    while mux.head <= mux.tail and not mux.broken do
+        local w = waiters[mux.head]
+        local v, e, kind
+        if w.n then
+            v, e, kind = read_array(sock, w.n)
+        else
+            v, e, kind = read_reply(sock)
+        end
+        if kind == "io" then
+            mux_fail(mux, e)
+            break
+        end
+        waiters[mux.head] = nil
+        mux.head = mux.head + 1
+        w.value, w.err = v, e
+        event_set(w.event)
+    end
+    mux.reading = false
+end
+
+-- The pool's shared connection, dialled if need be: mux | nil, err.
+local function mux_of(p, o)
+    local mux = p.mux
+    while mux and mux.dialing do
+        event_wait(mux.dialing, o.timeout)
+        if p.mux == mux and mux.dialing then
+            return nil, "timeout"
+        end
+        mux = p.mux
+    end
+    if mux and not mux.broken then
+        return mux
+    end
+    mux = { waiters = {}, head = 1, tail = 0, dialing = event_new() }
+    p.mux = mux
+    local sock, err = dial(o)
+    local dialing = mux.dialing
+    mux.dialing = nil
+    if not sock then
+        p.mux = nil
+        event_set(dialing)
+        return nil, err
+    end
+    mux.sock = sock
+    tcp._shared(sock)
+    event_set(dialing)
+    return mux
+end
+
+-- Sends payload (n replies: an array of them; nil: one) on the shared
+-- connection and waits for the reply.
+local function mux_call(c, payload, n)
+    local o = c._opts
+    local mux, err = mux_of(c._pool, o)
+    if not mux then
+        return nil, err
+    end
+    if mux.tail - mux.head + 1 >= MAX_PENDING then
+        return nil, "busy"
+    end
+    local ok
+    ok, err = sock_queue(mux.sock, payload)
+    if not ok then
+        -- It died idle (a server restarted): nothing was sent, so the call
+        -- goes on a new one.
+        mux_fail(mux, err)
+        mux, err = mux_of(c._pool, o)
+        if not mux then
+            return nil, err
+        end
+        ok, err = sock_queue(mux.sock, payload)
+        if not ok then
+            mux_fail(mux, err)
+            return nil, err
+        end
+    end
+    local w = { event = event_new(), n = n }
+    mux.tail = mux.tail + 1
+    mux.waiters[mux.tail] = w
+    if not mux.reading then
+        mux.reading = true
+        spawn_detached(mux_read, mux)
+    end
+    ok, err = event_wait(w.event, o.timeout)
+    if not ok then
+        -- The reply, when it comes, goes nowhere.
+        return nil, err
+    end
+    return w.value, w.err
+end
+
+-- ---- dedicated connections ----
+
+local Conn = {}
+local conn_mt = {}
+
+-- The state that makes a connection unfit for the pool (or nil: clean).
+local function dirty(c)
+    return c._broken or c._subscribed or c._multi
+end
+
+-- Gives back c's dedicated connection, if it has one.
+local function hand_back(c)
+    local sock, p = c._sock, c._pool
+    c._sock = nil
+    if not sock then
+        return
+    end
+    if dirty(c) or not sock_usable(sock) then
+        sock:close()
+        pool_closed(p)
+        return
+    end
+    local w = remove(p.waiting, 1)
+    if w then
+        -- Straight to a task waiting for one.
+        w.sock = sock
+        event_set(w.event)
+        return
+    end
+    sock_pool(sock, c._opts.idle_timeout)
+    local idle = p.idle
+    idle[#idle + 1] = sock
+end
+
+-- A dedicated connection for c: true | nil, err. It goes back (or is
+-- closed) when the task that took it ends, if r has not given it back.
+local function take(c)
+    owned.add({ close = function() hand_back(c) end })
+    local o, p = c._opts, c._pool
+    local idle = p.idle
+    while #idle > 0 do
+        local s = remove(idle)
+        if sock_unpool(s) then
+            c._sock = s
+            return true
+        end
+        pool_closed(p)
+    end
+    if p.open >= o.pool_size then
+        -- Every connection is in use: wait for one.
+        local w = { event = event_new() }
+        p.waiting[#p.waiting + 1] = w
+        local ok, err = event_wait(w.event, o.timeout)
+        if w.sock then
+            c._sock = w.sock
+            return true
+        end
+        for i = 1, #p.waiting do
+            if p.waiting[i] == w then
+                remove(p.waiting, i)
+                break
+            end
+        end
+        if not ok then
+            return nil, err
+        end
+        -- A connection closed: room for a new one (if no one took it).
+        if p.open >= o.pool_size then
+            return nil, "timeout"
+        end
+    end
+    p.open = p.open + 1
+    local sock, err = dial(o)
+    if not sock then
+        pool_closed(p)
+        return nil, err
+    end
+    c._sock = sock
+    c._broken, c._subscribed, c._multi = nil, nil, nil
+    return true
+end
+
+-- Reconnects a dedicated connection whose socket died while it was clean.
+local function revive(c)
+    local sock = c._sock
+    if not c._broken and sock_usable(sock) then
+        return true
+    end
+    if c._subscribed or c._multi then
+        return nil, "closed"
+    end
+    sock:close()
+    local s, err = dial(c._opts)
+    if not s then
+        -- It stays counted: the handle holds its place until given back.
+        c._broken = true
+        c._sock = sock
+        return nil, err
+    end
+    c._sock, c._broken = s, nil
+    return true
+end
+
+-- Sends payload on c's dedicated connection and reads its reply (n:
+-- that many, as an array).
+local function exchange(c, payload, n)
+    local ok, err = revive(c)
+    if not ok then
+        return nil, err
+    end
+    c._busy = true
+    local sock = c._sock
+    ok, err = sock:send(payload)
+    local v, e, kind
+    if not ok then
+        e, kind = err, "io"
+    elseif n then
+        v, e, kind = read_array(sock, n)
+    else
+        v, e, kind = read_reply(sock)
+    end
+    c._busy = nil
+    if kind == "io" then
+        -- A reply may be on its way: nothing more on this connection.
+        c._broken = true
+        sock:close()
+        return nil, e
+    end
+    return v, e
+end
+
+--- A handle on the server: spec is a URL or { host =, port =, password
+--- =, username =, db =, timeout =, tls =, pool_size =, idle_timeout = };
+--- opts adds to it. It connects (once per server: the shared connection)
+--- and returns the handle, or nil, err.
+function _M.connect(spec, opts)
+    local o = options(spec, opts)
+    local p = pool_of(o)
+    local mux, err = mux_of(p, o)
+    if not mux then
+        return nil, err
+    end
+    return setmetatable({ _opts = o, _pool = p }, conn_mt)
+end
+
+-- Misuse raises at level (check's caller's caller by default).
+local function check(c, fname, level)
+    level = level or 3
+    if c._done then
+        error(fname .. ": the connection was released or closed", level)
+    end
+    if c._busy then
+        error(fname .. ": the connection is busy with another call (one task at a time)", level)
+    end
+end
+
+-- One command: its reply as a command returns it. fname names the method
+-- for misuse errors (raised at the caller of the method).
+local function command(c, fname, cmd, ...)
+    check(c, fname, 4)
+    local buf = {}
+    local n, i, t = encode(buf, 0, cmd, ...)
+    if not n then
+        error(format("%s: argument %d is a %s (strings and numbers only)", fname, i, t), 3)
+    end
+    local payload = n == 1 and buf[1] or concat(buf, "", 1, n)
+    if not c._sock then
+        if not EXCLUSIVE[cmd] then
+            return mux_call(c, payload)
+        end
+        local ok, err = take(c)
+        if not ok then
+            return nil, err
+        end
+    end
+    local v, err = exchange(c, payload)
+    if cmd == "MULTI" and v then
+        c._multi = true
+    elseif cmd == "EXEC" or cmd == "DISCARD" then
+        c._multi = nil
+    end
+    return v, err
+end
+
+--- Any command: r:call("HSET", "h", "f", "v").
+function Conn.call(c, name, ...)
+    if type(name) ~= "string" then
+        error("redis:call: expected a command name, got " .. type(name), 2)
+    end
+    return command(c, "redis:call", upper(name), ...)
+end
+
+--- Runs fn(p), where p records commands as r does, then sends them all at
+--- once: the array of replies (null for a missing value, { false, "ERR
+--- ..." } for an error), or nil, err when the connection failed.
+function Conn.pipeline(c, fn)
+    check(c, "redis:pipeline")
+    if type(fn) ~= "function" then
+        error("redis:pipeline: expected a function, got " .. type(fn), 2)
+    end
+    local buf, n, count = {}, 0, 0
+    local p = setmetatable({}, {
+        __index = function(_, name)
+            return function(_, ...)
+                local m, i, t = encode(buf, n, upper(name), ...)
+                if not m then
+                    error(format("redis:%s: argument %d is a %s (strings and numbers only)", name, i, t), 2)
+                end
+                n = m
+                count = count + 1
+            end
+        end,
+    })
+    fn(p)
+    if count == 0 then
+        return {}
+    end
+    local payload = concat(buf, "", 1, n)
+    if c._sock then
+        return exchange(c, payload, count)
+    end
+    return mux_call(c, payload, count)
+end
+
+local function subscribe(c, cmd, fname, ...)
+    check(c, fname, 4)
+    local count = select("#", ...)
+    if count == 0 then
+        error(fname .. ": expected at least one channel", 3)
+    end
+    local buf = {}
+    local n, i, t = encode(buf, 0, cmd, ...)
+    if not n then
+        error(format("%s: argument %d is a %s (channel names are strings)", fname, i, t), 3)
+    end
+    if not c._sock then
+        local ok, err = take(c)
+        if not ok then
+            return nil, err
+        end
+    end
+    -- One confirmation a channel: an array of them.
+    c._subscribed = true
+    local v, err = exchange(c, concat(buf, "", 1, n), count)
+    if not v then
+        return nil, err
+    end
+    return true
+end
+
+--- Subscribes to channels; then r:recv() gives their messages. The
+--- connection takes no other command afterwards (and is closed, not
+--- pooled, at the end).
+function Conn.subscribe(c, ...)
+    return subscribe(c, "SUBSCRIBE", "redis:subscribe", ...)
+end
+
+function Conn.psubscribe(c, ...)
+    return subscribe(c, "PSUBSCRIBE", "redis:psubscribe", ...)
+end
+
+--- The next message of a subscription: { "message", channel, payload } or
+--- { "pmessage", pattern, channel, payload }; nil, "timeout" after timeout
+--- seconds (the connection's timeout by default); nil, err when it failed.
+function Conn.recv(c, timeout)
+    check(c, "redis:recv")
+    if not c._subscribed then
+        error("redis:recv: subscribe first", 2)
+    end
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+        error("redis:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
+    end
+    local sock = c._sock
+    if c._broken or not sock_usable(sock) then
+        return nil, "closed"
+    end
+    if timeout then
+        sock:settimeout(timeout)
+    end
+    c._busy = true
+    local line, err, partial = sock:receive("*l")
+    if timeout then
+        sock:settimeout(c._opts.timeout)
+    end
+    if not line then
+        c._busy = nil
+        if err == "timeout" and partial == "" then
+            return nil, "timeout"
+        end
+        c._broken = true
+        sock:close()
+        return nil, err
+    end
+    local count = byte(line) == 42 and tonumber(sub(line, 2))
+    local v, e, kind
+    if count then
+        v, e, kind = read_array(sock, count)
+    else
+        v, e, kind = nil, "protocol error: a message is an array", "io"
+    end
+    c._busy = nil
+    if kind == "io" then
+        c._broken = true
+        sock:close()
+        return nil, e
+    end
+    return v
+end
+
+--- Gives back what r holds (its dedicated connection goes back to the
+--- pool, or is closed when it is not clean); r is unusable afterwards.
+function Conn.release(c)
+    if c._busy then
+        error("redis:release: the connection is busy with another call", 2)
+    end
+    c._done = true
+    hand_back(c)
+    return true
+end
+
+--- Like release, but a dedicated connection is closed.
+function Conn.close(c)
+    if c._sock then
+        c._broken = true
+    end
+    c._done = true
+    hand_back(c)
+    return true
+end
+
+-- Every other method name is a command of that name.
+local commands = {}
+conn_mt.__index = function(_, name)
+    local f = Conn[name] or commands[name]
+    if f or type(name) ~= "string" or sub(name, 1, 1) == "_" then
+        return f
+    end
+    local cmd, fname = upper(name), "redis:" .. lower(name)
+    f = function(c, ...)
+        return command(c, fname, cmd, ...)
+    end
+    commands[name] = f
+    return f
+end
+
+--- The pools, for checks and metrics: an array of { server =
+--- "host:port/db", open =, idle =, waiting =, pending = } (open, idle and
+--- waiting: dedicated connections; pending: replies the shared connection
+--- owes; credentials left out).
+function _M.pools()
+    local out = {}
+    for _, p in pairs(pools) do
+        local mux = p.mux
+        out[#out + 1] = { server = p.server, open = p.open, idle = #p.idle, waiting = #p.waiting,
+            pending = mux and (mux.tail - mux.head + 1) or 0 }
+    end
+    return out
+end
+
+return _M

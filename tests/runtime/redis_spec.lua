@@ -1,0 +1,281 @@
+-- tendril.redis against a real redis-server (helpers/redis_server.lua).
+local tendril = require "tendril"
+local redis = require "tendril.redis"
+local testing = require "tendril.testing"
+
+local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+package.path = dir .. "/helpers/?.lua;" .. package.path
+local redis_server = require "redis_server"
+
+describe("tendril.redis", function()
+    local server, url
+
+    setup(function()
+        server = redis_server.start()
+        url = server:url()
+    end)
+
+    teardown(function()
+        server:remove()
+    end)
+
+    it("runs commands as methods and as call, with Lua values", function()
+        local r = assert(redis.connect(url))
+        assert.are.equal("OK", r:set("greeting", "hello"))
+        assert.are.equal("hello", r:get("greeting"))
+        assert.is_nil(r:get("no such key"))
+        assert.are.equal(1, r:del("greeting"))
+        assert.are.equal(2, r:call("hset", "h", "a", "1", "b", 2))
+        assert.are.same({ "a", "1", "b", "2" }, r:hgetall("h"))
+        assert.are.equal("OK", r:set("ttl", "x", "EX", 10))
+        assert.is_true(r:ttl("ttl") > 0)
+        -- A missing value inside an array is redis.null.
+        assert.are.same({ "1", redis.null, "2" }, r:hmget("h", "a", "zz", "b"))
+        assert.are.equal("redis.null", tostring(redis.null))
+        -- Binary-safe.
+        r:set("bin", "a\0b\r\nc")
+        assert.are.equal("a\0b\r\nc", r:get("bin"))
+        r:del("h", "ttl", "bin")
+        r:release()
+    end)
+
+    it("returns nil, err for an error reply and goes on", function()
+        local r = assert(redis.connect(url))
+        r:set("s", "text")
+        local v, err = r:incr("s")
+        assert.is_nil(v)
+        assert.matches("^ERR value is not an integer", err)
+        v, err = r:lpush("s", "x")
+        assert.is_nil(v)
+        assert.matches("^WRONGTYPE", err)
+        assert.are.equal("text", r:get("s"))
+        r:del("s")
+        r:release()
+    end)
+
+    it("raises at the caller's line for misuse", function()
+        local r = assert(redis.connect(url))
+        local ok, err = pcall(function() return r:set("k", {}) end)
+        assert.is_false(ok)
+        assert.matches("redis_spec%.lua:%d+: redis:set: argument 2 is a table", err)
+        r:release()
+        ok, err = pcall(function() return r:get("k") end)
+        assert.is_false(ok)
+        assert.matches("redis_spec%.lua:%d+: redis:get: the connection was released or closed", err)
+        ok, err = pcall(redis.connect, "http://x")
+        assert.is_false(ok)
+        assert.matches("redis%.connect: expected a redis:// or rediss:// URL", err)
+    end)
+
+    it("pipelines commands: one reply each, nulls and errors in place", function()
+        local r = assert(redis.connect(url))
+        r:del("counter")
+        local replies = assert(r:pipeline(function(p)
+            p:set("p1", "v1")
+            p:incr("counter")
+            p:incr("counter")
+            p:get("missing")
+            p:lpush("p1", "x")
+            p:get("p1")
+        end))
+        assert.are.equal(6, #replies)
+        assert.are.equal("OK", replies[1])
+        assert.are.same({ 1, 2 }, { replies[2], replies[3] })
+        assert.are.equal(redis.null, replies[4])
+        assert.is_false(replies[5][1])
+        assert.matches("^WRONGTYPE", replies[5][2])
+        assert.are.equal("v1", replies[6])
+        assert.are.same({}, r:pipeline(function() end))
+        r:del("p1", "counter")
+        r:release()
+    end)
+
+    it("runs a transaction", function()
+        local r = assert(redis.connect(url))
+        assert.are.equal("OK", r:multi())
+        assert.are.equal("QUEUED", r:set("t", "1"))
+        assert.are.equal("QUEUED", r:incr("t"))
+        assert.are.same({ "OK", 2 }, r:exec())
+        assert.are.equal("2", r:get("t"))
+        r:del("t")
+        r:release()
+    end)
+
+    it("selects the database and authenticates from the URL", function()
+        local r1 = assert(redis.connect(server:url(1)))
+        local r0 = assert(redis.connect(url))
+        r1:set("where", "one")
+        assert.is_nil(r0:get("where"))
+        assert.are.equal("one", r1:get("where"))
+        r1:del("where")
+        r1:release()
+        r0:release()
+        local secured = redis_server.start({ password = "s3cret" })
+        local bad, err = redis.connect("redis://:wrong@127.0.0.1:" .. secured.port)
+        assert.is_nil(bad)
+        assert.matches("WRONGPASS", err)
+        local r = assert(redis.connect(secured:url()))
+        assert.are.equal("PONG", r:ping())
+        r:close()
+        secured:remove()
+    end)
+
+    it("delivers pub/sub messages", function()
+        local sub = assert(redis.connect(url))
+        assert(sub:subscribe("news", "sports"))
+        local pub = assert(redis.connect(url))
+        assert.are.equal(1, pub:publish("news", "hello"))
+        assert.are.same({ "message", "news", "hello" }, sub:recv(5))
+        assert.are.same({ nil, "timeout" }, { sub:recv(0.05) })
+        pub:publish("sports", "goal")
+        assert.are.same({ "message", "sports", "goal" }, sub:recv(5))
+        pub:release()
+        -- Subscribed: it is closed, not pooled.
+        sub:release()
+        local ok, err = pcall(function() return sub:recv() end)
+        assert.is_false(ok)
+        assert.matches("released or closed", err)
+    end)
+
+    -- The pool of dedicated connections to the spec's server, database 0.
+    local function pool(key)
+        for _, p in ipairs(redis.pools()) do
+            if p.server == "127.0.0.1:" .. server.port .. "/" .. (key or 0) then
+                return p
+            end
+        end
+    end
+
+    it("sends the commands of many tasks on one shared connection", function()
+        local r = assert(redis.connect(url))
+        r:set("n", 0)
+        local open = pool().open
+        local threads = {}
+        for i = 1, 50 do
+            threads[i] = tendril.spawn(function()
+                local c = assert(redis.connect(url))
+                return c:incr("n")
+            end)
+        end
+        local seen = {}
+        for i = 1, 50 do
+            local ok, v = threads[i]:join()
+            assert.is_true(ok)
+            seen[v] = true
+        end
+        for v = 1, 50 do
+            assert.is_true(seen[v], v)
+        end
+        assert.are.equal("50", r:get("n"))
+        -- No dedicated connection was needed.
+        assert.are.equal(open, pool().open)
+        r:del("n")
+    end)
+
+    it("bounds the dedicated connections, waiting for one to come back", function()
+        local opts = { pool_size = 2, timeout = 0.3 }
+        local a = assert(redis.connect(url, opts))
+        local b = assert(redis.connect(url, opts))
+        -- WATCH needs a connection of its own: both are in use now.
+        assert.are.equal("OK", a:watch("w"))
+        assert.are.equal("OK", b:watch("w"))
+        local c = assert(redis.connect(url, opts))
+        local t0 = tendril.now()
+        assert.are.same({ nil, "timeout" }, { c:watch("w") })
+        assert.is_true(tendril.now() - t0 >= 0.29)
+        local th = tendril.spawn(function()
+            local r = assert(redis.connect(url, opts))
+            local v = r:watch("w")
+            r:release()
+            return v
+        end)
+        tendril.sleep(0.05)
+        assert.are.equal("OK", a:unwatch())
+        a:release()
+        assert.are.same({ true, "OK" }, { th:join() })
+        b:release()
+        c:release()
+        local p = pool()
+        assert.are.equal(2, p.open)
+        assert.are.equal(2, p.idle)
+    end)
+
+    it("gives a request's dedicated connection back when the request ends, closed if unfit", function()
+        local app = testing.app(function(req)
+            local r = assert(redis.connect(url))
+            if req.path == "/plain" then
+                return r:ping()
+            end
+            r:multi()
+            if req.path == "/clean" then
+                r:ping()
+                return tostring(#r:exec())
+            end
+            return "open" -- a transaction left open: not fit for the pool
+        end)
+        assert.are.equal("PONG", assert(app:get("/plain")).body)
+        assert.are.equal("1", assert(app:get("/clean")).body)
+        local p = pool()
+        local open = p.open
+        assert.is_true(open >= 1)
+        assert.are.equal(open, p.idle)
+        assert.are.equal("open", assert(app:get("/dirty")).body)
+        p = pool()
+        assert.are.same({ open - 1, open - 1 }, { p.open, p.idle })
+        app:close()
+    end)
+
+    it("survives a server restart: calls in flight fail, the next one reconnects", function()
+        local r = assert(redis.connect(url))
+        assert.are.equal("PONG", r:ping())
+        local waiter = tendril.spawn(function()
+            return r:blpop("never", 0)
+        end)
+        tendril.sleep(0.05)
+        server:stop()
+        local ok, v, err = waiter:join()
+        assert.is_true(ok)
+        assert.is_nil(v)
+        assert.are.equal("closed", err)
+        assert(server:start())
+        assert.are.equal("PONG", r:ping())
+        r:release()
+        -- Pooled connections that died are not handed out.
+        local r2 = assert(redis.connect(url))
+        assert.are.equal("PONG", r2:ping())
+        r2:release()
+    end)
+
+    it("fails within its timeout when nothing answers", function()
+        local t0 = tendril.now()
+        local r, err = redis.connect("redis://127.0.0.1:1", { timeout = 1 })
+        assert.is_nil(r)
+        assert.are.equal("connection refused", err)
+        assert.is_true(tendril.now() - t0 < 1.5)
+    end)
+end)
+
+describe("the README's Redis block", function()
+    it("runs as written", function()
+        local server = redis_server.start()
+        local f = assert(io.open(dir .. "/../../README.md"))
+        local text = f:read("*a")
+        f:close()
+        local block
+        for code in text:gmatch("```lua\n(.-)```") do
+            if code:find('require "tendril.redis"', 1, true) then
+                block = code
+                break
+            end
+        end
+        assert(block, "no Redis block in the README")
+        local n
+        block, n = block:gsub('"redis://127%.0%.0%.1:6379"', '"' .. server:url() .. '"')
+        assert.are.equal(1, n)
+        local app = testing.app(assert(loadstring(block, "=README"))())
+        assert.are.equal("visit number 1\n", assert(app:get("/")).body)
+        assert.are.equal("visit number 2\n", assert(app:get("/")).body)
+        app:close()
+        server:remove()
+    end)
+end)
