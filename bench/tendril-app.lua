@@ -15,6 +15,10 @@ local counters = require("tendril.shared").dict("counters")
 -- the same with cjson alone (no array marks), to show what the marks cost.
 require "tendril.json" -- loaded at start, not by the first request
 local cjson = require "cjson"
+-- /redis: one GET of key "hello" from $REDIS_URL (bench/redis.py), as node-redis's /redis;
+-- /redis-pipe: a pipeline of 100 GETs of it.
+local redis = require "tendril.redis"
+local redis_url = os.getenv("REDIS_URL") or "redis://127.0.0.1:6379"
 
 return function(req, res)
     local p = req.path
@@ -34,6 +38,30 @@ return function(req, res)
             return 502, nil, err
         end
         return answer.body
+    elseif p == "/redis" then
+        local r, err = redis.connect(redis_url)
+        local v
+        if r then
+            v, err = r:get("hello")
+        end
+        if v == nil then
+            return 502, nil, tostring(err)
+        end
+        return v .. "\n"
+    elseif p == "/redis-pipe" then
+        local r, err = redis.connect(redis_url)
+        local replies
+        if r then
+            replies, err = r:pipeline(function(pipe)
+                for _ = 1, 100 do
+                    pipe:get("hello")
+                end
+            end)
+        end
+        if not replies then
+            return 502, nil, tostring(err)
+        end
+        return #replies .. " " .. replies[100] .. "\n"
     elseif p == "/big" then
         return big
     elseif p == "/incr" then
