@@ -877,7 +877,7 @@ static int http_stats(lua_State *L) {
 }
 
 /* [-0, +1] http_counts() -> { classes = {other, 1xx, ... 5xx}, buckets =
- * {n...}, bounds = {ms...}, sum_ms = } for tendril.metrics */
+ * {n...}, bounds = {ms...}, sum = seconds } for tendril.metrics */
 static int http_counts(lua_State *L) {
     const td_http_counts *c = &server->counts;
     lua_createtable(L, 0, 4);
@@ -899,14 +899,17 @@ static int http_counts(lua_State *L) {
         lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -2, "bounds");
-    lua_pushnumber(L, (lua_Number)c->latency_ms_sum);
-    lua_setfield(L, -2, "sum_ms");
+    lua_pushnumber(L, (lua_Number)c->latency_ns_sum / 1e9);
+    lua_setfield(L, -2, "sum");
     return 1;
 }
 
 /* td_http_server.on_log: the Lua time of the run that ends the request
- * (answering, failing, refusing its body) is counted before its line. */
-static void account_for_log(void *ud, uint64_t now_ns) { td_vm_account(ud, now_ns); }
+ * (answering, failing, refusing its body) and the waits still going on in
+ * its tasks are counted before its line. */
+static void account_for_log(td_http_conn *hc, void *ud, uint64_t now_ns) {
+    td_vm_settle(ud, hc->rq ? hc->rq->user : NULL, now_ns);
+}
 
 void td_api_http_open(lua_State *L, td_vm *vm, td_http_server *hs, uint64_t timeout_ms) {
     static const luaL_Reg funcs[] = {

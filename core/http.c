@@ -794,6 +794,15 @@ static void http_on_drain(td_conn *c) {
 static void http_on_close(td_conn *c) {
     td_http_conn *hc = (td_http_conn *)c;
     td_http__server(hc)->nconns--;
+    if (td_http_is_live(hc) && hc->rq) {
+        /* Cut off (the client went away, the send timeout): logged and
+         * counted too, as 499 (nginx's "client closed request") when no
+         * answer had begun, else with its status and the bytes it got so
+         * far. */
+        if (!hc->rq->head_sent)
+            hc->rq->status = 499;
+        td_http__access_log(hc);
+    }
     td_http__request_over(hc, TD_ECLOSED);
     body_failed(hc, TD_ECLOSED);
     if (hc->rq)

@@ -124,7 +124,7 @@ extern const uint32_t td_http_latency_ms[TD_HTTP_LATENCY_BUCKETS - 1];
 typedef struct td_http_counts {
     uint64_t by_class[6]; /* [1..5]: 1xx..5xx; [0]: anything else */
     uint64_t latency[TD_HTTP_LATENCY_BUCKETS];
-    uint64_t latency_ms_sum;
+    uint64_t latency_ns_sum;
 } td_http_counts;
 
 struct td_http_server {
@@ -138,7 +138,7 @@ struct td_http_server {
      * counted, whatever ended it, with uv_hrtime() then: the layer above
      * settles what the line reports (the Lua bridge adds the running task's
      * time so far). */
-    void (*on_log)(void *ud, uint64_t now_ns);
+    void (*on_log)(td_http_conn *hc, void *ud, uint64_t now_ns);
     void *ud;
     td_http_req **spare; /* request states kept for reuse */
     size_t nspare;

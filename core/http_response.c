@@ -438,10 +438,10 @@ static void count(td_http_conn *hc, uint64_t now_ns) {
     td_http_counts *c = &td_http__server(hc)->counts;
     int cls = rq->status / 100;
     c->by_class[cls >= 1 && cls <= 5 ? cls : 0]++;
-    uint64_t ms = (now_ns - rq->started) / 1000000;
-    c->latency_ms_sum += ms;
+    uint64_t ns = now_ns - rq->started;
+    c->latency_ns_sum += ns;
     size_t b = 0;
-    while (b < TD_HTTP_LATENCY_BUCKETS - 1 && ms > td_http_latency_ms[b])
+    while (b < TD_HTTP_LATENCY_BUCKETS - 1 && ns > (uint64_t)td_http_latency_ms[b] * 1000000)
         b++;
     c->latency[b]++;
 }
@@ -451,7 +451,7 @@ void td_http__access_log(td_http_conn *hc) {
     td_http_server *hs = td_http__server(hc);
     uint64_t now_ns = uv_hrtime();
     if (rq && hs->on_log)
-        hs->on_log(hs->ud, now_ns);
+        hs->on_log(hc, hs->ud, now_ns);
     if (rq && hc->conn.owner)
         count(hc, now_ns);
     if (!td_log_access_enabled() || !rq)

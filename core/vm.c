@@ -765,6 +765,19 @@ void td_vm_account(td_vm *vm, uint64_t now) {
     vm->run_since = now;
 }
 
+void td_vm_settle(td_vm *vm, td_scope *s, uint64_t now) {
+    td_vm_account(vm, now);
+    if (!s || !s->open || !s->timings)
+        return;
+    for (td_list *l = s->tasks.next; l != &s->tasks; l = l->next) {
+        td_task *t = td_container_of(l, td_task, scope_link);
+        if (t->waited_since && t->waited_since < now) {
+            s->timings->wait_ns[t->wait_kind] += now - t->waited_since;
+            t->waited_since = now;
+        }
+    }
+}
+
 void td_vm_set_stall_guard(td_vm *vm, uint64_t threshold_ms, uint64_t shutdown_ms) {
     td_stall_stop(vm->stall);
     vm->stall = td_stall_start(vm->L, threshold_ms, shutdown_ms, describe_current, vm);

@@ -225,6 +225,10 @@ void td_vm_task_inherit(td_task *child, td_task *parent);
  * reading them, from inside the run (the access log of a response
  * finished now, req:timings()). */
 void td_vm_account(td_vm *vm, uint64_t now);
+/* td_vm_account, and the waits s's tasks are in now, counted so far (the
+ * request's line is written: its scope ends next, and its tasks' waits
+ * would not count when they end). s may be NULL. */
+void td_vm_settle(td_vm *vm, td_scope *s, uint64_t now);
 
 /* Logs the error on top of co's stack with a traceback, prefixed by what. */
 void td_vm_log_error(lua_State *co, const char *what);

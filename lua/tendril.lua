@@ -258,7 +258,7 @@ function _M.metrics()
         local le = c.bounds[i] and num(c.bounds[i] / 1000) or "+Inf"
         buckets[i] = format('tendril_request_duration_seconds_bucket{%s,le="%s"} %s', w, le, num(total))
     end
-    buckets[#buckets + 1] = format("tendril_request_duration_seconds_sum{%s} %s", w, num(c.sum_ms / 1000))
+    buckets[#buckets + 1] = format("tendril_request_duration_seconds_sum{%s} %s", w, num(c.sum))
     buckets[#buckets + 1] = format("tendril_request_duration_seconds_count{%s} %s", w, num(total))
     metric(out, "tendril_request_duration_seconds", "histogram",
         "Time from a request's first byte to its answer's end.", buckets)

@@ -63,6 +63,24 @@ function _M.app(what)
     return setmetatable({ _listener = listener, port = port, url = "http://127.0.0.1:" .. port }, App)
 end
 
+-- One request for the public methods: misuse raises at their caller's
+-- line (level 3 from here), the client's own checks included.
+local function ask(self, fname, t)
+    local path = t.path or "/"
+    if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+        error(fname .. ": the path must start with '/', got " .. tostring(path), 3)
+    end
+    local ok, res, err = pcall(http.request, { method = t.method or "GET", url = self.url .. path,
+        headers = t.headers, body = t.body, timeout = t.timeout, max_redirects = 0 })
+    if not ok then
+        error(fname .. ": " .. tostring(res):gsub("^[^:]*:%d+: ", ""), 3)
+    end
+    if not res then
+        return nil, err
+    end
+    return { status = res.status, headers = res.headers, body = res.body }
+end
+
 --- One request: t = { method =, path =, headers =, body =, timeout = }.
 --- { status =, headers =, body = } (headers with lower-case names), or
 --- nil, err.
@@ -70,28 +88,19 @@ function App:request(t)
     if type(t) ~= "table" then
         error("app:request: expected { method =, path =, headers =, body = }, got " .. type(t), 2)
     end
-    local path = t.path or "/"
-    if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
-        error("app:request: the path must start with '/', got " .. tostring(path), 2)
-    end
-    local res, err = http.request({ method = t.method or "GET", url = self.url .. path, headers = t.headers,
-        body = t.body, timeout = t.timeout, max_redirects = 0 })
-    if not res then
-        return nil, err
-    end
-    return { status = res.status, headers = res.headers, body = res.body }
+    return ask(self, "app:request", t)
 end
 
 --- GET path; opts: headers, timeout.
 function App:get(path, opts)
     opts = opts or {}
-    return self:request({ method = "GET", path = path, headers = opts.headers, timeout = opts.timeout })
+    return ask(self, "app:get", { method = "GET", path = path, headers = opts.headers, timeout = opts.timeout })
 end
 
 --- POST body to path; opts: headers, timeout.
 function App:post(path, body, opts)
     opts = opts or {}
-    return self:request({ method = "POST", path = path, body = body, headers = opts.headers,
+    return ask(self, "app:post", { method = "POST", path = path, body = body, headers = opts.headers,
         timeout = opts.timeout })
 end
 

@@ -237,6 +237,20 @@ class StartupTest(TestCase):
         for e in entries:
             self.assertTrue(0.045 <= e["timings"]["lua"] <= e["request_time"], e)
 
+    def test_a_request_cut_off_is_logged_as_499(self):
+        path = os.path.join(tempfile.mkdtemp(), "access.json")
+        with Server(SLOW_APP, args=["--access-log", path, "--access-log-format", "json"]) as srv:
+            s = connect(srv.port)
+            s.sendall(b"GET /slow?s=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.2)
+            s.close()
+            self.assertTrue(poll(lambda: os.path.getsize(path) > 0, 10))
+        with open(path) as f:
+            e = json.loads(f.read().splitlines()[0])
+        self.assertEqual((e["status"], e["bytes"], e["target"]), (499, 0, "/slow?s=1"))
+        # Its wait so far is in it, though the sleep had not ended.
+        self.assertTrue(0.15 <= e["timings"]["sleep"] <= e["request_time"] < 1, e)
+
     def test_no_timings(self):
         path = os.path.join(tempfile.mkdtemp(), "access.json")
         app = SLOW_APP.replace('return "done"', 'return tostring(req:timings().sleep)')

@@ -2,8 +2,9 @@
 status class, the duration histogram, the gauges, and the README's route."""
 import os
 import re
+import time
 
-from harness import Server, ServerTestCase, TestCase, get, main
+from harness import SLOW, Server, ServerTestCase, TestCase, connect, get, main, poll
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -83,6 +84,26 @@ class MetricsTest(ServerTestCase):
         # The scrape itself is counted once it has ended.
         m2 = parse(get(self.port, "/metrics").body.decode())
         self.assertEqual(m2[("tendril_requests_total", w + ',class="2xx"')], 5)
+
+
+class CutOffTest(TestCase):
+    def test_cut_off_requests_count_and_quick_ones_add_up(self):
+        with Server(APP) as srv:
+            # A client that leaves before its answer: counted, as 499.
+            s = connect(srv.port)
+            s.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.1)
+            s.close()
+            self.assertTrue(poll(lambda: parse(get(srv.port, "/metrics").body.decode()).get(
+                ("tendril_requests_total", 'worker="1",class="4xx"')) == 1, 10))
+            # Sub-millisecond requests still add to the sum (nanoseconds, not
+            # whole milliseconds).
+            for _ in range(20):
+                get(srv.port, "/")
+            m = parse(get(srv.port, "/metrics").body.decode())
+            total = m[("tendril_request_duration_seconds_sum", 'worker="1"')]
+            self.assertGreater(total, 0.05)  # the cut-off one waited about 0.1 s
+            self.assertLess(total, 0.1 + 5 * SLOW)
 
 
 class MetricsWorkersTest(TestCase):

@@ -189,4 +189,13 @@ describe("the library's misuse errors", function()
             assert.matches("^%S*server_spec%.lua:%d+: " .. pattern, got[i])
         end
     end)
+
+    it("of tendril.testing name the spec's line", function()
+        with_app(function() return "x" end, function(app)
+            assert.matches("^%S*server_spec%.lua:%d+: app:post: http%.request: expected body to be a string",
+                raised(function() return app:post("/", {}) end))
+            assert.matches("^%S*server_spec%.lua:%d+: app:get: the path must start with '/'",
+                raised(function() return app:get("x") end))
+        end)
+    end)
 end)
