@@ -645,6 +645,7 @@ int td_app_run(const td_config *cfg, const td_worker *w) {
     app.tp->enter = app.tp->leave = NULL;
     app.hs->on_request = NULL;
     app.hs->on_over = NULL;
+    app.hs->on_log = NULL;
     size_t lua_left = td_vm_close(app.vm);
     td_reload_free(app.reload);
     if (lua_left) {
