@@ -12,10 +12,17 @@
 -- made it returns (tendril.owned); one made outside any task (at a
 -- module's top level) is collected when nobody holds it (the topics hold
 -- them weakly).
+--
+-- bus.bridge(redis_url) joins the buses of several instances (processes,
+-- machines) through Redis pub/sub (below).
+local core = require "tendril.core"
+local tendril = require "tendril"
 local owned = require "tendril.owned"
 local mailbox = require "tendril.mailbox"
 
-local type, error, setmetatable, next, pairs = type, error, setmetatable, next, pairs
+local type, error, setmetatable, next, pairs, pcall = type, error, setmetatable, next, pairs, pcall
+local format, match, strsub = string.format, string.match, string.sub
+local spawn_detached = core.spawn_detached
 
 local DEFAULT_MAX_QUEUE = 1000
 
@@ -54,13 +61,8 @@ local function finish(sub, why)
     sub.box:wake()
 end
 
---- Publishes message (any Lua value) to topic. Returns the number of
---- subscribers it reached.
-function _M.publish(topic, message)
-    check_topic("bus.publish", topic)
-    if message == nil then
-        error("bus.publish: a message cannot be nil", 2)
-    end
+-- To this process's subscribers: how many it reached.
+local function deliver(topic, message)
     local subs = topics[topic]
     if not subs then
         return 0
@@ -74,6 +76,176 @@ function _M.publish(topic, message)
         end
     end
     return n
+end
+
+-- ---- across instances: bus.bridge ----
+
+local bridges = {} -- "url|prefix" -> bridge
+
+-- An instance's name on the bridge: one process (a worker is one).
+local function instance_id()
+    local f = io.open("/dev/urandom", "rb")
+    local bytes = f and f:read(8)
+    if f then
+        f:close()
+    end
+    bytes = bytes or (tostring(os.time()) .. tostring({}))
+    return (bytes:gsub(".", function(c) return format("%02x", c:byte()) end))
+end
+
+-- The publisher: sends what local publishes queued, in pipelines. At most
+-- once: a batch that fails is lost (counted), and it tries again a second
+-- later.
+local function send_out(b)
+    local redis = require "tendril.redis"
+    local r
+    while true do
+        local batch, n = {}, 0
+        while n < 1000 do
+            local item = b.box:take()
+            if item == nil then
+                break
+            end
+            n = n + 1
+            batch[n] = item
+        end
+        if n == 0 then
+            b.box:wait()
+        else
+            local err
+            if not r then
+                r, err = redis.connect(b.url)
+            end
+            local ok = r and r:pipeline(function(p)
+                for i = 1, n do
+                    p:publish(batch[i][1], batch[i][2])
+                end
+            end)
+            if not ok then
+                b.lost = b.lost + n
+                b.error = err or "closed"
+                if r then
+                    r:close()
+                end
+                r = nil
+                tendril.sleep(1)
+            else
+                b.sent = b.sent + n
+            end
+        end
+    end
+end
+
+-- The listener: every instance's messages but this one's, to the local
+-- subscribers. It reconnects a second after a failure.
+local function listen(b)
+    local redis = require "tendril.redis"
+    local json = require "tendril.json"
+    local tcp = require "tendril.tcp"
+    local skip = #b.prefix + 1
+    while true do
+        local r, err = redis.connect(b.url)
+        local ok
+        if r then
+            ok, err = r:psubscribe(b.prefix .. "*")
+        end
+        if ok then
+            tcp._shared(r._sock)
+            b.listening = true
+            while true do
+                local m
+                m, err = r:recv(3600)
+                if m then
+                    local id, body = match(m[4] or "", "^(%x+) (.*)$")
+                    if id and id ~= b.id then
+                        local ok_json, v = pcall(json.decode, body)
+                        if ok_json and v ~= nil then
+                            b.received = b.received + 1
+                            deliver(strsub(m[3], skip), v)
+                        end
+                    end
+                elseif err ~= "timeout" then
+                    break
+                end
+            end
+            b.listening = false
+        end
+        b.error = err
+        if r then
+            r:close()
+        end
+        tendril.sleep(1)
+    end
+end
+
+--- Bridges the bus through Redis pub/sub (url as tendril.redis takes it):
+--- what is published here reaches the subscribers of every instance
+--- bridged to the same Redis, and what they publish reaches this one's;
+--- local subscribers get a message once (it does not come back). Messages
+--- cross as JSON: strings, numbers, booleans and tables of them (other
+--- values stay local). Calling it again with the same URL keeps the one
+--- bridge (a reload re-runs the app's top level). opts.prefix: the Redis
+--- channels' (default "tendril:bus:"); opts.max_queue: messages waiting to
+--- go out before new ones are dropped (default 10000). Returns the bridge
+--- ({ id =, sent =, received =, lost =, dropped = }), or nil, err when Redis
+--- cannot be reached.
+function _M.bridge(url, opts)
+    if type(url) ~= "string" then
+        error("bus.bridge: expected a redis:// URL, got " .. type(url), 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bus.bridge: expected an options table, got " .. type(opts), 2)
+    end
+    local prefix = opts and opts.prefix or "tendril:bus:"
+    if type(prefix) ~= "string" then
+        error("bus.bridge: opts.prefix must be a string, got " .. type(prefix), 2)
+    end
+    local key = url .. "|" .. prefix
+    local b = bridges[key]
+    if b then
+        return b
+    end
+    local max = mailbox.check_max("bus.bridge", opts and { max_queue = opts.max_queue }, 10000)
+    local redis = require "tendril.redis"
+    local r, err = redis.connect(url)
+    if not r then
+        return nil, err
+    end
+    r:release()
+    b = { url = url, prefix = prefix, id = instance_id(), box = mailbox.new(max), sent = 0, received = 0,
+        lost = 0, dropped = 0, listening = false }
+    bridges[key] = b
+    -- Runtime tasks, outside the generations (no code of the app runs in
+    -- them) and outside any request.
+    spawn_detached(send_out, b)
+    spawn_detached(listen, b)
+    return b
+end
+
+-- A local publish, out to the bridges.
+local function forward(topic, message)
+    local json
+    for _, b in pairs(bridges) do
+        json = json or require "tendril.json"
+        local ok, text = pcall(json.encode, message)
+        if ok and not b.box:put({ b.prefix .. topic, b.id .. " " .. text }) then
+            b.dropped = b.dropped + 1
+        end
+    end
+end
+
+--- Publishes message (any Lua value) to topic. Returns the number of
+--- this process's subscribers it reached (a bridge takes it to the other
+--- instances' after).
+function _M.publish(topic, message)
+    check_topic("bus.publish", topic)
+    if message == nil then
+        error("bus.publish: a message cannot be nil", 2)
+    end
+    if next(bridges) then
+        forward(topic, message)
+    end
+    return deliver(topic, message)
 end
 
 --- Subscribes to topic. opts.max_queue: messages it may fall behind before
