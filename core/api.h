@@ -54,6 +54,8 @@ void td_api_http_set_timings(int on);
 /* Before the Lua state closes: output still held by reference lets go of
  * its strings without touching Lua. */
 void td_api_http_teardown(void);
+/* PostgreSQL connections (libpq), for lua/tendril/pg.lua. */
+void td_api_pg_open(lua_State *L, td_vm *vm);
 /* TCP client sockets and tcp.listen. */
 void td_api_tcp_open(lua_State *L, td_vm *vm, td_transport *tp);
 /* Closes every tcp.listen listener (shutdown and teardown). */

@@ -139,6 +139,7 @@ static void open_core(td_app *app) {
     td_api_http_client_open(L, app->vm, app->tp);
     td_api_thread_open(L, app->vm);
     td_api_dns_open(L, app->vm);
+    td_api_pg_open(L, app->vm);
     td_api_fs_open(L, app->vm);
     td_api_gzip_open(L);
     td_api_process_open(L, app->vm);

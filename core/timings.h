@@ -22,6 +22,7 @@ enum td_wait_kind {
     TD_WAIT_RUN,   /* tendril.run: a child process */
     TD_WAIT_BODY,  /* the request's own client: its body, or draining the answer */
     TD_WAIT_WS,    /* a WebSocket's messages */
+    TD_WAIT_DB,    /* tendril.pg: connecting, queries, notifications */
     TD_WAIT_OTHER, /* joining a thread, an event, the shared pump */
     TD_WAIT_KINDS
 };
@@ -33,7 +34,7 @@ typedef struct td_timings {
 
 static inline const char *td_wait_kind_name(int kind) {
     static const char *const names[TD_WAIT_KINDS] = {"http", "tcp", "sleep", "fs", "dns",
-                                                      "run",  "body", "ws",  "other"};
+                                                      "run",  "body", "ws",  "db",  "other"};
     return kind >= 0 && kind < TD_WAIT_KINDS ? names[kind] : "other";
 }
 

@@ -172,7 +172,7 @@ class StartupTest(TestCase):
         self.assertEqual(e.pop("upstream_time"), 0)
         self.assertTrue(0.28 <= timings.pop("sleep") < 3, timings)
         self.assertTrue(0 < timings.pop("lua") < 0.1, timings)
-        self.assertEqual(timings, {k: 0 for k in ["http", "tcp", "fs", "dns", "run", "body", "ws", "other"]})
+        self.assertEqual(timings, {k: 0 for k in ["http", "tcp", "fs", "dns", "run", "body", "ws", "db", "other"]})
         self.assertEqual(e, {"remote": "127.0.0.1", "method": "GET", "target": "/slow?s=0.3", "version": "1.1",
                              "status": 200, "bytes": 4, "referer": None, "user_agent": 'caf\u00c3\u00a9 "x"\\',
                              "worker": 1})

@@ -1,0 +1,602 @@
+/* PostgreSQL for Lua on libpq's asynchronous API, its socket watched by
+ * libuv: connecting, queries with $n parameters (text in, text out, turned
+ * into Lua values by type), a query timeout that cancels on the server,
+ * and LISTEN/NOTIFY. lua/tendril/pg.lua holds the policy (pools,
+ * transactions, JSON).
+ *
+ * Ownership: a connection (pg_conn) belongs to its Lua userdata; pg_close
+ * or the userdata's __gc closes it: PQfinish, then its libuv handles, and
+ * the record is freed when the last handle has closed. At most one task
+ * waits on it (the Lua side keeps a connection to one task); the wait
+ * record is inside pg_conn. A wait cancelled (its request gone, teardown)
+ * leaves the connection broken when a query was in flight: Lua closes it
+ * instead of pooling it. libpq's PQcancel blocks (it connects to the
+ * server): it runs on libuv's thread pool, with its own PGcancel. */
+#include <lauxlib.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "errors.h"
+
+#define PG_MT "tendril.pg"
+
+enum { OP_NONE, OP_CONNECT, OP_QUERY, OP_NOTIFY };
+
+typedef struct pg_conn {
+    PGconn *pq;
+    td_vm *vm;
+    uv_poll_t *poll; /* on PQsocket; a new one when the socket changes */
+    int fd;
+    uv_timer_t timer;
+    td_wait wait;
+    int op;          /* what the waiting task waits for */
+    int writing;     /* the poll waits for writability (connecting, flushing) */
+    int timed_out;   /* the query's timeout passed: a cancel went to the server */
+    int broken;      /* abandoned mid-query: not fit for reuse */
+    int closing;
+    int handles;     /* libuv handles not yet closed */
+    PGresult *result; /* the query's result so far (the last one) */
+    PGresult *error;  /* its first error result */
+    PGnotify *note;   /* the notification that ends a wait */
+    int self_ref;     /* connecting: the userdata, to hand back at the end */
+} pg_conn;
+
+typedef struct pg_box {
+    pg_conn *c;
+} pg_box;
+
+static int null_ref = LUA_NOREF; /* pg.null, set by pg.lua */
+
+static void free_if_done(pg_conn *c) {
+    if (c->closing && c->handles == 0)
+        free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+    pg_conn *c = h->data;
+    if (h != (uv_handle_t *)&c->timer)
+        free(h);
+    c->handles--;
+    free_if_done(c);
+}
+
+static void stop_poll(pg_conn *c) {
+    if (c->poll) {
+        uv_close((uv_handle_t *)c->poll, on_handle_closed);
+        c->poll = NULL;
+    }
+}
+
+static void clear_results(pg_conn *c) {
+    if (c->result)
+        PQclear(c->result);
+    if (c->error)
+        PQclear(c->error);
+    c->result = c->error = NULL;
+}
+
+static void on_poll(uv_poll_t *p, int status, int events);
+
+/* Watches the connection's socket for what the current step needs. */
+static int watch(pg_conn *c, int writing) {
+    int fd = PQsocket(c->pq);
+    if (fd < 0)
+        return TD_ECLOSED;
+    if (c->poll && fd != c->fd)
+        stop_poll(c); /* libpq moved to another socket (connecting: next address) */
+    if (!c->poll) {
+        c->poll = malloc(sizeof *c->poll);
+        if (!c->poll)
+            return UV_ENOMEM;
+        int rc = uv_poll_init(td_vm_loop(c->vm), c->poll, fd);
+        if (rc) {
+            free(c->poll);
+            c->poll = NULL;
+            return rc;
+        }
+        c->poll->data = c;
+        c->handles++;
+        c->fd = fd;
+    }
+    c->writing = writing;
+    return uv_poll_start(c->poll, writing ? UV_WRITABLE : UV_READABLE, on_poll);
+}
+
+/* The operation's end: no more watching, no timer. */
+static void idle(pg_conn *c) {
+    if (c->poll)
+        uv_poll_stop(c->poll);
+    uv_timer_stop(&c->timer);
+    c->op = OP_NONE;
+}
+
+static int push_error(lua_State *L, const char *msg, const char *sqlstate) {
+    lua_pushnil(L);
+    size_t n = msg ? strlen(msg) : 0;
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        n--; /* libpq's messages end with a newline */
+    if (n)
+        lua_pushlstring(L, msg, n);
+    else
+        lua_pushliteral(L, "closed");
+    if (sqlstate) {
+        lua_pushstring(L, sqlstate);
+        return 3;
+    }
+    return 2;
+}
+
+/* ---- values ---- */
+
+/* A column's text as the Lua value its type says. */
+static void push_value(lua_State *L, const char *s, int len, Oid type) {
+    char *end;
+    switch (type) {
+    case 16: /* bool */
+        lua_pushboolean(L, s[0] == 't');
+        return;
+    case 21: /* int2 */
+    case 23: /* int4 */
+    case 26: /* oid */
+        lua_pushnumber(L, (lua_Number)strtol(s, NULL, 10));
+        return;
+    case 20: { /* int8: a number when exact, else the text */
+        long long v = strtoll(s, &end, 10);
+        if (*end == '\0' && v <= (1LL << 53) && v >= -(1LL << 53))
+            lua_pushnumber(L, (lua_Number)v);
+        else
+            lua_pushlstring(L, s, (size_t)len);
+        return;
+    }
+    case 700: /* float4 */
+    case 701: /* float8 */
+        lua_pushnumber(L, strtod(s, NULL)); /* "NaN", "Infinity" too */
+        return;
+    default: /* text, numeric (exact as text), json (pg.lua decodes on request), ... */
+        lua_pushlstring(L, s, (size_t)len);
+    }
+}
+
+/* rows, affected: rows an array of { column = value }; also the column
+ * names in order (rows.columns) and their type OIDs (rows.types). */
+static int push_result(lua_State *L, PGresult *res) {
+    int nrows = PQntuples(res), ncols = PQnfields(res);
+    lua_createtable(L, nrows, 2);
+    for (int r = 0; r < nrows; r++) {
+        lua_createtable(L, 0, ncols);
+        for (int col = 0; col < ncols; col++) {
+            if (PQgetisnull(res, r, col))
+                lua_rawgeti(L, LUA_REGISTRYINDEX, null_ref);
+            else
+                push_value(L, PQgetvalue(res, r, col), PQgetlength(res, r, col), PQftype(res, col));
+            lua_setfield(L, -2, PQfname(res, col));
+        }
+        lua_rawseti(L, -2, r + 1);
+    }
+    lua_createtable(L, ncols, 0);
+    for (int col = 0; col < ncols; col++) {
+        lua_pushstring(L, PQfname(res, col));
+        lua_rawseti(L, -2, col + 1);
+    }
+    lua_setfield(L, -2, "columns");
+    lua_createtable(L, ncols, 0);
+    for (int col = 0; col < ncols; col++) {
+        lua_pushnumber(L, (lua_Number)PQftype(res, col));
+        lua_rawseti(L, -2, col + 1);
+    }
+    lua_setfield(L, -2, "types");
+    const char *tuples = PQcmdTuples(res);
+    lua_pushnumber(L, tuples && *tuples ? strtod(tuples, NULL) : 0);
+    return 2;
+}
+
+/* ---- the waits ---- */
+
+static void finish(pg_conn *c, int nres_fn(lua_State *, pg_conn *)) {
+    td_task *t = c->wait.task;
+    idle(c);
+    lua_State *co = td_vm_wait_end(&c->wait);
+    int n = nres_fn(co, c);
+    td_vm_resume(t, n);
+}
+
+static int connect_results(lua_State *L, pg_conn *c) {
+    int ref = c->self_ref;
+    c->self_ref = LUA_NOREF;
+    if (PQstatus(c->pq) == CONNECTION_OK && !c->timed_out) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return 1;
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    c->broken = 1; /* the userdata's __gc closes it */
+    if (c->timed_out) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        return 2;
+    }
+    return push_error(L, PQerrorMessage(c->pq), NULL);
+}
+
+static int query_results(lua_State *L, pg_conn *c) {
+    int n;
+    if (c->error) {
+        const char *state = PQresultErrorField(c->error, PG_DIAG_SQLSTATE);
+        if (c->timed_out && state && strcmp(state, "57014") == 0) {
+            lua_pushnil(L);
+            lua_pushliteral(L, "timeout");
+            lua_pushstring(L, state);
+            n = 3;
+        } else {
+            /* The primary message: libpq's full one adds "ERROR:" and the
+             * statement's text with a caret. */
+            const char *msg = PQresultErrorField(c->error, PG_DIAG_MESSAGE_PRIMARY);
+            n = push_error(L, msg ? msg : PQresultErrorMessage(c->error), state);
+        }
+    } else if (c->result) {
+        n = push_result(L, c->result);
+    } else {
+        c->broken = 1;
+        n = push_error(L, PQerrorMessage(c->pq), NULL);
+    }
+    clear_results(c);
+    return n;
+}
+
+static void push_note(lua_State *L, PGnotify *note) {
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, note->relname);
+    lua_setfield(L, -2, "channel");
+    lua_pushstring(L, note->extra);
+    lua_setfield(L, -2, "payload");
+    lua_pushnumber(L, note->be_pid);
+    lua_setfield(L, -2, "pid");
+    PQfreemem(note);
+}
+
+static int notify_results(lua_State *L, pg_conn *c) {
+    PGnotify *note = c->note;
+    c->note = NULL;
+    if (!note) {
+        if (PQstatus(c->pq) != CONNECTION_OK) {
+            c->broken = 1;
+            return push_error(L, PQerrorMessage(c->pq), NULL);
+        }
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        return 2;
+    }
+    push_note(L, note);
+    return 1;
+}
+
+/* Reads what came: the query's results until libpq says it is over.
+ * Returns 1 when it is over (or failed), 0 to wait for more. */
+static int collect(pg_conn *c) {
+    if (!PQconsumeInput(c->pq))
+        return 1;
+    while (!PQisBusy(c->pq)) {
+        PGresult *res = PQgetResult(c->pq);
+        if (!res)
+            return 1;
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR) {
+            if (!c->error)
+                c->error = res;
+            else
+                PQclear(res);
+        } else {
+            if (c->result)
+                PQclear(c->result);
+            c->result = res;
+        }
+    }
+    return 0;
+}
+
+static void step_connect(pg_conn *c) {
+    PostgresPollingStatusType st = PQconnectPoll(c->pq);
+    if (st == PGRES_POLLING_OK || st == PGRES_POLLING_FAILED) {
+        finish(c, connect_results);
+        return;
+    }
+    if (watch(c, st == PGRES_POLLING_WRITING) != 0)
+        finish(c, connect_results);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+    (void)events;
+    pg_conn *c = p->data;
+    if (c->op == OP_NONE)
+        return;
+    (void)status; /* an error shows in what libpq reads next */
+    if (c->op == OP_CONNECT) {
+        step_connect(c);
+        return;
+    }
+    if (c->op == OP_QUERY) {
+        if (c->writing) {
+            int f = PQflush(c->pq);
+            if (f == 1)
+                return; /* more to send */
+            if (f == 0 && watch(c, 0) == 0)
+                return;
+            finish(c, query_results);
+            return;
+        }
+        if (collect(c))
+            finish(c, query_results);
+        return;
+    }
+    /* OP_NOTIFY */
+    if (!PQconsumeInput(c->pq) || PQstatus(c->pq) != CONNECTION_OK) {
+        finish(c, notify_results);
+        return;
+    }
+    c->note = PQnotifies(c->pq);
+    if (c->note)
+        finish(c, notify_results);
+}
+
+/* PQcancel, off the loop. */
+typedef struct cancel_work {
+    uv_work_t req;
+    PGcancel *cancel;
+} cancel_work;
+
+static void do_cancel(uv_work_t *req) {
+    cancel_work *w = req->data;
+    char err[256];
+    PQcancel(w->cancel, err, sizeof err);
+}
+
+static void cancel_done(uv_work_t *req, int status) {
+    (void)status;
+    cancel_work *w = req->data;
+    PQfreeCancel(w->cancel);
+    free(w);
+}
+
+/* Asks the server to stop the query running on c. */
+static void send_cancel(pg_conn *c) {
+    cancel_work *w = calloc(1, sizeof *w);
+    if (!w)
+        return;
+    w->cancel = PQgetCancel(c->pq);
+    if (!w->cancel) {
+        free(w);
+        return;
+    }
+    w->req.data = w;
+    if (uv_queue_work(td_vm_loop(c->vm), &w->req, do_cancel, cancel_done) != 0) {
+        PQfreeCancel(w->cancel);
+        free(w);
+    }
+}
+
+static void on_timeout(uv_timer_t *timer) {
+    pg_conn *c = timer->data;
+    c->timed_out = 1;
+    if (c->op == OP_QUERY) {
+        /* The server stops it; its error result ends the wait. */
+        send_cancel(c);
+        return;
+    }
+    if (c->op == OP_CONNECT || c->op == OP_NOTIFY)
+        finish(c, c->op == OP_CONNECT ? connect_results : notify_results);
+}
+
+static void cancel_wait(td_wait *w) {
+    pg_conn *c = td_container_of(w, pg_conn, wait);
+    if (c->op == OP_QUERY) {
+        /* Its results would come to no one: the connection is done for. */
+        c->broken = 1;
+        if (!c->closing)
+            send_cancel(c);
+    } else if (c->op == OP_CONNECT) {
+        c->broken = 1;
+        /* The userdata goes to the collector, whose __gc closes it. */
+        luaL_unref(td_vm_state(c->vm), LUA_REGISTRYINDEX, c->self_ref);
+        c->self_ref = LUA_NOREF;
+    }
+    idle(c);
+    clear_results(c);
+}
+
+static void start_wait(lua_State *L, td_task *t, pg_conn *c, int op, double timeout) {
+    c->op = op;
+    c->timed_out = 0;
+    if (timeout > 0)
+        uv_timer_start(&c->timer, on_timeout, (uint64_t)(timeout * 1000.0) + 1, 0);
+    td_vm_wait_begin(t, &c->wait, cancel_wait, 0, TD_WAIT_DB);
+    (void)L;
+}
+
+/* ---- Lua ---- */
+
+static pg_conn *check_conn(lua_State *L, const char *fname) {
+    pg_box *b = luaL_checkudata(L, 1, PG_MT);
+    if (!b->c || b->c->closing)
+        luaL_error(L, "%s: the connection is closed", fname);
+    if (b->c->op != OP_NONE)
+        luaL_error(L, "%s: the connection is busy (one task at a time)", fname);
+    return b->c;
+}
+
+static void close_conn(pg_conn *c) {
+    if (c->closing)
+        return;
+    c->closing = 1;
+    clear_results(c);
+    if (c->note)
+        PQfreemem(c->note);
+    c->note = NULL;
+    stop_poll(c);
+    PQfinish(c->pq);
+    c->pq = NULL;
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+/* [-2, +1|2] pg_connect(conninfo, timeout) -> conn | nil, err; yields */
+static int pg_connect(lua_State *L) {
+    td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
+    const char *info = luaL_checkstring(L, 1);
+    double timeout = luaL_optnumber(L, 2, 10);
+    td_task *t = td_api_wait_start(L, "pg.connect", 0);
+    if (!t)
+        return 2;
+    pg_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return luaL_error(L, "pg.connect: out of memory");
+    c->vm = vm;
+    c->fd = -1;
+    c->self_ref = LUA_NOREF;
+    uv_timer_init(td_vm_loop(vm), &c->timer);
+    c->timer.data = c;
+    c->handles = 1;
+    pg_box *b = lua_newuserdata(L, sizeof *b);
+    b->c = c;
+    luaL_getmetatable(L, PG_MT);
+    lua_setmetatable(L, -2);
+    c->pq = PQconnectStart(info);
+    if (!c->pq || PQstatus(c->pq) == CONNECTION_BAD) {
+        int n = push_error(L, c->pq ? PQerrorMessage(c->pq) : "out of memory", NULL);
+        close_conn(c);
+        b->c = NULL;
+        return n;
+    }
+    PQsetnonblocking(c->pq, 1);
+    if (watch(c, 1) != 0) {
+        int n = push_error(L, PQerrorMessage(c->pq), NULL);
+        close_conn(c);
+        b->c = NULL;
+        return n;
+    }
+    /* Kept until the end of the connecting: connect_results returns it. */
+    c->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    start_wait(L, t, c, OP_CONNECT, timeout);
+    return lua_yield(L, 0);
+}
+
+/* [-(3+n), +2|3] pg_query(conn, timeout, sql, params...) -> rows, affected
+ * | nil, message [, sqlstate]; yields. Parameters: strings (NULL for
+ * pg.null); pg.lua turns other values into text. */
+static int pg_query(lua_State *L) {
+    pg_conn *c = check_conn(L, "db:query");
+    double timeout = luaL_optnumber(L, 2, 0);
+    const char *sql = luaL_checkstring(L, 3);
+    int n = lua_gettop(L) - 3;
+    if (n > 65535)
+        return luaL_error(L, "db:query: too many parameters");
+    td_task *t = td_api_wait_start(L, "db:query", 0);
+    if (!t)
+        return 2;
+    if (c->broken || PQstatus(c->pq) != CONNECTION_OK)
+        return push_error(L, "closed", NULL);
+    const char **values = n ? malloc(sizeof *values * (size_t)n) : NULL;
+    if (n && !values)
+        return luaL_error(L, "db:query: out of memory");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, null_ref);
+    for (int i = 0; i < n; i++)
+        values[i] = lua_rawequal(L, 4 + i, -1) ? NULL : lua_tostring(L, 4 + i);
+    lua_pop(L, 1);
+    int ok = PQsendQueryParams(c->pq, sql, n, NULL, values, NULL, NULL, 0);
+    free(values);
+    if (!ok)
+        return push_error(L, PQerrorMessage(c->pq), NULL);
+    int f = PQflush(c->pq);
+    if (f < 0 || watch(c, f == 1) != 0) {
+        c->broken = 1;
+        return push_error(L, PQerrorMessage(c->pq), NULL);
+    }
+    start_wait(L, t, c, OP_QUERY, timeout);
+    return lua_yield(L, 0);
+}
+
+/* [-2, +1|2] pg_notification(conn, timeout) -> { channel =, payload =, pid
+ * = } | nil, "timeout" | nil, err; yields until one comes. */
+static int pg_notification(lua_State *L) {
+    pg_conn *c = check_conn(L, "db:recv");
+    double timeout = luaL_optnumber(L, 2, 0);
+    td_task *t = td_api_wait_start(L, "db:recv", 0);
+    if (!t)
+        return 2;
+    if (c->broken || PQstatus(c->pq) != CONNECTION_OK)
+        return push_error(L, "closed", NULL);
+    PQconsumeInput(c->pq);
+    PGnotify *note = PQnotifies(c->pq);
+    if (note) {
+        push_note(L, note); /* one came already */
+        return 1;
+    }
+    if (watch(c, 0) != 0)
+        return push_error(L, "closed", NULL);
+    start_wait(L, t, c, OP_NOTIFY, timeout);
+    return lua_yield(L, 0);
+}
+
+/* [-1, +1] pg_usable(conn) -> boolean: open, idle, and the server has not
+ * hung up (what it sent meanwhile is read, so an idle connection's end
+ * shows). */
+static int pg_usable(lua_State *L) {
+    pg_box *b = luaL_checkudata(L, 1, PG_MT);
+    pg_conn *c = b->c;
+    int ok = c && !c->closing && !c->broken && c->op == OP_NONE && PQstatus(c->pq) == CONNECTION_OK &&
+             PQconsumeInput(c->pq) && PQstatus(c->pq) == CONNECTION_OK;
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+/* [-1, +0] pg_close(conn) */
+static int pg_close_lua(lua_State *L) {
+    pg_box *b = luaL_checkudata(L, 1, PG_MT);
+    if (b->c) {
+        close_conn(b->c);
+        free_if_done(b->c);
+        b->c = NULL;
+    }
+    return 0;
+}
+
+/* [-1, +0] pg_set_null(value): the value that stands for SQL NULL. */
+static int pg_set_null(lua_State *L) {
+    luaL_checkany(L, 1);
+    lua_pushvalue(L, 1);
+    if (null_ref != LUA_NOREF)
+        luaL_unref(L, LUA_REGISTRYINDEX, null_ref);
+    null_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+/* [-1, +1] pg_escape_identifier(conn, name) -> "quoted" */
+static int pg_escape_identifier(lua_State *L) {
+    pg_conn *c = check_conn(L, "db:escape_identifier");
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    char *q = PQescapeIdentifier(c->pq, s, len);
+    if (!q)
+        return luaL_error(L, "db:escape_identifier: %s", PQerrorMessage(c->pq));
+    lua_pushstring(L, q);
+    PQfreemem(q);
+    return 1;
+}
+
+void td_api_pg_open(lua_State *L, td_vm *vm) {
+    static const luaL_Reg funcs[] = {
+        {"pg_query", pg_query},           {"pg_notification", pg_notification},
+        {"pg_usable", pg_usable},         {"pg_close", pg_close_lua},
+        {"pg_set_null", pg_set_null},     {"pg_escape_identifier", pg_escape_identifier},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, PG_MT);
+    lua_pushcfunction(L, pg_close_lua);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_setfuncs(L, funcs, 0);
+    lua_pushlightuserdata(L, vm);
+    lua_pushcclosure(L, pg_connect, 1);
+    lua_setfield(L, -2, "pg_connect");
+}

@@ -1,0 +1,336 @@
+-- PostgreSQL on the event loop: local pg = require "tendril.pg"
+--
+--   local db, err = pg.connect("postgres://user:pass@127.0.0.1/app")
+--   local rows, n = db:query("SELECT id, name FROM users WHERE id = $1", 42)
+--   -- rows[1].name; n: the rows the statement returned or touched
+--   db:release()
+--
+-- libpq's asynchronous API under libuv (core/api_pg.c): authentication
+-- (SCRAM), TLS (sslmode) and the wire protocol are libpq's. Values come
+-- back by type: integers as numbers (int8 past 2^53 as strings), floats,
+-- booleans, text (numeric too, exact), SQL NULL as pg.null, JSON as text or
+-- decoded with { json = true }. A failure is nil, message, sqlstate; a
+-- connection lost is nil, "closed", and the next call connects again.
+--
+-- Connections are pooled per connection string and options: at most
+-- pool_size (16) open, in use or idle; connect waits for one to come back
+-- when all are in use, up to the timeout. A connection goes back at
+-- db:release(), or when the task that took it ends, if it is clean (no
+-- transaction open, not listening, nothing lost), else it is closed.
+local core = require "tendril.core"
+local owned = require "tendril.owned"
+
+local type, tostring, error, select, setmetatable, pcall = type, tostring, error, select, setmetatable, pcall
+local remove, format, unpack = table.remove, string.format, unpack
+local pg_connect, pg_query, pg_notification = core.pg_connect, core.pg_query, core.pg_notification
+local pg_usable, pg_close, pg_escape = core.pg_usable, core.pg_close, core.pg_escape_identifier
+local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
+local now = core.now
+
+local _M = {}
+
+--- SQL NULL, in rows and as a parameter.
+_M.null = setmetatable({}, { __tostring = function() return "pg.null" end })
+core.pg_set_null(_M.null)
+local null = _M.null
+
+local DEFAULTS = { pool_size = 16, timeout = 10, query_timeout = 60, idle_timeout = 60 }
+
+local pools = {} -- key -> { idle = { {conn, since}... }, open = n, waiting = { waiter... } }
+
+local function pool_closed(p)
+    p.open = p.open - 1
+    local w = remove(p.waiting, 1)
+    if w then
+        event_set(w.event)
+    end
+end
+
+local function options(info, opts)
+    if type(info) ~= "string" then
+        error("pg.connect: expected a connection string (postgres://... or key=value ...), got " .. type(info), 3)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        error("pg.connect: expected an options table, got " .. type(opts), 3)
+    end
+    local o = { info = info, json = opts and opts.json or false }
+    for k, v in pairs(DEFAULTS) do
+        local given = opts and opts[k]
+        if given ~= nil and (type(given) ~= "number" or given < 0 or given ~= given) then
+            error("pg.connect: " .. k .. " must be a number >= 0, got " .. tostring(given), 3)
+        end
+        o[k] = given or v
+    end
+    if o.pool_size < 1 then
+        error("pg.connect: pool_size must be at least 1", 3)
+    end
+    o.key = #info .. ":" .. info .. "|" .. o.pool_size
+    return o
+end
+
+local Db = {}
+local db_mt = { __index = Db }
+
+-- Gives db's connection back (or closes it).
+local function hand_back(db)
+    local conn, p = db._conn, db._pool
+    db._conn = nil
+    if not conn then
+        return
+    end
+    if db._tx or db._listening or not pg_usable(conn) then
+        pg_close(conn)
+        pool_closed(p)
+        return
+    end
+    local w = remove(p.waiting, 1)
+    if w then
+        w.conn = conn
+        event_set(w.event)
+        return
+    end
+    p.idle[#p.idle + 1] = { conn, now() }
+end
+
+--- A connection from the pool (or a new one): db, or nil, err. opts:
+--- pool_size (16), timeout (connecting and waiting for the pool, 10 s),
+--- query_timeout (60 s; 0: none), idle_timeout (60 s), json (decode JSON
+--- columns).
+function _M.connect(info, opts)
+    local o = options(info, opts)
+    local p = pools[o.key]
+    if not p then
+        p = { idle = {}, open = 0, waiting = {}, size = o.pool_size }
+        pools[o.key] = p
+    end
+    local conn
+    local idle = p.idle
+    while #idle > 0 do
+        local e = remove(idle)
+        if now() - e[2] <= o.idle_timeout and pg_usable(e[1]) then
+            conn = e[1]
+            break
+        end
+        pg_close(e[1])
+        pool_closed(p)
+    end
+    if not conn and p.open >= o.pool_size then
+        local w = { event = event_new() }
+        p.waiting[#p.waiting + 1] = w
+        local ok, err = event_wait(w.event, o.timeout)
+        conn = w.conn
+        if not conn then
+            for i = 1, #p.waiting do
+                if p.waiting[i] == w then
+                    remove(p.waiting, i)
+                    break
+                end
+            end
+            if not ok then
+                return nil, err
+            end
+            if p.open >= o.pool_size then
+                return nil, "timeout"
+            end
+        end
+    end
+    if not conn then
+        p.open = p.open + 1
+        local err
+        conn, err = pg_connect(o.info, o.timeout)
+        if not conn then
+            pool_closed(p)
+            return nil, err
+        end
+    end
+    local db = setmetatable({ _conn = conn, _pool = p, _opts = o }, db_mt)
+    owned.add({ close = function() hand_back(db) end })
+    return db
+end
+
+local function check(db, fname)
+    if not db._conn then
+        error(fname .. ": the connection was released or closed", 3)
+    end
+end
+
+-- A parameter as libpq takes it: text, or pg.null.
+local json
+local function param(v, i)
+    local t = type(v)
+    if v == nil or v == null or t == "string" then
+        return v == nil and null or v
+    elseif t == "number" then
+        if v % 1 == 0 and v > -2 ^ 53 and v < 2 ^ 53 then
+            return format("%d", v)
+        end
+        return format("%.17g", v)
+    elseif t == "boolean" then
+        return v and "true" or "false"
+    elseif t == "table" then
+        json = json or require "tendril.json"
+        return json.encode(v)
+    end
+    error(format("db:query: parameter %d is a %s (strings, numbers, booleans, tables as JSON, pg.null)", i, t), 4)
+end
+
+-- JSON and JSONB columns decoded (json option).
+local JSON_TYPES = { [114] = true, [3802] = true }
+local function decode_json(rows)
+    local cols, types = rows.columns, rows.types
+    json = json or require "tendril.json"
+    for c = 1, #cols do
+        if JSON_TYPES[types[c]] then
+            local name = cols[c]
+            for r = 1, #rows do
+                local v = rows[r][name]
+                if type(v) == "string" then
+                    rows[r][name] = json.decode(v)
+                end
+            end
+        end
+    end
+end
+
+-- A connection that died while clean comes back (not inside a
+-- transaction: what it did is gone with it).
+local function revive(db)
+    if pg_usable(db._conn) then
+        return true
+    end
+    if db._tx or db._listening then
+        return nil, "closed"
+    end
+    pg_close(db._conn)
+    local conn, err = pg_connect(db._opts.info, db._opts.timeout)
+    if not conn then
+        -- It keeps its place in the pool until given back.
+        return nil, err
+    end
+    db._conn = conn
+    return true
+end
+
+--- Runs sql with its $1, $2... parameters: rows (an array of { column =
+--- value }, with rows.columns in order), and the count of rows returned or
+--- touched; or nil, message, sqlstate.
+function Db.query(db, sql, ...)
+    check(db, "db:query")
+    if type(sql) ~= "string" then
+        error("db:query: expected SQL text, got " .. type(sql), 2)
+    end
+    local n = select("#", ...)
+    local ok, err = revive(db)
+    if not ok then
+        return nil, err
+    end
+    local rows, affected, state
+    if n == 0 then
+        rows, affected, state = pg_query(db._conn, db._opts.query_timeout, sql)
+    else
+        local args = { ... }
+        for i = 1, n do
+            args[i] = param(args[i], i)
+        end
+        rows, affected, state = pg_query(db._conn, db._opts.query_timeout, sql, unpack(args, 1, n))
+    end
+    if not rows then
+        -- The connection went with the statement (the server shut down,
+        -- a network failure): "closed", whatever the server said first.
+        if not pg_usable(db._conn) then
+            return nil, "closed", state
+        end
+        return nil, affected, state
+    end
+    if db._opts.json then
+        decode_json(rows)
+    end
+    return rows, affected
+end
+
+--- Runs fn(db) in a transaction: COMMIT when it returns (its results are
+--- returned), ROLLBACK when it raises (then the same error is raised).
+--- nil, err when BEGIN or COMMIT fails.
+function Db.transaction(db, fn)
+    check(db, "db:transaction")
+    if type(fn) ~= "function" then
+        error("db:transaction: expected a function, got " .. type(fn), 2)
+    end
+    if db._tx then
+        error("db:transaction: a transaction is open already", 2)
+    end
+    local ok, err, state = db:query("BEGIN")
+    if not ok then
+        return nil, err, state
+    end
+    db._tx = true
+    local res = { pcall(fn, db) }
+    if not res[1] then
+        db:query("ROLLBACK")
+        db._tx = nil
+        error(res[2], 0)
+    end
+    ok, err, state = db:query("COMMIT")
+    db._tx = nil
+    if not ok then
+        return nil, err, state
+    end
+    return unpack(res, 2, table.maxn(res))
+end
+
+--- LISTEN channel: then db:recv() gives its notifications. The connection
+--- is closed, not pooled, when it is given back.
+function Db.listen(db, channel)
+    check(db, "db:listen")
+    if type(channel) ~= "string" then
+        error("db:listen: expected a channel name, got " .. type(channel), 2)
+    end
+    db._listening = true
+    local ok, err, state = db:query("LISTEN " .. pg_escape(db._conn, channel))
+    if not ok then
+        return nil, err, state
+    end
+    return true
+end
+
+--- The next notification: { channel =, payload =, pid = }; nil, "timeout"
+--- after timeout seconds (none: as long as it takes); nil, err.
+function Db.recv(db, timeout)
+    check(db, "db:recv")
+    if not db._listening then
+        error("db:recv: listen first", 2)
+    end
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+        error("db:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
+    end
+    return pg_notification(db._conn, timeout or 0)
+end
+
+--- Back to the pool (closed when not clean); db is unusable afterwards.
+function Db.release(db)
+    hand_back(db)
+    return true
+end
+
+--- Closes the connection; db is unusable afterwards.
+function Db.close(db)
+    local conn = db._conn
+    if conn then
+        db._conn = nil
+        pg_close(conn)
+        pool_closed(db._pool)
+    end
+    return true
+end
+
+--- The pools' counts: an array of { open =, idle =, waiting =, size = }
+--- (connection strings left out: they may hold passwords).
+function _M.pools()
+    local out = {}
+    for _, p in pairs(pools) do
+        out[#out + 1] = { open = p.open, idle = #p.idle, waiting = #p.waiting, size = p.size }
+    end
+    return out
+end
+
+return _M

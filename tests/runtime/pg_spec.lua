@@ -1,0 +1,215 @@
+-- tendril.pg against a real PostgreSQL (helpers/pg_server.lua).
+local tendril = require "tendril"
+local pg = require "tendril.pg"
+local testing = require "tendril.testing"
+
+local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+package.path = dir .. "/helpers/?.lua;" .. package.path
+local pg_server = require "pg_server"
+
+describe("tendril.pg", function()
+    local server, url
+
+    setup(function()
+        server = pg_server.start()
+        url = server:url()
+        local db = assert(pg.connect(url))
+        assert(db:query("CREATE TABLE kv (k int PRIMARY KEY, v text, doc jsonb)"))
+        db:release()
+    end)
+
+    teardown(function()
+        server:remove()
+    end)
+
+    it("turns values into Lua by type", function()
+        local db = assert(pg.connect(url))
+        local rows, n = assert(db:query([[SELECT 1 AS i, 9007199254740993::int8 AS big, 42::int8 AS small,
+            1.5::float8 AS f, true AS b, 'text' AS t, 12.30::numeric AS num, NULL AS n, '{"a":[1,2]}'::json AS j]]))
+        assert.are.equal(1, n)
+        local r = rows[1]
+        assert.are.same({ 1, "9007199254740993", 42, 1.5, true, "text", "12.30", pg.null, '{"a":[1,2]}' },
+            { r.i, r.big, r.small, r.f, r.b, r.t, r.num, r.n, r.j })
+        assert.are.same({ "i", "big", "small", "f", "b", "t", "num", "n", "j" }, rows.columns)
+        db:release()
+    end)
+
+    it("passes parameters and counts the rows touched", function()
+        local db = assert(pg.connect(url))
+        local _, n = assert(db:query("INSERT INTO kv VALUES ($1, $2, $3), ($4, $5, $6)", 1, "one", { x = 1 },
+            2, pg.null, nil))
+        assert.are.equal(2, n)
+        local rows = assert(db:query("SELECT k, v, doc FROM kv WHERE k = ANY($1::int[]) ORDER BY k", "{1,2}"))
+        assert.are.same({ 1, "one", '{"x": 1}' }, { rows[1].k, rows[1].v, rows[1].doc })
+        assert.are.equal(pg.null, rows[2].v)
+        assert.are.equal(pg.null, rows[2].doc)
+        _, n = assert(db:query("UPDATE kv SET v = $1 WHERE k > $2", "x", 0))
+        assert.are.equal(2, n)
+        rows = assert(db:query("SELECT $1::bool AS t, $2::float8 AS f, $3::text AS s", true, 0.25, 7))
+        assert.are.same({ true, 0.25, "7" }, { rows[1].t, rows[1].f, rows[1].s })
+        assert(db:query("DELETE FROM kv"))
+        db:release()
+    end)
+
+    it("decodes JSON columns when asked", function()
+        local db = assert(pg.connect(url, { json = true }))
+        local rows = assert(db:query([[SELECT '{"a":[1,2]}'::json AS j, '[]'::jsonb AS e]]))
+        assert.are.same({ a = { 1, 2 } }, rows[1].j)
+        assert.are.same({}, rows[1].e)
+        db:release()
+    end)
+
+    it("returns nil, message, sqlstate for a failure, and goes on", function()
+        local db = assert(pg.connect(url))
+        assert.are.same({ nil, 'relation "nope" does not exist', "42P01" }, { db:query("SELECT * FROM nope") })
+        assert.are.same({ nil, "division by zero", "22012" }, { db:query("SELECT 1/0") })
+        assert.are.equal(2, assert(db:query("SELECT 2 AS x"))[1].x)
+        local ok, err = pcall(function() return db:query("SELECT $1", function() end) end)
+        assert.is_false(ok)
+        assert.matches("pg_spec%.lua:%d+: db:query: parameter 1 is a function", err)
+        db:release()
+        ok, err = pcall(function() return db:query("SELECT 1") end)
+        assert.is_false(ok)
+        assert.matches("released or closed", err)
+    end)
+
+    it("commits a transaction, or rolls it back and raises again", function()
+        local db = assert(pg.connect(url))
+        assert.are.equal("done", db:transaction(function(tx)
+            assert(tx:query("INSERT INTO kv (k, v) VALUES (10, 'kept')"))
+            return "done"
+        end))
+        local ok, err = pcall(db.transaction, db, function(tx)
+            assert(tx:query("INSERT INTO kv (k, v) VALUES (11, 'gone')"))
+            error("changed my mind")
+        end)
+        assert.is_false(ok)
+        assert.matches("changed my mind", err)
+        local rows = assert(db:query("SELECT k FROM kv WHERE k >= 10 ORDER BY k"))
+        assert.are.equal(1, #rows)
+        assert.are.equal(10, rows[1].k)
+        assert(db:query("DELETE FROM kv"))
+        db:release()
+    end)
+
+    it("cancels a query on the server at its timeout", function()
+        local db = assert(pg.connect(url, { query_timeout = 0.3 }))
+        local t0 = tendril.now()
+        assert.are.same({ nil, "timeout", "57014" }, { db:query("SELECT pg_sleep(10)") })
+        assert.is_true(tendril.now() - t0 < 5)
+        assert.are.equal(1, assert(db:query("SELECT 1 AS x"))[1].x)
+        db:release()
+    end)
+
+    it("delivers notifications", function()
+        local listener = assert(pg.connect(url))
+        assert(listener:listen("events"))
+        local sender = assert(pg.connect(url))
+        assert(sender:query("SELECT pg_notify('events', 'hello')"))
+        local note = assert(listener:recv(5))
+        assert.are.same({ "events", "hello" }, { note.channel, note.payload })
+        assert.are.same({ nil, "timeout" }, { listener:recv(0.1) })
+        sender:release()
+        listener:release()
+    end)
+
+    it("bounds the pool, and waits for a connection to come back", function()
+        local opts = { pool_size = 2, timeout = 0.3 }
+        local a = assert(pg.connect(url, opts))
+        local b = assert(pg.connect(url, opts))
+        local t0 = tendril.now()
+        assert.are.same({ nil, "timeout" }, { pg.connect(url, opts) })
+        assert.is_true(tendril.now() - t0 >= 0.29)
+        local th = tendril.spawn(function()
+            local c = assert(pg.connect(url, opts))
+            local rows = assert(c:query("SELECT 3 AS x"))
+            c:release()
+            return rows[1].x
+        end)
+        tendril.sleep(0.05)
+        a:release()
+        assert.are.same({ true, 3 }, { th:join() })
+        b:release()
+    end)
+
+    it("gives a request's connection back when it is clean, else closes it", function()
+        local app = testing.app(function(req)
+            local db = assert(pg.connect(url, { pool_size = 3 }))
+            if req.path == "/open-tx" then
+                assert(db:query("BEGIN"))
+                db._tx = true -- as db:transaction marks it, had the handler raised inside
+            end
+            return tostring(assert(db:query("SELECT 1 AS x"))[1].x)
+        end)
+        local function counts()
+            for _, p in ipairs(pg.pools()) do
+                if p.size == 3 then
+                    return p.open, p.idle
+                end
+            end
+        end
+        assert.are.equal("1", assert(app:get("/")).body)
+        local open, idle = counts()
+        assert.are.equal(open, idle)
+        assert.are.equal("1", assert(app:get("/open-tx")).body)
+        local open2, idle2 = counts()
+        assert.are.same({ open - 1, idle - 1 }, { open2, idle2 })
+        app:close()
+    end)
+
+    it("survives a server restart: a call in flight fails, the next one reconnects", function()
+        local db = assert(pg.connect(url))
+        local th = tendril.spawn(function()
+            return db:query("SELECT pg_sleep(10)")
+        end)
+        tendril.sleep(0.1)
+        server:stop()
+        local ok, rows, err = th:join()
+        assert.is_true(ok)
+        assert.is_nil(rows)
+        assert.are.equal("closed", err)
+        assert(server:start())
+        assert.are.equal(1, assert(db:query("SELECT 1 AS x"))[1].x)
+        db:release()
+    end)
+
+    it("fails within its timeout when the server cannot be reached, or refuses the password", function()
+        local t0 = tendril.now()
+        local db, err = pg.connect("postgres://postgres:x@127.0.0.1:1/postgres", { timeout = 2 })
+        assert.is_nil(db)
+        assert.matches("refused", err)
+        assert.is_true(tendril.now() - t0 < 2.5)
+        db, err = pg.connect(string.format("postgres://postgres:wrong@127.0.0.1:%d/postgres", server.port))
+        assert.is_nil(db)
+        assert.matches("password authentication failed", err)
+    end)
+end)
+
+describe("the README's PostgreSQL block", function()
+    it("runs as written", function()
+        local server = pg_server.start()
+        local db = assert(pg.connect(server:url()))
+        assert(db:query("CREATE TABLE users (id int PRIMARY KEY, name text)"))
+        assert(db:query("INSERT INTO users VALUES (1, 'ada')"))
+        db:release()
+        local f = assert(io.open(dir .. "/../../README.md"))
+        local text = f:read("*a")
+        f:close()
+        local block
+        for code in text:gmatch("```lua\n(.-)```") do
+            if code:find('require "tendril.pg"', 1, true) then
+                block = code
+                break
+            end
+        end
+        assert(block, "no PostgreSQL block in the README")
+        local n
+        block, n = block:gsub('"postgres://app:secret@127%.0%.0%.1/app"', '"' .. server:url() .. '"')
+        assert.are.equal(1, n)
+        local app = testing.app(assert(loadstring(block, "=README"))())
+        assert.are.equal("ada\n", assert(app:get("/?id=1")).body)
+        assert.are.equal(404, assert(app:get("/?id=2")).status)
+        app:close()
+        server:remove()
+    end)
+end)
