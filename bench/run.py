@@ -400,6 +400,7 @@ def main():
     ap.add_argument("--no-ws", action="store_true", help="skip the WebSocket workloads (bench/ws.py)")
     ap.add_argument("--no-workers", action="store_true", help="skip the multi-process workloads (bench/workers.py)")
     ap.add_argument("--no-redis", action="store_true", help="skip the Redis workloads (bench/redis_bench.py)")
+    ap.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL workload (bench/pg_bench.py)")
     ap.add_argument("--no-stall-cost", action="store_true",
                     help="skip the on/off comparisons of the stall guard and file watching")
     args = ap.parse_args()
@@ -451,6 +452,10 @@ def main():
         import redis_bench  # bench/redis_bench.py: tendril.redis against Node.js + ioredis
         redis_results = redis_bench.measure_all(args.tendril, args.duration, max(args.runs, 3))
         extra.append(redis_bench.section(redis_results, args.duration, max(args.runs, 3)).strip())
+    if "tendril" in peers and not args.no_pg:
+        import pg_bench  # bench/pg_bench.py: tendril.pg against Node.js + pg
+        pg_results = pg_bench.measure_all(args.tendril, args.duration, max(args.runs, 3))
+        extra.append(pg_bench.section(pg_results, args.duration, max(args.runs, 3)).strip())
     for name in ("benchmarks-slowloris.md", "benchmarks-extra.md"):
         extra_path = os.path.join(ROOT, "docs", name)
         if os.path.exists(extra_path):

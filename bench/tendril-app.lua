@@ -19,6 +19,10 @@ local cjson = require "cjson"
 -- /redis-pipe: a pipeline of 100 GETs of it.
 local redis = require "tendril.redis"
 local redis_url = os.getenv("REDIS_URL") or "redis://127.0.0.1:6379"
+-- /pg: one primary-key SELECT (SELECT v FROM kv WHERE k = $1, k = 1) from $PG_URL (bench/pg_bench.py),
+-- as node-pg's /pg; a pool of 16, as node-pg has.
+local pg = require "tendril.pg"
+local pg_url = os.getenv("PG_URL") or "postgres://127.0.0.1/postgres"
 
 return function(req, res)
     local p = req.path
@@ -62,6 +66,17 @@ return function(req, res)
             return 502, nil, tostring(err)
         end
         return #replies .. " " .. replies[100] .. "\n"
+    elseif p == "/pg" then
+        local db, err = pg.connect(pg_url)
+        local rows
+        if db then
+            rows, err = db:query("SELECT v FROM kv WHERE k = $1", 1)
+            db:release()
+        end
+        if not rows then
+            return 502, nil, tostring(err)
+        end
+        return tostring(rows[1] and rows[1].v) .. "\n"
     elseif p == "/big" then
         return big
     elseif p == "/incr" then

@@ -3,7 +3,7 @@
 # (for nginx peers the PID is the master; its workers are the master's children).
 # WORKERS=N (N > 1): tendril --workers N, nginx worker_processes N, Node cluster with N workers, then
 # on every core (the PID printed is tendril's supervisor, nginx's or Node's master).
-# PEER: tendril | tendril-tls | tendril-ws | node | node-ws | node-redis | eventlet | stdlib | nginx | nginx-tls | nginx-lua
+# PEER: tendril | tendril-tls | tendril-ws | node | node-ws | node-redis | node-pg | eventlet | stdlib | nginx | nginx-tls | nginx-lua
 #       | nginx-lua-tls | nginx-tls-check | luahttp
 # The -tls peers serve HTTPS only (TLS 1.2 and 1.3) on PORT with the certificate from make-cert.sh
 # (ECDSA P-256 for localhost and 127.0.0.1, kept in CERT_DIR, default /tmp/tendril-bench-cert);
@@ -14,7 +14,8 @@
 # node-ws is Node.js with the npm package ws (/echo, /broadcast), installed once by npm-need.sh
 # under $NODE_MODULES_DIR (default /tmp/tendril-bench-npm); WS_PACKAGE pins its version.
 # node-redis is Node.js with ioredis (REDIS_PACKAGE): /redis is one GET of key "hello" from
-# $REDIS_URL (default redis://127.0.0.1:6379), as tendril's /redis.
+# $REDIS_URL (default redis://127.0.0.1:6379), as tendril's /redis; node-pg is Node.js with pg
+# (PG_PACKAGE, a pool of 16): /pg is one primary-key SELECT from table kv at $PG_URL, as tendril's /pg.
 # UPSTREAM_PORT (environment) is where node's and nginx-lua's /proxy send their one GET;
 # UPSTREAM_TLS_PORT where node's and tendril's /proxy-tls send theirs (over TLS).
 # STATIC_ROOT (environment) is the directory nginx serves under /static/ (default /tmp/tendril-bench-static).
@@ -29,6 +30,7 @@ export CERT_DIR=${CERT_DIR:-/tmp/tendril-bench-cert}; CD=$CERT_DIR
 case $PEER in *-tls|*-tls-check) "$D/make-cert.sh" "$CD" ;; esac
 WS_PACKAGE=${WS_PACKAGE:-ws@8.23.0}
 REDIS_PACKAGE=${REDIS_PACKAGE:-ioredis@6.0.0}
+PG_PACKAGE=${PG_PACKAGE:-pg@8.16.3}
 case $PEER in
   tendril)  UPSTREAM_PORT=$UP taskset -c $CPUS "${TENDRIL_BIN:?TENDRIL_BIN}" serve "$D/../tendril-app.lua" --port "$PORT" \
               --shared counters=10m $TW ${TENDRIL_ARGS:-} >"$LOG" 2>&1 & ;;
@@ -38,6 +40,8 @@ case $PEER in
               ${TENDRIL_ARGS:-} >"$LOG" 2>&1 & ;;
   node-ws)  NM=$("$D/npm-need.sh" "$WS_PACKAGE")
             NODE_PATH=$NM taskset -c 0 node "$D/servers/node-ws.js" "$PORT" >"$LOG" 2>&1 & ;;
+  node-pg)  NM=$("$D/npm-need.sh" "$PG_PACKAGE")
+            NODE_PATH=$NM taskset -c 0 node "$D/servers/node-pg.js" "$PORT" >"$LOG" 2>&1 & ;;
   node-redis)  NM=$("$D/npm-need.sh" "$REDIS_PACKAGE")
             NODE_PATH=$NM taskset -c 0 node "$D/servers/node-redis.js" "$PORT" >"$LOG" 2>&1 & ;;
   node)     WORKERS=$W UPSTREAM_PORT=$UP taskset -c $CPUS node "$D/servers/node-hello.js" "$PORT" >"$LOG" 2>&1 & ;;
