@@ -34,6 +34,7 @@ typedef struct pg_conn {
     td_wait wait;
     int op;          /* what the waiting task waits for */
     int writing;     /* the poll waits for writability (connecting, flushing) */
+    int armed;       /* the events the poll is started with (0: stopped) */
     int timed_out;   /* the query's timeout passed: a cancel went to the server */
     int broken;      /* abandoned mid-query: not fit for reuse */
     int closing;
@@ -64,6 +65,7 @@ static void on_handle_closed(uv_handle_t *h) {
 }
 
 static void stop_poll(pg_conn *c) {
+    c->armed = 0;
     if (c->poll) {
         uv_close((uv_handle_t *)c->poll, on_handle_closed);
         c->poll = NULL;
@@ -102,13 +104,25 @@ static int watch(pg_conn *c, int writing) {
         c->fd = fd;
     }
     c->writing = writing;
-    return uv_poll_start(c->poll, writing ? UV_WRITABLE : UV_READABLE, on_poll);
+    int events = writing ? UV_WRITABLE : UV_READABLE;
+    if (c->armed == events)
+        return 0; /* uv_poll_start would take it out of epoll and put it back */
+    c->armed = events;
+    return uv_poll_start(c->poll, events, on_poll);
 }
 
-/* The operation's end: no more watching, no timer. */
+/* The operation's end: no timer; the socket stays watched for reading
+ * (an idle connection's end shows at once, notifications are buffered,
+ * and the next query changes no epoll registration). */
 static void idle(pg_conn *c) {
-    if (c->poll)
-        uv_poll_stop(c->poll);
+    if (c->poll && (PQstatus(c->pq) != CONNECTION_OK || PQsocket(c->pq) != c->fd)) {
+        /* libpq dropped the connection and closed its socket: a poll left
+         * on that descriptor would see whatever opens on it next. */
+        stop_poll(c);
+        c->broken = 1;
+    }
+    if (c->poll && c->writing)
+        watch(c, 0);
     uv_timer_stop(&c->timer);
     c->op = OP_NONE;
 }
@@ -310,9 +324,16 @@ static void step_connect(pg_conn *c) {
 static void on_poll(uv_poll_t *p, int status, int events) {
     (void)events;
     pg_conn *c = p->data;
-    if (c->op == OP_NONE)
-        return;
     (void)status; /* an error shows in what libpq reads next */
+    if (c->op == OP_NONE) {
+        /* Idle: what the server sends is read (a notification, or its
+         * end); a connection that ended is watched no more. */
+        if (!PQconsumeInput(c->pq) || PQstatus(c->pq) != CONNECTION_OK) {
+            c->broken = 1;
+            stop_poll(c); /* its descriptor may be closed already */
+        }
+        return;
+    }
     if (c->op == OP_CONNECT) {
         step_connect(c);
         return;
@@ -481,10 +502,25 @@ static int pg_connect(lua_State *L) {
     return lua_yield(L, 0);
 }
 
+enum { SEND_QUERY, SEND_PREPARED };
+
+/* After a PQsend*: the wait for its results (or the failure to send). */
+static int sent(lua_State *L, td_task *t, pg_conn *c, int ok, double timeout) {
+    if (!ok)
+        return push_error(L, PQerrorMessage(c->pq), NULL);
+    int f = PQflush(c->pq);
+    if (f < 0 || watch(c, f == 1) != 0) {
+        c->broken = 1;
+        return push_error(L, PQerrorMessage(c->pq), NULL);
+    }
+    start_wait(L, t, c, OP_QUERY, timeout);
+    return lua_yield(L, 0);
+}
+
 /* [-(3+n), +2|3] pg_query(conn, timeout, sql, params...) -> rows, affected
  * | nil, message [, sqlstate]; yields. Parameters: strings (NULL for
  * pg.null); pg.lua turns other values into text. */
-static int pg_query(lua_State *L) {
+static int query(lua_State *L, int mode) {
     pg_conn *c = check_conn(L, "db:query");
     double timeout = luaL_optnumber(L, 2, 0);
     const char *sql = luaL_checkstring(L, 3);
@@ -503,18 +539,32 @@ static int pg_query(lua_State *L) {
     for (int i = 0; i < n; i++)
         values[i] = lua_rawequal(L, 4 + i, -1) ? NULL : lua_tostring(L, 4 + i);
     lua_pop(L, 1);
-    int ok = PQsendQueryParams(c->pq, sql, n, NULL, values, NULL, NULL, 0);
+    int ok = mode == SEND_PREPARED ? PQsendQueryPrepared(c->pq, sql, n, values, NULL, NULL, 0)
+                                   : PQsendQueryParams(c->pq, sql, n, NULL, values, NULL, NULL, 0);
     free(values);
-    if (!ok)
-        return push_error(L, PQerrorMessage(c->pq), NULL);
-    int f = PQflush(c->pq);
-    if (f < 0 || watch(c, f == 1) != 0) {
-        c->broken = 1;
-        return push_error(L, PQerrorMessage(c->pq), NULL);
-    }
-    start_wait(L, t, c, OP_QUERY, timeout);
-    return lua_yield(L, 0);
+    return sent(L, t, c, ok, timeout);
 }
+
+/* [-4, +2|3] pg_prepare(conn, timeout, name, sql) -> {}, 0 | nil, message
+ * [, sqlstate]; yields. A named statement for pg_exec. */
+static int pg_prepare(lua_State *L) {
+    pg_conn *c = check_conn(L, "db:query");
+    double timeout = luaL_optnumber(L, 2, 0);
+    const char *name = luaL_checkstring(L, 3);
+    const char *sql = luaL_checkstring(L, 4);
+    td_task *t = td_api_wait_start(L, "db:query", 0);
+    if (!t)
+        return 2;
+    if (c->broken || PQstatus(c->pq) != CONNECTION_OK)
+        return push_error(L, "closed", NULL);
+    return sent(L, t, c, PQsendPrepare(c->pq, name, sql, 0, NULL), timeout);
+}
+
+static int pg_query(lua_State *L) { return query(L, SEND_QUERY); }
+
+/* [-(3+n), +2|3] pg_exec(conn, timeout, name, params...): pg_query's
+ * results, running the statement pg_prepare named. */
+static int pg_exec(lua_State *L) { return query(L, SEND_PREPARED); }
 
 /* [-2, +1|2] pg_notification(conn, timeout) -> { channel =, payload =, pid
  * = } | nil, "timeout" | nil, err; yields until one comes. */
@@ -539,13 +589,12 @@ static int pg_notification(lua_State *L) {
 }
 
 /* [-1, +1] pg_usable(conn) -> boolean: open, idle, and the server has not
- * hung up (what it sent meanwhile is read, so an idle connection's end
- * shows). */
+ * hung up. */
 static int pg_usable(lua_State *L) {
     pg_box *b = luaL_checkudata(L, 1, PG_MT);
     pg_conn *c = b->c;
-    int ok = c && !c->closing && !c->broken && c->op == OP_NONE && PQstatus(c->pq) == CONNECTION_OK &&
-             PQconsumeInput(c->pq) && PQstatus(c->pq) == CONNECTION_OK;
+    /* An idle connection's socket is watched: its end has set broken. */
+    int ok = c && !c->closing && !c->broken && c->op == OP_NONE && PQstatus(c->pq) == CONNECTION_OK;
     lua_pushboolean(L, ok);
     return 1;
 }
@@ -587,6 +636,7 @@ static int pg_escape_identifier(lua_State *L) {
 void td_api_pg_open(lua_State *L, td_vm *vm) {
     static const luaL_Reg funcs[] = {
         {"pg_query", pg_query},           {"pg_notification", pg_notification},
+        {"pg_prepare", pg_prepare},       {"pg_exec", pg_exec},
         {"pg_usable", pg_usable},         {"pg_close", pg_close_lua},
         {"pg_set_null", pg_set_null},     {"pg_escape_identifier", pg_escape_identifier},
         {NULL, NULL},

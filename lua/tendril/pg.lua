@@ -23,6 +23,7 @@ local owned = require "tendril.owned"
 local type, tostring, error, select, setmetatable, pcall = type, tostring, error, select, setmetatable, pcall
 local remove, format, unpack = table.remove, string.format, unpack
 local pg_connect, pg_query, pg_notification = core.pg_connect, core.pg_query, core.pg_notification
+local pg_prepare, pg_exec = core.pg_prepare, core.pg_exec
 local pg_usable, pg_close, pg_escape = core.pg_usable, core.pg_close, core.pg_escape_identifier
 local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
 local now = core.now
@@ -37,6 +38,12 @@ local null = _M.null
 local DEFAULTS = { pool_size = 16, timeout = 10, query_timeout = 60, idle_timeout = 60 }
 
 local pools = {} -- key -> { idle = { {conn, since}... }, open = n, waiting = { waiter... } }
+
+-- Statements prepared on each connection: conn -> { [sql] = name, n = count }.
+-- A statement runs prepared from its second use: the server then parses
+-- and plans it once per connection, not once per query.
+local prepared = setmetatable({}, { __mode = "k" })
+local MAX_PREPARED = 256 -- a connection's; past it, statements run unprepared
 
 local function pool_closed(p)
     p.open = p.open - 1
@@ -224,15 +231,40 @@ function Db.query(db, sql, ...)
     if not ok then
         return nil, err
     end
-    local rows, affected, state
-    if n == 0 then
-        rows, affected, state = pg_query(db._conn, db._opts.query_timeout, sql)
-    else
-        local args = { ... }
-        for i = 1, n do
-            args[i] = param(args[i], i)
+    local conn, timeout = db._conn, db._opts.query_timeout
+    local args = n > 0 and { ... } or nil
+    for i = 1, n do
+        args[i] = param(args[i], i)
+    end
+    local stmts = prepared[conn]
+    if not stmts then
+        stmts = { n = 0, seen = {} }
+        prepared[conn] = stmts
+    end
+    local name = stmts[sql]
+    if not name and stmts.seen[sql] and stmts.n < MAX_PREPARED then
+        -- Its second use on this connection: prepared from now on (a
+        -- statement that cannot be, such as several in one string, runs
+        -- as it is).
+        name = "tendril_" .. (stmts.n + 1)
+        if pg_prepare(conn, timeout, name, sql) then
+            stmts[sql], stmts.n = name, stmts.n + 1
+        else
+            name = nil
         end
-        rows, affected, state = pg_query(db._conn, db._opts.query_timeout, sql, unpack(args, 1, n))
+    end
+    stmts.seen[sql] = true
+    local rows, affected, state
+    if name then
+        rows, affected, state = pg_exec(conn, timeout, name, unpack(args or {}, 1, n))
+        if not rows and (state == "0A000" or state == "26000") then
+            -- The schema changed under it ("cached plan must not change
+            -- result type"), or it is gone: unprepared, once.
+            stmts[sql] = nil
+            rows, affected, state = pg_query(conn, timeout, sql, unpack(args or {}, 1, n))
+        end
+    else
+        rows, affected, state = pg_query(conn, timeout, sql, unpack(args or {}, 1, n))
     end
     if not rows then
         -- The connection went with the statement (the server shut down,

@@ -51,6 +51,23 @@ describe("tendril.pg", function()
         db:release()
     end)
 
+    it("prepares a statement it runs again, and copes with the schema changing under it", function()
+        local db = assert(pg.connect(url, { pool_size = 1 }))
+        assert(db:query("CREATE TABLE prep (a int)"))
+        assert(db:query("INSERT INTO prep VALUES (1)"))
+        for _ = 1, 3 do
+            local rows = assert(db:query("SELECT * FROM prep WHERE a = $1", 1))
+            assert.are.same({ "a" }, rows.columns)
+        end
+        local names = assert(db:query("SELECT name FROM pg_prepared_statements"))
+        assert.is_true(#names >= 1)
+        assert(db:query("ALTER TABLE prep ADD COLUMN b int"))
+        local rows = assert(db:query("SELECT * FROM prep WHERE a = $1", 1))
+        assert.are.same({ "a", "b" }, rows.columns)
+        assert(db:query("DROP TABLE prep"))
+        db:release()
+    end)
+
     it("decodes JSON columns when asked", function()
         local db = assert(pg.connect(url, { json = true }))
         local rows = assert(db:query([[SELECT '{"a":[1,2]}'::json AS j, '[]'::jsonb AS e]]))
