@@ -8,6 +8,7 @@
  * timeout. */
 #include <lauxlib.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "api.h"
 #include "errors.h"
@@ -66,8 +67,10 @@ static int event_new(lua_State *L) {
     return 1;
 }
 
-/* [-2, +1] event_wait(event, timeout | nil) -> true | nil, "timeout"; may
- * yield (without a timeout, until the event is set). */
+/* [-3, +1] event_wait(event, timeout | nil [, "db"]) -> true | nil,
+ * "timeout"; may yield (without a timeout, until the event is set). "db":
+ * the wait is a database client's (tendril.redis's shared connection), so
+ * the request's timings count it as db, not other. */
 static int event_wait_lua(lua_State *L) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
     event *ev = luaL_checkudata(L, 1, EVENT_MT);
@@ -92,7 +95,8 @@ static int event_wait_lua(lua_State *L) {
     lua_pushvalue(L, 1);
     w->event_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     td_list_push_back(&ev->waiters, &w->link);
-    td_vm_wait_begin(t, &w->wait, cancel_event_wait, 0, TD_WAIT_OTHER);
+    int kind = lua_type(L, 3) == LUA_TSTRING && strcmp(lua_tostring(L, 3), "db") == 0 ? TD_WAIT_DB : TD_WAIT_OTHER;
+    td_vm_wait_begin(t, &w->wait, cancel_event_wait, 0, kind);
     if (timer) {
         uv_timer_init(td_vm_loop(vm), timer);
         timer->data = w;

@@ -22,7 +22,7 @@ enum td_wait_kind {
     TD_WAIT_RUN,   /* tendril.run: a child process */
     TD_WAIT_BODY,  /* the request's own client: its body, or draining the answer */
     TD_WAIT_WS,    /* a WebSocket's messages */
-    TD_WAIT_DB,    /* tendril.pg: connecting, queries, notifications */
+    TD_WAIT_DB,    /* tendril.pg; tendril.redis's shared connection */
     TD_WAIT_OTHER, /* joining a thread, an event, the shared pump */
     TD_WAIT_KINDS
 };

@@ -408,7 +408,7 @@ local function mux_call(c, payload, n)
         mux.reading = true
         spawn_detached(mux_read, mux)
     end
-    ok, err = event_wait(w.event, o.timeout)
+    ok, err = event_wait(w.event, o.timeout, "db")
     if not ok then
         -- The reply, when it comes, goes nowhere.
         return nil, err

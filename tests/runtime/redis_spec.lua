@@ -39,6 +39,20 @@ describe("tendril.redis", function()
         r:release()
     end)
 
+    it("counts a request's plain commands as db in its timings", function()
+        local seen
+        local app = testing.app(function(req)
+            local r = assert(redis.connect(url))
+            assert(r:ping())
+            seen = req:timings()
+            return "ok"
+        end)
+        assert.are.equal("ok", assert(app:get("/")).body)
+        app:close()
+        assert.is_true(seen.db > 0, "db " .. seen.db)
+        assert.are.equal(0, seen.other)
+    end)
+
     it("returns nil, err for an error reply and goes on", function()
         local r = assert(redis.connect(url))
         r:set("s", "text")
