@@ -164,7 +164,8 @@ class TodoExampleTest(TestCase):
         one, deletes the other, and reads back what the API holds."""
         with Server(app_path=example("todo/app.lua")) as srv:
             r = subprocess.run([SYSTEM_PYTHON, os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser.py"),
-                                "http://127.0.0.1:%d/?selftest" % srv.port, "result", str(deadline(30))],
+                                "http://127.0.0.1:%d/?selftest&wait=%d" % (srv.port, deadline(10) * 1000), "result",
+                                str(deadline(30))],
                                capture_output=True, text=True, timeout=deadline(120))
             self.assertEqual((r.returncode, r.stdout.strip()), (0, "first (done) | cookie http-only"),
                              r.stderr[-2000:] + srv.stderr()[-2000:])
