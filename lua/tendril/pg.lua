@@ -19,13 +19,14 @@
 -- transaction open, not listening, nothing lost), else it is closed.
 local core = require "tendril.core"
 local owned = require "tendril.owned"
+local new_pool = require("tendril.pool").new
 
 local type, tostring, error, select, setmetatable, pcall = type, tostring, error, select, setmetatable, pcall
-local remove, format, unpack = table.remove, string.format, unpack
+local format, unpack = string.format, unpack
 local pg_connect, pg_query, pg_notification = core.pg_connect, core.pg_query, core.pg_notification
 local pg_prepare, pg_exec = core.pg_prepare, core.pg_exec
 local pg_usable, pg_close, pg_escape = core.pg_usable, core.pg_close, core.pg_escape_identifier
-local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
+
 local now = core.now
 
 local _M = {}
@@ -37,7 +38,7 @@ local null = _M.null
 
 local DEFAULTS = { pool_size = 16, timeout = 10, query_timeout = 60, idle_timeout = 60 }
 
-local pools = {} -- key -> { idle = { {conn, since}... }, open = n, waiting = { waiter... } }
+local pools = {} -- key -> a tendril.pool of connections (with its size beside them)
 
 -- Statements prepared on each connection: conn -> { [sql] = name, n = count }.
 -- A statement runs prepared from its second use: the server then parses
@@ -45,13 +46,6 @@ local pools = {} -- key -> { idle = { {conn, since}... }, open = n, waiting = { 
 local prepared = setmetatable({}, { __mode = "k" })
 local MAX_PREPARED = 256 -- a connection's; past it, statements run unprepared
 
-local function pool_closed(p)
-    p.open = p.open - 1
-    local w = remove(p.waiting, 1)
-    if w then
-        event_set(w.event)
-    end
-end
 
 local function options(info, opts)
     if type(info) ~= "string" then
@@ -87,16 +81,10 @@ local function hand_back(db)
     end
     if db._tx or db._listening or not pg_usable(conn) then
         pg_close(conn)
-        pool_closed(p)
+        p:closed()
         return
     end
-    local w = remove(p.waiting, 1)
-    if w then
-        w.conn = conn
-        event_set(w.event)
-        return
-    end
-    p.idle[#p.idle + 1] = { conn, now() }
+    p:give(conn)
 end
 
 --- A connection from the pool (or a new one): db, or nil, err. opts:
@@ -107,46 +95,21 @@ function _M.connect(info, opts)
     local o = options(info, opts)
     local p = pools[o.key]
     if not p then
-        p = { idle = {}, open = 0, waiting = {}, size = o.pool_size }
+        p = new_pool()
+        p.size = o.pool_size
         pools[o.key] = p
     end
-    local conn
-    local idle = p.idle
-    while #idle > 0 do
-        local e = remove(idle)
-        if now() - e[2] <= o.idle_timeout and pg_usable(e[1]) then
-            conn = e[1]
-            break
-        end
-        pg_close(e[1])
-        pool_closed(p)
-    end
-    if not conn and p.open >= o.pool_size then
-        local w = { event = event_new() }
-        p.waiting[#p.waiting + 1] = w
-        local ok, err = event_wait(w.event, o.timeout)
-        conn = w.conn
-        if not conn then
-            for i = 1, #p.waiting do
-                if p.waiting[i] == w then
-                    remove(p.waiting, i)
-                    break
-                end
-            end
-            if not ok then
-                return nil, err
-            end
-            if p.open >= o.pool_size then
-                return nil, "timeout"
-            end
-        end
+    local idle_timeout = o.idle_timeout
+    local conn, err = p:take(o.pool_size, o.timeout, function(c, since)
+        return now() - since <= idle_timeout and pg_usable(c)
+    end, pg_close)
+    if conn == nil then
+        return nil, err
     end
     if not conn then
-        p.open = p.open + 1
-        local err
         conn, err = pg_connect(o.info, o.timeout)
         if not conn then
-            pool_closed(p)
+            p:closed()
             return nil, err
         end
     end
@@ -350,7 +313,7 @@ function Db.close(db)
     if conn then
         db._conn = nil
         pg_close(conn)
-        pool_closed(db._pool)
+        db._pool:closed()
     end
     return true
 end

@@ -31,10 +31,11 @@
 local core = require "tendril.core"
 local tcp = require "tendril.tcp"
 local owned = require "tendril.owned"
+local new_pool = require("tendril.pool").new
 local url_mod = require "tendril.url"
 
 local type, tostring, tonumber, error, select, setmetatable = type, tostring, tonumber, error, select, setmetatable
-local concat, remove, pairs, ipairs = table.concat, table.remove, pairs, ipairs
+local concat, pairs, ipairs = table.concat, pairs, ipairs
 local sub, byte, upper, lower, format, match = string.sub, string.byte, string.upper, string.lower, string.format,
     string.match
 local open_socket = tcp._open
@@ -144,26 +145,18 @@ end
 
 -- ---- pools ----
 
--- key -> { idle = {sockets, oldest first}, open = n (dedicated, in use or
--- idle), waiting = {waiters}, mux = the shared connection or nil, server }
+-- key -> a tendril.pool of the dedicated connections (sockets), with the
+-- shared connection (mux) and the server's name (server) beside them.
 local pools = {}
 
 local function pool_of(o)
     local p = pools[o.key]
     if not p then
-        p = { idle = {}, open = 0, waiting = {}, server = o.host .. ":" .. o.port .. "/" .. o.db }
+        p = new_pool()
+        p.server = o.host .. ":" .. o.port .. "/" .. o.db
         pools[o.key] = p
     end
     return p
-end
-
--- A dedicated connection of the pool ended: a waiter may open one.
-local function pool_closed(p)
-    p.open = p.open - 1
-    local w = remove(p.waiting, 1)
-    if w then
-        event_set(w.event)
-    end
 end
 
 -- Options from a URL (redis://[[user]:password@]host[:port][/db],
@@ -435,19 +428,20 @@ local function hand_back(c)
     end
     if dirty(c) or not sock_usable(sock) then
         sock:close()
-        pool_closed(p)
+        p:closed()
         return
     end
-    local w = remove(p.waiting, 1)
-    if w then
-        -- Straight to a task waiting for one.
-        w.sock = sock
-        event_set(w.event)
-        return
-    end
-    sock_pool(sock, c._opts.idle_timeout)
-    local idle = p.idle
-    idle[#idle + 1] = sock
+    local idle_timeout = c._opts.idle_timeout
+    -- Idle, its socket is watched by C for its end and its idle timeout.
+    p:give(sock, function(s) sock_pool(s, idle_timeout) end)
+end
+
+local function unpool(s)
+    return sock_unpool(s)
+end
+
+local function close_socket(s)
+    s:close()
 end
 
 -- A dedicated connection for c: true | nil, err. It goes back (or is
@@ -455,42 +449,16 @@ end
 local function take(c)
     owned.add({ close = function() hand_back(c) end })
     local o, p = c._opts, c._pool
-    local idle = p.idle
-    while #idle > 0 do
-        local s = remove(idle)
-        if sock_unpool(s) then
-            c._sock = s
-            return true
-        end
-        pool_closed(p)
+    local sock, err = p:take(o.pool_size, o.timeout, unpool, close_socket)
+    if sock then
+        c._sock = sock
+        return true
+    elseif sock == nil then
+        return nil, err
     end
-    if p.open >= o.pool_size then
-        -- Every connection is in use: wait for one.
-        local w = { event = event_new() }
-        p.waiting[#p.waiting + 1] = w
-        local ok, err = event_wait(w.event, o.timeout)
-        if w.sock then
-            c._sock = w.sock
-            return true
-        end
-        for i = 1, #p.waiting do
-            if p.waiting[i] == w then
-                remove(p.waiting, i)
-                break
-            end
-        end
-        if not ok then
-            return nil, err
-        end
-        -- A connection closed: room for a new one (if no one took it).
-        if p.open >= o.pool_size then
-            return nil, "timeout"
-        end
-    end
-    p.open = p.open + 1
-    local sock, err = dial(o)
+    sock, err = dial(o)
     if not sock then
-        pool_closed(p)
+        p:closed()
         return nil, err
     end
     c._sock = sock
