@@ -1,7 +1,6 @@
 -- bus.bridge: the bus across instances through Redis pub/sub. The other
 -- instances are played by a plain Redis client publishing and
 -- subscribing on the bridge's channels.
-local tendril = require "tendril"
 local bus = require "tendril.bus"
 local json = require "tendril.json"
 local redis = require "tendril.redis"
@@ -9,17 +8,7 @@ local redis = require "tendril.redis"
 local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 package.path = dir .. "/helpers/?.lua;" .. package.path
 local redis_server = require "redis_server"
-
-local function wait_until(f, seconds)
-    local t0 = tendril.now()
-    while tendril.now() - t0 < seconds do
-        if f() then
-            return true
-        end
-        tendril.sleep(0.01)
-    end
-    return false
-end
+local wait_until = require("spec_util").wait_until
 
 describe("bus.bridge", function()
     local server, url, bridge

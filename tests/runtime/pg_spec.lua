@@ -6,6 +6,7 @@ local testing = require "tendril.testing"
 local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 package.path = dir .. "/helpers/?.lua;" .. package.path
 local pg_server = require "pg_server"
+local util = require "spec_util"
 
 describe("tendril.pg", function()
     local server, url
@@ -149,6 +150,32 @@ describe("tendril.pg", function()
         b:release()
     end)
 
+    it("holds its bound under 1,000 concurrent callers", function()
+        local opts = { pool_size = 16, timeout = 60 }
+        local most, threads = 0, {}
+        local function open()
+            for _, p in ipairs(pg.pools()) do
+                if p.size == 16 then
+                    return p.open
+                end
+            end
+            return 0
+        end
+        for i = 1, 1000 do
+            threads[i] = tendril.spawn(function()
+                local db = assert(pg.connect(url, opts))
+                most = math.max(most, open())
+                local rows = assert(db:query("SELECT $1::int AS i", i))
+                db:release()
+                return rows[1].i
+            end)
+        end
+        for i = 1, 1000 do
+            assert.are.same({ true, i }, { threads[i]:join() })
+        end
+        assert.is_true(most >= 1 and most <= 16, most)
+    end)
+
     it("gives a request's connection back when it is clean, else closes it", function()
         local app = testing.app(function(req)
             local db = assert(pg.connect(url, { pool_size = 3 }))
@@ -209,21 +236,8 @@ describe("the README's PostgreSQL block", function()
         assert(db:query("CREATE TABLE users (id int PRIMARY KEY, name text)"))
         assert(db:query("INSERT INTO users VALUES (1, 'ada')"))
         db:release()
-        local f = assert(io.open(dir .. "/../../README.md"))
-        local text = f:read("*a")
-        f:close()
-        local block
-        for code in text:gmatch("```lua\n(.-)```") do
-            if code:find('require "tendril.pg"', 1, true) then
-                block = code
-                break
-            end
-        end
-        assert(block, "no PostgreSQL block in the README")
-        local n
-        block, n = block:gsub('"postgres://app:secret@127%.0%.0%.1/app"', '"' .. server:url() .. '"')
-        assert.are.equal(1, n)
-        local app = testing.app(assert(loadstring(block, "=README"))())
+        local app = testing.app(util.readme_handler('require "tendril.pg"',
+            '"postgres://app:secret@127.0.0.1/app"', '"' .. server:url() .. '"'))
         assert.are.equal("ada\n", assert(app:get("/?id=1")).body)
         assert.are.equal(404, assert(app:get("/?id=2")).status)
         app:close()

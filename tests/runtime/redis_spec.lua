@@ -6,6 +6,7 @@ local testing = require "tendril.testing"
 local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 package.path = dir .. "/helpers/?.lua;" .. package.path
 local redis_server = require "redis_server"
+local util = require "spec_util"
 
 describe("tendril.redis", function()
     local server, url
@@ -186,6 +187,29 @@ describe("tendril.redis", function()
         r:del("n")
     end)
 
+    it("holds its bounds under 1,000 concurrent callers", function()
+        local opts = { pool_size = 8, timeout = 60 }
+        local most, threads = 0, {}
+        for i = 1, 1000 do
+            threads[i] = tendril.spawn(function()
+                -- Database 3: a pool of its own.
+                local r = assert(redis.connect(server:url(3), opts))
+                -- Plain commands share one connection; WATCH takes one of
+                -- the 8 of its own.
+                assert.are.equal(i, tonumber(r:echo(tostring(i))))
+                assert.are.equal("OK", r:watch("k" .. i))
+                most = math.max(most, pool(3).open)
+                r:unwatch()
+                r:release()
+                return true
+            end)
+        end
+        for i = 1, 1000 do
+            assert.are.same({ true, true }, { threads[i]:join() })
+        end
+        assert.is_true(most >= 1 and most <= 8, most)
+    end)
+
     it("bounds the dedicated connections, waiting for one to come back", function()
         local opts = { pool_size = 2, timeout = 0.3 }
         local a = assert(redis.connect(url, opts))
@@ -272,21 +296,8 @@ end)
 describe("the README's Redis block", function()
     it("runs as written", function()
         local server = redis_server.start()
-        local f = assert(io.open(dir .. "/../../README.md"))
-        local text = f:read("*a")
-        f:close()
-        local block
-        for code in text:gmatch("```lua\n(.-)```") do
-            if code:find('require "tendril.redis"', 1, true) then
-                block = code
-                break
-            end
-        end
-        assert(block, "no Redis block in the README")
-        local n
-        block, n = block:gsub('"redis://127%.0%.0%.1:6379"', '"' .. server:url() .. '"')
-        assert.are.equal(1, n)
-        local app = testing.app(assert(loadstring(block, "=README"))())
+        local app = testing.app(util.readme_handler('require "tendril.redis"', '"redis://127.0.0.1:6379"',
+            '"' .. server:url() .. '"'))
         assert.are.equal("visit number 1\n", assert(app:get("/")).body)
         assert.are.equal("visit number 2\n", assert(app:get("/")).body)
         app:close()

@@ -18,16 +18,7 @@ local function pong(port)
     return line == "+PONG" or (line and line:find("NOAUTH", 1, true) ~= nil)
 end
 
-local function wait_until(f, seconds)
-    local t0 = tendril.now()
-    while tendril.now() - t0 < seconds do
-        if f() then
-            return true
-        end
-        tendril.sleep(0.02)
-    end
-    return false
-end
+local wait_until = require("spec_util").wait_until
 
 function Server:start()
     local args = { "redis-server", "--port", tostring(self.port), "--bind", "127.0.0.1", "--daemonize", "yes",
