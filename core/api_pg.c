@@ -41,6 +41,7 @@ typedef struct pg_conn {
     int handles;     /* libuv handles not yet closed */
     PGresult *result; /* the query's result so far (the last one) */
     PGresult *error;  /* its first error result */
+    int copy;         /* the statement started a COPY: not supported, the connection is done for */
     PGnotify *note;   /* the notification that ends a wait */
     int self_ref;     /* connecting: the userdata, to hand back at the end */
 } pg_conn;
@@ -237,7 +238,10 @@ static int connect_results(lua_State *L, pg_conn *c) {
 
 static int query_results(lua_State *L, pg_conn *c) {
     int n;
-    if (c->error) {
+    if (c->copy) {
+        c->copy = 0;
+        n = push_error(L, "COPY is not supported", "0A000");
+    } else if (c->error) {
         const char *state = PQresultErrorField(c->error, PG_DIAG_SQLSTATE);
         if (c->timed_out && state && strcmp(state, "57014") == 0) {
             lua_pushnil(L);
@@ -297,6 +301,14 @@ static int collect(pg_conn *c) {
         if (!res)
             return 1;
         ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+            /* PQgetResult would give this again and again: the connection
+             * stays in COPY, so it is given up. */
+            PQclear(res);
+            c->copy = 1;
+            c->broken = 1;
+            return 1;
+        }
         if (st == PGRES_FATAL_ERROR || st == PGRES_BAD_RESPONSE || st == PGRES_NONFATAL_ERROR) {
             if (!c->error)
                 c->error = res;
@@ -312,6 +324,13 @@ static int collect(pg_conn *c) {
 }
 
 static void step_connect(pg_conn *c) {
+    /* libpq may close its socket and open the next one (another address,
+     * a retry without SSL) under the same number: the poll is stopped
+     * first and started afresh, so epoll learns of the new socket. */
+    if (c->poll) {
+        uv_poll_stop(c->poll);
+        c->armed = 0;
+    }
     PostgresPollingStatusType st = PQconnectPoll(c->pq);
     if (st == PGRES_POLLING_OK || st == PGRES_POLLING_FAILED) {
         finish(c, connect_results);
@@ -324,7 +343,9 @@ static void step_connect(pg_conn *c) {
 static void on_poll(uv_poll_t *p, int status, int events) {
     (void)events;
     pg_conn *c = p->data;
-    (void)status; /* an error shows in what libpq reads next */
+    if (status < 0)
+        c->armed = 0; /* libuv stopped the poll itself (EPOLLERR): start it again */
+    /* otherwise an error shows in what libpq reads next */
     if (c->op == OP_NONE) {
         /* Idle: what the server sends is read (a notification, or its
          * end); a connection that ended is watched no more. */
@@ -447,9 +468,26 @@ static pg_conn *check_conn(lua_State *L, const char *fname) {
     return b->c;
 }
 
+static int closed_results(lua_State *L, pg_conn *c) {
+    (void)c;
+    return push_error(L, "closed", NULL);
+}
+
 static void close_conn(pg_conn *c) {
     if (c->closing)
         return;
+    if (c->op != OP_NONE) {
+        /* A task waits on it (closed by another task, or by the end of the
+         * task that took it while a thread still queries): that wait ends
+         * now with nil, "closed", never later into freed memory. */
+        if (c->op == OP_QUERY)
+            send_cancel(c);
+        if (c->op == OP_CONNECT && c->self_ref != LUA_NOREF) {
+            luaL_unref(td_vm_state(c->vm), LUA_REGISTRYINDEX, c->self_ref);
+            c->self_ref = LUA_NOREF;
+        }
+        finish(c, closed_results);
+    }
     c->closing = 1;
     clear_results(c);
     if (c->note)
@@ -511,6 +549,7 @@ static int sent(lua_State *L, td_task *t, pg_conn *c, int ok, double timeout) {
     int f = PQflush(c->pq);
     if (f < 0 || watch(c, f == 1) != 0) {
         c->broken = 1;
+        stop_poll(c); /* libpq may have closed its socket */
         return push_error(L, PQerrorMessage(c->pq), NULL);
     }
     start_wait(L, t, c, OP_QUERY, timeout);
@@ -576,14 +615,21 @@ static int pg_notification(lua_State *L) {
         return 2;
     if (c->broken || PQstatus(c->pq) != CONNECTION_OK)
         return push_error(L, "closed", NULL);
-    PQconsumeInput(c->pq);
+    if (!PQconsumeInput(c->pq) || PQstatus(c->pq) != CONNECTION_OK) {
+        c->broken = 1;
+        stop_poll(c); /* libpq closed its socket */
+        return push_error(L, "closed", NULL);
+    }
     PGnotify *note = PQnotifies(c->pq);
     if (note) {
         push_note(L, note); /* one came already */
         return 1;
     }
-    if (watch(c, 0) != 0)
+    if (watch(c, 0) != 0) {
+        c->broken = 1;
+        stop_poll(c);
         return push_error(L, "closed", NULL);
+    }
     start_wait(L, t, c, OP_NOTIFY, timeout);
     return lua_yield(L, 0);
 }
@@ -594,8 +640,28 @@ static int pg_usable(lua_State *L) {
     pg_box *b = luaL_checkudata(L, 1, PG_MT);
     pg_conn *c = b->c;
     /* An idle connection's socket is watched: its end has set broken. */
-    int ok = c && !c->closing && !c->broken && c->op == OP_NONE && PQstatus(c->pq) == CONNECTION_OK;
+    int ok = c && !c->closing && !c->broken && c->op == OP_NONE && PQstatus(c->pq) == CONNECTION_OK &&
+             PQtransactionStatus(c->pq) == PQTRANS_IDLE; /* not inside a transaction someone left open */
     lua_pushboolean(L, ok);
+    return 1;
+}
+
+/* [-1, +1] pg_state(conn) -> "idle" | "transaction" | "failed" (a
+ * transaction a statement failed in) | "busy" (a query runs) | "closed" */
+static int pg_state(lua_State *L) {
+    pg_box *b = luaL_checkudata(L, 1, PG_MT);
+    pg_conn *c = b->c;
+    const char *s = "closed";
+    if (c && !c->closing && !c->broken && PQstatus(c->pq) == CONNECTION_OK) {
+        if (c->op != OP_NONE)
+            s = "busy";
+        else {
+            PGTransactionStatusType ts = PQtransactionStatus(c->pq);
+            s = ts == PQTRANS_IDLE ? "idle" : ts == PQTRANS_INERROR ? "failed" : ts == PQTRANS_INTRANS ? "transaction"
+                                                                                                         : "busy";
+        }
+    }
+    lua_pushstring(L, s);
     return 1;
 }
 
@@ -637,7 +703,7 @@ void td_api_pg_open(lua_State *L, td_vm *vm) {
     static const luaL_Reg funcs[] = {
         {"pg_query", pg_query},           {"pg_notification", pg_notification},
         {"pg_prepare", pg_prepare},       {"pg_exec", pg_exec},
-        {"pg_usable", pg_usable},         {"pg_close", pg_close_lua},
+        {"pg_usable", pg_usable},         {"pg_close", pg_close_lua},       {"pg_state", pg_state},
         {"pg_set_null", pg_set_null},     {"pg_escape_identifier", pg_escape_identifier},
         {NULL, NULL},
     };

@@ -25,11 +25,16 @@ local type, tostring, error, select, setmetatable, pcall = type, tostring, error
 local format, unpack = string.format, unpack
 local pg_connect, pg_query, pg_notification = core.pg_connect, core.pg_query, core.pg_notification
 local pg_prepare, pg_exec = core.pg_prepare, core.pg_exec
-local pg_usable, pg_close, pg_escape = core.pg_usable, core.pg_close, core.pg_escape_identifier
+local pg_usable, pg_close, pg_escape, pg_state = core.pg_usable, core.pg_close, core.pg_escape_identifier,
+    core.pg_state
 
 local now = core.now
 
 local _M = {}
+
+local function pack(...)
+    return { n = select("#", ...), ... }
+end
 
 --- SQL NULL, in rows and as a parameter.
 _M.null = setmetatable({}, { __tostring = function() return "pg.null" end })
@@ -165,7 +170,7 @@ end
 -- A connection that died while clean comes back (not inside a
 -- transaction: what it did is gone with it).
 local function revive(db)
-    if pg_usable(db._conn) then
+    if pg_state(db._conn) ~= "closed" then
         return true
     end
     if db._tx or db._listening then
@@ -190,6 +195,9 @@ function Db.query(db, sql, ...)
         error("db:query: expected SQL text, got " .. type(sql), 2)
     end
     local n = select("#", ...)
+    if pg_state(db._conn) == "busy" then
+        error("db:query: the connection is busy with another call (one task at a time)", 2)
+    end
     local ok, err = revive(db)
     if not ok then
         return nil, err
@@ -229,10 +237,15 @@ function Db.query(db, sql, ...)
     else
         rows, affected, state = pg_query(conn, timeout, sql, unpack(args or {}, 1, n))
     end
+    if not db._conn then
+        return nil, "closed" -- closed (db:close, its task's end) while it ran
+    end
     if not rows then
         -- The connection went with the statement (the server shut down,
         -- a network failure): "closed", whatever the server said first.
-        if not pg_usable(db._conn) then
+        -- (0A000 with the connection given up: a COPY, which tendril.pg
+        -- refuses; its message says so.)
+        if pg_state(db._conn) == "closed" and state ~= "0A000" then
             return nil, "closed", state
         end
         return nil, affected, state
@@ -259,18 +272,30 @@ function Db.transaction(db, fn)
         return nil, err, state
     end
     db._tx = true
-    local res = { pcall(fn, db) }
+    local res = pack(pcall(fn, db))
+    -- _tx stays set when ROLLBACK or COMMIT fails (the request's deadline
+    -- passed, the connection broke): the connection is then closed, never
+    -- pooled with the transaction open.
     if not res[1] then
-        db:query("ROLLBACK")
-        db._tx = nil
+        if db:query("ROLLBACK") then
+            db._tx = nil
+        end
         error(res[2], 0)
     end
+    if pg_state(db._conn) == "failed" then
+        -- A statement failed and fn went on: COMMIT would roll back and say
+        -- COMMIT; say it.
+        if db:query("ROLLBACK") then
+            db._tx = nil
+        end
+        return nil, "transaction aborted: a statement in it failed", "25P02"
+    end
     ok, err, state = db:query("COMMIT")
-    db._tx = nil
     if not ok then
         return nil, err, state
     end
-    return unpack(res, 2, table.maxn(res))
+    db._tx = nil
+    return unpack(res, 2, res.n or #res)
 end
 
 --- LISTEN channel: then db:recv() gives its notifications. The connection

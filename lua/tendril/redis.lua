@@ -55,6 +55,10 @@ local DEFAULTS = { host = "127.0.0.1", port = 6379, db = 0, timeout = 10, pool_s
 -- nil, "busy" rather than queue without bound.
 local MAX_PENDING = 65536
 
+-- Commands after which a connection is not what its pool's key says.
+local STATEFUL = { SELECT = true, AUTH = true, HELLO = true, CLIENT = true, MONITOR = true, RESET = true,
+    QUIT = true }
+
 -- Commands that need a connection of their own.
 local EXCLUSIVE = {}
 for name in ("MULTI EXEC DISCARD WATCH UNWATCH SUBSCRIBE PSUBSCRIBE SSUBSCRIBE UNSUBSCRIBE PUNSUBSCRIBE "
@@ -74,7 +78,8 @@ local function encode(buf, n, name, ...)
         local v = select(i, ...)
         local t = type(v)
         if t == "number" then
-            v = tostring(v)
+            -- Integers whole (tostring gives 14 digits: 1e15 would lose some).
+            v = (v % 1 == 0 and v > -2 ^ 63 and v < 2 ^ 63) and format("%d", v) or format("%.17g", v)
         elseif t ~= "string" then
             return nil, i, t
         end
@@ -316,7 +321,7 @@ local function mux_fail(mux, err)
 end
 
 -- The reader: hands each reply to its caller, in order, while any is owed.
-local function mux_read(mux)
+local function mux_read_loop(mux)
     local sock, waiters = mux.sock, mux.waiters
     while mux.head <= mux.tail and not mux.broken do
         local w = waiters[mux.head]
@@ -334,6 +339,16 @@ local function mux_read(mux)
         mux.head = mux.head + 1
         w.value, w.err = v, e
         event_set(w.event)
+    end
+end
+
+-- A raise in the reader (out of Lua memory for a large reply) must not
+-- leave the connection owing replies no one reads: it fails them all.
+local function mux_read(mux)
+    local ok, err = pcall(mux_read_loop, mux)
+    if not ok and not mux.broken then
+        mux_fail(mux, "closed")
+        core.log("error", "tendril.redis: the shared connection's reader failed: " .. tostring(err))
     end
     mux.reading = false
 end
@@ -416,7 +431,7 @@ local conn_mt = {}
 
 -- The state that makes a connection unfit for the pool (or nil: clean).
 local function dirty(c)
-    return c._broken or c._subscribed or c._multi
+    return c._broken or c._subscribed or c._multi or c._watching or c._dirty
 end
 
 -- Gives back c's dedicated connection, if it has one.
@@ -462,7 +477,7 @@ local function take(c)
         return nil, err
     end
     c._sock = sock
-    c._broken, c._subscribed, c._multi = nil, nil, nil
+    c._broken, c._subscribed, c._multi, c._watching, c._dirty = nil, nil, nil, nil, nil
     return true
 end
 
@@ -563,7 +578,15 @@ local function command(c, fname, cmd, ...)
     if cmd == "MULTI" and v then
         c._multi = true
     elseif cmd == "EXEC" or cmd == "DISCARD" then
-        c._multi = nil
+        c._multi, c._watching = nil, nil
+    elseif cmd == "WATCH" then
+        c._watching = true
+    elseif cmd == "UNWATCH" then
+        c._watching = nil
+    elseif STATEFUL[cmd] then
+        -- The connection is not what the pool's key says any more (another
+        -- database, user, protocol): closed, not pooled, when given back.
+        c._dirty = true
     end
     return v, err
 end
@@ -584,16 +607,18 @@ function Conn.pipeline(c, fn)
     if type(fn) ~= "function" then
         error("redis:pipeline: expected a function, got " .. type(fn), 2)
     end
-    local buf, n, count = {}, 0, 0
+    local buf, n, count, exclusive = {}, 0, 0, false
     local p = setmetatable({}, {
         __index = function(_, name)
             return function(_, ...)
-                local m, i, t = encode(buf, n, upper(name), ...)
+                local cmd = upper(name)
+                local m, i, t = encode(buf, n, cmd, ...)
                 if not m then
                     error(format("redis:%s: argument %d is a %s (strings and numbers only)", name, i, t), 2)
                 end
                 n = m
                 count = count + 1
+                exclusive = exclusive or EXCLUSIVE[cmd] or false
             end
         end,
     })
@@ -602,10 +627,23 @@ function Conn.pipeline(c, fn)
         return {}
     end
     local payload = concat(buf, "", 1, n)
-    if c._sock then
-        return exchange(c, payload, count)
+    if not c._sock and not exclusive then
+        return mux_call(c, payload, count)
     end
-    return mux_call(c, payload, count)
+    if not c._sock then
+        -- MULTI, SELECT, SUBSCRIBE, a blocking command...: not on the
+        -- shared connection, where every task's commands go.
+        local ok, err = take(c)
+        if not ok then
+            return nil, err
+        end
+    end
+    if exclusive then
+        -- What state they leave is not followed: the connection is closed,
+        -- not pooled, when given back.
+        c._dirty = true
+    end
+    return exchange(c, payload, count)
 end
 
 local function subscribe(c, cmd, fname, ...)

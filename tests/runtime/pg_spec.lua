@@ -110,6 +110,53 @@ describe("tendril.pg", function()
         db:release()
     end)
 
+    it("says an aborted transaction is one, and never pools a connection left in one", function()
+        local db = assert(pg.connect(url, { pool_size = 5 }))
+        local res = { db:transaction(function(tx)
+            assert(tx:query("INSERT INTO kv (k, v) VALUES (20, 'x')"))
+            tx:query("SELECT 1/0") -- fails; the function goes on
+            return "done"
+        end) }
+        assert.are.same({ nil, "transaction aborted: a statement in it failed", "25P02" }, res)
+        assert.are.equal(0, #assert(db:query("SELECT k FROM kv WHERE k = 20")))
+        -- A BEGIN of the caller's own, given back: closed, not pooled.
+        local function open5()
+            for _, p in ipairs(pg.pools()) do
+                if p.size == 5 then
+                    return p.open
+                end
+            end
+        end
+        local before = open5()
+        assert(db:query("BEGIN"))
+        db:release()
+        assert.are.equal(before - 1, open5())
+    end)
+
+    it("ends a query in flight with closed when its connection is closed, and refuses two at once", function()
+        local db = assert(pg.connect(url))
+        local th = tendril.spawn(function()
+            return db:query("SELECT pg_sleep(5)")
+        end)
+        tendril.sleep(0.05)
+        local ok, err = pcall(function()
+            local rows = db:query("SELECT 1")
+            return rows
+        end)
+        assert.is_false(ok)
+        assert.matches("pg_spec%.lua:%d+: db:query: the connection is busy", err)
+        local t0 = tendril.now()
+        db:close()
+        assert.are.same({ true, nil, "closed" }, { th:join() })
+        assert.is_true(tendril.now() - t0 < 2)
+    end)
+
+    it("refuses COPY rather than hang", function()
+        local db = assert(pg.connect(url))
+        assert.are.same({ nil, "COPY is not supported", "0A000" }, { db:query("COPY (SELECT 1) TO STDOUT") })
+        db:release()
+    end)
+
     it("cancels a query on the server at its timeout", function()
         local db = assert(pg.connect(url, { query_timeout = 0.3 }))
         local t0 = tendril.now()
