@@ -50,6 +50,7 @@ local pools = {} -- key -> a tendril.pool of connections (with its size beside t
 -- and plans it once per connection, not once per query.
 local prepared = setmetatable({}, { __mode = "k" })
 local MAX_PREPARED = 256 -- a connection's; past it, statements run unprepared
+local MAX_SEEN = 1024     -- statements remembered as run once, a connection's
 
 
 local function options(info, opts)
@@ -169,8 +170,8 @@ end
 
 -- A connection that died while clean comes back (not inside a
 -- transaction: what it did is gone with it).
-local function revive(db)
-    if pg_state(db._conn) ~= "closed" then
+local function revive(db, state)
+    if state ~= "closed" then
         return true
     end
     if db._tx or db._listening then
@@ -195,10 +196,11 @@ function Db.query(db, sql, ...)
         error("db:query: expected SQL text, got " .. type(sql), 2)
     end
     local n = select("#", ...)
-    if pg_state(db._conn) == "busy" then
+    local cstate = pg_state(db._conn)
+    if cstate == "busy" then
         error("db:query: the connection is busy with another call (one task at a time)", 2)
     end
-    local ok, err = revive(db)
+    local ok, err = revive(db, cstate)
     if not ok then
         return nil, err
     end
@@ -209,29 +211,37 @@ function Db.query(db, sql, ...)
     end
     local stmts = prepared[conn]
     if not stmts then
-        stmts = { n = 0, seen = {} }
+        stmts = { names = {}, n = 0, seen = {}, nseen = 0 }
         prepared[conn] = stmts
     end
-    local name = stmts[sql]
-    if not name and stmts.seen[sql] and stmts.n < MAX_PREPARED then
-        -- Its second use on this connection: prepared from now on (a
-        -- statement that cannot be, such as several in one string, runs
-        -- as it is).
-        name = "tendril_" .. (stmts.n + 1)
-        if pg_prepare(conn, timeout, name, sql) then
-            stmts[sql], stmts.n = name, stmts.n + 1
+    local name = stmts.names[sql]
+    if not name then
+        if stmts.seen[sql] then
+            -- Its second use on this connection: prepared from now on (one
+            -- that cannot be runs unprepared).
+            if stmts.n < MAX_PREPARED then
+                name = "tendril_" .. (stmts.n + 1)
+                if pg_prepare(conn, timeout, name, sql) then
+                    stmts.names[sql], stmts.n = name, stmts.n + 1
+                else
+                    name = nil
+                end
+            end
+        elseif stmts.nseen < MAX_SEEN then
+            stmts.seen[sql], stmts.nseen = true, stmts.nseen + 1
         else
-            name = nil
+            -- Statements built with their values inline are all new: what
+            -- was seen once is forgotten rather than kept for ever.
+            stmts.seen, stmts.nseen = { [sql] = true }, 1
         end
     end
-    stmts.seen[sql] = true
     local rows, affected, state
     if name then
         rows, affected, state = pg_exec(conn, timeout, name, unpack(args or {}, 1, n))
         if not rows and (state == "0A000" or state == "26000") then
             -- The schema changed under it ("cached plan must not change
             -- result type"), or it is gone: unprepared, once.
-            stmts[sql] = nil
+            stmts.names[sql] = nil
             rows, affected, state = pg_query(conn, timeout, sql, unpack(args or {}, 1, n))
         end
     else

@@ -459,25 +459,28 @@ local function close_socket(s)
     s:close()
 end
 
--- A dedicated connection for c: true | nil, err. It goes back (or is
--- closed) when the task that took it ends, if r has not given it back.
+-- c's dedicated connection (taken now if it has none): true | nil, err.
+-- It goes back (or is closed) when the task that took it ends, if r has
+-- not given it back.
 local function take(c)
-    owned.add({ close = function() hand_back(c) end })
+    if c._sock then
+        return true
+    end
     local o, p = c._opts, c._pool
     local sock, err = p:take(o.pool_size, o.timeout, unpool, close_socket)
-    if sock then
-        c._sock = sock
-        return true
-    elseif sock == nil then
+    if sock == nil then
         return nil, err
     end
-    sock, err = dial(o)
     if not sock then
-        p:closed()
-        return nil, err
+        sock, err = dial(o)
+        if not sock then
+            p:closed()
+            return nil, err
+        end
     end
     c._sock = sock
     c._broken, c._subscribed, c._multi, c._watching, c._dirty = nil, nil, nil, nil, nil
+    owned.add({ close = function() hand_back(c) end })
     return true
 end
 
@@ -565,16 +568,15 @@ local function command(c, fname, cmd, ...)
         error(format("%s: argument %d is a %s (strings and numbers only)", fname, i, t), 3)
     end
     local payload = n == 1 and buf[1] or concat(buf, "", 1, n)
-    if not c._sock then
-        if not EXCLUSIVE[cmd] then
-            return mux_call(c, payload)
-        end
-        local ok, err = take(c)
-        if not ok then
-            return nil, err
-        end
+    if not c._sock and not EXCLUSIVE[cmd] then
+        return mux_call(c, payload)
     end
-    local v, err = exchange(c, payload)
+    local ok, err = take(c)
+    if not ok then
+        return nil, err
+    end
+    local v
+    v, err = exchange(c, payload)
     if cmd == "MULTI" and v then
         c._multi = true
     elseif cmd == "EXEC" or cmd == "DISCARD" then
@@ -630,13 +632,11 @@ function Conn.pipeline(c, fn)
     if not c._sock and not exclusive then
         return mux_call(c, payload, count)
     end
-    if not c._sock then
-        -- MULTI, SELECT, SUBSCRIBE, a blocking command...: not on the
-        -- shared connection, where every task's commands go.
-        local ok, err = take(c)
-        if not ok then
-            return nil, err
-        end
+    -- MULTI, SELECT, SUBSCRIBE, a blocking command...: not on the shared
+    -- connection, where every task's commands go.
+    local ok, err = take(c)
+    if not ok then
+        return nil, err
     end
     if exclusive then
         -- What state they leave is not followed: the connection is closed,
@@ -657,15 +657,14 @@ local function subscribe(c, cmd, fname, ...)
     if not n then
         error(format("%s: argument %d is a %s (channel names are strings)", fname, i, t), 3)
     end
-    if not c._sock then
-        local ok, err = take(c)
-        if not ok then
-            return nil, err
-        end
+    local ok, err = take(c)
+    if not ok then
+        return nil, err
     end
     -- One confirmation a channel: an array of them.
     c._subscribed = true
-    local v, err = exchange(c, concat(buf, "", 1, n), count)
+    local v
+    v, err = exchange(c, concat(buf, "", 1, n), count)
     if not v then
         return nil, err
     end
