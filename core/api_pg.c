@@ -11,7 +11,13 @@
  * record is inside pg_conn. A wait cancelled (its request gone, teardown)
  * leaves the connection broken when a query was in flight: Lua closes it
  * instead of pooling it. libpq's PQcancel blocks (it connects to the
- * server): it runs on libuv's thread pool, with its own PGcancel. */
+ * server): it runs on libuv's thread pool, with its own PGcancel, at most
+ * MAX_CANCELS at once. A query that was asked to stop is given up (the
+ * connection broken) unless its end says the cancel took: a cancel that
+ * came late would stop whatever ran next on that connection.
+ *
+ * A failed connect closes its libpq connection (and socket) at once; the
+ * userdata it returned is then empty. */
 #include <lauxlib.h>
 #include <libpq-fe.h>
 #include <stdio.h>
@@ -19,11 +25,25 @@
 #include <string.h>
 
 #include "api.h"
+#include "clock.h"
 #include "errors.h"
 
 #define PG_MT "tendril.pg"
 
 enum { OP_NONE, OP_CONNECT, OP_QUERY, OP_NOTIFY };
+
+/* Cancels in flight on the thread pool (each holds a worker while it
+ * connects): past it a timed-out query's connection is given up without
+ * one. */
+#define MAX_CANCELS 8
+/* After a cancel, the wait for the query's end: at most this, or the query
+ * timeout when shorter; then the connection is given up. */
+#define CANCEL_GRACE_MS 5000
+/* Notifications waiting for db:recv, a connection's; past it the oldest
+ * are dropped. */
+#define MAX_NOTES 10000
+
+static int cancels; /* in flight */
 
 typedef struct pg_conn {
     PGconn *pq;
@@ -36,6 +56,9 @@ typedef struct pg_conn {
     int writing;     /* the poll waits for writability (connecting, flushing) */
     int armed;       /* the events the poll is started with (0: stopped) */
     int timed_out;   /* the query's timeout passed: a cancel went to the server */
+    int gave_up;     /* ... and no end came within the grace: the wait ended without one */
+    int cancel_sent; /* a cancel went out during this query */
+    uint64_t timeout_ms; /* the wait's */
     int broken;      /* abandoned mid-query: not fit for reuse */
     int closing;
     int handles;     /* libuv handles not yet closed */
@@ -43,6 +66,8 @@ typedef struct pg_conn {
     PGresult *error;  /* its first error result */
     int copy;         /* the statement started a COPY: not supported, the connection is done for */
     PGnotify *note;   /* the notification that ends a wait */
+    PGnotify *notes, *notes_tail; /* read while nobody waited (linked by ->next) */
+    int nnotes;
     int self_ref;     /* connecting: the userdata, to hand back at the end */
 } pg_conn;
 
@@ -82,6 +107,49 @@ static void clear_results(pg_conn *c) {
 }
 
 static void on_poll(uv_poll_t *p, int status, int events);
+
+/* Moves the notifications libpq has read into c's queue, which keeps the
+ * newest MAX_NOTES: a LISTEN nobody reads holds no more than that. */
+static void stash_notes(pg_conn *c) {
+    PGnotify *n;
+    while (c->pq && (n = PQnotifies(c->pq)) != NULL) {
+        n->next = NULL;
+        if (c->notes_tail)
+            c->notes_tail->next = n;
+        else
+            c->notes = n;
+        c->notes_tail = n;
+        if (++c->nnotes > MAX_NOTES) {
+            PGnotify *old = c->notes;
+            c->notes = old->next;
+            PQfreemem(old);
+            c->nnotes--;
+        }
+    }
+}
+
+/* The oldest notification waiting, or NULL. */
+static PGnotify *next_note(pg_conn *c) {
+    stash_notes(c);
+    PGnotify *n = c->notes;
+    if (n) {
+        c->notes = n->next;
+        if (!c->notes)
+            c->notes_tail = NULL;
+        c->nnotes--;
+    }
+    return n;
+}
+
+static void free_notes(pg_conn *c) {
+    while (c->notes) {
+        PGnotify *n = c->notes;
+        c->notes = n->next;
+        PQfreemem(n);
+    }
+    c->notes_tail = NULL;
+    c->nnotes = 0;
+}
 
 /* Watches the connection's socket for what the current step needs. */
 static int watch(pg_conn *c, int writing) {
@@ -126,6 +194,7 @@ static void idle(pg_conn *c) {
         watch(c, 0);
     uv_timer_stop(&c->timer);
     c->op = OP_NONE;
+    stash_notes(c);
 }
 
 static int push_error(lua_State *L, const char *msg, const char *sqlstate) {
@@ -210,6 +279,24 @@ static int push_result(lua_State *L, PGresult *res) {
 
 /* ---- the waits ---- */
 
+static void close_conn(pg_conn *c);
+
+/* A connect that failed or was abandoned: the userdata kept for it lets
+ * go of c, and c closes now (its socket with it), not at the collector's
+ * pace. */
+static void drop_connecting(lua_State *L, pg_conn *c) {
+    int ref = c->self_ref;
+    c->self_ref = LUA_NOREF;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    pg_box *b = lua_touserdata(L, -1);
+    if (b)
+        b->c = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    c->broken = 1;
+    close_conn(c);
+}
+
 static void finish(pg_conn *c, int nres_fn(lua_State *, pg_conn *)) {
     td_task *t = c->wait.task;
     idle(c);
@@ -219,26 +306,40 @@ static void finish(pg_conn *c, int nres_fn(lua_State *, pg_conn *)) {
 }
 
 static int connect_results(lua_State *L, pg_conn *c) {
-    int ref = c->self_ref;
-    c->self_ref = LUA_NOREF;
     if (PQstatus(c->pq) == CONNECTION_OK && !c->timed_out) {
+        int ref = c->self_ref;
+        c->self_ref = LUA_NOREF;
         lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
         return 1;
     }
-    luaL_unref(L, LUA_REGISTRYINDEX, ref);
-    c->broken = 1; /* the userdata's __gc closes it */
+    int n;
     if (c->timed_out) {
         lua_pushnil(L);
         lua_pushliteral(L, "timeout");
-        return 2;
+        n = 2;
+    } else {
+        n = push_error(L, PQerrorMessage(c->pq), NULL);
     }
-    return push_error(L, PQerrorMessage(c->pq), NULL);
+    drop_connecting(L, c);
+    return n;
 }
 
 static int query_results(lua_State *L, pg_conn *c) {
     int n;
-    if (c->copy) {
+    if (c->cancel_sent) {
+        /* Unless the query ended by the cancel, the cancel may still be on
+         * its way, to stop whatever this connection runs next. */
+        const char *state = c->error ? PQresultErrorField(c->error, PG_DIAG_SQLSTATE) : NULL;
+        if (c->gave_up || !state || strcmp(state, "57014") != 0)
+            c->broken = 1;
+    }
+    if (c->gave_up) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "timeout");
+        lua_pushliteral(L, "57014");
+        n = 3;
+    } else if (c->copy) {
         c->copy = 0;
         n = push_error(L, "COPY is not supported", "0A000");
     } else if (c->error) {
@@ -261,6 +362,7 @@ static int query_results(lua_State *L, pg_conn *c) {
         n = push_error(L, PQerrorMessage(c->pq), NULL);
     }
     clear_results(c);
+    c->cancel_sent = c->gave_up = 0;
     return n;
 }
 
@@ -353,6 +455,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
             c->broken = 1;
             stop_poll(c); /* its descriptor may be closed already */
         }
+        stash_notes(c);
         return;
     }
     if (c->op == OP_CONNECT) {
@@ -378,7 +481,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
         finish(c, notify_results);
         return;
     }
-    c->note = PQnotifies(c->pq);
+    c->note = next_note(c);
     if (c->note)
         finish(c, notify_results);
 }
@@ -390,6 +493,8 @@ typedef struct cancel_work {
 } cancel_work;
 
 static void do_cancel(uv_work_t *req) {
+    /* (libpq's PQcancel uses the connect timeout of the connection string,
+     * if any: a server that does not answer holds a worker that long) */
     cancel_work *w = req->data;
     char err[256];
     PQcancel(w->cancel, err, sizeof err);
@@ -400,33 +505,54 @@ static void cancel_done(uv_work_t *req, int status) {
     cancel_work *w = req->data;
     PQfreeCancel(w->cancel);
     free(w);
+    cancels--;
 }
 
-/* Asks the server to stop the query running on c. */
-static void send_cancel(pg_conn *c) {
+/* Asks the server to stop the query running on c: 0 when the request went
+ * out (to the thread pool), else an error (too many in flight). */
+static int send_cancel(pg_conn *c) {
+    if (cancels >= MAX_CANCELS)
+        return UV_EBUSY;
     cancel_work *w = calloc(1, sizeof *w);
     if (!w)
-        return;
+        return UV_ENOMEM;
     w->cancel = PQgetCancel(c->pq);
     if (!w->cancel) {
         free(w);
-        return;
+        return UV_ENOMEM;
     }
     w->req.data = w;
     if (uv_queue_work(td_vm_loop(c->vm), &w->req, do_cancel, cancel_done) != 0) {
         PQfreeCancel(w->cancel);
         free(w);
+        return UV_EINVAL;
     }
+    cancels++;
+    c->cancel_sent = 1;
+    return 0;
 }
 
 static void on_timeout(uv_timer_t *timer) {
     pg_conn *c = timer->data;
-    c->timed_out = 1;
     if (c->op == OP_QUERY) {
-        /* The server stops it; its error result ends the wait. */
-        send_cancel(c);
+        if (!c->timed_out) {
+            c->timed_out = 1;
+            if (send_cancel(c) == 0) {
+                /* The server stops it; its error result ends the wait,
+                 * unless the server does not answer within the grace. */
+                uint64_t grace = c->timeout_ms < CANCEL_GRACE_MS ? c->timeout_ms : CANCEL_GRACE_MS;
+                uv_timer_start(&c->timer, on_timeout, grace, 0);
+                return;
+            }
+        }
+        /* No end after the cancel (or no cancel could go): the wait ends
+         * now, and the connection, mid-query, is given up. */
+        c->gave_up = 1;
+        c->broken = 1;
+        finish(c, query_results);
         return;
     }
+    c->timed_out = 1;
     if (c->op == OP_CONNECT || c->op == OP_NOTIFY)
         finish(c, c->op == OP_CONNECT ? connect_results : notify_results);
 }
@@ -439,10 +565,9 @@ static void cancel_wait(td_wait *w) {
         if (!c->closing)
             send_cancel(c);
     } else if (c->op == OP_CONNECT) {
-        c->broken = 1;
-        /* The userdata goes to the collector, whose __gc closes it. */
-        luaL_unref(td_vm_state(c->vm), LUA_REGISTRYINDEX, c->self_ref);
-        c->self_ref = LUA_NOREF;
+        idle(c);
+        drop_connecting(td_vm_state(c->vm), c);
+        return;
     }
     idle(c);
     clear_results(c);
@@ -450,9 +575,10 @@ static void cancel_wait(td_wait *w) {
 
 static void start_wait(lua_State *L, td_task *t, pg_conn *c, int op, double timeout) {
     c->op = op;
-    c->timed_out = 0;
-    if (timeout > 0)
-        uv_timer_start(&c->timer, on_timeout, (uint64_t)(timeout * 1000.0) + 1, 0);
+    c->timed_out = c->gave_up = c->cancel_sent = 0;
+    c->timeout_ms = timeout > 0 ? (uint64_t)(timeout * 1000.0) + 1 : 0;
+    if (c->timeout_ms)
+        uv_timer_start(&c->timer, on_timeout, td_clock_timer_ms(td_vm_loop(c->vm), c->timeout_ms), 0);
     td_vm_wait_begin(t, &c->wait, cancel_wait, 0, TD_WAIT_DB);
     (void)L;
 }
@@ -493,6 +619,7 @@ static void close_conn(pg_conn *c) {
     if (c->note)
         PQfreemem(c->note);
     c->note = NULL;
+    free_notes(c);
     stop_poll(c);
     PQfinish(c->pq);
     c->pq = NULL;
@@ -620,7 +747,7 @@ static int pg_notification(lua_State *L) {
         stop_poll(c); /* libpq closed its socket */
         return push_error(L, "closed", NULL);
     }
-    PGnotify *note = PQnotifies(c->pq);
+    PGnotify *note = next_note(c);
     if (note) {
         push_note(L, note); /* one came already */
         return 1;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "clock.h"
 #include "errors.h"
 
 #define EVENT_MT "tendril.event"
@@ -101,7 +102,10 @@ static int event_wait_lua(lua_State *L) {
         uv_timer_init(td_vm_loop(vm), timer);
         timer->data = w;
         double ms = timeout > 0 ? timeout * 1000.0 : 0;
-        uv_timer_start(timer, on_wait_timeout, ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms, 0);
+        /* From now, not from the turn's start (a wait begun late in a long
+         * run lasts its full length, as tendril.sleep's). */
+        uv_timer_start(timer, on_wait_timeout,
+                       ms > 0 ? td_clock_timer_ms(td_vm_loop(vm), ms > 1e12 ? (uint64_t)1e12 : (uint64_t)ms) : 0, 0);
     }
     return lua_yield(L, 0);
 }

@@ -56,6 +56,7 @@ local function finish(sub, why)
         return
     end
     sub.ended = why
+    owned.remove(sub)
     leave(sub)
     sub.box:clear()
     sub.box:wake()

@@ -12,9 +12,11 @@ local task_coroutine = core.task_coroutine
 
 local _M = {}
 
--- coroutine -> array of objects; weak, so a coroutine that is gone takes
+-- coroutine -> set of objects; weak, so a coroutine that is gone takes
 -- its list along.
 local lists = setmetatable({}, { __mode = "k" })
+-- object -> the coroutine whose list holds it, for remove.
+local owners = setmetatable({}, { __mode = "k" })
 -- Tasks with a list now (at most: a list a coroutine took with it when it
 -- was collected is counted still): the request driver asks for a release
 -- only then, one field read per request instead of a call.
@@ -33,7 +35,31 @@ function _M.add(obj)
         lists[co] = list
         _M.tasks = _M.tasks + 1
     end
-    list[#list + 1] = obj
+    list[obj] = true
+    owners[obj] = co
+end
+
+--- Unties obj (closed or given back before its task ended): a long-lived
+--- task that takes and gives back again and again keeps no list of them.
+function _M.remove(obj)
+    local co = owners[obj]
+    if co then
+        owners[obj] = nil
+        local list = lists[co]
+        if list then
+            list[obj] = nil
+        end
+    end
+end
+
+--- How many objects are tied to the running task (for tests).
+function _M.count()
+    local list = lists[task_coroutine() or false]
+    local n = 0
+    for _ in pairs(list or {}) do
+        n = n + 1
+    end
+    return n
 end
 
 --- The task running on co has ended: close what it made.
@@ -44,8 +70,9 @@ function _M.release(co)
     end
     lists[co] = nil
     _M.tasks = _M.tasks - 1
-    for i = 1, #list do
-        list[i]:close()
+    for obj in pairs(list) do
+        owners[obj] = nil
+        obj:close()
     end
 end
 

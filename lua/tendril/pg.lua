@@ -22,7 +22,7 @@ local owned = require "tendril.owned"
 local new_pool = require("tendril.pool").new
 
 local type, tostring, error, select, setmetatable, pcall = type, tostring, error, select, setmetatable, pcall
-local format, unpack = string.format, unpack
+local format, find, unpack = string.format, string.find, unpack
 local pg_connect, pg_query, pg_notification = core.pg_connect, core.pg_query, core.pg_notification
 local pg_prepare, pg_exec = core.pg_prepare, core.pg_exec
 local pg_usable, pg_close, pg_escape, pg_state = core.pg_usable, core.pg_close, core.pg_escape_identifier,
@@ -85,6 +85,7 @@ local function hand_back(db)
     if not conn then
         return
     end
+    owned.remove(db._owned)
     if db._tx or db._listening or not pg_usable(conn) then
         pg_close(conn)
         p:closed()
@@ -106,9 +107,12 @@ function _M.connect(info, opts)
         pools[o.key] = p
     end
     local idle_timeout = o.idle_timeout
+    local function stale(_, since)
+        return idle_timeout > 0 and now() - since > idle_timeout
+    end
     local conn, err = p:take(o.pool_size, o.timeout, function(c, since)
-        return now() - since <= idle_timeout and pg_usable(c)
-    end, pg_close)
+        return not stale(c, since) and pg_usable(c)
+    end, pg_close, stale)
     if conn == nil then
         return nil, err
     end
@@ -120,7 +124,8 @@ function _M.connect(info, opts)
         end
     end
     local db = setmetatable({ _conn = conn, _pool = p, _opts = o }, db_mt)
-    owned.add({ close = function() hand_back(db) end })
+    db._owned = { close = function() hand_back(db) end }
+    owned.add(db._owned)
     return db
 end
 
@@ -130,12 +135,16 @@ local function check(db, fname)
     end
 end
 
--- A parameter as libpq takes it: text, or pg.null.
+-- A parameter as libpq takes it: text, or pg.null (false: a string with
+-- a NUL byte, which text parameters cannot carry).
 local json
 local function param(v, i)
     local t = type(v)
-    if v == nil or v == null or t == "string" then
-        return v == nil and null or v
+    if v == nil or v == null then
+        return null
+    elseif t == "string" then
+        return not find(v, "\0", 1, true) and v
+
     elseif t == "number" then
         if v % 1 == 0 and v > -2 ^ 53 and v < 2 ^ 53 then
             return format("%d", v)
@@ -207,7 +216,13 @@ function Db.query(db, sql, ...)
     local conn, timeout = db._conn, db._opts.query_timeout
     local args = n > 0 and { ... } or nil
     for i = 1, n do
-        args[i] = param(args[i], i)
+        local v = param(args[i], i)
+        if not v then
+            -- PostgreSQL's own answer to a NUL in text; bytea takes its
+            -- escaped form ('\x00...', or decode($1, 'base64')).
+            return nil, format("parameter %d contains a NUL byte (text cannot hold one)", i), "22021"
+        end
+        args[i] = v
     end
     local stmts = prepared[conn]
     if not stmts then
@@ -216,23 +231,32 @@ function Db.query(db, sql, ...)
     end
     local name = stmts.names[sql]
     if not name then
-        if stmts.seen[sql] then
+        local seen = stmts.seen[sql]
+        if seen then
             -- Its second use on this connection: prepared from now on (one
-            -- that cannot be runs unprepared).
+            -- that cannot be, a syntax error say, runs unprepared and is
+            -- not tried again).
             if stmts.n < MAX_PREPARED then
                 name = "tendril_" .. (stmts.n + 1)
-                if pg_prepare(conn, timeout, name, sql) then
+                local prepared_ok, perr, pstate = pg_prepare(conn, timeout, name, sql)
+                if prepared_ok then
                     stmts.names[sql], stmts.n = name, stmts.n + 1
                 else
                     name = nil
+                    stmts.seen[sql] = false
+                    if perr == "timeout" then
+                        return nil, perr, pstate
+                    end
                 end
             end
-        elseif stmts.nseen < MAX_SEEN then
-            stmts.seen[sql], stmts.nseen = true, stmts.nseen + 1
-        else
-            -- Statements built with their values inline are all new: what
-            -- was seen once is forgotten rather than kept for ever.
-            stmts.seen, stmts.nseen = { [sql] = true }, 1
+        elseif seen == nil then
+            if stmts.nseen < MAX_SEEN then
+                stmts.seen[sql], stmts.nseen = true, stmts.nseen + 1
+            else
+                -- Statements built with their values inline are all new:
+                -- what was seen once is forgotten rather than kept for ever.
+                stmts.seen, stmts.nseen = { [sql] = true }, 1
+            end
         end
     end
     local rows, affected, state
@@ -255,7 +279,7 @@ function Db.query(db, sql, ...)
         -- a network failure): "closed", whatever the server said first.
         -- (0A000 with the connection given up: a COPY, which tendril.pg
         -- refuses; its message says so.)
-        if pg_state(db._conn) == "closed" and state ~= "0A000" then
+        if pg_state(db._conn) == "closed" and state ~= "0A000" and affected ~= "timeout" then
             return nil, "closed", state
         end
         return nil, affected, state
@@ -347,6 +371,7 @@ function Db.close(db)
     local conn = db._conn
     if conn then
         db._conn = nil
+        owned.remove(db._owned)
         pg_close(conn)
         db._pool:closed()
     end

@@ -26,9 +26,18 @@ end
 --- others are closed with close(conn) and leave the pool), or one given
 --- back while the caller waited; false when there is room to open one,
 --- fewer than size being open (counted already: call closed() if opening
---- it fails); nil, err when none came back within timeout seconds.
-function Pool:take(size, timeout, usable, close)
+--- it fails); nil, err when none came back within timeout seconds (0: no
+--- limit). stale(conn, idle_since), if given, says whether an idle one
+--- is past its time: the oldest is looked at too, so that a pool used from
+--- its newest end does not keep the others open for ever.
+function Pool:take(size, timeout, usable, close, stale)
     local idle = self.idle
+    local oldest = idle[1]
+    if stale and oldest and #idle > 1 and stale(oldest[1], oldest[2]) then
+        remove(idle, 1)
+        close(oldest[1])
+        self:closed()
+    end
     while #idle > 0 do
         local e = remove(idle)
         if usable(e[1], e[2]) then
@@ -37,11 +46,16 @@ function Pool:take(size, timeout, usable, close)
         close(e[1])
         self:closed()
     end
-    if self.open >= size then
+    local deadline = timeout > 0 and now() + timeout or nil
+    while self.open >= size do
+        local left = deadline and deadline - now()
+        if left and left <= 0 then
+            return nil, "timeout"
+        end
         local w = { event = event_new() }
         local waiting = self.waiting
         waiting[#waiting + 1] = w
-        local ok, err = event_wait(w.event, timeout)
+        local ok, err = event_wait(w.event, left)
         if w.conn then
             return w.conn
         end
@@ -54,10 +68,8 @@ function Pool:take(size, timeout, usable, close)
         if not ok then
             return nil, err
         end
-        -- Woken by a connection that ended: room, unless another took it.
-        if self.open >= size then
-            return nil, "timeout"
-        end
+        -- Woken by a connection that ended: room, unless another task took
+        -- it first (then it waits on, for what is left of its time).
     end
     self.open = self.open + 1
     return false

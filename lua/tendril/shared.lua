@@ -99,6 +99,7 @@ local function finish(sub, why)
         return
     end
     sub.ended = why
+    owned.remove(sub)
     local subs = watchers[sub.name]
     if subs and subs[sub] then
         subs[sub] = nil
