@@ -431,16 +431,30 @@ static int sock_usable(lua_State *L) {
     return 1;
 }
 
-/* [-2, +1|2] sock_queue(sock, data) -> true | nil, "closed": data joins the
- * socket's output, which leaves at the end of the loop turn with whatever
- * else was queued meanwhile (tendril.redis: the commands of every task in
- * a turn in one write). Never waits: the caller bounds what it queues. */
+/* [-3, +1|2|3] sock_queue(sock, data, max_unsent) -> true | nil, "closed" |
+ * nil, "busy" | nil, err, "task": data joins the socket's output, which leaves at the end of
+ * the loop turn with whatever else was queued meanwhile (tendril.redis:
+ * the commands of every task in a turn in one write). Never waits; "busy"
+ * while more than max_unsent bytes are still unsent (a server that stopped
+ * reading). Like a wait, it fails at once in a task whose request is over
+ * (nil, err, "task"): nothing is sent for a caller that cannot take the
+ * reply. */
 static int sock_queue(lua_State *L) {
     td_sock *s = box_sock(check_box(L, 1));
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
+    lua_Number max_unsent = luaL_checknumber(L, 3);
+    if (!td_api_wait_start(L, "sock_queue", 0)) {
+        lua_pushliteral(L, "task"); /* the caller's fate, not the socket's */
+        return 3;
+    }
     if (!s || !td_sock_usable(s) || s->conn.closing || s->read_end)
         return td_api_fail(L, TD_ECLOSED);
+    if ((lua_Number)td_conn_unsent(&s->conn) > max_unsent) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "busy");
+        return 2;
+    }
     td_buf *out = td_conn_out(&s->conn, len);
     if (!out)
         return luaL_error(L, "sock_queue: out of memory");

@@ -19,6 +19,7 @@
 -- transaction open, not listening, nothing lost), else it is closed.
 local core = require "tendril.core"
 local owned = require "tendril.owned"
+local raise = require "tendril.misuse"
 local new_pool = require("tendril.pool").new
 
 local type, tostring, error, select, setmetatable, pcall = type, tostring, error, select, setmetatable, pcall
@@ -55,21 +56,21 @@ local MAX_SEEN = 1024     -- statements remembered as run once, a connection's
 
 local function options(info, opts)
     if type(info) ~= "string" then
-        error("pg.connect: expected a connection string (postgres://... or key=value ...), got " .. type(info), 3)
+        raise("pg.connect: expected a connection string (postgres://... or key=value ...), got " .. type(info))
     end
     if opts ~= nil and type(opts) ~= "table" then
-        error("pg.connect: expected an options table, got " .. type(opts), 3)
+        raise("pg.connect: expected an options table, got " .. type(opts))
     end
     local o = { info = info, json = opts and opts.json or false }
     for k, v in pairs(DEFAULTS) do
         local given = opts and opts[k]
         if given ~= nil and (type(given) ~= "number" or given < 0 or given ~= given) then
-            error("pg.connect: " .. k .. " must be a number >= 0, got " .. tostring(given), 3)
+            raise("pg.connect: " .. k .. " must be a number >= 0, got " .. tostring(given))
         end
         o[k] = given or v
     end
     if o.pool_size < 1 then
-        error("pg.connect: pool_size must be at least 1", 3)
+        raise("pg.connect: pool_size must be at least 1")
     end
     o.key = #info .. ":" .. info .. "|" .. o.pool_size
     return o
@@ -131,7 +132,7 @@ end
 
 local function check(db, fname)
     if not db._conn then
-        error(fname .. ": the connection was released or closed", 3)
+        raise(fname .. ": the connection was released or closed")
     end
 end
 
@@ -156,7 +157,7 @@ local function param(v, i)
         json = json or require "tendril.json"
         return json.encode(v)
     end
-    error(format("db:query: parameter %d is a %s (strings, numbers, booleans, tables as JSON, pg.null)", i, t), 4)
+    raise(format("db:query: parameter %d is a %s (strings, numbers, booleans, tables as JSON, pg.null)", i, t))
 end
 
 -- JSON and JSONB columns decoded (json option).
@@ -202,12 +203,12 @@ end
 function Db.query(db, sql, ...)
     check(db, "db:query")
     if type(sql) ~= "string" then
-        error("db:query: expected SQL text, got " .. type(sql), 2)
+        raise("db:query: expected SQL text, got " .. type(sql))
     end
     local n = select("#", ...)
     local cstate = pg_state(db._conn)
     if cstate == "busy" then
-        error("db:query: the connection is busy with another call (one task at a time)", 2)
+        raise("db:query: the connection is busy with another call (one task at a time)")
     end
     local ok, err = revive(db, cstate)
     if not ok then
@@ -296,10 +297,10 @@ end
 function Db.transaction(db, fn)
     check(db, "db:transaction")
     if type(fn) ~= "function" then
-        error("db:transaction: expected a function, got " .. type(fn), 2)
+        raise("db:transaction: expected a function, got " .. type(fn))
     end
     if db._tx then
-        error("db:transaction: a transaction is open already", 2)
+        raise("db:transaction: a transaction is open already")
     end
     local ok, err, state = db:query("BEGIN")
     if not ok then
@@ -337,7 +338,7 @@ end
 function Db.listen(db, channel)
     check(db, "db:listen")
     if type(channel) ~= "string" then
-        error("db:listen: expected a channel name, got " .. type(channel), 2)
+        raise("db:listen: expected a channel name, got " .. type(channel))
     end
     db._listening = true
     local ok, err, state = db:query("LISTEN " .. pg_escape(db._conn, channel))
@@ -352,10 +353,10 @@ end
 function Db.recv(db, timeout)
     check(db, "db:recv")
     if not db._listening then
-        error("db:recv: listen first", 2)
+        raise("db:recv: listen first")
     end
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-        error("db:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
+        raise("db:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout))
     end
     return pg_notification(db._conn, timeout or 0)
 end

@@ -31,6 +31,7 @@
 local core = require "tendril.core"
 local tcp = require "tendril.tcp"
 local owned = require "tendril.owned"
+local raise = require "tendril.misuse"
 local new_pool = require("tendril.pool").new
 local url_mod = require "tendril.url"
 
@@ -51,9 +52,11 @@ local null = _M.null
 
 local DEFAULTS = { host = "127.0.0.1", port = 6379, db = 0, timeout = 10, pool_size = 64, idle_timeout = 60 }
 
--- Replies a shared connection may owe at once: past it a call fails with
--- nil, "busy" rather than queue without bound.
+-- Replies a shared connection may owe at once, and bytes of commands it
+-- may hold unsent: past either a call fails with nil, "busy" rather than
+-- queue without bound (a server that stopped reading).
 local MAX_PENDING = 65536
+local MAX_UNSENT = 64 * 1024 * 1024
 
 -- Commands after which a connection is not what its pool's key says.
 local STATEFUL = { SELECT = true, AUTH = true, HELLO = true, CLIENT = true, MONITOR = true, RESET = true,
@@ -65,6 +68,44 @@ for name in ("MULTI EXEC DISCARD WATCH UNWATCH SUBSCRIBE PSUBSCRIBE SSUBSCRIBE U
     .. "SUNSUBSCRIBE SELECT AUTH HELLO RESET QUIT MONITOR CLIENT BLPOP BRPOP BRPOPLPUSH BLMOVE BLMPOP BZPOPMIN "
     .. "BZPOPMAX BZMPOP XREAD XREADGROUP WAIT WAITAOF"):gmatch("%S+") do
     EXCLUSIVE[name] = true
+end
+
+-- Blocking commands, by where their time to block is: the last argument
+-- or the first, in seconds, or in milliseconds; XREAD's after BLOCK. A
+-- connection waits that long beyond its timeout for their reply.
+local BLOCKING = { BLPOP = "last", BRPOP = "last", BRPOPLPUSH = "last", BLMOVE = "last", BZPOPMIN = "last",
+    BZPOPMAX = "last", BLMPOP = "first", BZMPOP = "first", WAIT = "last_ms", WAITAOF = "last_ms",
+    XREAD = "option_ms", XREADGROUP = "option_ms" }
+local FOREVER = 365 * 86400
+
+-- How long cmd may block the server's reply (seconds; FOREVER for 0), or nil.
+local function block_time(cmd, ...)
+    local where = BLOCKING[cmd]
+    if not where then
+        return nil
+    end
+    local n, v = select("#", ...), nil
+    if where == "option_ms" then
+        for i = 1, n - 1 do
+            local a = select(i, ...)
+            if type(a) == "string" and upper(a) == "BLOCK" then
+                v = tonumber((select(i + 1, ...)))
+                break
+            end
+        end
+        if v == nil then
+            return nil -- XREAD without BLOCK does not block
+        end
+    else
+        v = tonumber((select(where == "first" and 1 or n, ...)))
+    end
+    if not v or v < 0 then
+        return nil -- the server says what is wrong
+    end
+    if v == 0 then
+        return FOREVER
+    end
+    return (where == "last_ms" or where == "option_ms") and v / 1000 or v
 end
 
 -- ---- the protocol ----
@@ -171,7 +212,7 @@ local function parse_options(spec, extra)
     if type(spec) == "string" then
         local scheme, rest = match(spec, "^(rediss?)://(.*)$")
         if not scheme then
-            error("redis.connect: expected a redis:// or rediss:// URL, got " .. format("%q", spec), 3)
+            raise("redis.connect: expected a redis:// or rediss:// URL, got " .. format("%q", spec))
         end
         local auth, hostport, path = match(rest, "^([^@/]*)@([^/]*)(.*)$")
         if not auth then
@@ -194,7 +235,7 @@ local function parse_options(spec, extra)
         o.port = tonumber(port)
         local db = match(path, "^/(%d+)$")
         if path ~= "" and path ~= "/" and not db then
-            error("redis.connect: the URL's path is a database number, got " .. format("%q", path), 3)
+            raise("redis.connect: the URL's path is a database number, got " .. format("%q", path))
         end
         o.db = tonumber(db)
         o.tls = scheme == "rediss" or nil
@@ -203,11 +244,11 @@ local function parse_options(spec, extra)
             o[k] = v
         end
     elseif spec ~= nil then
-        error("redis.connect: expected a URL or an options table, got " .. type(spec), 3)
+        raise("redis.connect: expected a URL or an options table, got " .. type(spec))
     end
     if extra ~= nil then
         if type(extra) ~= "table" then
-            error("redis.connect: expected an options table, got " .. type(extra), 3)
+            raise("redis.connect: expected an options table, got " .. type(extra))
         end
         for k, v in pairs(extra) do
             o[k] = v
@@ -221,15 +262,18 @@ local function parse_options(spec, extra)
     for _, k in ipairs({ "port", "db", "timeout", "pool_size", "idle_timeout" }) do
         local v = o[k]
         if type(v) ~= "number" or v < 0 or v ~= v then
-            error("redis.connect: " .. k .. " must be a number >= 0, got " .. tostring(v), 3)
+            raise("redis.connect: " .. k .. " must be a number >= 0, got " .. tostring(v))
         end
     end
     if o.pool_size < 1 then
-        error("redis.connect: pool_size must be at least 1", 3)
+        raise("redis.connect: pool_size must be at least 1")
+    end
+    if o.timeout == 0 then
+        raise("redis.connect: timeout must be more than 0 seconds")
     end
     for _, k in ipairs({ "host", "password", "username" }) do
         if o[k] ~= nil and type(o[k]) ~= "string" then
-            error("redis.connect: " .. k .. " must be a string, got " .. type(o[k]), 3)
+            raise("redis.connect: " .. k .. " must be a string, got " .. type(o[k]))
         end
     end
     local function field(s)
@@ -356,24 +400,36 @@ end
 -- The pool's shared connection, dialled if need be: mux | nil, err.
 local function mux_of(p, o)
     local mux = p.mux
-    while mux and mux.dialing do
-        event_wait(mux.dialing, o.timeout)
-        if p.mux == mux and mux.dialing then
-            return nil, "timeout"
+    if mux and mux.dialing then
+        -- Another task dials it: its outcome is this call's too (one dial
+        -- at a time, however many callers wait).
+        local ok, err = event_wait(mux.dialing, o.timeout)
+        if not ok then
+            return nil, err
         end
-        mux = p.mux
+        if mux.failed then
+            return nil, mux.failed
+        end
     end
     if mux and not mux.broken then
         return mux
     end
     mux = { waiters = {}, head = 1, tail = 0, dialing = event_new() }
     p.mux = mux
-    local sock, err = dial(o)
+    -- (A raise in the dial, out of memory say, must not leave the others
+    -- waiting on it: they get "closed", and the raise goes on.)
+    local dialed, sock, err = pcall(dial, o)
     local dialing = mux.dialing
     mux.dialing = nil
-    if not sock then
-        p.mux = nil
+    if not dialed or not sock then
+        mux.failed = dialed and err or "closed"
+        if p.mux == mux then
+            p.mux = nil
+        end
         event_set(dialing)
+        if not dialed then
+            error(sock, 0)
+        end
         return nil, err
     end
     mux.sock = sock
@@ -393,9 +449,9 @@ local function mux_call(c, payload, n)
     if mux.tail - mux.head + 1 >= MAX_PENDING then
         return nil, "busy"
     end
-    local ok
-    ok, err = sock_queue(mux.sock, payload)
-    if not ok then
+    local ok, why
+    ok, err, why = sock_queue(mux.sock, payload, MAX_UNSENT)
+    if not ok and not why and err ~= "busy" then
         -- It died idle (a server restarted): nothing was sent, so the call
         -- goes on a new one.
         mux_fail(mux, err)
@@ -403,11 +459,14 @@ local function mux_call(c, payload, n)
         if not mux then
             return nil, err
         end
-        ok, err = sock_queue(mux.sock, payload)
-        if not ok then
+        ok, err, why = sock_queue(mux.sock, payload, MAX_UNSENT)
+        if not ok and not why and err ~= "busy" then
             mux_fail(mux, err)
-            return nil, err
         end
+    end
+    if not ok then
+        -- (busy; or the caller's request is over: nothing was sent)
+        return nil, err
     end
     local w = { event = event_new(), n = n }
     mux.tail = mux.tail + 1
@@ -441,6 +500,7 @@ local function hand_back(c)
     if not sock then
         return
     end
+    owned.remove(c._owned)
     if dirty(c) or not sock_usable(sock) then
         sock:close()
         p:closed()
@@ -472,15 +532,23 @@ local function take(c)
         return nil, err
     end
     if not sock then
-        sock, err = dial(o)
-        if not sock then
+        -- (The pool counts it already: a raise in the dial gives the
+        -- place back, then goes on.)
+        local dialed
+        dialed, sock, err = pcall(dial, o)
+        if not dialed or not sock then
             p:closed()
+            if not dialed then
+                error(sock, 0)
+            end
             return nil, err
         end
     end
     c._sock = sock
     c._broken, c._subscribed, c._multi, c._watching, c._dirty = nil, nil, nil, nil, nil
-    owned.add({ close = function() hand_back(c) end })
+    c._topics, c._inbox = nil, nil
+    c._owned = c._owned or { close = function() hand_back(c) end }
+    owned.add(c._owned)
     return true
 end
 
@@ -506,14 +574,18 @@ local function revive(c)
 end
 
 -- Sends payload on c's dedicated connection and reads its reply (n:
--- that many, as an array).
-local function exchange(c, payload, n)
+-- that many, as an array); block: seconds the server may hold the reply
+-- back (a blocking command), waited beyond the timeout.
+local function exchange(c, payload, n, block)
     local ok, err = revive(c)
     if not ok then
         return nil, err
     end
     c._busy = true
     local sock = c._sock
+    if block then
+        sock:settimeout(c._opts.timeout + block)
+    end
     ok, err = sock:send(payload)
     local v, e, kind
     if not ok then
@@ -522,6 +594,9 @@ local function exchange(c, payload, n)
         v, e, kind = read_array(sock, n)
     else
         v, e, kind = read_reply(sock)
+    end
+    if block and kind ~= "io" then
+        sock:settimeout(c._opts.timeout)
     end
     c._busy = nil
     if kind == "io" then
@@ -548,24 +623,135 @@ function _M.connect(spec, opts)
 end
 
 -- Misuse raises at level (check's caller's caller by default).
-local function check(c, fname, level)
-    level = level or 3
+local function check(c, fname)
     if c._done then
-        error(fname .. ": the connection was released or closed", level)
+        raise(fname .. ": the connection was released or closed")
     end
     if c._busy then
-        error(fname .. ": the connection is busy with another call (one task at a time)", level)
+        raise(fname .. ": the connection is busy with another call (one task at a time)")
     end
+end
+
+-- ---- pub/sub ----
+
+-- The commands of a subscription, their confirmations' kind, and which
+-- set of names each adds to or takes from.
+local PUBSUB = { SUBSCRIBE = "subscribe", PSUBSCRIBE = "psubscribe", SSUBSCRIBE = "ssubscribe",
+    UNSUBSCRIBE = "subscribe", PUNSUBSCRIBE = "psubscribe", SUNSUBSCRIBE = "ssubscribe" }
+local MESSAGES = { message = true, pmessage = true, smessage = true, pong = true }
+
+local function count_keys(t)
+    local n = 0
+    for _ in pairs(t) do
+        n = n + 1
+    end
+    return n
+end
+
+-- (P|S)(UN)SUBSCRIBE: sends it and reads its confirmations, one a name
+-- (for UNSUBSCRIBE without names, one a name subscribed). Messages that
+-- come meanwhile wait in c._inbox for recv. When nothing is subscribed
+-- any more the connection is an ordinary one again.
+local function pubsub(c, cmd, fname, ...)
+    check(c, fname)
+    local count = select("#", ...)
+    local set_kind = PUBSUB[cmd]
+    local adding = cmd == "SUBSCRIBE" or cmd == "PSUBSCRIBE" or cmd == "SSUBSCRIBE"
+    if adding and count == 0 then
+        raise(fname .. ": expected at least one channel")
+    end
+    local buf = {}
+    local n, i, t = encode(buf, 0, cmd, ...)
+    if not n then
+        raise(format("%s: argument %d is a %s (channel names are strings)", fname, i, t))
+    end
+    if not adding and not c._subscribed then
+        return true -- nothing to leave
+    end
+    local ok, err = take(c)
+    if not ok then
+        return nil, err
+    end
+    ok, err = revive(c)
+    if not ok then
+        return nil, err
+    end
+    local topics = c._topics or { subscribe = {}, psubscribe = {}, ssubscribe = {} }
+    c._topics = topics
+    local set = topics[set_kind]
+    local expected = count > 0 and count or math.max(1, count_keys(set))
+    local kind = lower(cmd)
+    local sock = c._sock
+    c._subscribed, c._busy = true, true
+    ok, err = sock:send(concat(buf, "", 1, n))
+    local got, remaining = 0, nil
+    while ok and got < expected do
+        local v, e, io = read_reply(sock)
+        if io or type(v) ~= "table" then
+            -- (an error reply: what follows it cannot be told apart)
+            ok, err = nil, e or "protocol error: expected a confirmation"
+        elseif v[1] == kind then
+            got = got + 1
+            if v[2] ~= nil and v[2] ~= null then
+                set[v[2]] = adding or nil
+            end
+            remaining = v[3]
+        elseif MESSAGES[v[1]] then
+            local inbox = c._inbox or { head = 1, tail = 0 }
+            c._inbox = inbox
+            inbox.tail = inbox.tail + 1
+            inbox[inbox.tail] = v
+        else
+            ok, err = nil, "protocol error: unexpected " .. tostring(v[1])
+        end
+    end
+    c._busy = nil
+    if not ok then
+        c._broken = true
+        sock:close()
+        return nil, err
+    end
+    if remaining == 0 then
+        -- Out of subscribed mode: what came before the last confirmation
+        -- goes with the subscriptions.
+        c._subscribed, c._inbox = nil, nil
+        topics.subscribe, topics.psubscribe, topics.ssubscribe = {}, {}, {}
+    end
+    return true
+end
+
+-- A command on a subscribed connection: PING (its answer comes through
+-- recv as { "pong", "" }) and the subscription commands; nothing else.
+local function subscribed_command(c, fname, cmd, ...)
+    if PUBSUB[cmd] then
+        return pubsub(c, cmd, fname, ...)
+    end
+    check(c, fname)
+    if cmd ~= "PING" then
+        raise(fname .. ": the connection is subscribed: only subscribe, unsubscribe, ping and recv")
+    end
+    local buf = {}
+    local n = encode(buf, 0, cmd, ...)
+    local ok, err = c._sock:send(concat(buf, "", 1, n))
+    if not ok then
+        c._broken = true
+        c._sock:close()
+        return nil, err
+    end
+    return true
 end
 
 -- One command: its reply as a command returns it. fname names the method
 -- for misuse errors (raised at the caller of the method).
 local function command(c, fname, cmd, ...)
-    check(c, fname, 4)
+    if c._subscribed or PUBSUB[cmd] then
+        return subscribed_command(c, fname, cmd, ...)
+    end
+    check(c, fname)
     local buf = {}
     local n, i, t = encode(buf, 0, cmd, ...)
     if not n then
-        error(format("%s: argument %d is a %s (strings and numbers only)", fname, i, t), 3)
+        raise(format("%s: argument %d is a %s (strings and numbers only)", fname, i, t))
     end
     local payload = n == 1 and buf[1] or concat(buf, "", 1, n)
     if not c._sock and not EXCLUSIVE[cmd] then
@@ -576,7 +762,7 @@ local function command(c, fname, cmd, ...)
         return nil, err
     end
     local v
-    v, err = exchange(c, payload)
+    v, err = exchange(c, payload, nil, block_time(cmd, ...))
     if cmd == "MULTI" and v then
         c._multi = true
     elseif cmd == "EXEC" or cmd == "DISCARD" then
@@ -596,7 +782,7 @@ end
 --- Any command: r:call("HSET", "h", "f", "v").
 function Conn.call(c, name, ...)
     if type(name) ~= "string" then
-        error("redis:call: expected a command name, got " .. type(name), 2)
+        raise("redis:call: expected a command name, got " .. type(name))
     end
     return command(c, "redis:call", upper(name), ...)
 end
@@ -606,21 +792,28 @@ end
 --- ..." } for an error), or nil, err when the connection failed.
 function Conn.pipeline(c, fn)
     check(c, "redis:pipeline")
-    if type(fn) ~= "function" then
-        error("redis:pipeline: expected a function, got " .. type(fn), 2)
+    if c._subscribed then
+        raise("redis:pipeline: the connection is subscribed: only subscribe, unsubscribe, ping and recv")
     end
-    local buf, n, count, exclusive = {}, 0, 0, false
+    if type(fn) ~= "function" then
+        raise("redis:pipeline: expected a function, got " .. type(fn))
+    end
+    local buf, n, count, exclusive, block = {}, 0, 0, false, nil
     local p = setmetatable({}, {
         __index = function(_, name)
             return function(_, ...)
                 local cmd = upper(name)
                 local m, i, t = encode(buf, n, cmd, ...)
                 if not m then
-                    error(format("redis:%s: argument %d is a %s (strings and numbers only)", name, i, t), 2)
+                    raise(format("redis:%s: argument %d is a %s (strings and numbers only)", name, i, t))
                 end
                 n = m
                 count = count + 1
                 exclusive = exclusive or EXCLUSIVE[cmd] or false
+                local b = block_time(cmd, ...)
+                if b then
+                    block = (block or 0) + b
+                end
             end
         end,
     })
@@ -643,55 +836,47 @@ function Conn.pipeline(c, fn)
         -- not pooled, when given back.
         c._dirty = true
     end
-    return exchange(c, payload, count)
-end
-
-local function subscribe(c, cmd, fname, ...)
-    check(c, fname, 4)
-    local count = select("#", ...)
-    if count == 0 then
-        error(fname .. ": expected at least one channel", 3)
-    end
-    local buf = {}
-    local n, i, t = encode(buf, 0, cmd, ...)
-    if not n then
-        error(format("%s: argument %d is a %s (channel names are strings)", fname, i, t), 3)
-    end
-    local ok, err = take(c)
-    if not ok then
-        return nil, err
-    end
-    -- One confirmation a channel: an array of them.
-    c._subscribed = true
-    local v
-    v, err = exchange(c, concat(buf, "", 1, n), count)
-    if not v then
-        return nil, err
-    end
-    return true
+    return exchange(c, payload, count, block)
 end
 
 --- Subscribes to channels; then r:recv() gives their messages. The
---- connection takes no other command afterwards (and is closed, not
---- pooled, at the end).
+--- connection takes no other command but ping and (un)subscribing until
+--- it has left every channel.
 function Conn.subscribe(c, ...)
-    return subscribe(c, "SUBSCRIBE", "redis:subscribe", ...)
+    return pubsub(c, "SUBSCRIBE", "redis:subscribe", ...)
 end
 
 function Conn.psubscribe(c, ...)
-    return subscribe(c, "PSUBSCRIBE", "redis:psubscribe", ...)
+    return pubsub(c, "PSUBSCRIBE", "redis:psubscribe", ...)
+end
+
+--- Leaves channels (every one without names).
+function Conn.unsubscribe(c, ...)
+    return pubsub(c, "UNSUBSCRIBE", "redis:unsubscribe", ...)
+end
+
+function Conn.punsubscribe(c, ...)
+    return pubsub(c, "PUNSUBSCRIBE", "redis:punsubscribe", ...)
 end
 
 --- The next message of a subscription: { "message", channel, payload } or
---- { "pmessage", pattern, channel, payload }; nil, "timeout" after timeout
---- seconds (the connection's timeout by default); nil, err when it failed.
+--- { "pmessage", pattern, channel, payload } ({ "pong", "" } after a
+--- ping); nil, "timeout" after timeout seconds (the connection's timeout
+--- by default); nil, err when it failed.
 function Conn.recv(c, timeout)
     check(c, "redis:recv")
     if not c._subscribed then
-        error("redis:recv: subscribe first", 2)
+        raise("redis:recv: subscribe first")
     end
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-        error("redis:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout), 2)
+        raise("redis:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout))
+    end
+    local inbox = c._inbox
+    if inbox and inbox.head <= inbox.tail then
+        local m = inbox[inbox.head]
+        inbox[inbox.head] = nil
+        inbox.head = inbox.head + 1
+        return m
     end
     local sock = c._sock
     if c._broken or not sock_usable(sock) then
@@ -734,7 +919,7 @@ end
 --- pool, or is closed when it is not clean); r is unusable afterwards.
 function Conn.release(c)
     if c._busy then
-        error("redis:release: the connection is busy with another call", 2)
+        raise("redis:release: the connection is busy with another call")
     end
     c._done = true
     hand_back(c)

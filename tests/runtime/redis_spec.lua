@@ -181,6 +181,150 @@ describe("tendril.redis", function()
         end
     end
 
+    it("reads messages that come while it subscribes again, and leaves channels", function()
+        local sub = assert(redis.connect(url))
+        assert(sub:subscribe("first"))
+        local pub = assert(redis.connect(url))
+        -- Published before the second SUBSCRIBE is read: they come ahead
+        -- of its confirmation, and are messages, not confirmations.
+        assert(pub:pipeline(function(p)
+            for i = 1, 3 do
+                p:publish("first", "m" .. i)
+            end
+        end))
+        assert(sub:subscribe("second", "third"))
+        assert(pub:publish("second", "m4"))
+        for i = 1, 3 do
+            assert.are.same({ "message", "first", "m" .. i }, sub:recv(5))
+        end
+        assert.are.same({ "message", "second", "m4" }, sub:recv(5))
+        -- Subscribed, a connection takes ping (its answer comes through
+        -- recv) and (un)subscribing; anything else is misuse.
+        assert.is_true(sub:ping())
+        assert.are.same({ "pong", "" }, sub:recv(5))
+        local ok, err = pcall(function()
+            local v = sub:get("k")
+            return v
+        end)
+        assert.is_false(ok)
+        assert.matches("redis_spec%.lua:%d+: redis:get: the connection is subscribed", err)
+        assert(sub:unsubscribe("first"))
+        assert.are.equal(0, pub:publish("first", "nobody"))
+        -- Out of every channel, it is an ordinary connection again, and
+        -- goes back to the pool clean.
+        assert(sub:unsubscribe())
+        assert.are.equal("PONG", sub:ping())
+        assert.are.equal(0, pub:publish("second", "nobody"))
+        local before = pool().idle
+        sub:release()
+        assert.are.equal(before + 1, pool().idle)
+        pub:release()
+    end)
+
+    it("waits for a blocking command as long as it may block, beyond the timeout", function()
+        local r = assert(redis.connect(url, { timeout = 0.3 }))
+        local t0 = tendril.now()
+        assert.is_nil((r:blpop("empty list", 0.8)))
+        local took = tendril.now() - t0
+        assert.is_true(took >= 0.7 and took < 3, took)
+        -- An element pushed while it blocks is its reply, not lost.
+        local pusher = tendril.spawn(function()
+            tendril.sleep(0.5)
+            local p = assert(redis.connect(url))
+            return p:rpush("later", "x")
+        end)
+        assert.are.same({ "later", "x" }, r:blpop("later", 5))
+        assert.are.same({ true, 1 }, { pusher:join() })
+        assert.are.same({ redis.null }, r:pipeline(function(p) p:brpop("empty list", 0.6) end))
+        -- The connection's own timeout is back for the next reply.
+        assert.are.equal("PONG", r:ping())
+        r:release()
+    end)
+
+    it("dials once for every caller waiting on the shared connection, and tells them why it failed", function()
+        -- A server that takes the connection and never answers AUTH.
+        local port = require("tendril.tcp").listen("127.0.0.1", 0, function(sock)
+            sock:receive("*a")
+        end)
+        local dead = "redis://:pw@127.0.0.1:" .. port
+        local threads = {}
+        local t0 = tendril.now()
+        for i = 1, 20 do
+            threads[i] = tendril.spawn(function()
+                return redis.connect(dead, { timeout = 0.3 })
+            end)
+        end
+        for i = 1, 20 do
+            assert.are.same({ true, nil, "timeout" }, { threads[i]:join() })
+        end
+        local took = tendril.now() - t0
+        assert.is_true(took < 1.2, took)
+    end)
+
+    it("sends nothing for a request that is over", function()
+        local r0 = assert(redis.connect(url))
+        r0:del("doomed")
+        local app = testing.app(function(req)
+            local r = assert(redis.connect(url))
+            req:deadline(0.05)
+            tendril.sleep(0.2) -- past it: every wait fails at once now
+            local v, err = r:incr("doomed")
+            return tostring(v) .. " " .. tostring(err)
+        end)
+        app:get("/")
+        tendril.sleep(0.1)
+        assert.is_nil(r0:get("doomed"))
+        app:close()
+        r0:release()
+    end)
+
+    it("says busy rather than queue without bound for a server that stopped reading", function()
+        local r = assert(redis.connect(url, { timeout = 20 }))
+        local pid = assert(tendril.run({ "cat", server.dir .. "/redis.pid" })).stdout:gsub("%s+$", "")
+        assert(tendril.run({ "kill", "-STOP", pid }))
+        local big = string.rep("x", 1024 * 1024)
+        local threads, busy = {}, 0
+        for i = 1, 100 do
+            threads[i] = tendril.spawn(function()
+                return r:set("big" .. i, big)
+            end)
+            tendril.sleep(0) -- one loop turn each: the output is written, then piles up
+        end
+        tendril.sleep(0.2)
+        assert(tendril.run({ "kill", "-CONT", pid }))
+        for i = 1, 100 do
+            local ok, v, err = threads[i]:join()
+            assert.is_true(ok)
+            if v == nil then
+                assert.are.equal("busy", err)
+                busy = busy + 1
+            else
+                assert.are.equal("OK", v)
+            end
+        end
+        assert.is_true(busy > 0 and busy < 100, busy)
+        for i = 1, 100 do
+            r:del("big" .. i)
+        end
+        r:release()
+    end)
+
+    it("refuses a timeout of 0, which would fail every call", function()
+        assert.has_error(function() redis.connect(url, { timeout = 0 }) end,
+            "redis.connect: timeout must be more than 0 seconds")
+    end)
+
+    it("lets a long-lived task take and give back dedicated connections without keeping a record of each", function()
+        local owned = require "tendril.owned"
+        for _ = 1, 50 do
+            local r = assert(redis.connect(url))
+            assert(r:multi())
+            assert(r:exec())
+            r:release()
+        end
+        assert.are.equal(0, owned.count())
+    end)
+
     it("sends the commands of many tasks on one shared connection", function()
         local r = assert(redis.connect(url))
         r:set("n", 0)
