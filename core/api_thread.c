@@ -127,11 +127,15 @@ static int event_is_set(lua_State *L) {
 }
 
 /* [-(n+1), +0] spawn(fn, ...): runs fn(...) in a new task, which starts once
- * the caller yields or returns. It shares the fate of the request it was
- * spawned in (see vm.h) unless the upvalue `detached` is true. */
+ * the caller yields or returns. The upvalue `mode`: SPAWN_ATTACHED, it
+ * shares the fate of the request it was spawned in (see vm.h);
+ * SPAWN_DETACHED, none; SPAWN_DAEMON, none, and it is a runtime service
+ * (td_vm_task_daemon). */
+enum { SPAWN_ATTACHED, SPAWN_DETACHED, SPAWN_DAEMON };
 static int spawn(lua_State *L) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
-    int detached = lua_toboolean(L, lua_upvalueindex(2));
+    int mode = (int)lua_tointeger(L, lua_upvalueindex(2));
+    int detached = mode != SPAWN_ATTACHED;
     luaL_checktype(L, 1, LUA_TFUNCTION);
     int nargs = lua_gettop(L) - 1;
     lua_State *main = td_vm_state(vm);
@@ -143,6 +147,10 @@ static int spawn(lua_State *L) {
     t->label = "a spawned thread";
     if (!detached)
         td_vm_task_inherit(t, td_vm_task_of(L));
+    if (mode == SPAWN_DAEMON) {
+        t->label = "a runtime service";
+        td_vm_task_daemon(t);
+    }
     lua_checkstack(t->co, nargs + LUA_MINSTACK);
     for (int i = 2; i <= nargs + 1; i++)
         lua_pushvalue(L, i);
@@ -190,12 +198,11 @@ void td_api_thread_open(lua_State *L, td_vm *vm) {
     lua_pop(L, 1);
     lua_pushlightuserdata(L, vm);
     luaL_setfuncs(L, funcs, 1);
-    lua_pushlightuserdata(L, vm);
-    lua_pushboolean(L, 0);
-    lua_pushcclosure(L, spawn, 2);
-    lua_setfield(L, -2, "spawn");
-    lua_pushlightuserdata(L, vm);
-    lua_pushboolean(L, 1);
-    lua_pushcclosure(L, spawn, 2);
-    lua_setfield(L, -2, "spawn_detached");
+    static const char *const spawners[] = {"spawn", "spawn_detached", "spawn_daemon"};
+    for (int mode = SPAWN_ATTACHED; mode <= SPAWN_DAEMON; mode++) {
+        lua_pushlightuserdata(L, vm);
+        lua_pushinteger(L, mode);
+        lua_pushcclosure(L, spawn, 2);
+        lua_setfield(L, -2, spawners[mode]);
+    }
 }

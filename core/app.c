@@ -81,7 +81,9 @@ static void beat(td_app *app) {
 static void finish(td_app *app);
 
 /* tendril run is over once its script returned and no task it started
- * (a thread, a session) is alive, nor a tcp.listen listener. */
+ * (a thread, a session) is alive, nor a tcp.listen listener. Runtime
+ * services (daemons: a bus bridge) are then stopped, and it ends when they
+ * have. */
 static void check_run_done(td_app *app) {
     if (!app->script_done || app->stopping)
         return;
@@ -91,8 +93,12 @@ static void check_run_done(td_app *app) {
     }
     td_vm_stats st;
     td_vm_stats_get(app->vm, &st);
-    if (st.tasks == st.pooled && td_api_tcp_listeners() == 0)
+    if (st.tasks - st.daemons != st.pooled || td_api_tcp_listeners() != 0)
+        return;
+    if (st.daemons == 0)
         finish(app);
+    else
+        td_vm_stop_daemons(app->vm);
 }
 
 /* Once per loop turn: the access log's lines go out, and a worker's
@@ -358,6 +364,7 @@ static void on_stop_signal(td_app *app, int signum) {
     td_vm_hold(app->vm);
     td_http_server_drain(app->hs);
     td_api_websocket_drain();
+    td_vm_stop_daemons(app->vm);
     td_vm_release(app->vm);
     td_api_tcp_close_listeners();
     td_sock_close_pooled();

@@ -37,6 +37,7 @@ struct td_vm {
     td_list waits;
     td_list posted;
     size_t ntasks;
+    size_t ndaemons;
     size_t nwaits;
     uint64_t nstalls;
     int depth; /* lua_resume calls on the C stack */
@@ -163,6 +164,7 @@ void td_vm_stats_get(td_vm *vm, td_vm_stats *st) {
     st->anchored = n;
     st->tasks = vm->ntasks;
     st->pooled = vm->npool;
+    st->daemons = vm->ndaemons;
     st->waits = vm->nwaits;
     st->stalls = vm->nstalls;
 }
@@ -231,6 +233,8 @@ static void task_release(td_task *t) {
     t->alive = 0;
     td_list_remove(&t->alive_link);
     vm->ntasks--;
+    if (t->daemon)
+        vm->ndaemons--;
     /* Nothing points at a released task: waits, posts and scopes let go
      * above, and coroutines find their task through the vm (see vm.h). */
     if (vm->nspare < TD_TASK_SPARE_MAX)
@@ -600,6 +604,26 @@ static void cancel_wait(td_task *t, int code) {
     lua_pushnil(co);
     lua_pushstring(co, td_err_name(code));
     td_vm_resume(t, 2);
+}
+
+void td_vm_task_daemon(td_task *t) {
+    if (!t->daemon) {
+        t->daemon = 1;
+        t->vm->ndaemons++;
+    }
+}
+
+void td_vm_stop_daemons(td_vm *vm) {
+    td_vm_hold(vm);
+    td_list *pos, *tmp;
+    td_list_foreach_safe(pos, tmp, &vm->alive) {
+        td_task *t = td_container_of(pos, td_task, alive_link);
+        if (t->daemon && !t->doom) {
+            t->doom = TD_ECLOSED;
+            cancel_wait(t, TD_ECLOSED);
+        }
+    }
+    td_vm_release(vm);
 }
 
 /* ---- scopes ---- */

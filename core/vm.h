@@ -107,12 +107,14 @@ struct td_task {
     unsigned pooled : 1;
     unsigned from_pool : 1; /* runs the pool function */
     unsigned silent : 1;    /* on_end reports errors itself (the message is on co's stack) */
+    unsigned daemon : 1;    /* a runtime service (td_vm_task_daemon) */
 };
 
 typedef struct td_vm_stats {
     size_t anchored; /* entries in the anchors table */
     size_t tasks;    /* tasks alive, pooled ones included */
     size_t pooled;
+    size_t daemons; /* alive, counted in tasks too */
     size_t waits;
     uint64_t stalls; /* resumes that held the loop past the stall guard's threshold */
 } td_vm_stats;
@@ -219,6 +221,13 @@ void td_vm_scope_kill_threads(td_scope *s, int code, int interrupt_lead);
 void td_vm_scope_census(const td_scope *s, size_t *tasks, size_t *waits);
 /* A thread starts: it shares its spawner's fate (and doom). */
 void td_vm_task_inherit(td_task *child, td_task *parent);
+/* t is a runtime service that runs for as long as the program (the bus
+ * bridge's publisher and listener): it does not keep `tendril run` going,
+ * and td_vm_stop_daemons ends it. */
+void td_vm_task_daemon(td_task *t);
+/* The shutdown: every daemon's wait, now and later, fails with "closed",
+ * so that its loop ends (resumes are posted). */
+void td_vm_stop_daemons(td_vm *vm);
 
 /* Adds the running task's time in Lua until now (uv_hrtime()) to its
  * request's timings (they are otherwise added as the run ends): before

@@ -22,7 +22,7 @@ local mailbox = require "tendril.mailbox"
 
 local type, error, setmetatable, next, pairs, pcall = type, error, setmetatable, next, pairs, pcall
 local format, match, strsub = string.format, string.match, string.sub
-local spawn_detached = core.spawn_detached
+local spawn_daemon = core.spawn_daemon
 
 local DEFAULT_MAX_QUEUE = 1000
 
@@ -83,16 +83,26 @@ end
 
 local bridges = {} -- "url|prefix" -> bridge
 
--- An instance's name on the bridge: one process (a worker is one).
+-- This process's name on every bridge (a worker is one process): what
+-- comes back with it was published here, through whichever bridge.
+local process_id
+
 local function instance_id()
-    local f = io.open("/dev/urandom", "rb")
-    local bytes = f and f:read(8)
-    if f then
-        f:close()
+    if not process_id then
+        local f = io.open("/dev/urandom", "rb")
+        local bytes = f and f:read(8)
+        if f then
+            f:close()
+        end
+        bytes = bytes or (tostring(os.time()) .. tostring({}))
+        process_id = bytes:gsub(".", function(c) return format("%02x", c:byte()) end)
     end
-    bytes = bytes or (tostring(os.time()) .. tostring({}))
-    return (bytes:gsub(".", function(c) return format("%02x", c:byte()) end))
+    return process_id
 end
+
+-- The bridge's two tasks are runtime services (core.spawn_daemon): at the
+-- shutdown (or once a `tendril run` script is done) every wait of theirs
+-- fails with "closed", and they end.
 
 -- The publisher: sends what local publishes queued, in pipelines. At most
 -- once: a batch that fails is lost (counted), and it tries again a second
@@ -111,34 +121,54 @@ local function send_out(b)
             batch[n] = item
         end
         if n == 0 then
-            b.box:wait()
+            if not b.box:wait() then
+                break -- the shutdown
+            end
         else
             local err
             if not r then
                 r, err = redis.connect(b.url)
             end
-            local ok = r and r:pipeline(function(p)
-                for i = 1, n do
-                    p:publish(batch[i][1], batch[i][2])
-                end
-            end)
-            if not ok then
+            local replies
+            if r then
+                replies, err = r:pipeline(function(p)
+                    for i = 1, n do
+                        p:publish(batch[i][1], batch[i][2])
+                    end
+                end)
+            end
+            if not replies then
                 b.lost = b.lost + n
                 b.error = err or "closed"
                 if r then
                     r:close()
                 end
                 r = nil
-                tendril.sleep(1)
+                if not tendril.sleep(1) then
+                    break
+                end
             else
-                b.sent = b.sent + n
+                for i = 1, n do
+                    local v = replies[i]
+                    if type(v) == "table" and v[1] == false then
+                        -- An error reply (out of memory, a read-only replica).
+                        b.lost, b.error = b.lost + 1, v[2]
+                    else
+                        b.sent = b.sent + 1
+                    end
+                end
             end
         end
+    end
+    if r then
+        r:close()
     end
 end
 
 -- The listener: every instance's messages but this one's, to the local
--- subscribers. It reconnects a second after a failure.
+-- subscribers. It reconnects a second after a failure. After ping_every
+-- seconds without a message it pings Redis; a ping unanswered as long
+-- again means the connection is dead (a silent network partition).
 local function listen(b)
     local redis = require "tendril.redis"
     local json = require "tendril.json"
@@ -153,20 +183,33 @@ local function listen(b)
         if ok then
             tcp._shared(r._sock)
             b.listening = true
+            local pinged = false
             while true do
                 local m
-                m, err = r:recv(3600)
+                m, err = r:recv(b.ping_every)
                 if m then
-                    local id, body = match(m[4] or "", "^(%x+) (.*)$")
-                    if id and id ~= b.id then
-                        local ok_json, v = pcall(json.decode, body)
-                        if ok_json and v ~= nil then
-                            b.received = b.received + 1
-                            deliver(strsub(m[3], skip), v)
+                    pinged = false
+                    if m[1] == "pmessage" then
+                        local id, body = match(m[4] or "", "^(%x+) (.*)$")
+                        if id and id ~= b.id then
+                            local ok_json, v = pcall(json.decode, body)
+                            if ok_json and v ~= nil then
+                                b.received = b.received + 1
+                                deliver(strsub(m[3], skip), v)
+                            end
                         end
                     end
-                elseif err ~= "timeout" then
-                    break
+                elseif err == "timeout" and not pinged then
+                    pinged = true
+                    ok, err = r:ping()
+                    if not ok then
+                        break
+                    end
+                else
+                    if err == "timeout" then
+                        err = "no answer to a ping"
+                    end
+                    break -- closed (or the shutdown)
                 end
             end
             b.listening = false
@@ -175,7 +218,9 @@ local function listen(b)
         if r then
             r:close()
         end
-        tendril.sleep(1)
+        if not tendril.sleep(1) then
+            break
+        end
     end
 end
 
@@ -187,9 +232,12 @@ end
 --- values stay local). Calling it again with the same URL keeps the one
 --- bridge (a reload re-runs the app's top level). opts.prefix: the Redis
 --- channels' (default "tendril:bus:"); opts.max_queue: messages waiting to
---- go out before new ones are dropped (default 10000). Returns the bridge
---- ({ id =, sent =, received =, lost =, dropped = }), or nil, err when Redis
---- cannot be reached.
+--- go out before new ones are dropped (default 10000); opts.ping_every:
+--- seconds without a message before the listener pings Redis, and as long
+--- again for the answer before it reconnects (default 15). Returns the
+--- bridge ({ id =, sent =, received =, lost =, dropped =, listening =,
+--- error = }), or nil, err when Redis cannot be reached. Its tasks end at
+--- the shutdown.
 function _M.bridge(url, opts)
     if type(url) ~= "string" then
         error("bus.bridge: expected a redis:// URL, got " .. type(url), 2)
@@ -207,6 +255,10 @@ function _M.bridge(url, opts)
         return b
     end
     local max = mailbox.check_max("bus.bridge", opts and { max_queue = opts.max_queue }, 10000)
+    local ping_every = opts and opts.ping_every or 15
+    if type(ping_every) ~= "number" or ping_every ~= ping_every or ping_every <= 0 then
+        error("bus.bridge: opts.ping_every must be a number of seconds > 0, got " .. tostring(ping_every), 2)
+    end
     local redis = require "tendril.redis"
     local r, err = redis.connect(url)
     if not r then
@@ -214,12 +266,12 @@ function _M.bridge(url, opts)
     end
     r:release()
     b = { url = url, prefix = prefix, id = instance_id(), box = mailbox.new(max), sent = 0, received = 0,
-        lost = 0, dropped = 0, listening = false }
+        lost = 0, dropped = 0, listening = false, ping_every = ping_every }
     bridges[key] = b
     -- Runtime tasks, outside the generations (no code of the app runs in
     -- them) and outside any request.
-    spawn_detached(send_out, b)
-    spawn_detached(listen, b)
+    spawn_daemon(send_out, b)
+    spawn_daemon(listen, b)
     return b
 end
 

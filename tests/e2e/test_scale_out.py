@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 
-from harness import SLOW, Server, TestCase, deadline, get, main, poll
+from harness import BIN, SLOW, Server, TestCase, deadline, get, main, poll
 from wsproto import WsClient
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
@@ -45,12 +45,13 @@ class ScaleOutTest(TestCase):
                         capture_output=True, timeout=30)
         self.assertTrue(poll(lambda: subprocess.run(["redis-cli", "-p", str(rport), "ping"], capture_output=True,
                                                     text=True).stdout.strip() == "PONG", 10))
+        self.redis_url = "redis://127.0.0.1:%d" % rport
         self.instances = {}
         for name in ("a", "b"):
-            # The bridge's tasks wait on Redis for as long as the server
-            # runs: at exit they are cancelled (a warning, not a leak).
-            srv = Server(app_path=os.path.join(EXAMPLE, "app.lua"), args=["--workers", "2"], leftovers_ok=True,
-                         env={"REDIS_URL": "redis://127.0.0.1:%d" % rport, "INSTANCE": name}).start()
+            # (Stopped with SIGTERM at the end: the bridge's tasks end with
+            # the shutdown, and nothing may be left waiting.)
+            srv = Server(app_path=os.path.join(EXAMPLE, "app.lua"), args=["--workers", "2"],
+                         env={"REDIS_URL": self.redis_url, "INSTANCE": name}).start()
             self.addCleanup(self.stop, srv)
             self.instances[name] = srv
         self.port = free_port()
@@ -137,6 +138,50 @@ class ScaleOutTest(TestCase):
         late = [who for dt, who in after if dt > window]
         self.assertTrue(late, "no requests answered after the window")
         self.assertEqual(set(late), {"b"})
+
+    def test_an_instance_drained_under_load(self):
+        """SIGTERM (a deploy): the instance finishes what it has, HAProxy
+        sends the rest to B, and no request fails."""
+        failures, answered = [], []
+        stopped_at = None
+        t0 = time.monotonic()
+        for _ in range(20000):
+            now = time.monotonic()
+            if now - t0 > 4:
+                break
+            if stopped_at is None and now - t0 > 1:
+                self.instances["a"].proc.send_signal(signal.SIGTERM)
+                stopped_at = now
+            try:
+                r = get(self.port, "/count", timeout=5)
+                ok = r.status == 200
+            except OSError as e:
+                ok = False
+                failures.append(repr(e))
+            else:
+                if not ok:
+                    failures.append(r.status)
+                elif stopped_at is not None:
+                    answered.append(r.body.decode().split()[-1].rstrip(")"))
+        self.assertEqual(failures, [])
+        self.assertEqual(self.instances["a"].proc.wait(timeout=deadline(15)), 0)
+        self.instances["a"].assert_nothing_left_at_exit()
+        self.assertIn("b", answered)
+
+    def test_a_script_that_bridges_ends(self):
+        """tendril run: the bridge's tasks do not keep a finished script
+        alive, and end without leaving a wait behind."""
+        script = ('local bus = require "tendril.bus"\n'
+                  'local b = assert(bus.bridge(os.getenv("REDIS_URL")))\n'
+                  'bus.publish("news", "from a script")\n'
+                  'print("bridged", b.id ~= nil)\n')
+        t0 = time.monotonic()
+        r = subprocess.run([BIN, "run", "-e", script], env=dict(os.environ, REDIS_URL=self.redis_url),
+                           capture_output=True, text=True, timeout=deadline(30))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout, "bridged\ttrue\n")
+        self.assertNotIn("still pending", r.stderr)
+        self.assertLess(time.monotonic() - t0, deadline(5))
 
 
 if __name__ == "__main__":

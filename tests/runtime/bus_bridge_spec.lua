@@ -1,6 +1,7 @@
 -- bus.bridge: the bus across instances through Redis pub/sub. The other
 -- instances are played by a plain Redis client publishing and
 -- subscribing on the bridge's channels.
+local tendril = require "tendril"
 local bus = require "tendril.bus"
 local json = require "tendril.json"
 local redis = require "tendril.redis"
@@ -64,6 +65,44 @@ describe("bus.bridge", function()
         assert.are.equal("after", local_sub:recv(5))
         local_sub:close()
         other:release()
+    end)
+
+    it("delivers once locally when two bridges reach the same Redis", function()
+        -- Another URL for the same server and database: a bridge of its own.
+        local second = assert(bus.bridge(url .. "/0"))
+        assert.are_not.equal(bridge, second)
+        assert(wait_until(function() return second.listening end, 10))
+        local local_sub = bus.subscribe("twice")
+        assert.are.equal(1, bus.publish("twice", "once"))
+        assert.are.equal("once", local_sub:recv(1))
+        -- Both bridges published it; neither brings it back here.
+        assert(wait_until(function() return bridge.sent > 0 and second.sent > 0 end, 5))
+        assert.are.same({ nil, "timeout" }, { local_sub:recv(0.3) })
+        local_sub:close()
+    end)
+
+    it("counts what Redis refused to publish as lost, not sent", function()
+        local admin = assert(redis.connect(url))
+        assert.are.equal("OK", admin:acl("SETUSER", "muted", "on", ">pw", "~*", "&*", "+@all", "-publish"))
+        admin:release()
+        local muted = assert(bus.bridge("redis://muted:pw@127.0.0.1:" .. server.port, { prefix = "muted:" }))
+        assert(wait_until(function() return muted.listening end, 10))
+        bus.publish("refused", "x")
+        assert(wait_until(function() return muted.lost == 1 end, 5))
+        assert.are.equal(0, muted.sent)
+        assert.matches("NOPERM", muted.error)
+    end)
+
+    it("notices a Redis that stopped answering by its ping", function()
+        local quiet = assert(bus.bridge(url, { prefix = "quiet:", ping_every = 0.2 }))
+        assert(wait_until(function() return quiet.listening end, 10))
+        local pid = assert(tendril.run({ "cat", server.dir .. "/redis.pid" })).stdout:gsub("%s+$", "")
+        assert(tendril.run({ "kill", "-STOP", pid }))
+        local noticed = wait_until(function() return not quiet.listening end, 5)
+        assert(tendril.run({ "kill", "-CONT", pid }))
+        assert.is_true(noticed)
+        assert.are.equal("no answer to a ping", quiet.error)
+        assert(wait_until(function() return quiet.listening end, 15))
     end)
 
     it("comes back after Redis restarted", function()
