@@ -57,6 +57,9 @@ local DEFAULTS = { host = "127.0.0.1", port = 6379, db = 0, timeout = 10, pool_s
 -- queue without bound (a server that stopped reading).
 local MAX_PENDING = 65536
 local MAX_UNSENT = 64 * 1024 * 1024
+-- A bulk string's length at most (Redis's own bound, proto-max-bulk-len):
+-- a longer one is a broken or hostile peer, not a value to allocate.
+local MAX_BULK = 512 * 1024 * 1024
 
 -- Commands after which a connection is not what its pool's key says.
 local STATEFUL = { SELECT = true, AUTH = true, HELLO = true, CLIENT = true, MONITOR = true, RESET = true,
@@ -158,7 +161,7 @@ function read_reply(sock)
     local prefix, rest = byte(line), sub(line, 2)
     if prefix == 36 then -- $ bulk string
         local len = tonumber(rest)
-        if not len then
+        if not len or len > MAX_BULK then
             return nil, "protocol error: bad bulk length", "io"
         end
         if len < 0 then
@@ -271,7 +274,7 @@ local function parse_options(spec, extra)
     if o.timeout == 0 then
         raise("redis.connect: timeout must be more than 0 seconds")
     end
-    for _, k in ipairs({ "host", "password", "username" }) do
+    for _, k in ipairs({ "host", "password", "username", "server_name", "ca_file" }) do
         if o[k] ~= nil and type(o[k]) ~= "string" then
             raise("redis.connect: " .. k .. " must be a string, got " .. type(o[k]))
         end
@@ -281,7 +284,8 @@ local function parse_options(spec, extra)
         return #s .. ":" .. s
     end
     o.key = field(o.host) .. o.port .. "/" .. o.db .. "|" .. field(o.username) .. field(o.password)
-        .. (o.tls and "|tls" or "")
+        .. (o.tls and ("|tls|" .. field(o.server_name) .. field(o.ca_file) .. tostring(o.verify ~= false)) or "")
+    o.socket_opts = { timeout = o.timeout, verify = o.verify, ca_file = o.ca_file }
     return o
 end
 
@@ -305,8 +309,7 @@ end
 
 -- A new connection, authenticated and on its database: sock | nil, err.
 local function dial(o)
-    local sock, err = open_socket(o.host, o.port, { timeout = o.timeout }, o.tls and true or false, o.server_name,
-        nil, true)
+    local sock, err = open_socket(o.host, o.port, o.socket_opts, o.tls and true or false, o.server_name, nil, true)
     if not sock then
         return nil, err
     end

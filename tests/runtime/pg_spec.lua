@@ -246,6 +246,25 @@ describe("tendril.pg", function()
         assert.are.equal(0, owned.count())
     end)
 
+    it("connects over TLS as sslmode says, verifying the server's certificate", function()
+        local function ssl_of(conninfo)
+            local db, err = pg.connect(conninfo, { timeout = 5 })
+            if not db then
+                return nil, err
+            end
+            local rows = assert(db:query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"))
+            db:release()
+            return rows[1].ssl
+        end
+        assert.is_true(ssl_of(url .. "?sslmode=require"))
+        assert.is_true(ssl_of(url .. "?sslmode=verify-full&sslrootcert=" .. server.cert))
+        assert.is_false(ssl_of(url .. "?sslmode=disable"))
+        -- Verified against the system's roots, the self-signed one fails.
+        local ok, err = ssl_of(url .. "?sslmode=verify-full&sslrootcert=system")
+        assert.is_nil(ok)
+        assert.matches("certificate", err)
+    end)
+
     it("delivers notifications", function()
         local listener = assert(pg.connect(url))
         assert(listener:listen("events"))

@@ -181,6 +181,28 @@ describe("tendril.redis", function()
         end
     end
 
+    it("speaks TLS to a rediss:// server, verifying its certificate", function()
+        local secure = redis_server.start({ tls = true, password = "s3cret" })
+        local tls_url = "rediss://:s3cret@127.0.0.1:" .. secure.port
+        local r = assert(redis.connect(tls_url, { ca_file = secure.cert }))
+        assert.are.equal("OK", r:set("over", "tls"))
+        assert.are.equal("tls", r:get("over"))
+        -- A dedicated connection too.
+        assert(r:multi())
+        r:incr("n")
+        assert.are.same({ 1 }, r:exec())
+        r:release()
+        -- Unverified, the certificate (self-signed) is refused.
+        local bad, err = redis.connect(tls_url, { timeout = 2 })
+        assert.is_nil(bad)
+        assert.matches("certificate", err)
+        -- As tcp.connect, verify = false takes any.
+        local trusting = assert(redis.connect(tls_url, { verify = false }))
+        assert.are.equal("tls", trusting:get("over"))
+        trusting:release()
+        secure:remove()
+    end)
+
     it("reads messages that come while it subscribes again, and leaves channels", function()
         local sub = assert(redis.connect(url))
         assert(sub:subscribe("first"))

@@ -72,6 +72,13 @@ function _M.start()
         s.password, s.dir, s.dir, s.dir)))
     assert(sh(as_postgres(string.format("%s/initdb -D %s/data -U postgres --pwfile=%s/pw --auth-local=trust "
         .. "--auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8", s.bin, s.dir, s.dir)), 120))
+    -- TLS too (ssl = on; plain connections stay allowed): a certificate
+    -- for 127.0.0.1 of its own, server.cert its file.
+    s.cert = s.dir .. "/cert.pem"
+    assert(sh(as_postgres(string.format("sh -c 'cd %s && openssl req -x509 -newkey rsa:2048 -nodes -keyout "
+        .. "data/server.key -out data/server.crt -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 "
+        .. "2>&1 && chmod 600 data/server.key && cp data/server.crt cert.pem && echo ssl=on >> "
+        .. "data/postgresql.conf'", s.dir)), 60))
     for _ = 1, 5 do
         s.port = math.random(20000, 60000)
         if not listening(s.port) then
