@@ -340,6 +340,8 @@ function Db.listen(db, channel)
     if type(channel) ~= "string" then
         raise("db:listen: expected a channel name, got " .. type(channel))
     end
+    -- Marked first: a LISTEN that timed out may have taken on the server,
+    -- so the connection is closed, never pooled, whatever the answer.
     db._listening = true
     local ok, err, state = db:query("LISTEN " .. pg_escape(db._conn, channel))
     if not ok then
