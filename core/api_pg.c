@@ -16,8 +16,9 @@
  * connection broken) unless its end says the cancel took: a cancel that
  * came late would stop whatever ran next on that connection.
  *
- * A failed connect closes its libpq connection (and socket) at once; the
- * userdata it returned is then empty. */
+ * A failed connect closes its libpq connection (and socket) at once, as
+ * does an idle timeout in the pool (pg_park); the userdata is then empty
+ * (pg_conn.box points back at it to empty it). */
 #include <lauxlib.h>
 #include <libpq-fe.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@
 #include "api.h"
 #include "clock.h"
 #include "errors.h"
+#include "log.h"
 
 #define PG_MT "tendril.pg"
 
@@ -45,8 +47,11 @@ enum { OP_NONE, OP_CONNECT, OP_QUERY, OP_NOTIFY };
 
 static int cancels; /* in flight */
 
+typedef struct pg_box pg_box;
+
 typedef struct pg_conn {
     PGconn *pq;
+    pg_box *box;     /* the userdata's, while it refers to this connection */
     td_vm *vm;
     uv_poll_t *poll; /* on PQsocket; a new one when the socket changes */
     int fd;
@@ -71,9 +76,9 @@ typedef struct pg_conn {
     int self_ref;     /* connecting: the userdata, to hand back at the end */
 } pg_conn;
 
-typedef struct pg_box {
+struct pg_box {
     pg_conn *c;
-} pg_box;
+};
 
 static int null_ref = LUA_NOREF; /* pg.null, set by pg.lua */
 
@@ -197,13 +202,31 @@ static void idle(pg_conn *c) {
     stash_notes(c);
 }
 
+/* [-0, +1] msg on one line: libpq's end with a newline and put hints on
+ * lines of their own ("...failed: Connection refused\n\tIs the server
+ * running..."); each line break and the blanks after it become "; ". */
+static void push_one_line(lua_State *L, const char *msg, size_t n) {
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < n; i++) {
+        if (msg[i] == '\n') {
+            while (i + 1 < n && (msg[i + 1] == '\t' || msg[i + 1] == ' ' || msg[i + 1] == '\n'))
+                i++;
+            luaL_addstring(&b, "; ");
+        } else {
+            luaL_addchar(&b, msg[i]);
+        }
+    }
+    luaL_pushresult(&b);
+}
+
 static int push_error(lua_State *L, const char *msg, const char *sqlstate) {
     lua_pushnil(L);
     size_t n = msg ? strlen(msg) : 0;
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
         n--; /* libpq's messages end with a newline */
     if (n)
-        lua_pushlstring(L, msg, n);
+        push_one_line(L, msg, n);
     else
         lua_pushliteral(L, "closed");
     if (sqlstate) {
@@ -291,6 +314,7 @@ static void drop_connecting(lua_State *L, pg_conn *c) {
     pg_box *b = lua_touserdata(L, -1);
     if (b)
         b->c = NULL;
+    c->box = NULL;
     lua_pop(L, 1);
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
     c->broken = 1;
@@ -534,6 +558,15 @@ static int send_cancel(pg_conn *c) {
 
 static void on_timeout(uv_timer_t *timer) {
     pg_conn *c = timer->data;
+    if (c->op == OP_NONE) {
+        /* Idle in its pool past idle_timeout (pg_park): it ends now, the
+         * server's backend with it; the pool finds its userdata empty. */
+        if (c->box)
+            c->box->c = NULL;
+        c->box = NULL;
+        close_conn(c);
+        return;
+    }
     if (c->op == OP_QUERY) {
         if (!c->timed_out) {
             c->timed_out = 1;
@@ -579,6 +612,8 @@ static void start_wait(lua_State *L, td_task *t, pg_conn *c, int op, double time
     c->timeout_ms = timeout > 0 ? (uint64_t)(timeout * 1000.0) + 1 : 0;
     if (c->timeout_ms)
         uv_timer_start(&c->timer, on_timeout, td_clock_timer_ms(td_vm_loop(c->vm), c->timeout_ms), 0);
+    else
+        uv_timer_stop(&c->timer); /* (an idle timeout, had pg_unpark not come) */
     td_vm_wait_begin(t, &c->wait, cancel_wait, 0, TD_WAIT_DB);
     (void)L;
 }
@@ -626,6 +661,16 @@ static void close_conn(pg_conn *c) {
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
 
+/* The server's notices and warnings ("NOTICE:  table ... does not exist,
+ * skipping") go to the error log, not to stderr as libpq's default does. */
+static void log_notice(void *arg, const char *msg) {
+    (void)arg;
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        n--;
+    td_log(TD_LOG_NOTICE, "postgres: %.*s", (int)n, msg);
+}
+
 /* [-2, +1|2] pg_connect(conninfo, timeout) -> conn | nil, err; yields */
 static int pg_connect(lua_State *L) {
     td_vm *vm = lua_touserdata(L, lua_upvalueindex(1));
@@ -645,6 +690,7 @@ static int pg_connect(lua_State *L) {
     c->handles = 1;
     pg_box *b = lua_newuserdata(L, sizeof *b);
     b->c = c;
+    c->box = b;
     luaL_getmetatable(L, PG_MT);
     lua_setmetatable(L, -2);
     c->pq = PQconnectStart(info);
@@ -655,6 +701,7 @@ static int pg_connect(lua_State *L) {
         return n;
     }
     PQsetnonblocking(c->pq, 1);
+    PQsetNoticeProcessor(c->pq, log_notice, NULL);
     if (watch(c, 1) != 0) {
         int n = push_error(L, PQerrorMessage(c->pq), NULL);
         close_conn(c);
@@ -796,10 +843,31 @@ static int pg_state(lua_State *L) {
 static int pg_close_lua(lua_State *L) {
     pg_box *b = luaL_checkudata(L, 1, PG_MT);
     if (b->c) {
-        close_conn(b->c);
-        free_if_done(b->c);
+        pg_conn *c = b->c;
         b->c = NULL;
+        c->box = NULL;
+        close_conn(c);
+        free_if_done(c);
     }
+    return 0;
+}
+
+/* [-2, +0] pg_park(conn, seconds): an idle connection put in its pool
+ * closes after seconds (0: never) unless pg_unpark comes first. */
+static int pg_park(lua_State *L) {
+    pg_box *b = luaL_checkudata(L, 1, PG_MT);
+    double seconds = luaL_checknumber(L, 2);
+    pg_conn *c = b->c;
+    if (c && !c->closing && c->op == OP_NONE && seconds > 0)
+        uv_timer_start(&c->timer, on_timeout, (uint64_t)(seconds * 1000.0) + 1, 0);
+    return 0;
+}
+
+/* [-1, +0] pg_unpark(conn): taken from its pool; no idle timeout. */
+static int pg_unpark(lua_State *L) {
+    pg_box *b = luaL_checkudata(L, 1, PG_MT);
+    if (b->c && !b->c->closing && b->c->op == OP_NONE)
+        uv_timer_stop(&b->c->timer);
     return 0;
 }
 
@@ -832,6 +900,7 @@ void td_api_pg_open(lua_State *L, td_vm *vm) {
         {"pg_prepare", pg_prepare},       {"pg_exec", pg_exec},
         {"pg_usable", pg_usable},         {"pg_close", pg_close_lua},       {"pg_state", pg_state},
         {"pg_set_null", pg_set_null},     {"pg_escape_identifier", pg_escape_identifier},
+        {"pg_park", pg_park},             {"pg_unpark", pg_unpark},
         {NULL, NULL},
     };
     luaL_newmetatable(L, PG_MT);

@@ -52,6 +52,7 @@ struct td_vm {
     td_deadlines deadlines; /* of scopes (td_scope.timer) */
     td_lalloc *alloc; /* Lua's memory (lalloc.h); its own block, freed after the state */
     unsigned closing : 1;
+    unsigned daemons_stopped : 1; /* td_vm_stop_daemons came: a new daemon is doomed at birth */
     unsigned mem_raised : 1; /* mem_hook raised since the last recovery */
 };
 
@@ -610,10 +611,13 @@ void td_vm_task_daemon(td_task *t) {
     if (!t->daemon) {
         t->daemon = 1;
         t->vm->ndaemons++;
+        if (t->vm->daemons_stopped)
+            t->doom = TD_ECLOSED; /* started during the drain: it ends at its first wait */
     }
 }
 
 void td_vm_stop_daemons(td_vm *vm) {
+    vm->daemons_stopped = 1;
     td_vm_hold(vm);
     td_list *pos, *tmp;
     td_list_foreach_safe(pos, tmp, &vm->alive) {

@@ -172,7 +172,6 @@ end
 local function listen(b)
     local redis = require "tendril.redis"
     local json = require "tendril.json"
-    local tcp = require "tendril.tcp"
     local skip = #b.prefix + 1
     while true do
         local r, err = redis.connect(b.url)
@@ -181,7 +180,6 @@ local function listen(b)
             ok, err = r:psubscribe(b.prefix .. "*")
         end
         if ok then
-            tcp._shared(r._sock)
             b.listening = true
             local pinged = false
             while true do

@@ -15,8 +15,10 @@ local _M = {}
 -- coroutine -> set of objects; weak, so a coroutine that is gone takes
 -- its list along.
 local lists = setmetatable({}, { __mode = "k" })
--- object -> the coroutine whose list holds it, for remove.
-local owners = setmetatable({}, { __mode = "k" })
+-- object -> the coroutine whose list holds it, for remove. Weak values
+-- too: LuaJIT has no ephemerons, and a strong co here would keep alive
+-- (through lists[co] -> obj) a task's coroutine that ended unreleased.
+local owners = setmetatable({}, { __mode = "kv" })
 -- Tasks with a list now (at most: a list a coroutine took with it when it
 -- was collected is counted still): the request driver asks for a release
 -- only then, one field read per request instead of a call.

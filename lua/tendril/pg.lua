@@ -20,14 +20,16 @@
 local core = require "tendril.core"
 local owned = require "tendril.owned"
 local raise = require "tendril.misuse"
+local number_text = require("tendril.wire").number
 local new_pool = require("tendril.pool").new
 
 local type, tostring, error, select, setmetatable, pcall = type, tostring, error, select, setmetatable, pcall
-local format, find, unpack = string.format, string.find, unpack
+local format, find, match, unpack = string.format, string.find, string.match, unpack
 local pg_connect, pg_query, pg_notification = core.pg_connect, core.pg_query, core.pg_notification
 local pg_prepare, pg_exec = core.pg_prepare, core.pg_exec
 local pg_usable, pg_close, pg_escape, pg_state = core.pg_usable, core.pg_close, core.pg_escape_identifier,
     core.pg_state
+local pg_park, pg_unpark = core.pg_park, core.pg_unpark
 
 local now = core.now
 
@@ -72,6 +74,15 @@ local function options(info, opts)
     if o.pool_size < 1 then
         raise("pg.connect: pool_size must be at least 1")
     end
+    -- libpq's connect_timeout (in the URL or key=value) bounds connecting
+    -- when no timeout option is given: libpq's asynchronous connect
+    -- leaves it to the caller.
+    local from_info = tonumber(match(info, "[?&]connect_timeout=(%d+)")
+        or match(info, "connect_timeout%s*=%s*'?(%d+)"))
+    o.connect_timeout = o.timeout
+    if from_info and not (opts and opts.timeout ~= nil) then
+        o.connect_timeout = from_info
+    end
     o.key = #info .. ":" .. info .. "|" .. o.pool_size
     return o
 end
@@ -92,7 +103,8 @@ local function hand_back(db)
         p:closed()
         return
     end
-    p:give(conn)
+    -- Idle, it closes after idle_timeout (C's timer), unless taken first.
+    p:give(conn, p.park)
 end
 
 --- A connection from the pool (or a new one): db, or nil, err. opts:
@@ -105,22 +117,36 @@ function _M.connect(info, opts)
     if not p then
         p = new_pool()
         p.size = o.pool_size
+        p.park = function(c)
+            pg_park(c, p.idle_timeout)
+        end
         pools[o.key] = p
     end
+    p.idle_timeout = o.idle_timeout
     local idle_timeout = o.idle_timeout
     local function stale(_, since)
         return idle_timeout > 0 and now() - since > idle_timeout
     end
     local conn, err = p:take(o.pool_size, o.timeout, function(c, since)
-        return not stale(c, since) and pg_usable(c)
+        if not stale(c, since) and pg_usable(c) then
+            pg_unpark(c)
+            return true
+        end
+        return false
     end, pg_close, stale)
     if conn == nil then
         return nil, err
     end
     if not conn then
-        conn, err = pg_connect(o.info, o.timeout)
-        if not conn then
+        -- (The pool counts it already: a raise gives the place back, then
+        -- goes on.)
+        local connected
+        connected, conn, err = pcall(pg_connect, o.info, o.connect_timeout)
+        if not connected or not conn then
             p:closed()
+            if not connected then
+                error(conn, 0)
+            end
             return nil, err
         end
     end
@@ -147,10 +173,7 @@ local function param(v, i)
         return not find(v, "\0", 1, true) and v
 
     elseif t == "number" then
-        if v % 1 == 0 and v > -2 ^ 53 and v < 2 ^ 53 then
-            return format("%d", v)
-        end
-        return format("%.17g", v)
+        return number_text(v)
     elseif t == "boolean" then
         return v and "true" or "false"
     elseif t == "table" then
@@ -188,7 +211,7 @@ local function revive(db, state)
         return nil, "closed"
     end
     pg_close(db._conn)
-    local conn, err = pg_connect(db._opts.info, db._opts.timeout)
+    local conn, err = pg_connect(db._opts.info, db._opts.connect_timeout)
     if not conn then
         -- It keeps its place in the pool until given back.
         return nil, err
@@ -265,9 +288,13 @@ function Db.query(db, sql, ...)
         rows, affected, state = pg_exec(conn, timeout, name, unpack(args or {}, 1, n))
         if not rows and (state == "0A000" or state == "26000") then
             -- The schema changed under it ("cached plan must not change
-            -- result type"), or it is gone: unprepared, once.
+            -- result type"), or it is gone: unprepared, once. Not inside a
+            -- transaction, which the failure aborted: its own error is
+            -- the answer (the retry's would be "transaction is aborted").
             stmts.names[sql] = nil
-            rows, affected, state = pg_query(conn, timeout, sql, unpack(args or {}, 1, n))
+            if pg_state(conn) ~= "failed" then
+                rows, affected, state = pg_query(conn, timeout, sql, unpack(args or {}, 1, n))
+            end
         end
     else
         rows, affected, state = pg_query(conn, timeout, sql, unpack(args or {}, 1, n))
@@ -311,6 +338,14 @@ function Db.transaction(db, fn)
     -- _tx stays set when ROLLBACK or COMMIT fails (the request's deadline
     -- passed, the connection broke): the connection is then closed, never
     -- pooled with the transaction open.
+    if not db._conn then
+        -- fn released or closed it (closed, then: _tx was set): fn's error
+        -- stands, else the transaction is gone with the connection.
+        if not res[1] then
+            error(res[2], 0)
+        end
+        return nil, "closed"
+    end
     if not res[1] then
         if db:query("ROLLBACK") then
             db._tx = nil
@@ -337,8 +372,9 @@ end
 --- is closed, not pooled, when it is given back.
 function Db.listen(db, channel)
     check(db, "db:listen")
-    if type(channel) ~= "string" then
-        raise("db:listen: expected a channel name, got " .. type(channel))
+    if type(channel) ~= "string" or find(channel, "\0", 1, true) then
+        raise("db:listen: expected a channel name, got " .. (type(channel) == "string" and "one with a NUL byte"
+            or type(channel)))
     end
     -- Marked first: a LISTEN that timed out may have taken on the server,
     -- so the connection is closed, never pooled, whatever the answer.
@@ -358,9 +394,15 @@ function Db.recv(db, timeout)
         raise("db:recv: listen first")
     end
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
-        raise("db:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout))
+        raise("db:recv: a timeout is a number of seconds >= 0, got "
+            .. (type(timeout) == "number" and tostring(timeout) or type(timeout)))
     end
-    return pg_notification(db._conn, timeout or 0)
+    -- (For the C side 0 is no timeout; here it is "only what came already".)
+    local note, err = pg_notification(db._conn, timeout == nil and 0 or math.max(timeout, 0.001))
+    if not note and err ~= "timeout" and pg_state(db._conn) == "closed" then
+        return nil, "closed" -- the server went (libpq's words are several lines)
+    end
+    return note, err
 end
 
 --- Back to the pool (closed when not clean); db is unusable afterwards.

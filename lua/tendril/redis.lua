@@ -34,6 +34,7 @@ local owned = require "tendril.owned"
 local raise = require "tendril.misuse"
 local new_pool = require("tendril.pool").new
 local url_mod = require "tendril.url"
+local number_text = require("tendril.wire").number
 
 local type, tostring, tonumber, error, select, setmetatable = type, tostring, tonumber, error, select, setmetatable
 local concat, pairs, ipairs = table.concat, pairs, ipairs
@@ -43,6 +44,7 @@ local open_socket = tcp._open
 local sock_pool, sock_unpool, sock_usable = core.sock_pool, core.sock_unpool, core.sock_usable
 local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
 local sock_queue, spawn_detached = core.sock_queue, core.spawn_detached
+local task_coroutine = core.task_coroutine
 
 local _M = {}
 
@@ -89,12 +91,19 @@ local function block_time(cmd, ...)
     end
     local n, v = select("#", ...), nil
     if where == "option_ms" then
-        for i = 1, n - 1 do
+        -- The options before STREAMS, each with its arguments (a group or
+        -- a stream may be named "block").
+        local i = 1
+        while i < n do
             local a = select(i, ...)
-            if type(a) == "string" and upper(a) == "BLOCK" then
+            a = type(a) == "string" and upper(a) or ""
+            if a == "STREAMS" then
+                break
+            elseif a == "BLOCK" then
                 v = tonumber((select(i + 1, ...)))
                 break
             end
+            i = i + (a == "GROUP" and 3 or a == "COUNT" and 2 or 1)
         end
         if v == nil then
             return nil -- XREAD without BLOCK does not block
@@ -123,7 +132,7 @@ local function encode(buf, n, name, ...)
         local t = type(v)
         if t == "number" then
             -- Integers whole (tostring gives 14 digits: 1e15 would lose some).
-            v = (v % 1 == 0 and v > -2 ^ 63 and v < 2 ^ 63) and format("%d", v) or format("%.17g", v)
+            v = number_text(v)
         elseif t ~= "string" then
             return nil, i, t
         end
@@ -176,7 +185,11 @@ function read_reply(sock)
     elseif prefix == 43 then -- + status
         return rest
     elseif prefix == 58 then -- : integer
-        return tonumber(rest)
+        local n = tonumber(rest)
+        if n and (n > 2 ^ 53 or n < -2 ^ 53) then
+            return rest -- past a double's exact integers: the text, as tendril.pg gives int8
+        end
+        return n
     elseif prefix == 45 then -- - error
         return nil, rest
     elseif prefix == 42 then -- * array
@@ -203,8 +216,12 @@ local function pool_of(o)
     if not p then
         p = new_pool()
         p.server = o.host .. ":" .. o.port .. "/" .. o.db
+        p.park = function(s)
+            sock_pool(s, p.idle_timeout)
+        end
         pools[o.key] = p
     end
+    p.idle_timeout = o.idle_timeout
     return p
 end
 
@@ -233,6 +250,9 @@ local function parse_options(spec, extra)
         local host, port = match(hostport, "^%[(.+)%]:?(%d*)$")
         if not host then
             host, port = match(hostport, "^([^:]*):?(%d*)$")
+        end
+        if not host then
+            raise("redis.connect: expected host[:port] in the URL, got " .. format("%q", hostport))
         end
         o.host = host ~= "" and host or nil
         o.port = tonumber(port)
@@ -313,6 +333,9 @@ local function dial(o)
     if not sock then
         return nil, err
     end
+    -- Its end is the library's care (the shared one's, or a dedicated
+    -- one's given back at its task's end): not a test's leftover.
+    tcp._shared(sock)
     local buf, n, count = {}, 0, 0
     if o.password then
         if o.username then
@@ -326,23 +349,29 @@ local function dial(o)
         n = encode(buf, n, "SELECT", o.db)
         count = count + 1
     end
-    if count > 0 then
-        local ok, replies
-        ok, err = sock:send(concat(buf, "", 1, n))
-        if ok then
-            replies, err = read_array(sock, count)
+    -- A PING last, in the same write: a server that takes connections but
+    -- does not answer (or is not Redis) fails here, within the timeout,
+    -- not at every command after.
+    n = encode(buf, n, "PING")
+    count = count + 1
+    local ok
+    ok, err = sock:send(concat(buf, "", 1, n))
+    -- The first error is the answer (a wrong password, however the rest
+    -- goes).
+    local v
+    for _ = 1, ok and count or 0 do
+        v, err = read_reply(sock)
+        if v == nil and err then
+            break
         end
-        if not replies then
-            sock:close()
-            return nil, err
-        end
-        for i = 1, count do
-            local r = replies[i]
-            if type(r) == "table" and r[1] == false then
-                sock:close()
-                return nil, r[2]
-            end
-        end
+    end
+    if not ok or err then
+        sock:close()
+        return nil, err
+    end
+    if v ~= "PONG" then
+        sock:close()
+        return nil, "protocol error: not a Redis server (PING answered " .. format("%q", tostring(v)) .. ")"
     end
     return sock
 end
@@ -401,43 +430,48 @@ local function mux_read(mux)
 end
 
 -- The pool's shared connection, dialled if need be: mux | nil, err.
-local function mux_of(p, o)
-    local mux = p.mux
-    if mux and mux.dialing then
-        -- Another task dials it: its outcome is this call's too (one dial
-        -- at a time, however many callers wait).
-        local ok, err = event_wait(mux.dialing, o.timeout)
-        if not ok then
-            return nil, err
-        end
-        if mux.failed then
-            return nil, mux.failed
-        end
-    end
-    if mux and not mux.broken then
-        return mux
-    end
-    mux = { waiters = {}, head = 1, tail = 0, dialing = event_new() }
-    p.mux = mux
-    -- (A raise in the dial, out of memory say, must not leave the others
-    -- waiting on it: they get "closed", and the raise goes on.)
+-- Dials the shared connection, in a task of its own (detached: no
+-- request's end or deadline cuts the dial short for the others waiting),
+-- and tells its waiters.
+local function mux_dial(p, mux, o)
     local dialed, sock, err = pcall(dial, o)
-    local dialing = mux.dialing
-    mux.dialing = nil
-    if not dialed or not sock then
-        mux.failed = dialed and err or "closed"
+    if not dialed then
+        core.log("error", "tendril.redis: connecting failed: " .. tostring(sock))
+        sock, err = nil, "closed"
+    end
+    if sock then
+        mux.sock = sock
+    else
+        mux.failed = err
         if p.mux == mux then
             p.mux = nil
         end
-        event_set(dialing)
-        if not dialed then
-            error(sock, 0)
-        end
-        return nil, err
     end
-    mux.sock = sock
-    tcp._shared(sock)
+    local dialing = mux.dialing
+    mux.dialing = nil
     event_set(dialing)
+end
+
+-- The pool's shared connection, dialled if need be (one dial at a time,
+-- however many callers wait; its outcome is theirs): mux | nil, err.
+local function mux_of(p, o)
+    local mux = p.mux
+    if not mux or mux.broken then
+        mux = { waiters = {}, head = 1, tail = 0, dialing = event_new() }
+        p.mux = mux
+        spawn_detached(mux_dial, p, mux, o)
+    end
+    if mux.dialing then
+        -- (A hair past the dial's own timeout: its outcome, not this wait's
+        -- end, answers the caller.)
+        local ok, err = event_wait(mux.dialing, o.timeout + 0.1)
+        if not ok then
+            return nil, err
+        end
+    end
+    if mux.failed then
+        return nil, mux.failed
+    end
     return mux
 end
 
@@ -504,14 +538,19 @@ local function hand_back(c)
         return
     end
     owned.remove(c._owned)
-    if dirty(c) or not sock_usable(sock) then
+    local unfit = dirty(c) or not sock_usable(sock)
+    -- The handle starts afresh (an exclusive command takes a connection
+    -- again); a subscription it had is over, and recv says so.
+    c._sub_over = c._subscribed
+    c._broken, c._subscribed, c._multi, c._watching, c._dirty = nil, nil, nil, nil, nil
+    c._topics, c._inbox, c._holder = nil, nil, nil
+    if unfit then
         sock:close()
         p:closed()
         return
     end
-    local idle_timeout = c._opts.idle_timeout
     -- Idle, its socket is watched by C for its end and its idle timeout.
-    p:give(sock, function(s) sock_pool(s, idle_timeout) end)
+    p:give(sock, p.park)
 end
 
 local function unpool(s)
@@ -549,8 +588,9 @@ local function take(c)
     end
     c._sock = sock
     c._broken, c._subscribed, c._multi, c._watching, c._dirty = nil, nil, nil, nil, nil
-    c._topics, c._inbox = nil, nil
+    c._topics, c._inbox, c._sub_over = nil, nil, nil
     c._owned = c._owned or { close = function() hand_back(c) end }
+    c._holder = task_coroutine()
     owned.add(c._owned)
     return true
 end
@@ -625,7 +665,14 @@ function _M.connect(spec, opts)
     return setmetatable({ _opts = o, _pool = p }, conn_mt)
 end
 
--- Misuse raises at level (check's caller's caller by default).
+-- Whether the running task is the one that took c's dedicated
+-- connection (or none did: one taken at a module's top level).
+local function held_here(c)
+    local h = c._holder
+    return h == nil or h == task_coroutine()
+end
+
+-- Misuse raises at the caller's line.
 local function check(c, fname)
     if c._done then
         raise(fname .. ": the connection was released or closed")
@@ -687,7 +734,7 @@ local function pubsub(c, cmd, fname, ...)
     local sock = c._sock
     c._subscribed, c._busy = true, true
     ok, err = sock:send(concat(buf, "", 1, n))
-    local got, remaining = 0, nil
+    local got = 0
     while ok and got < expected do
         local v, e, io = read_reply(sock)
         if io or type(v) ~= "table" then
@@ -698,7 +745,6 @@ local function pubsub(c, cmd, fname, ...)
             if v[2] ~= nil and v[2] ~= null then
                 set[v[2]] = adding or nil
             end
-            remaining = v[3]
         elseif MESSAGES[v[1]] then
             local inbox = c._inbox or { head = 1, tail = 0 }
             c._inbox = inbox
@@ -714,11 +760,11 @@ local function pubsub(c, cmd, fname, ...)
         sock:close()
         return nil, err
     end
-    if remaining == 0 then
-        -- Out of subscribed mode: what came before the last confirmation
-        -- goes with the subscriptions.
+    -- Out of subscribed mode once none of the three kinds is left (our own
+    -- count: Redis 7's counts shard subscriptions apart from the others);
+    -- what came before the last confirmation goes with the subscriptions.
+    if not (next(topics.subscribe) or next(topics.psubscribe) or next(topics.ssubscribe)) then
         c._subscribed, c._inbox = nil, nil
-        topics.subscribe, topics.psubscribe, topics.ssubscribe = {}, {}, {}
     end
     return true
 end
@@ -757,8 +803,13 @@ local function command(c, fname, cmd, ...)
         raise(format("%s: argument %d is a %s (strings and numbers only)", fname, i, t))
     end
     local payload = n == 1 and buf[1] or concat(buf, "", 1, n)
-    if not c._sock and not EXCLUSIVE[cmd] then
+    if not EXCLUSIVE[cmd] and (not c._sock or not held_here(c)) then
+        -- (Another task's transaction on this handle is not this call's.)
         return mux_call(c, payload)
+    end
+    if c._sock and not held_here(c) then
+        raise(fname .. ": the handle's own connection is another task's (a transaction, a subscription): "
+            .. "connect in each task")
     end
     local ok, err = take(c)
     if not ok then
@@ -806,6 +857,9 @@ function Conn.pipeline(c, fn)
         __index = function(_, name)
             return function(_, ...)
                 local cmd = upper(name)
+                if PUBSUB[cmd] then
+                    raise("redis:pipeline: " .. lower(name) .. " is r:" .. lower(name) .. "'s, not a pipeline's")
+                end
                 local m, i, t = encode(buf, n, cmd, ...)
                 if not m then
                     raise(format("redis:%s: argument %d is a %s (strings and numbers only)", name, i, t))
@@ -825,8 +879,12 @@ function Conn.pipeline(c, fn)
         return {}
     end
     local payload = concat(buf, "", 1, n)
-    if not c._sock and not exclusive then
+    if not exclusive and (not c._sock or not held_here(c)) then
         return mux_call(c, payload, count)
+    end
+    if c._sock and not held_here(c) then
+        raise("redis:pipeline: the handle's own connection is another task's (a transaction, a subscription): "
+            .. "connect in each task")
     end
     -- MULTI, SELECT, SUBSCRIBE, a blocking command...: not on the shared
     -- connection, where every task's commands go.
@@ -869,6 +927,9 @@ end
 function Conn.recv(c, timeout)
     check(c, "redis:recv")
     if not c._subscribed then
+        if c._sub_over then
+            return nil, "closed" -- its task ended, and the subscription with it
+        end
         raise("redis:recv: subscribe first")
     end
     if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then

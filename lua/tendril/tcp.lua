@@ -138,8 +138,9 @@ end
 --- For tendril.http: open without the checks (it made its own).
 _M._open = open
 
---- A library's connection that outlives the tasks using it (tendril.redis's
---- shared one), like a pool's: tendril test does not count it as a test's.
+--- A library's connection whose end the library sees to (tendril.redis's
+--- shared one, and its dedicated ones, given back when their task ends),
+--- like a pool's: tendril test does not count it as a test's.
 function _M._shared(s)
     shared[s] = true
 end

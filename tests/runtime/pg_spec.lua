@@ -265,6 +265,106 @@ describe("tendril.pg", function()
         assert.matches("certificate", err)
     end)
 
+    it("sends numbers as the shortest text that reads back the same", function()
+        local db = assert(pg.connect(url))
+        local rows = assert(db:query("SELECT $1::numeric::text AS price, $2::int8::text AS big, $3::float8 AS f",
+            19.99, 2 ^ 60, 0.1))
+        assert.are.same({ "19.99", "1152921504606846976", 0.1 }, { rows[1].price, rows[1].big, rows[1].f })
+        db:release()
+    end)
+
+    it("answers with the real cause when a statement's schema changed inside a transaction", function()
+        local db = assert(pg.connect(url, { pool_size = 1 }))
+        assert(db:query("CREATE TABLE shifting (a int)"))
+        for _ = 1, 3 do
+            assert(db:query("SELECT * FROM shifting"))
+        end
+        assert(db:query("ALTER TABLE shifting ADD COLUMN b int"))
+        local inside
+        assert.are.same({ nil, "transaction aborted: a statement in it failed", "25P02" }, { db:transaction(
+            function(tx)
+                inside = { tx:query("SELECT * FROM shifting") }
+            end) })
+        assert.is_nil(inside[1])
+        assert.matches("cached plan must not change result type", inside[2])
+        assert.are.equal("0A000", inside[3])
+        -- Outside one, the next run prepares it afresh.
+        assert(db:query("SELECT * FROM shifting"))
+        assert(db:query("DROP TABLE shifting"))
+        db:release()
+    end)
+
+    it("keeps the caller's own error when a transaction's function gives its connection up", function()
+        local db = assert(pg.connect(url))
+        local ok, err = pcall(db.transaction, db, function(tx)
+            tx:release()
+            error("mine", 0)
+        end)
+        assert.are.same({ false, "mine" }, { ok, err })
+        db = assert(pg.connect(url))
+        assert.are.same({ nil, "closed" }, { db:transaction(function(tx) tx:close() return 1 end) })
+    end)
+
+    it("closes a connection idle in its pool past idle_timeout", function()
+        local db = assert(pg.connect(url, { idle_timeout = 0.3, pool_size = 7 }))
+        local pid = assert(db:query("SELECT pg_backend_pid() AS pid"))[1].pid
+        db:release()
+        local watcher = assert(pg.connect(url))
+        local function alive()
+            return assert(watcher:query("SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1", pid))[1].n
+        end
+        assert.are.equal(1, alive())
+        assert(util.wait_until(function() return alive() == 0 end, 5))
+        watcher:release()
+        -- The pool opens another in its place.
+        db = assert(pg.connect(url, { idle_timeout = 0.3, pool_size = 7 }))
+        assert.are_not.equal(pid, assert(db:query("SELECT pg_backend_pid() AS pid"))[1].pid)
+        db:release()
+    end)
+
+    it("takes connect_timeout from the connection string, and says a failure on one line", function()
+        local tcp = require "tendril.tcp"
+        local port = tcp.listen("127.0.0.1", 0, function(sock)
+            sock:receive("*a") -- takes the connection, answers nothing
+        end)
+        local t0 = tendril.now()
+        local db, err = pg.connect(string.format("postgres://u:p@127.0.0.1:%d/x?connect_timeout=1", port))
+        assert.are.same({ nil, "timeout" }, { db, err })
+        local took = tendril.now() - t0
+        assert.is_true(took > 0.9 and took < 3, took)
+        db, err = pg.connect("postgres://postgres:x@127.0.0.1:1/postgres", { timeout = 2 })
+        assert.is_nil(db)
+        assert.matches("refused", err)
+        assert.is_nil(err:find("\n"))
+    end)
+
+    it("ends a listener's recv with closed when the server goes, and recv(0) looks without waiting", function()
+        local listener = assert(pg.connect(url))
+        assert(listener:listen("restart"))
+        local t0 = tendril.now()
+        assert.are.same({ nil, "timeout" }, { listener:recv(0) })
+        assert.is_true(tendril.now() - t0 < 0.5)
+        local th = tendril.spawn(function()
+            return listener:recv(10)
+        end)
+        tendril.sleep(0.05)
+        server:stop()
+        assert.are.same({ true, nil, "closed" }, { th:join() })
+        assert(server:start())
+        listener:release()
+    end)
+
+    it("gives the pool its place back when connecting raises", function()
+        local opts = { pool_size = 1, timeout = 1 }
+        local ok, err = pcall(string.gsub, "x", "x", function()
+            pg.connect(url .. "?application_name=raising", opts)
+        end)
+        assert.is_false(ok)
+        assert.matches("cannot yield", err)
+        local db = assert(pg.connect(url .. "?application_name=raising", opts))
+        db:release()
+    end)
+
     it("delivers notifications", function()
         local listener = assert(pg.connect(url))
         assert(listener:listen("events"))

@@ -203,6 +203,53 @@ describe("tendril.redis", function()
         secure:remove()
     end)
 
+    it("sends numbers as the shortest text that reads back the same, and integers past 2^53 as text", function()
+        local r = assert(redis.connect(url))
+        r:set("price", 19.99)
+        assert.are.equal("19.99", r:get("price"))
+        r:del("fl")
+        assert.are.equal("0.1", r:incrbyfloat("fl", 0.1))
+        r:set("huge", "9007199254740994")
+        assert.are.equal("9007199254740995", r:incr("huge"))
+        assert.are.equal(9007199254740992, r:decrby("huge", 3))
+        r:del("price", "fl", "huge")
+        r:release()
+    end)
+
+    it("keeps another task's plain commands off a handle's transaction", function()
+        local r = assert(redis.connect(url))
+        r:set("seen", "outside")
+        local holder = tendril.spawn(function()
+            assert.are.equal("OK", r:multi())
+            r:set("seen", "inside")
+            tendril.sleep(0.2)
+            return r:exec()
+        end)
+        tendril.sleep(0.05)
+        -- This task's GET is not queued in the other's transaction.
+        assert.are.equal("outside", r:get("seen"))
+        local ok, err = pcall(function()
+            local v = r:multi()
+            return v
+        end)
+        assert.is_false(ok)
+        assert.matches("redis_spec%.lua:%d+: redis:multi: the handle's own connection is another task's", err)
+        assert.are.same({ true, { "OK" } }, { holder:join() })
+        assert.are.equal("inside", r:get("seen"))
+        r:release()
+    end)
+
+    it("refuses a URL whose port is not a number, and a server that does not answer", function()
+        assert.has_error(function() redis.connect("redis://127.0.0.1:notaport") end,
+            'redis.connect: expected host[:port] in the URL, got "127.0.0.1:notaport"')
+        local port = require("tendril.tcp").listen("127.0.0.1", 0, function(sock)
+            sock:receive("*a")
+        end)
+        local t0 = tendril.now()
+        assert.are.same({ nil, "timeout" }, { redis.connect("redis://127.0.0.1:" .. port, { timeout = 0.3 }) })
+        assert.is_true(tendril.now() - t0 < 2)
+    end)
+
     it("reads messages that come while it subscribes again, and leaves channels", function()
         local sub = assert(redis.connect(url))
         assert(sub:subscribe("first"))
@@ -264,23 +311,73 @@ describe("tendril.redis", function()
     end)
 
     it("dials once for every caller waiting on the shared connection, and tells them why it failed", function()
-        -- A server that takes the connection and never answers AUTH.
+        -- A server that refuses the password a moment after it is asked.
+        local accepted = 0
         local port = require("tendril.tcp").listen("127.0.0.1", 0, function(sock)
-            sock:receive("*a")
+            accepted = accepted + 1
+            sock:receive("*l")
+            tendril.sleep(0.1)
+            sock:send("-WRONGPASS invalid username-password pair\r\n")
         end)
         local dead = "redis://:pw@127.0.0.1:" .. port
         local threads = {}
-        local t0 = tendril.now()
         for i = 1, 20 do
             threads[i] = tendril.spawn(function()
-                return redis.connect(dead, { timeout = 0.3 })
+                return redis.connect(dead, { timeout = 2 })
             end)
         end
         for i = 1, 20 do
-            assert.are.same({ true, nil, "timeout" }, { threads[i]:join() })
+            assert.are.same({ true, nil, "WRONGPASS invalid username-password pair" }, { threads[i]:join() })
         end
+        assert.are.equal(1, accepted)
+    end)
+
+    it("keeps a connection with shard subscriptions out of the pool, and knows when it is free", function()
+        local r = assert(redis.connect(url))
+        assert(r:ssubscribe("shard"))
+        assert(r:subscribe("plain"))
+        assert(r:unsubscribe())
+        -- Still subscribed (the shard channel): ping's answer is a message.
+        assert.is_true(r:ping())
+        assert.are.same({ "pong", "" }, r:recv(5))
+        assert(r:sunsubscribe())
+        assert.are.equal("PONG", r:ping())
+        r:release()
+        local again = assert(redis.connect(url))
+        assert.are.equal("OK", again:multi())
+        assert.are.same({}, again:exec())
+        again:release()
+    end)
+
+    it("finds a stream option by its place, not its name", function()
+        local r = assert(redis.connect(url, { timeout = 0.3 }))
+        r:del("st", "block")
+        assert(r:xgroup("CREATE", "st", "block", "$", "MKSTREAM"))
+        local t0 = tendril.now()
+        -- A group named "block" and BLOCK 800: it waits the 800 ms.
+        assert.is_nil((r:xreadgroup("GROUP", "block", "c1", "BLOCK", 800, "STREAMS", "st", ">")))
         local took = tendril.now() - t0
-        assert.is_true(took < 1.2, took)
+        assert.is_true(took >= 0.7 and took < 3, took)
+        -- A stream named "block" read without BLOCK does not wait.
+        assert(r:xadd("block", "*", "f", "v"))
+        local got = assert(r:xread("STREAMS", "block", 0))
+        assert.are.equal("block", got[1][1])
+        assert.are.equal("PONG", r:ping())
+        r:del("st", "block")
+        r:release()
+    end)
+
+    it("says closed, not misuse, to a handle whose subscription ended with its task", function()
+        local r = assert(redis.connect(url))
+        assert(tendril.spawn(function()
+            assert(r:subscribe("gone"))
+        end):join())
+        assert.are.same({ nil, "closed" }, { r:recv(0.1) })
+        assert.are.equal("PONG", r:ping())
+        r:set("after", "1")
+        assert.are.equal("1", r:get("after"))
+        r:del("after")
+        r:release()
     end)
 
     it("sends nothing for a request that is over", function()
