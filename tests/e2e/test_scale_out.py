@@ -105,6 +105,25 @@ class ScaleOutTest(TestCase):
         # The room's history is Redis's: either instance tells it.
         for name in ("a", "b"):
             self.assertIn("hello from a", get(self.instances[name].port, "/history").body.decode())
+        # The chat's page, through the balancer.
+        page = get(self.port, "/")
+        self.assertEqual(page.status, 200)
+        self.assertIn(b"new WebSocket", page.body)
+
+    def test_a_session_in_redis_across_instances(self):
+        first = get(self.port, "/session")
+        cookie = first.header("set-cookie").split(";")[0]
+        self.assertRegex(cookie, r"^sid=[0-9a-f]{32}$")
+        seen, visits = set(), [int(first.body.split()[2])]
+        for _ in range(5):
+            r = get(self.port, "/session", headers={"Cookie": cookie})
+            visits.append(int(r.body.split()[2]))
+            seen.add(r.body.decode().split()[-1].rstrip(")"))
+        # One session, whichever instance answered.
+        self.assertEqual(visits, [1, 2, 3, 4, 5, 6])
+        self.assertEqual(seen, {"a", "b"})
+        # Another visitor starts at one.
+        self.assertEqual(get(self.port, "/session").body.split()[2], b"1")
 
     def test_an_instance_killed_under_load(self):
         failures, after = [], []
