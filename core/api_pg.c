@@ -63,10 +63,12 @@ typedef struct pg_conn {
     int timed_out;   /* the query's timeout passed: a cancel went to the server */
     int gave_up;     /* ... and no end came within the grace: the wait ended without one */
     int cancel_sent; /* a cancel went out during this query */
+    int cancels_pending; /* cancels of ours still on the thread pool (each holds c: see handles) */
+    int ended;           /* the query's results are all in, the wait ends when the cancel is back */
     uint64_t timeout_ms; /* the wait's */
     int broken;      /* abandoned mid-query: not fit for reuse */
     int closing;
-    int handles;     /* libuv handles not yet closed */
+    int handles;     /* libuv handles not yet closed, and cancels in flight */
     PGresult *result; /* the query's result so far (the last one) */
     PGresult *error;  /* its first error result */
     int copy;         /* the statement started a COPY: not supported, the connection is done for */
@@ -352,10 +354,11 @@ static int connect_results(lua_State *L, pg_conn *c) {
 static int query_results(lua_State *L, pg_conn *c) {
     int n;
     if (c->cancel_sent) {
-        /* Unless the query ended by the cancel, the cancel may still be on
-         * its way, to stop whatever this connection runs next. */
+        /* Unless the query ended by the cancel and the cancel is back, it
+         * may still be on its way, to stop whatever this connection runs
+         * next (a 57014 may be the server's statement_timeout). */
         const char *state = c->error ? PQresultErrorField(c->error, PG_DIAG_SQLSTATE) : NULL;
-        if (c->gave_up || !state || strcmp(state, "57014") != 0)
+        if (c->gave_up || c->cancels_pending > 0 || !state || strcmp(state, "57014") != 0)
             c->broken = 1;
     }
     if (c->gave_up) {
@@ -496,8 +499,16 @@ static void on_poll(uv_poll_t *p, int status, int events) {
             finish(c, query_results);
             return;
         }
-        if (collect(c))
+        if (collect(c)) {
+            if (c->cancels_pending > 0 && !c->copy && PQstatus(c->pq) == CONNECTION_OK) {
+                /* Over, but our cancel is still on its way: the wait ends
+                 * when it is back (cancel_done), so that it cannot land on
+                 * the next query. */
+                c->ended = 1;
+                return;
+            }
             finish(c, query_results);
+        }
         return;
     }
     /* OP_NOTIFY */
@@ -510,10 +521,13 @@ static void on_poll(uv_poll_t *p, int status, int events) {
         finish(c, notify_results);
 }
 
-/* PQcancel, off the loop. */
+/* PQcancel, off the loop. It keeps its connection's record alive (counted
+ * in handles) until it is back, so that the connection knows whether a
+ * cancel of its own is still on its way. */
 typedef struct cancel_work {
     uv_work_t req;
     PGcancel *cancel;
+    pg_conn *c;
 } cancel_work;
 
 static void do_cancel(uv_work_t *req) {
@@ -527,9 +541,15 @@ static void do_cancel(uv_work_t *req) {
 static void cancel_done(uv_work_t *req, int status) {
     (void)status;
     cancel_work *w = req->data;
+    pg_conn *c = w->c;
     PQfreeCancel(w->cancel);
     free(w);
     cancels--;
+    c->cancels_pending--;
+    c->handles--;
+    if (!c->closing && c->op == OP_QUERY && c->ended && c->cancels_pending == 0)
+        finish(c, query_results);
+    free_if_done(c);
 }
 
 /* Asks the server to stop the query running on c: 0 when the request went
@@ -546,12 +566,15 @@ static int send_cancel(pg_conn *c) {
         return UV_ENOMEM;
     }
     w->req.data = w;
+    w->c = c;
     if (uv_queue_work(td_vm_loop(c->vm), &w->req, do_cancel, cancel_done) != 0) {
         PQfreeCancel(w->cancel);
         free(w);
         return UV_EINVAL;
     }
     cancels++;
+    c->cancels_pending++;
+    c->handles++;
     c->cancel_sent = 1;
     return 0;
 }
@@ -608,7 +631,7 @@ static void cancel_wait(td_wait *w) {
 
 static void start_wait(lua_State *L, td_task *t, pg_conn *c, int op, double timeout) {
     c->op = op;
-    c->timed_out = c->gave_up = c->cancel_sent = 0;
+    c->timed_out = c->gave_up = c->cancel_sent = c->ended = 0;
     c->timeout_ms = timeout > 0 ? (uint64_t)(timeout * 1000.0) + 1 : 0;
     if (c->timeout_ms)
         uv_timer_start(&c->timer, on_timeout, td_clock_timer_ms(td_vm_loop(c->vm), c->timeout_ms), 0);
