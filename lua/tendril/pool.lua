@@ -8,7 +8,7 @@
 -- idle); closed() says one ended, so that a waiter may open one instead.
 local core = require "tendril.core"
 
-local setmetatable, remove = setmetatable, table.remove
+local setmetatable, remove, insert = setmetatable, table.remove, table.insert
 local event_new, event_wait, event_set, now = core.event_new, core.event_wait, core.event_set, core.now
 
 local _M = {}
@@ -47,6 +47,7 @@ function Pool:take(size, timeout, usable, close, stale)
         self:closed()
     end
     local deadline = timeout > 0 and now() + timeout or nil
+    local woken = false
     while self.open >= size do
         local left = deadline and deadline - now()
         if left and left <= 0 then
@@ -54,7 +55,11 @@ function Pool:take(size, timeout, usable, close, stale)
         end
         local w = { event = event_new() }
         local waiting = self.waiting
-        waiting[#waiting + 1] = w
+        if woken then
+            insert(waiting, 1, w) -- it was first: it keeps its place
+        else
+            waiting[#waiting + 1] = w
+        end
         local ok, err = event_wait(w.event, left)
         if w.conn then
             return w.conn
@@ -69,7 +74,9 @@ function Pool:take(size, timeout, usable, close, stale)
             return nil, err
         end
         -- Woken by a connection that ended: room, unless another task took
-        -- it first (then it waits on, for what is left of its time).
+        -- it first (then it waits on, first in line, for what is left of
+        -- its time).
+        woken = true
     end
     self.open = self.open + 1
     return false

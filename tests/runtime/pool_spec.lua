@@ -59,6 +59,32 @@ describe("tendril.pool", function()
         assert.is_true(waited < 0.9, waited)
     end)
 
+    it("keeps a woken waiter first in line when another task took the room", function()
+        local p = pool.new()
+        assert.is_false(p:take(1, 1, usable, close))
+        local order = {}
+        local function waiter(name)
+            return tendril.spawn(function()
+                local conn = p:take(1, 2, usable, close)
+                order[#order + 1] = name
+                return conn
+            end)
+        end
+        local first = waiter("first")
+        tendril.sleep(0.01)
+        local second = waiter("second")
+        tendril.sleep(0.01)
+        p:closed() -- wakes the first; this task takes the room before it runs
+        assert.is_false(p:take(1, 1, usable, close))
+        tendril.sleep(0.01)
+        local a, b = {}, {}
+        p:give(a)
+        p:give(b)
+        assert.are.same({ true, a }, { first:join() })
+        assert.are.same({ true, b }, { second:join() })
+        assert.are.same({ "first", "second" }, order)
+    end)
+
     it("waits no longer than its timeout in all, however often it is woken", function()
         local p = pool.new()
         assert.is_false(p:take(1, 1, usable, close))
