@@ -428,6 +428,7 @@ end
 function _M.pools()
     local out = {}
     for _, p in pairs(pools) do
+        p:prune(pg_usable, pg_close)
         out[#out + 1] = { open = p.open, idle = #p.idle, waiting = #p.waiting, size = p.size }
     end
     return out

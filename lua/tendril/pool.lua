@@ -106,6 +106,23 @@ function Pool:closed()
     end
 end
 
+--- Closes and forgets the idle connections alive(conn) says have ended
+--- (closed by their idle timeout, or by the server), so that the counts
+--- are true.
+function Pool:prune(alive, close)
+    local idle, kept = self.idle, {}
+    for i = 1, #idle do
+        local e = idle[i]
+        if alive(e[1]) then
+            kept[#kept + 1] = e
+        else
+            close(e[1])
+            self:closed()
+        end
+    end
+    self.idle = kept
+end
+
 --- { open =, idle =, waiting = }
 function Pool:counts()
     return { open = self.open, idle = #self.idle, waiting = #self.waiting }

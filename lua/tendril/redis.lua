@@ -1022,6 +1022,7 @@ end
 function _M.pools()
     local out = {}
     for _, p in pairs(pools) do
+        p:prune(sock_usable, close_socket)
         local mux = p.mux
         out[#out + 1] = { server = p.server, open = p.open, idle = #p.idle, waiting = #p.waiting,
             pending = mux and (mux.tail - mux.head + 1) or 0 }

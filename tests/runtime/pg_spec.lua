@@ -318,6 +318,12 @@ describe("tendril.pg", function()
         assert.are.equal(1, alive())
         assert(util.wait_until(function() return alive() == 0 end, 5))
         watcher:release()
+        -- The pool's counts know it is gone.
+        for _, p in ipairs(pg.pools()) do
+            if p.size == 7 then
+                assert.are.same({ 0, 0 }, { p.open, p.idle })
+            end
+        end
         -- The pool opens another in its place.
         db = assert(pg.connect(url, { idle_timeout = 0.3, pool_size = 7 }))
         assert.are_not.equal(pid, assert(db:query("SELECT pg_backend_pid() AS pid"))[1].pid)
