@@ -270,7 +270,9 @@ static void push_value(lua_State *L, const char *s, int len, Oid type) {
 }
 
 /* rows, affected: rows an array of { column = value }; also the column
- * names in order (rows.columns) and their type OIDs (rows.types). */
+ * names in order (rows.columns) and their type OIDs (rows.types), through
+ * its metatable, so that the array holds rows only (tendril.json encodes
+ * it as an array: __jsonarray, even empty). */
 static int push_result(lua_State *L, PGresult *res) {
     int nrows = PQntuples(res), ncols = PQnfields(res);
     lua_createtable(L, nrows, 2);
@@ -285,6 +287,10 @@ static int push_result(lua_State *L, PGresult *res) {
         }
         lua_rawseti(L, -2, r + 1);
     }
+    lua_createtable(L, 0, 2); /* rows mt */
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "__jsonarray");
+    lua_createtable(L, 0, 2); /* rows mt index */
     lua_createtable(L, ncols, 0);
     for (int col = 0; col < ncols; col++) {
         lua_pushstring(L, PQfname(res, col));
@@ -297,6 +303,8 @@ static int push_result(lua_State *L, PGresult *res) {
         lua_rawseti(L, -2, col + 1);
     }
     lua_setfield(L, -2, "types");
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
     const char *tuples = PQcmdTuples(res);
     lua_pushnumber(L, tuples && *tuples ? strtod(tuples, NULL) : 0);
     return 2;

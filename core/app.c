@@ -45,6 +45,7 @@ typedef struct td_app {
     td_reload *reload;
     td_tls_server *tls; /* the HTTPS listener's certificates; NULL: none */
     int stopping;
+    int awaiting_daemons; /* drained: the loop stops once the runtime services have ended */
     int cut_off;
     /* tendril run: the script's task ended; the exit status it chose. */
     int script_done;
@@ -101,6 +102,19 @@ static void check_run_done(td_app *app) {
         td_vm_stop_daemons(app->vm);
 }
 
+/* The drain is over: the runtime services (a bus bridge, tendril.redis's
+ * reader), which served the requests drained, stop now; the loop stops once
+ * they have ended (a turn or two: every wait of theirs fails at once). */
+static void drained(td_app *app) {
+    td_vm_stop_daemons(app->vm);
+    td_vm_stats st;
+    td_vm_stats_get(app->vm, &st);
+    if (st.daemons == 0)
+        finish(app);
+    else
+        app->awaiting_daemons = 1;
+}
+
 /* Once per loop turn: the access log's lines go out, and a worker's
  * heartbeat moves. */
 static void on_loop_turn(uv_prepare_t *p) {
@@ -109,6 +123,12 @@ static void on_loop_turn(uv_prepare_t *p) {
     beat(app);
     if (app->cfg->command == TD_CMD_RUN)
         check_run_done(app);
+    else if (app->awaiting_daemons) {
+        td_vm_stats st;
+        td_vm_stats_get(app->vm, &st);
+        if (st.daemons == 0)
+            finish(app);
+    }
 }
 
 /* The supervisor kills a worker whose beat stood still for --stall-kill
@@ -364,17 +384,15 @@ static void on_stop_signal(td_app *app, int signum) {
     td_vm_hold(app->vm);
     td_http_server_drain(app->hs);
     td_api_websocket_drain();
-    td_vm_stop_daemons(app->vm);
     td_vm_release(app->vm);
     td_api_tcp_close_listeners();
     td_sock_close_pooled();
     td_reload_stop(app->reload);
     td_api_shared_stop();
-    if (in_flight(app) == 0) {
-        finish(app);
-        return;
-    }
+    /* (It bounds the runtime services' end too.) */
     uv_timer_start(&app->shutdown_timer, on_shutdown_timeout, (uint64_t)(app->cfg->shutdown_timeout * 1000.0), 0);
+    if (in_flight(app) == 0)
+        drained(app);
 }
 
 /* Stop signals have their own handler rather than uv_signal's: the
@@ -425,8 +443,8 @@ static void on_usr1(uv_signal_t *sig, int signum) {
 
 /* The last accepted connection or tcp.listen session ended. */
 static void check_drained(td_app *app) {
-    if (app->stopping && in_flight(app) == 0)
-        finish(app);
+    if (app->stopping && !app->awaiting_daemons && in_flight(app) == 0)
+        drained(app);
 }
 
 static void on_empty(td_transport *tp) { check_drained(tp->data); }

@@ -43,9 +43,15 @@ local _M = {}
 --- that a decoded array keeps its length and an object keeps the key.
 _M.null = cjson.null
 
--- The mark: a metatable that is the same table for every array.
-local array_mt = { __name = "tendril.json.array" }
+-- The mark: a metatable that is the same table for every array, or any
+-- metatable with __jsonarray = true (tendril.pg's rows carry their columns
+-- through one).
+local array_mt = { __name = "tendril.json.array", __jsonarray = true }
 _M.array_mt = array_mt
+
+local function marked_mt(mt)
+    return mt ~= nil and rawget(mt, "__jsonarray") == true
+end
 
 --- Marks t as an array, so that it encodes as `[]` when empty; returns t.
 --- A table with a metatable of its own cannot be marked (it raises).
@@ -57,7 +63,10 @@ function _M.array(t)
         error("json.array: expected a table, got " .. type(t), 2)
     end
     local mt = getmetatable(t)
-    if mt ~= nil and mt ~= array_mt then
+    if marked_mt(mt) then
+        return t
+    end
+    if mt ~= nil then
         error("json.array: the table has a metatable of its own", 2)
     end
     return setmetatable(t, array_mt)
@@ -65,7 +74,7 @@ end
 
 --- True when t carries the array mark.
 function _M.is_array(t)
-    return type(t) == "table" and getmetatable(t) == array_mt
+    return type(t) == "table" and marked_mt(getmetatable(t))
 end
 
 -- A sentinel string the text does not hold raw. Its first byte is never in
@@ -250,7 +259,7 @@ end
 -- into `plain`.
 local function find_empty(t, marked, plain)
     if next(t) == nil then
-        if getmetatable(t) == array_mt then
+        if marked_mt(getmetatable(t)) then
             marked[#marked + 1] = t
         else
             plain[#plain + 1] = t

@@ -39,8 +39,9 @@ local function pack(...)
     return { n = select("#", ...), ... }
 end
 
---- SQL NULL, in rows and as a parameter.
-_M.null = setmetatable({}, { __tostring = function() return "pg.null" end })
+--- SQL NULL, in rows and as a parameter: json.null, so that rows encode
+--- with it as null.
+_M.null = require("tendril.json").null
 core.pg_set_null(_M.null)
 local null = _M.null
 
@@ -207,9 +208,14 @@ local function revive(db, state)
     if state ~= "closed" then
         return true
     end
-    if db._tx or db._listening then
+    if db._tx then
+        -- Inside db:transaction's function: what came before is gone with
+        -- the connection, and what follows must not run outside it.
         return nil, "closed"
     end
+    -- (A LISTEN is gone with its connection: the new one listens to
+    -- nothing until db:listen again; recv said "closed".)
+    db._listening = nil
     pg_close(db._conn)
     local conn, err = pg_connect(db._opts.info, db._opts.connect_timeout)
     if not conn then
@@ -227,6 +233,10 @@ function Db.query(db, sql, ...)
     check(db, "db:query")
     if type(sql) ~= "string" then
         raise("db:query: expected SQL text, got " .. type(sql))
+    end
+    if find(sql, "\0", 1, true) then
+        -- libpq would cut it there (and run what comes before).
+        raise("db:query: the SQL text holds a NUL byte")
     end
     local n = select("#", ...)
     local cstate = pg_state(db._conn)
@@ -321,6 +331,19 @@ end
 --- Runs fn(db) in a transaction: COMMIT when it returns (its results are
 --- returned), ROLLBACK when it raises (then the same error is raised).
 --- nil, err when BEGIN or COMMIT fails.
+-- ROLLBACK or COMMIT: the transaction is over when it answers, or when
+-- its connection is gone (the server ended it; a COMMIT's fate is then
+-- unknown, and the call says "closed"), and the handle connects again at
+-- its next call. Otherwise (the request's deadline passed) _tx stays: the
+-- connection is closed, never pooled with the transaction open.
+local function end_tx(db, sql)
+    local ok, err, state = db:query(sql)
+    if ok or (db._conn and pg_state(db._conn) == "closed") then
+        db._tx = nil
+    end
+    return ok, err, state
+end
+
 function Db.transaction(db, fn)
     check(db, "db:transaction")
     if type(fn) ~= "function" then
@@ -335,9 +358,6 @@ function Db.transaction(db, fn)
     end
     db._tx = true
     local res = pack(pcall(fn, db))
-    -- _tx stays set when ROLLBACK or COMMIT fails (the request's deadline
-    -- passed, the connection broke): the connection is then closed, never
-    -- pooled with the transaction open.
     if not db._conn then
         -- fn released or closed it (closed, then: _tx was set): fn's error
         -- stands, else the transaction is gone with the connection.
@@ -347,24 +367,19 @@ function Db.transaction(db, fn)
         return nil, "closed"
     end
     if not res[1] then
-        if db:query("ROLLBACK") then
-            db._tx = nil
-        end
+        end_tx(db, "ROLLBACK")
         error(res[2], 0)
     end
     if pg_state(db._conn) == "failed" then
         -- A statement failed and fn went on: COMMIT would roll back and say
         -- COMMIT; say it.
-        if db:query("ROLLBACK") then
-            db._tx = nil
-        end
+        end_tx(db, "ROLLBACK")
         return nil, "transaction aborted: a statement in it failed", "25P02"
     end
-    ok, err, state = db:query("COMMIT")
+    ok, err, state = end_tx(db, "COMMIT")
     if not ok then
         return nil, err, state
     end
-    db._tx = nil
     return unpack(res, 2, res.n or #res)
 end
 
@@ -376,8 +391,18 @@ function Db.listen(db, channel)
         raise("db:listen: expected a channel name, got " .. (type(channel) == "string" and "one with a NUL byte"
             or type(channel)))
     end
-    -- Marked first: a LISTEN that timed out may have taken on the server,
-    -- so the connection is closed, never pooled, whatever the answer.
+    -- On a live connection (one that died is replaced first, outside a
+    -- transaction), marked before LISTEN: one that timed out may have
+    -- taken on the server, so the connection is closed, never pooled,
+    -- whatever the answer.
+    local cstate = pg_state(db._conn)
+    if cstate == "busy" then
+        raise("db:listen: the connection is busy with another call (one task at a time)")
+    end
+    local live, lerr = revive(db, cstate)
+    if not live then
+        return nil, lerr
+    end
     db._listening = true
     local ok, err, state = db:query("LISTEN " .. pg_escape(db._conn, channel))
     if not ok then
@@ -393,14 +418,16 @@ function Db.recv(db, timeout)
     if not db._listening then
         raise("db:recv: listen first")
     end
-    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
         raise("db:recv: a timeout is a number of seconds >= 0, got "
             .. (type(timeout) == "number" and tostring(timeout) or type(timeout)))
     end
     -- (For the C side 0 is no timeout; here it is "only what came already".)
     local note, err = pg_notification(db._conn, timeout == nil and 0 or math.max(timeout, 0.001))
-    if not note and err ~= "timeout" and pg_state(db._conn) == "closed" then
-        return nil, "closed" -- the server went (libpq's words are several lines)
+    if not note and err ~= "timeout" and (not db._conn or pg_state(db._conn) == "closed") then
+        -- The server went (libpq's words are several lines), or another
+        -- task closed or released the handle.
+        return nil, "closed"
     end
     return note, err
 end

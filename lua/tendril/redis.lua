@@ -43,13 +43,14 @@ local sub, byte, upper, lower, format, match = string.sub, string.byte, string.u
 local open_socket = tcp._open
 local sock_pool, sock_unpool, sock_usable = core.sock_pool, core.sock_unpool, core.sock_usable
 local event_new, event_wait, event_set = core.event_new, core.event_wait, core.event_set
-local sock_queue, spawn_detached = core.sock_queue, core.spawn_detached
+local sock_queue, spawn_daemon = core.sock_queue, core.spawn_daemon
 local task_coroutine = core.task_coroutine
 
 local _M = {}
 
---- Stands for a missing value inside an array reply.
-_M.null = setmetatable({}, { __tostring = function() return "redis.null" end })
+--- Stands for a missing value inside an array reply: json.null, so that
+--- a reply encodes with it as null.
+_M.null = require("tendril.json").null
 local null = _M.null
 
 local DEFAULTS = { host = "127.0.0.1", port = 6379, db = 0, timeout = 10, pool_size = 64, idle_timeout = 60 }
@@ -186,7 +187,7 @@ function read_reply(sock)
         return rest
     elseif prefix == 58 then -- : integer
         local n = tonumber(rest)
-        if n and (n > 2 ^ 53 or n < -2 ^ 53) then
+        if n and (n >= 2 ^ 53 or n <= -2 ^ 53) and format("%d", n) ~= rest then
             return rest -- past a double's exact integers: the text, as tendril.pg gives int8
         end
         return n
@@ -441,6 +442,7 @@ local function mux_dial(p, mux, o)
     end
     if sock then
         mux.sock = sock
+        mux.read_timeout = o.timeout
     else
         mux.failed = err
         if p.mux == mux then
@@ -459,7 +461,9 @@ local function mux_of(p, o)
     if not mux or mux.broken then
         mux = { waiters = {}, head = 1, tail = 0, dialing = event_new() }
         p.mux = mux
-        spawn_detached(mux_dial, p, mux, o)
+        -- (A runtime service: it ends at the shutdown, once requests are
+        -- drained, and does not keep a finished `tendril run` going.)
+        spawn_daemon(mux_dial, p, mux, o)
     end
     if mux.dialing then
         -- (A hair past the dial's own timeout: its outcome, not this wait's
@@ -508,9 +512,16 @@ local function mux_call(c, payload, n)
     local w = { event = event_new(), n = n }
     mux.tail = mux.tail + 1
     mux.waiters[mux.tail] = w
+    if o.timeout > mux.read_timeout then
+        -- The reader waits as long as the most patient caller: a handle
+        -- with a short timeout gives up on its own (its event), without
+        -- failing the others' replies.
+        mux.read_timeout = o.timeout
+        mux.sock:settimeout(o.timeout)
+    end
     if not mux.reading then
         mux.reading = true
-        spawn_detached(mux_read, mux)
+        spawn_daemon(mux_read, mux)
     end
     ok, err = event_wait(w.event, o.timeout, "db")
     if not ok then
@@ -703,6 +714,10 @@ end
 -- come meanwhile wait in c._inbox for recv. When nothing is subscribed
 -- any more the connection is an ordinary one again.
 local function pubsub(c, cmd, fname, ...)
+    if c._sock and not held_here(c) then
+        raise(fname .. ": the handle's own connection is another task's (a transaction, a subscription): "
+            .. "connect in each task")
+    end
     check(c, fname)
     local count = select("#", ...)
     local set_kind = PUBSUB[cmd]
@@ -757,7 +772,7 @@ local function pubsub(c, cmd, fname, ...)
     c._busy = nil
     if not ok then
         c._broken = true
-        sock:close()
+        hand_back(c) -- closed (broken), and the handle is an ordinary one again
         return nil, err
     end
     -- Out of subscribed mode once none of the three kinds is left (our own
@@ -784,7 +799,7 @@ local function subscribed_command(c, fname, cmd, ...)
     local ok, err = c._sock:send(concat(buf, "", 1, n))
     if not ok then
         c._broken = true
-        c._sock:close()
+        hand_back(c) -- closed (broken), and the handle is an ordinary one again
         return nil, err
     end
     return true
@@ -793,24 +808,34 @@ end
 -- One command: its reply as a command returns it. fname names the method
 -- for misuse errors (raised at the caller of the method).
 local function command(c, fname, cmd, ...)
-    if c._subscribed or PUBSUB[cmd] then
+    -- The handle's own connection, if it has one, is the task's that took
+    -- it: another task's plain commands go on the shared connection, its
+    -- exclusive ones are misuse.
+    local mine = not c._sock or held_here(c)
+    if not mine and EXCLUSIVE[cmd] then
+        raise(fname .. ": the handle's own connection is another task's (a transaction, a subscription): "
+            .. "connect in each task")
+    end
+    if mine and (c._subscribed or PUBSUB[cmd]) then
         return subscribed_command(c, fname, cmd, ...)
     end
-    check(c, fname)
+    if cmd == "HELLO" and select("#", ...) > 0 and tonumber((...)) ~= 2 then
+        raise(fname .. ": RESP3 is not supported (tendril.redis speaks RESP2)")
+    end
     local buf = {}
     local n, i, t = encode(buf, 0, cmd, ...)
     if not n then
         raise(format("%s: argument %d is a %s (strings and numbers only)", fname, i, t))
     end
     local payload = n == 1 and buf[1] or concat(buf, "", 1, n)
-    if not EXCLUSIVE[cmd] and (not c._sock or not held_here(c)) then
+    if not EXCLUSIVE[cmd] and (not c._sock or not mine) then
+        if c._done then
+            raise(fname .. ": the connection was released or closed")
+        end
         -- (Another task's transaction on this handle is not this call's.)
         return mux_call(c, payload)
     end
-    if c._sock and not held_here(c) then
-        raise(fname .. ": the handle's own connection is another task's (a transaction, a subscription): "
-            .. "connect in each task")
-    end
+    check(c, fname)
     local ok, err = take(c)
     if not ok then
         return nil, err
@@ -845,8 +870,10 @@ end
 --- once: the array of replies (null for a missing value, { false, "ERR
 --- ..." } for an error), or nil, err when the connection failed.
 function Conn.pipeline(c, fn)
-    check(c, "redis:pipeline")
-    if c._subscribed then
+    if c._done then
+        raise("redis:pipeline: the connection was released or closed")
+    end
+    if c._subscribed and held_here(c) then
         raise("redis:pipeline: the connection is subscribed: only subscribe, unsubscribe, ping and recv")
     end
     if type(fn) ~= "function" then
@@ -886,6 +913,7 @@ function Conn.pipeline(c, fn)
         raise("redis:pipeline: the handle's own connection is another task's (a transaction, a subscription): "
             .. "connect in each task")
     end
+    check(c, "redis:pipeline")
     -- MULTI, SELECT, SUBSCRIBE, a blocking command...: not on the shared
     -- connection, where every task's commands go.
     local ok, err = take(c)
@@ -925,6 +953,9 @@ end
 --- ping); nil, "timeout" after timeout seconds (the connection's timeout
 --- by default); nil, err when it failed.
 function Conn.recv(c, timeout)
+    if c._sock and not held_here(c) then
+        raise("redis:recv: the subscription is another task's: subscribe in each task")
+    end
     check(c, "redis:recv")
     if not c._subscribed then
         if c._sub_over then
@@ -932,7 +963,7 @@ function Conn.recv(c, timeout)
         end
         raise("redis:recv: subscribe first")
     end
-    if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
         raise("redis:recv: a timeout is a number of seconds >= 0, got " .. tostring(timeout))
     end
     local inbox = c._inbox
@@ -960,7 +991,7 @@ function Conn.recv(c, timeout)
             return nil, "timeout"
         end
         c._broken = true
-        sock:close()
+        hand_back(c) -- closed (broken), and the handle is an ordinary one again
         return nil, err
     end
     local count = byte(line) == 42 and tonumber(sub(line, 2))
@@ -973,7 +1004,7 @@ function Conn.recv(c, timeout)
     c._busy = nil
     if kind == "io" then
         c._broken = true
-        sock:close()
+        hand_back(c) -- closed (broken), and the handle is an ordinary one again
         return nil, e
     end
     return v

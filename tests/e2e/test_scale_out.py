@@ -202,6 +202,42 @@ class ScaleOutTest(TestCase):
         self.assertNotIn("still pending", r.stderr)
         self.assertLess(time.monotonic() - t0, deadline(5))
 
+    def test_a_bridge_to_a_stopped_redis_does_not_hold_the_end(self):
+        """A publish on its way to a Redis that stopped answering: a
+        script still ends when its work is done, and a server's SIGTERM
+        leaves nothing waiting."""
+        pid = int(open(self.dir + "/redis.pid").read())
+        script = ('local tendril = require "tendril"\n'
+                  'local bus = require "tendril.bus"\n'
+                  'assert(bus.bridge(os.getenv("REDIS_URL")))\n'
+                  'tendril.sleep(0.5)\n'
+                  'bus.publish("news", "into the void")\n'
+                  'return 3\n')
+        proc = subprocess.Popen([BIN, "run", "-e", script], env=dict(os.environ, REDIS_URL=self.redis_url),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        t0 = time.monotonic()
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            out, err = proc.communicate(timeout=deadline(30))
+            took = time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self.assertEqual(proc.returncode, 3, err)
+        self.assertLess(took, deadline(4))
+        srv = Server(app='local bus = require "tendril.bus"\n'
+                         'assert(bus.bridge(os.getenv("REDIS_URL")))\n'
+                         'return function() bus.publish("news", "x") return "ok\\n" end\n',
+                     env={"REDIS_URL": self.redis_url}).start()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            self.assertEqual(get(srv.port, "/").body, b"ok\n")
+            t0 = time.monotonic()
+            self.assertEqual(srv.stop(), 0)  # and nothing left waiting at exit
+            self.assertLess(time.monotonic() - t0, deadline(5))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
 
 if __name__ == "__main__":
     main()
