@@ -46,6 +46,7 @@ typedef struct td_app {
     td_tls_server *tls; /* the HTTPS listener's certificates; NULL: none */
     int stopping;
     int awaiting_daemons; /* drained: the loop stops once the runtime services have ended */
+    int finished;         /* the loop was told to stop: the teardown follows, Lua goes first */
     int cut_off;
     /* tendril run: the script's task ended; the exit status it chose. */
     int script_done;
@@ -86,7 +87,7 @@ static void finish(td_app *app);
  * services (daemons: a bus bridge) are then stopped, and it ends when they
  * have. */
 static void check_run_done(td_app *app) {
-    if (!app->script_done || app->stopping)
+    if (!app->script_done || app->stopping || app->finished)
         return;
     if (app->cfg->run_no_wait) {
         finish(app);
@@ -106,6 +107,8 @@ static void check_run_done(td_app *app) {
  * reader), which served the requests drained, stop now; the loop stops once
  * they have ended (a turn or two: every wait of theirs fails at once). */
 static void drained(td_app *app) {
+    if (app->finished)
+        return; /* (the teardown's closing connections: the vm is gone) */
     td_vm_stop_daemons(app->vm);
     td_vm_stats st;
     td_vm_stats_get(app->vm, &st);
@@ -123,7 +126,7 @@ static void on_loop_turn(uv_prepare_t *p) {
     beat(app);
     if (app->cfg->command == TD_CMD_RUN)
         check_run_done(app);
-    else if (app->awaiting_daemons) {
+    else if (app->awaiting_daemons && !app->finished) {
         td_vm_stats st;
         td_vm_stats_get(app->vm, &st);
         if (st.daemons == 0)
@@ -344,7 +347,10 @@ static void on_trim_tick(uv_timer_t *t) {
 
 /* ---- stopping ---- */
 
-static void finish(td_app *app) { uv_stop(&app->loop); }
+static void finish(td_app *app) {
+    app->finished = 1;
+    uv_stop(&app->loop);
+}
 
 
 /* What a drain waits for: accepted connections (HTTP and tcp.listen) and
