@@ -180,7 +180,7 @@ local function listen(b)
             ok, err = r:psubscribe(b.prefix .. "*")
         end
         if ok then
-            b.listening = true
+            b.listening, b.error = true, nil
             local pinged = false
             while true do
                 local m
