@@ -226,6 +226,16 @@ local function revive(db, state)
     return true
 end
 
+-- db's connection, live (one that died while clean is replaced): true |
+-- nil, err; a call already running on it is misuse.
+local function live(db, fname)
+    local cstate = pg_state(db._conn)
+    if cstate == "busy" then
+        raise(fname .. ": the connection is busy with another call (one task at a time)")
+    end
+    return revive(db, cstate)
+end
+
 --- Runs sql with its $1, $2... parameters: rows (an array of { column =
 --- value }, with rows.columns in order), and the count of rows returned or
 --- touched; or nil, message, sqlstate.
@@ -239,11 +249,7 @@ function Db.query(db, sql, ...)
         raise("db:query: the SQL text holds a NUL byte")
     end
     local n = select("#", ...)
-    local cstate = pg_state(db._conn)
-    if cstate == "busy" then
-        raise("db:query: the connection is busy with another call (one task at a time)")
-    end
-    local ok, err = revive(db, cstate)
+    local ok, err = live(db, "db:query")
     if not ok then
         return nil, err
     end
@@ -395,12 +401,8 @@ function Db.listen(db, channel)
     -- transaction), marked before LISTEN: one that timed out may have
     -- taken on the server, so the connection is closed, never pooled,
     -- whatever the answer.
-    local cstate = pg_state(db._conn)
-    if cstate == "busy" then
-        raise("db:listen: the connection is busy with another call (one task at a time)")
-    end
-    local live, lerr = revive(db, cstate)
-    if not live then
+    local alive, lerr = live(db, "db:listen")
+    if not alive then
         return nil, lerr
     end
     db._listening = true
