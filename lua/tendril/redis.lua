@@ -975,6 +975,8 @@ function Conn.recv(c, timeout)
     end
     local sock = c._sock
     if c._broken or not sock_usable(sock) then
+        c._broken = true
+        hand_back(c) -- closed, and the handle is an ordinary one again
         return nil, "closed"
     end
     if timeout then

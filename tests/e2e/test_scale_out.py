@@ -210,13 +210,15 @@ class ScaleOutTest(TestCase):
         script = ('local tendril = require "tendril"\n'
                   'local bus = require "tendril.bus"\n'
                   'assert(bus.bridge(os.getenv("REDIS_URL")))\n'
+                  'print("bridged") io.stdout:flush()\n'
                   'tendril.sleep(0.5)\n'
                   'bus.publish("news", "into the void")\n'
                   'return 3\n')
         proc = subprocess.Popen([BIN, "run", "-e", script], env=dict(os.environ, REDIS_URL=self.redis_url),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Redis stops once the bridge is up, before the publish.
+        self.assertEqual(proc.stdout.readline(), "bridged\n")
         t0 = time.monotonic()
-        time.sleep(0.2)
         os.kill(pid, signal.SIGSTOP)
         try:
             out, err = proc.communicate(timeout=deadline(30))

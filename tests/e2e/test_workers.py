@@ -463,14 +463,17 @@ class WorkersTest(TestCase):
         os.rename(log, log + ".1")
         srv.signal(signal.SIGUSR1)
         self.assertTrue(poll(lambda: srv.stderr().count("SIGUSR1: log files reopened") == 3, 5), srv.stderr())
-        ids = set()
-        for _ in range(100):
+        # Both workers still answer (which one accepts is the kernel's
+        # choice: under a sanitizer one may take a long run of them).
+        ids, sent, end = set(), 0, time.monotonic() + deadline(10)
+        while sent < 100 or (ids != {1, 2} and sent < 2000 and time.monotonic() < end):
             ids.add(who(srv.port)[0])
+            sent += 1
         self.assertEqual(ids, {1, 2})
         self.assertEqual(srv.stop(), 0)
         with open(log) as f:
             lines = f.read().splitlines()
-        self.assertEqual(len(lines), 100)
+        self.assertEqual(len(lines), sent)
         self.assertEqual({line.rsplit("=", 1)[1] for line in lines}, {"1", "2"})
         with open(log + ".1") as f:
             self.assertEqual(len(f.read().splitlines()), 50)
