@@ -88,6 +88,25 @@ local function options(info, opts)
     return o
 end
 
+-- Parsed options by connection string (bounded): connect comes once a
+-- request, mostly without options.
+local option_cache, cached = {}, 0
+
+local function options_of(info, opts)
+    if opts ~= nil or type(info) ~= "string" then
+        return options(info, opts)
+    end
+    local o = option_cache[info]
+    if not o then
+        o = options(info)
+        if cached >= 64 then
+            option_cache, cached = {}, 0
+        end
+        option_cache[info], cached = o, cached + 1
+    end
+    return o
+end
+
 local Db = {}
 local db_mt = { __index = Db }
 
@@ -113,28 +132,30 @@ end
 --- query_timeout (60 s; 0: none), idle_timeout (60 s), json (decode JSON
 --- columns).
 function _M.connect(info, opts)
-    local o = options(info, opts)
+    local o = options_of(info, opts)
     local p = pools[o.key]
     if not p then
+        -- Its functions are made once (the idle timeout is the last
+        -- connect's): nothing is allocated for a take.
         p = new_pool()
         p.size = o.pool_size
         p.park = function(c)
             pg_park(c, p.idle_timeout)
         end
+        p.stale = function(_, since)
+            return p.idle_timeout > 0 and now() - since > p.idle_timeout
+        end
+        p.usable = function(c, since)
+            if not p.stale(c, since) and pg_usable(c) then
+                pg_unpark(c)
+                return true
+            end
+            return false
+        end
         pools[o.key] = p
     end
     p.idle_timeout = o.idle_timeout
-    local idle_timeout = o.idle_timeout
-    local function stale(_, since)
-        return idle_timeout > 0 and now() - since > idle_timeout
-    end
-    local conn, err = p:take(o.pool_size, o.timeout, function(c, since)
-        if not stale(c, since) and pg_usable(c) then
-            pg_unpark(c)
-            return true
-        end
-        return false
-    end, pg_close, stale)
+    local conn, err = p:take(o.pool_size, o.timeout, p.usable, pg_close, p.stale)
     if conn == nil then
         return nil, err
     end
